@@ -1,0 +1,38 @@
+# ArchViz ControlNet: one venv for the add-on side (bpy module), the backend and the tests.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= out
+
+.PHONY: setup test demo passes serve extension clean
+
+# The venv is rebuilt only when the pins or the package layout change; pip's own
+# cache (~/.cache/pip) makes a rebuild cheap on a machine that has done it once.
+$(STAMP): requirements.txt pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+examples/interior.blend: examples/build_interior.py $(STAMP)
+	$(BIN)/python examples/build_interior.py --out $@
+
+demo: setup examples/interior.blend
+	$(BIN)/archviz passes examples/interior.blend --out $(OUT)/passes
+
+# Installable extension zip, built by Blender's own `extension build`
+# (the bpy module carries the same command line as the Blender binary).
+extension: setup
+	mkdir -p dist
+	$(BIN)/python "$$($(BIN)/python -c 'import bpy, os; print(os.path.join(os.path.dirname(bpy.__file__), bpy.app.version_string[:3], "scripts/addons_core/bl_pkg/cli/blender_ext.py"))')" \
+		build --source-dir . --output-dir dist
+
+clean:
+	rm -rf $(VENV) dist $(OUT) examples/interior.blend .pytest_cache

@@ -1,0 +1,1 @@
+"""Blender-side capture: renders control passes from a scene camera (imports bpy)."""

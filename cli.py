@@ -1,0 +1,37 @@
+"""The ``archviz`` command. Each subcommand lives next to the code it drives and is
+imported only when chosen, so ``archviz serve`` never loads bpy and ``archviz passes``
+never loads torch."""
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "passes": ("archviz_controlnet.capture.cli", "render exact control passes from a .blend camera"),
+    "serve": ("archviz_controlnet.backend.cli_serve", "start the generation backend (HTTP on loopback)"),
+    "presets": ("archviz_controlnet.backend.cli_presets", "list the style presets"),
+}
+
+
+def build_parser(argv):
+    parser = argparse.ArgumentParser(prog="archviz", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen command's module is imported to add its arguments.
+        if argv and argv[0] == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sp)
+            sp.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    return args._run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
