@@ -1,0 +1,280 @@
+"""Style presets: TOML files with a prompt, a negative prompt and the sampling and control
+settings that suit the style. Stdlib only (tomllib), so Blender lists presets too.
+
+A preset file ``<name>.toml`` (the file name is the preset name)::
+
+    label = "Modern"
+    description = "Clean lines, large glazing, daylight."
+    tags = ["interior", "exterior"]
+    prompt = "modern interior design, clean lines, natural light"
+    negative = "blurry, lowres, distorted perspective"
+    cfg = 7.0
+    steps = 30
+    scheduler = "unipc"            # unipc | dpmpp_2m_karras | euler_a | ddim
+
+    [controls.depth]               # per control type: scale, start, end, mode
+    scale = 0.9
+    [controls.lines]               # canny/mlsd/lineart fall back to "lines"
+    scale = 0.6
+    start = 0.0
+    end = 1.0
+
+    [sdxl]                         # optional overrides for the SDXL families
+    cfg = 6.0
+    [sdxl.controls.depth]
+    scale = 0.5
+
+Built-in presets live in ``presets/`` at the repository root. A user folder
+(``$ARCHVIZ_PRESET_DIR``, else ``$XDG_CONFIG_HOME/archviz/presets`` or
+``~/.config/archviz/presets``) adds presets or overrides built-in ones of the same name.
+Every problem raises :class:`PresetError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .jobs import CONTROL_MODES, CONTROL_TYPES, LINE_TYPES, MAX_CFG, MAX_SCALE, MAX_STEPS, SCHEDULER_ALIASES, SCHEDULERS
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler", "controls", "sdxl")
+SDXL_KEYS = ("cfg", "steps", "scheduler", "controls", "prompt", "negative")
+CONTROL_KEYS = ("scale", "start", "end", "mode")
+
+
+class PresetError(ValueError):
+    """A preset file is wrong. ``file`` and ``key`` say where."""
+
+    def __init__(self, file: str | os.PathLike, key: str, message: str):
+        self.file = str(file)
+        self.key = key
+        super().__init__(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}")
+
+
+@dataclass(frozen=True)
+class ControlDefaults:
+    scale: float | None = None
+    start: float | None = None
+    end: float | None = None
+    mode: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in (("scale", self.scale), ("start", self.start), ("end", self.end),
+                                  ("mode", self.mode)) if v is not None}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    prompt: str
+    negative: str = ""
+    label: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    cfg: float | None = None
+    steps: int | None = None
+    scheduler: str | None = None
+    controls: dict[str, ControlDefaults] = field(default_factory=dict)
+    sdxl: dict = field(default_factory=dict)  # cfg/steps/scheduler/prompt/negative/controls
+    source: str = ""  # file it came from
+
+    def for_family(self, sdxl: bool) -> "Preset":
+        """This preset with its ``[sdxl]`` overrides applied when ``sdxl`` is true."""
+        if not sdxl or not self.sdxl:
+            return self
+        over = dict(self.sdxl)
+        controls = dict(self.controls)
+        controls.update(over.pop("controls", {}))
+        values = {k: getattr(self, k) for k in ("name", "prompt", "negative", "label", "description", "tags",
+                                                "cfg", "steps", "scheduler", "source")}
+        values.update(over)
+        return Preset(controls=controls, sdxl={}, **values)
+
+    def control(self, control_type: str) -> ControlDefaults:
+        """The defaults for one control type (canny/mlsd/lineart fall back to ``lines``)."""
+        if control_type in self.controls:
+            return self.controls[control_type]
+        if control_type in LINE_TYPES and "lines" in self.controls:
+            return self.controls["lines"]
+        return ControlDefaults()
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "label": self.label or self.name,
+            "description": self.description,
+            "tags": list(self.tags),
+            "prompt": self.prompt,
+            "negative": self.negative,
+            "cfg": self.cfg,
+            "steps": self.steps,
+            "scheduler": self.scheduler,
+            "controls": {k: v.to_dict() for k, v in self.controls.items()},
+            "sdxl": {k: ({c: d.to_dict() for c, d in v.items()} if k == "controls" else v)
+                     for k, v in self.sdxl.items()},
+            "source": self.source,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Locations
+# ---------------------------------------------------------------------------------------
+
+
+def builtin_dir() -> Path:
+    """``presets/`` at the repository (= package) root."""
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+def user_dir() -> Path:
+    env = os.environ.get("ARCHVIZ_PRESET_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "archviz" / "presets"
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------
+
+
+def _number(value, path, key, lo, hi, integer=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise PresetError(path, key, f"expected {kind}, got {value!r}")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise PresetError(path, key, f"must be between {lo} and {hi}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _text(value, path, key):
+    if not isinstance(value, str):
+        raise PresetError(path, key, f"expected a string, got {value!r}")
+    return value
+
+
+def _scheduler(value, path, key):
+    text = _text(value, path, key).strip().lower()
+    text = SCHEDULER_ALIASES.get(text, text)
+    if text not in SCHEDULERS:
+        raise PresetError(path, key, f"unknown scheduler {value!r} (expected one of {', '.join(SCHEDULERS)})")
+    return text
+
+
+def _controls(table, path, prefix) -> dict[str, ControlDefaults]:
+    if not isinstance(table, dict):
+        raise PresetError(path, prefix, "expected a table of control types")
+    out = {}
+    for ctype, values in table.items():
+        key = f"{prefix}.{ctype}"
+        if ctype not in CONTROL_TYPES:
+            raise PresetError(path, key, f"unknown control type (expected one of {', '.join(CONTROL_TYPES)})")
+        if not isinstance(values, dict):
+            raise PresetError(path, key, "expected a table with scale/start/end/mode")
+        for k in values:
+            if k not in CONTROL_KEYS:
+                raise PresetError(path, f"{key}.{k}", f"unknown key (known: {', '.join(CONTROL_KEYS)})")
+        scale = _number(values["scale"], path, f"{key}.scale", 0.0, MAX_SCALE) if "scale" in values else None
+        start = _number(values["start"], path, f"{key}.start", 0.0, 1.0) if "start" in values else None
+        end = _number(values["end"], path, f"{key}.end", 0.0, 1.0) if "end" in values else None
+        if (start if start is not None else 0.0) >= (end if end is not None else 1.0):
+            raise PresetError(path, f"{key}.end" if end is not None else f"{key}.start",
+                              f"start ({start}) must be below end ({end})")
+        mode = None
+        if "mode" in values:
+            mode = _text(values["mode"], path, f"{key}.mode")
+            if mode not in CONTROL_MODES:
+                raise PresetError(path, f"{key}.mode", f"unknown mode {mode!r} (expected one of {', '.join(CONTROL_MODES)})")
+        out[ctype] = ControlDefaults(scale=scale, start=start, end=end, mode=mode)
+    return out
+
+
+def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
+    """Validate one decoded TOML document."""
+    if not _NAME_RE.match(name):
+        raise PresetError(path, "", f"preset name {name!r} (the file name) must be lowercase letters, digits, '-' or '_'")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise PresetError(path, key, f"unknown key (known: {', '.join(TOP_KEYS)})")
+    if "prompt" not in data:
+        raise PresetError(path, "prompt", "required")
+    prompt = _text(data["prompt"], path, "prompt")
+    if not prompt.strip():
+        raise PresetError(path, "prompt", "must not be empty")
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise PresetError(path, "tags", "expected a list of strings")
+    sdxl = {}
+    if "sdxl" in data:
+        table = data["sdxl"]
+        if not isinstance(table, dict):
+            raise PresetError(path, "sdxl", "expected a table")
+        for key, value in table.items():
+            full = f"sdxl.{key}"
+            if key not in SDXL_KEYS:
+                raise PresetError(path, full, f"unknown key (known: {', '.join(SDXL_KEYS)})")
+            if key == "cfg":
+                sdxl[key] = _number(value, path, full, 0.0, MAX_CFG)
+            elif key == "steps":
+                sdxl[key] = _number(value, path, full, 1, MAX_STEPS, integer=True)
+            elif key == "scheduler":
+                sdxl[key] = _scheduler(value, path, full)
+            elif key == "controls":
+                sdxl[key] = _controls(value, path, full)
+            else:
+                sdxl[key] = _text(value, path, full)
+    return Preset(
+        name=name,
+        prompt=prompt,
+        negative=_text(data.get("negative", ""), path, "negative"),
+        label=_text(data.get("label", ""), path, "label"),
+        description=_text(data.get("description", ""), path, "description"),
+        tags=tuple(tags),
+        cfg=_number(data["cfg"], path, "cfg", 0.0, MAX_CFG) if "cfg" in data else None,
+        steps=_number(data["steps"], path, "steps", 1, MAX_STEPS, integer=True) if "steps" in data else None,
+        scheduler=_scheduler(data["scheduler"], path, "scheduler") if "scheduler" in data else None,
+        controls=_controls(data.get("controls", {}), path, "controls"),
+        sdxl=sdxl,
+        source=str(path),
+    )
+
+
+def load_preset_file(path: str | os.PathLike) -> Preset:
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(path, "", f"not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise PresetError(path, "", f"cannot read ({exc.strerror})") from None
+    return parse_preset(data, path, path.stem)
+
+
+def load_presets(directories: list[str | os.PathLike] | None = None, *, include_user: bool = True) -> dict[str, Preset]:
+    """All presets, later folders overriding earlier ones by name.
+
+    ``directories`` defaults to the built-in folder; the user folder (see :func:`user_dir`)
+    is appended when ``include_user`` is true and it exists. Raises PresetError on the
+    first bad file.
+    """
+    folders = [Path(d) for d in (directories if directories is not None else [builtin_dir()])]
+    if include_user:
+        user = user_dir()
+        if user.is_dir() and user not in folders:
+            folders.append(user)
+    presets: dict[str, Preset] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise PresetError(folder, "", "preset folder does not exist")
+        for path in sorted(folder.glob("*.toml")):
+            preset = load_preset_file(path)
+            presets[preset.name] = preset
+    return presets
