@@ -1,0 +1,89 @@
+"""Building blocks for Blender tests: exact boxes, planes and cameras in a fresh scene."""
+
+import math
+
+import bmesh
+import bpy
+import mathutils
+import numpy as np
+from bpy_extras.object_utils import world_to_camera_view
+
+
+def fresh_scene(width=256, height=256):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x = width
+    scene.render.resolution_y = height
+    return scene
+
+
+def box(name, location, size, collection=None, material=None, rotation=(0.0, 0.0, 0.0)):
+    """An axis-aligned box ``size`` (x, y, z) centred at ``location``."""
+    mesh = bpy.data.meshes.new(name)
+    bm = bmesh.new()
+    bmesh.ops.create_cube(bm, size=1.0)
+    bm.to_mesh(mesh)
+    bm.free()
+    obj = bpy.data.objects.new(name, mesh)
+    (collection or bpy.context.scene.collection).objects.link(obj)
+    obj.location = location
+    obj.scale = size
+    obj.rotation_euler = rotation
+    if material is not None:
+        mesh.materials.append(material)
+    return obj
+
+
+def plane(name, location, size=2.0, rotation=(0.0, 0.0, 0.0)):
+    """A square plane whose normal is +Z before ``rotation``."""
+    mesh = bpy.data.meshes.new(name)
+    h = size / 2.0
+    mesh.from_pydata([(-h, -h, 0), (h, -h, 0), (h, h, 0), (-h, h, 0)], [], [(0, 1, 2, 3)])
+    obj = bpy.data.objects.new(name, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    obj.location = location
+    obj.rotation_euler = rotation
+    return obj
+
+
+def camera(name="Camera", location=(0.0, -6.0, 0.0), target=(0.0, 0.0, 0.0), lens=50.0, ortho_scale=None,
+           make_active=True):
+    data = bpy.data.cameras.new(name)
+    data.lens = lens
+    if ortho_scale is not None:
+        data.type = "ORTHO"
+        data.ortho_scale = ortho_scale
+    obj = bpy.data.objects.new(name, data)
+    bpy.context.scene.collection.objects.link(obj)
+    obj.location = location
+    direction = mathutils.Vector(target) - mathutils.Vector(location)
+    obj.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
+    if make_active:
+        bpy.context.scene.camera = obj
+    bpy.context.view_layer.update()
+    return obj
+
+
+def project(scene, cam, points, size):
+    """Pixel coordinates (col, row from the top) of world points in an image of ``size``."""
+    w, h = size
+    out = []
+    for p in points:
+        co = world_to_camera_view(scene, cam, mathutils.Vector(p))
+        out.append((co.x * w - 0.5, (1.0 - co.y) * h - 0.5))
+    return np.array(out)
+
+
+def box_corners(obj):
+    return [obj.matrix_world @ mathutils.Vector(c) for c in obj.bound_box]
+
+
+def material(name, archviz_class=None):
+    mat = bpy.data.materials.new(name)
+    if archviz_class:
+        mat["archviz_class"] = archviz_class
+    return mat
+
+
+def deg(x):
+    return math.radians(x)

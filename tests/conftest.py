@@ -1,0 +1,18 @@
+"""Shared fixtures. Blender-side helpers live in blender_support.py and are imported by the
+tests that need bpy, so core tests never load Blender."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # so tests can import their sibling support modules
+
+
+@pytest.fixture(autouse=True)
+def _archviz_home(tmp_path_factory, monkeypatch):
+    """Keep every test away from the user's ~/.cache/archviz unless it sets its own."""
+    if "ARCHVIZ_HOME" not in os.environ:
+        monkeypatch.setenv("ARCHVIZ_HOME", str(tmp_path_factory.getbasetemp() / "archviz_home"))
