@@ -1,0 +1,18 @@
+"""Operators (``archviz.*``): thin wrappers that read settings, call capture/core, report."""
+
+import bpy
+
+from . import render_controls
+
+_modules = (render_controls,)
+classes = tuple(cls for module in _modules for cls in module.classes)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,123 @@
+"""The add-on in the bpy module: registration, the render_controls operator, panel drawing."""
+
+import os
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+import archviz_controlnet  # noqa: E402
+from blender_support import box, camera, fresh_scene  # noqa: E402
+
+
+@pytest.fixture
+def addon():
+    fresh_scene(320, 240)
+    archviz_controlnet.register()
+    yield
+    archviz_controlnet.unregister()
+
+
+def _registered_names():
+    return {name for name in dir(bpy.types) if "archviz" in name.lower()}
+
+
+def test_register_unregister_leaves_nothing_behind():
+    fresh_scene()
+    before = _registered_names()
+    assert not hasattr(bpy.types.Scene, "archviz")
+    from archviz_controlnet import operators, panels, properties
+
+    ours = properties.classes + operators.classes + panels.classes
+    for _ in range(2):  # twice: a second cycle must work as well as the first
+        archviz_controlnet.register()
+        try:
+            added = _registered_names() - before
+            assert {"ARCHVIZ_OT_render_controls", "VIEW3D_PT_archviz"} <= added
+            assert all(cls.is_registered for cls in ours)
+            assert bpy.context.scene.archviz.long_side == 512
+            assert hasattr(bpy.ops.archviz, "render_controls")
+        finally:
+            archviz_controlnet.unregister()
+        assert _registered_names() == before
+        assert not any(cls.is_registered for cls in ours)
+        assert not hasattr(bpy.types.Scene, "archviz")
+
+
+def test_operator_renders_passes_and_loads_images(addon, tmp_path):
+    box("Chair", (0, 0, 0), (1, 1, 1))
+    camera(location=(0, -6, 0))
+    settings = bpy.context.scene.archviz
+    settings.long_side = 128
+    settings.use_normal = False
+    assert bpy.ops.archviz.render_controls(output_dir=str(tmp_path)) == {"FINISHED"}
+    assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".png")) == ["depth.png", "lines.png", "seg.png"]
+    for name in ("depth", "lines", "seg"):
+        image = bpy.data.images["archviz_" + name]
+        assert tuple(image.size) == (128, 96) and image.colorspace_settings.name == "Non-Color"
+    assert "archviz_normal" not in bpy.data.images
+
+
+def test_operator_default_output_of_unsaved_file_goes_to_temp(addon):
+    box("Chair", (0, 0, 0), (1, 1, 1))
+    camera("Cam 1", location=(0, -6, 0))
+    bpy.context.scene.archviz.long_side = 64
+    assert bpy.ops.archviz.render_controls() == {"FINISHED"}
+    path = bpy.data.images["archviz_depth"].filepath
+    assert os.path.join("archviz", "passes", "Cam_1") in path and os.path.exists(path)
+
+
+def test_operator_poll_and_errors_reach_the_user(addon, tmp_path):
+    box("Chair", (0, 0, 0), (1, 1, 1))
+    assert not bpy.ops.archviz.render_controls.poll()
+    with pytest.raises(RuntimeError, match="No scene camera"):
+        bpy.ops.archviz.render_controls(output_dir=str(tmp_path))
+    camera(location=(0, -6, 0), target=(0, -12, 0))
+    with pytest.raises(RuntimeError, match="nothing in view"):
+        bpy.ops.archviz.render_controls(output_dir=str(tmp_path))
+    bpy.context.scene.archviz.long_side = 100
+    with pytest.raises(RuntimeError, match="multiple of 8.*100"):
+        bpy.ops.archviz.render_controls(output_dir=str(tmp_path))
+
+
+class RecordingLayout:
+    """Stands in for UILayout: records every call and checks that each property drawn
+    exists on its data, so a typo in a panel fails the test."""
+
+    def __init__(self, calls):
+        self.calls = calls
+        self.use_property_split = False
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            if name == "prop":
+                data, prop = args[0], args[1]
+                assert prop in data.bl_rna.properties, f"panel draws unknown property {prop!r}"
+            if name == "operator":
+                module, op = args[0].split(".")
+                assert hasattr(getattr(bpy.ops, module), op), f"panel draws unknown operator {args[0]!r}"
+            return RecordingLayout(self.calls)
+        return record
+
+
+def test_panels_draw_without_error(addon, tmp_path):
+    from archviz_controlnet import panels
+
+    box("Chair", (0, 0, 0), (1, 1, 1))
+    camera(location=(0, -6, 0))
+    bpy.context.scene.archviz.long_side = 64
+    bpy.ops.archviz.render_controls(output_dir=str(tmp_path))
+    bpy.context.scene.archviz.depth_mode = "MANUAL"
+    for cls in panels.classes:
+        calls = []
+        panel = type("P", (), {"layout": RecordingLayout(calls)})()
+        cls.draw(panel, bpy.context)
+        drawn = [c[1][1] for c in calls if c[0] == "prop"]
+        assert drawn, cls.__name__
+        if cls is panels.VIEW3D_PT_archviz:
+            assert ("operator", ("archviz.render_controls",), {"icon": "RENDER_STILL"}) in calls
+            assert any(c[0] == "label" and c[2].get("text") == "64 x 48 px" for c in calls)
+            assert sum(1 for c in calls if c[0] == "template_icon") == 4  # the four previews
+        if cls is panels.VIEW3D_PT_archviz_depth_lines:
+            assert "depth_near" in drawn and "depth_far" in drawn
