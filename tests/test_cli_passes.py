@@ -1,0 +1,57 @@
+"""``archviz passes`` as a user runs it: the installed console script in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from blender_support import box, camera, fresh_scene  # noqa: E402
+
+ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
+
+
+def save_scene(path, with_camera=True):
+    fresh_scene(800, 600)
+    box("Chair", (0, 0, 0), (1, 1, 1))
+    box("Wall", (0, 3, 0), (8, 0.2, 6))
+    if with_camera:
+        camera("Main", location=(2, -6, 1.5))
+        camera("Side", location=(-6, -2, 1.5), make_active=False)
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    return str(path)
+
+
+def run(*args):
+    return subprocess.run([ARCHVIZ, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_passes_command_writes_four_images_and_json(tmp_path):
+    scene = save_scene(tmp_path / "room.blend")
+    out = tmp_path / "out"
+    proc = run("passes", scene, "--out", str(out), "--camera", "Side", "--long-side", "128")
+    assert proc.returncode == 0, proc.stderr
+    assert "from camera 'Side' at 128x96" in proc.stdout
+    names = sorted(os.listdir(out))
+    assert {"depth.png", "lines.png", "normal.png", "seg.png", "depth.npy", "passes.json", "passes.exr"} <= set(names)
+    info = json.loads((out / "passes.json").read_text())
+    assert info["camera"] == "Side" and info["resolution"] == [128, 96] and info["frame"] == 1
+    assert {e["class"] for e in info["legend"]} == {"chair", "wall"}
+
+
+def test_passes_command_errors_have_exit_codes_and_messages(tmp_path):
+    proc = run("passes", str(tmp_path / "missing.blend"), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "no such .blend file" in proc.stderr
+    scene = save_scene(tmp_path / "nocam.blend", with_camera=False)
+    proc = run("passes", scene, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 3 and "has no camera" in proc.stderr
+    scene = save_scene(tmp_path / "room.blend")
+    proc = run("passes", scene, "--out", str(tmp_path / "o"), "--passes", "depth,albedo")
+    assert proc.returncode == 3 and "unknown pass 'albedo'" in proc.stderr
+    proc = run("passes", scene, "--out", str(tmp_path / "o"), "--long-side", "100")
+    assert proc.returncode == 3 and "100" in proc.stderr
+    proc = run("passes", scene, "--out", str(tmp_path / "o"), "--near", "5", "--far", "2")
+    assert proc.returncode == 3 and "near=5.0, far=2.0" in proc.stderr
