@@ -31,7 +31,7 @@ demo: setup examples/interior.blend
 # (the bpy module carries the same command line as the Blender binary).
 extension: setup
 	mkdir -p dist
-	$(BIN)/python "$$($(BIN)/python -c 'import bpy, os; print(os.path.join(os.path.dirname(bpy.__file__), bpy.app.version_string[:3], "scripts/addons_core/bl_pkg/cli/blender_ext.py"))')" \
+	$(BIN)/python "$$($(BIN)/python -c 'import bpy, os; print(os.path.join(bpy.utils.system_resource("SCRIPTS"), "addons_core/bl_pkg/cli/blender_ext.py"))')" \
 		build --source-dir . --output-dir dist
 
 clean:
