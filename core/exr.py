@@ -1,11 +1,15 @@
-"""Read the float channels of an OpenEXR file (single-part or multi-part scanline).
+"""Read and write the float channels of OpenEXR files.
 
 Blender's own Python has numpy but no image library that exposes the passes of a
 multilayer EXR, so the capture side reads the file it just rendered with this small
 reader: scanline images, compression NONE, ZIPS or ZIP, pixel types HALF, FLOAT, UINT.
 That covers what Blender writes for render passes; anything else is refused by name.
+
+The writer makes what the results need (an AI image plus its passes as layers of one
+file): a single-part scanline image, FLOAT pixels, compression NONE or ZIP.
 """
 
+import os
 import struct
 import zlib
 
@@ -140,3 +144,100 @@ def read_exr(path):
     for part in parts:
         channels.update(part.arrays)
     return channels
+
+
+# ---------------------------------------------------------------- writer
+
+_WRITE_COMPRESSIONS = {"NONE": 0, "ZIP": 3}
+_FLOAT = 2
+_LONG_NAMES = 0x400
+_MAX_SHORT_NAME = 31
+
+
+def _do_zip_predictor(data):
+    """The inverse of _undo_zip_predictor: interleave the bytes (even ones first), then
+    delta-code them with OpenEXR's +128 bias."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    half = (raw.size + 1) // 2
+    t = np.empty(raw.size, dtype=np.uint8)
+    t[:half] = raw[0::2]
+    t[half:] = raw[1::2]
+    out = t.astype(np.int16)
+    out[1:] = (out[1:] - t[:-1].astype(np.int16) + 128) & 0xFF
+    return out.astype(np.uint8).tobytes()
+
+
+def _attribute(name, type_name, value):
+    return name.encode() + b"\0" + type_name.encode() + b"\0" + struct.pack("<i", len(value)) + value
+
+
+def encode_exr(channels, compression="ZIP"):
+    """EXR bytes for ``{channel name: 2-D array}`` (all the same shape, row 0 at the top).
+
+    One part, scanlines, 32-bit FLOAT pixels. ``compression`` is ``"ZIP"`` (zlib over
+    16 scanlines with OpenEXR's predictor) or ``"NONE"``. Channel names are kept as
+    given; a dot makes a layer, e.g. ``AI.R`` or ``Depth.Z``, which Blender and OpenEXR
+    read as pass ``AI``, channel ``R``.
+    """
+    if compression not in _WRITE_COMPRESSIONS:
+        raise ValueError(f"EXR compression must be one of {', '.join(_WRITE_COMPRESSIONS)}, got {compression!r}")
+    if not channels:
+        raise ValueError("an EXR needs at least one channel")
+    arrays, shape = {}, None
+    for name, value in channels.items():
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ValueError(f"bad EXR channel name {name!r}")
+        if len(name.encode()) > 255:
+            raise ValueError(f"EXR channel name {name!r} is longer than 255 bytes")
+        arr = np.asarray(value)
+        if arr.ndim != 2 or 0 in arr.shape:
+            raise ValueError(f"EXR channel {name!r} must be a non-empty 2-D array (height, width), got shape {arr.shape}")
+        if shape is None:
+            shape = arr.shape
+        elif arr.shape != shape:
+            raise ValueError(f"EXR channel {name!r} has shape {arr.shape}, the others {shape}")
+        arrays[name] = np.ascontiguousarray(arr, dtype="<f4")
+    height, width = shape
+    names = sorted(arrays, key=lambda n: n.encode())  # OpenEXR keeps channels sorted by name
+
+    chlist = b"".join(n.encode() + b"\0" + struct.pack("<iB3xii", _FLOAT, 0, 1, 1) for n in names) + b"\0"
+    window = struct.pack("<iiii", 0, 0, width - 1, height - 1)
+    header = b"".join([
+        _attribute("channels", "chlist", chlist),
+        _attribute("compression", "compression", bytes([_WRITE_COMPRESSIONS[compression]])),
+        _attribute("dataWindow", "box2i", window),
+        _attribute("displayWindow", "box2i", window),
+        _attribute("lineOrder", "lineOrder", b"\0"),  # INCREASING_Y
+        _attribute("pixelAspectRatio", "float", struct.pack("<f", 1.0)),
+        _attribute("screenWindowCenter", "v2f", struct.pack("<ff", 0.0, 0.0)),
+        _attribute("screenWindowWidth", "float", struct.pack("<f", 1.0)),
+    ]) + b"\0"
+    version = 2 | (_LONG_NAMES if any(len(n.encode()) > _MAX_SHORT_NAME for n in names) else 0)
+
+    # Within a scanline the channels follow one another, each a full row of pixels.
+    rows = np.stack([arrays[n] for n in names], axis=1)  # (height, channels, width)
+    lines_per_chunk = {"NONE": 1, "ZIP": 16}[compression]
+    chunks = []
+    for y in range(0, height, lines_per_chunk):
+        data = rows[y:y + lines_per_chunk].tobytes()
+        if compression == "ZIP":
+            packed = zlib.compress(_do_zip_predictor(data), 6)
+            if len(packed) < len(data):  # as OpenEXR: keep raw data when zlib does not help
+                data = packed
+        chunks.append(struct.pack("<ii", y, len(data)) + data)
+
+    start = 8 + len(header) + 8 * len(chunks)
+    offsets, pos = [], start
+    for chunk in chunks:
+        offsets.append(pos)
+        pos += len(chunk)
+    return b"".join([struct.pack("<ii", MAGIC, version), header,
+                     np.array(offsets, dtype="<u8").tobytes()] + chunks)
+
+
+def write_exr(path, channels, compression="ZIP"):
+    """Write ``{channel name: float32 array (height, width)}`` as a single-part scanline
+    EXR (see encode_exr), through a temporary file and a rename."""
+    from .png import atomic_write
+
+    atomic_write(os.fspath(path), encode_exr(channels, compression=compression))
