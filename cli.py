@@ -9,6 +9,7 @@ import sys
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "passes": ("archviz_controlnet.capture.cli", "render exact control passes from a .blend camera"),
+    "sweep": ("archviz_controlnet.headless", "render passes and sweep styles x seeds x cameras through the backend"),
     "serve": ("archviz_controlnet.backend.cli_serve", "start the generation backend (HTTP on loopback)"),
     "presets": ("archviz_controlnet.backend.cli_presets", "list the style presets"),
 }

@@ -3,7 +3,8 @@
 import math
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
 
 from .core.classes import ADE20K, DEFAULT_BACKGROUND_CLASS, DEFAULT_FALLBACK_CLASS
 
@@ -17,6 +18,39 @@ _CLASS_ITEMS = _class_items()  # Blender needs the enum items kept alive
 
 def _is_camera(_self, obj):
     return obj.type == "CAMERA"
+
+
+_PRESET_ITEMS = []
+
+
+def _preset_items(_self, _context):
+    """Style presets for the enum: built-in and user presets, read from their TOML files."""
+    from .core.presets import PresetError, load_presets
+
+    try:
+        presets = load_presets()
+    except PresetError as exc:
+        print(f"ArchViz: {exc}")
+        presets = {}
+    _PRESET_ITEMS[:] = [(name, p.label or name, p.description or p.prompt[:80]) for name, p in sorted(presets.items())]
+    return _PRESET_ITEMS or [("modern", "modern", "")]
+
+
+CONTROL_TYPE_ITEMS = [("depth", "Depth", "Inverse depth pass"), ("lines", "Lines", "Line pass"),
+                      ("normal", "Normal", "Normal pass"), ("seg", "Segmentation", "ADE20K segmentation pass")]
+MODE_ITEMS = [("balanced", "Balanced", "Control and prompt weigh the same"),
+              ("prompt", "Prompt More Important", "Control residuals fade toward the deep layers"),
+              ("controlnet", "ControlNet More Important", "Control applies to the conditional half of guidance only")]
+
+
+class ARCHVIZ_PG_control_unit(bpy.types.PropertyGroup):
+    type: EnumProperty(name="Type", items=CONTROL_TYPE_ITEMS, default="depth")
+    scale: FloatProperty(name="Scale", default=0.9, min=0.0, max=2.0, description="Conditioning scale of this unit")
+    start: FloatProperty(name="Start", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
+                         description="Fraction of the steps where this unit starts")
+    end: FloatProperty(name="End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+                       description="Fraction of the steps where this unit stops")
+    mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="balanced")
 
 
 class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
@@ -51,11 +85,76 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="//archviz/",
                                description="Folder for control passes and generated images (// = next to the .blend)")
 
+    # Generation
+    style: EnumProperty(name="Style", items=_preset_items, description="Style preset for Generate")
+    styles: StringProperty(name="Styles", default="modern,industrial",
+                           description="Comma-separated style presets for Sweep")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Seed for Generate")
+    seeds: StringProperty(name="Seeds", default="0-3", description="Seeds for Sweep, e.g. 0-7 or 1,5,9")
+    sweep_cameras: EnumProperty(
+        name="Cameras", default="SCENE",
+        items=[("SCENE", "Scene Camera", "The scene camera"), ("SELECTED", "Selected", "The selected cameras"),
+               ("COLLECTION", "Collection", "Every camera in a collection"), ("ALL", "All", "Every camera in the scene")])
+    camera_collection: PointerProperty(name="Camera Collection", type=bpy.types.Collection)
+    units: CollectionProperty(type=ARCHVIZ_PG_control_unit)
+    active_unit: IntProperty(name="Active Unit", default=0)
+    steps: IntProperty(name="Steps", default=0, min=0, max=500, description="Denoising steps (0: the style's)")
+    cfg: FloatProperty(name="CFG", default=0.0, min=0.0, max=50.0, description="Guidance scale (0: the style's)")
+    scheduler: EnumProperty(name="Scheduler", default="PRESET",
+                            items=[("PRESET", "From Style", ""), ("unipc", "UniPC", ""),
+                                   ("dpmpp_2m_karras", "DPM++ 2M Karras", ""), ("euler_a", "Euler a", ""),
+                                   ("ddim", "DDIM", "")])
+
     def passes(self):
         return tuple(name for name in ("depth", "lines", "normal", "seg") if getattr(self, f"use_{name}"))
 
 
-classes = (ARCHVIZ_PG_settings,)
+def _addon_package():
+    return __package__
+
+
+class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    backend_mode: EnumProperty(
+        name="Backend", default="LOCAL",
+        items=[("LOCAL", "Local", "Start a backend process with a local Python interpreter that has torch"),
+               ("REMOTE", "Remote", "Use a backend server at a URL (a GPU box shared by several seats)")])
+    python: StringProperty(name="Python", subtype="FILE_PATH", default="",
+                           description="Interpreter with torch and diffusers (empty: the venv made by Set up backend)")
+    venv_dir: StringProperty(name="Backend Venv", subtype="DIR_PATH", default="",
+                             description="Where Set up backend creates the venv (empty: the user config folder)")
+    url: StringProperty(name="URL", default="http://127.0.0.1:8765", description="Remote backend URL")
+    token: StringProperty(name="Token", subtype="PASSWORD", default="", description="Remote backend access token")
+    device: EnumProperty(name="Device", default="auto",
+                         items=[("auto", "Auto", "CUDA when there is a GPU"), ("cuda", "CUDA", ""), ("cpu", "CPU", "")])
+    model: EnumProperty(name="Model", default="sd15",
+                        items=[("sd15", "SD 1.5", ""), ("sdxl", "SDXL", ""),
+                               ("tiny", "Tiny (offline test)", "Random weights: noise that proves the plumbing"),
+                               ("tiny-sdxl", "Tiny SDXL (offline test)", "")])
+    model_path: StringProperty(name="Base Model Override", subtype="DIR_PATH", default="",
+                               description="Local folder or file used instead of the family's base model")
+    output_dir: StringProperty(name="Default Output", subtype="DIR_PATH", default="",
+                               description="Used when a scene's output folder is empty")
+    hf_cache: StringProperty(name="HF Cache", subtype="DIR_PATH", default="",
+                             description="Hugging Face cache folder for the backend (HF_HOME)")
+    offline: BoolProperty(name="Offline", default=False, description="Never reach the Hugging Face hub (HF_HUB_OFFLINE)")
+
+    def draw(self, context):
+        from .panels import draw_preferences
+
+        draw_preferences(self, context, self.layout)
+
+
+def preferences(context=None):
+    """The add-on preferences, or None when the add-on is used without being enabled in
+    Blender's preferences (e.g. registered by hand in a bpy-module script)."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(__package__)
+    return addon.preferences if addon else None
+
+
+classes = (ARCHVIZ_PG_control_unit, ARCHVIZ_PG_settings, ARCHVIZ_AP_preferences)
 
 
 def register():

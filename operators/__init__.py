@@ -2,9 +2,9 @@
 
 import bpy
 
-from . import render_controls
+from . import generate, render_controls
 
-_modules = (render_controls,)
+_modules = (render_controls, generate)
 classes = tuple(cls for module in _modules for cls in module.classes)
 
 

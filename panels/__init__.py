@@ -82,14 +82,133 @@ class VIEW3D_PT_archviz_classes(ArchVizPanel, bpy.types.Panel):
             box.label(text=f"{obj.name}: set the custom property 'archviz_class' to override", icon="INFO")
 
 
-classes = (VIEW3D_PT_archviz, VIEW3D_PT_archviz_depth_lines, VIEW3D_PT_archviz_classes)
+class ARCHVIZ_UL_controls(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        row = layout.row(align=True)
+        row.prop(item, "type", text="")
+        row.prop(item, "scale", text="")
+        row.prop(item, "start", text="")
+        row.prop(item, "end", text="")
+
+
+def draw_progress(layout, task):
+    """Progress bar, message and Cancel for the running (or last) generation."""
+    if task is None:
+        return
+    col = layout.column(align=True)
+    if task.state == "running":
+        col.progress(factor=task.fraction, type="BAR",
+                     text=f"{task.images_done}/{task.images_total} images, {task.fraction:.0%}")
+        col.operator("archviz.cancel", icon="CANCEL")
+    col.label(text=task.message, icon="ERROR" if task.state == "failed" else "INFO")
+
+
+class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
+    bl_idname = "VIEW3D_PT_archviz_generate"
+    bl_label = "Generate"
+
+    def draw(self, context):
+        from ..operators.generate import Task
+
+        layout = self.layout
+        settings = context.scene.archviz
+        row = layout.row(align=True)
+        row.prop(settings, "style", text="")
+        row.prop(settings, "seed")
+        layout.operator("archviz.generate", icon="IMAGE_DATA")
+        box = layout.box()
+        box.label(text="Sweep")
+        box.prop(settings, "styles")
+        box.prop(settings, "seeds")
+        box.prop(settings, "sweep_cameras")
+        if settings.sweep_cameras == "COLLECTION":
+            box.prop(settings, "camera_collection")
+        box.operator("archviz.sweep", icon="RENDERLAYERS")
+        draw_progress(layout, Task.current)
+        row = layout.row(align=True)
+        row.operator("archviz.backend_start", icon="PLAY")
+        row.operator("archviz.backend_stop", icon="SNAP_FACE")
+
+
+class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
+    bl_label = "Control Units"
+    bl_parent_id = "VIEW3D_PT_archviz_generate"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.archviz
+        if not len(settings.units):
+            layout.label(text="Default: depth 0.9 + lines 0.6", icon="INFO")
+        row = layout.row()
+        row.template_list("ARCHVIZ_UL_controls", "", settings, "units", settings, "active_unit", rows=2)
+        col = row.column(align=True)
+        col.operator("archviz.unit_add", icon="ADD", text="")
+        col.operator("archviz.unit_remove", icon="REMOVE", text="")
+        layout.operator_menu_enum("archviz.control_preset", "preset", text="Presets")
+        if len(settings.units) and settings.active_unit < len(settings.units):
+            unit = settings.units[settings.active_unit]
+            col = layout.column()
+            col.use_property_split = True
+            col.prop(unit, "mode")
+        col = layout.column()
+        col.use_property_split = True
+        col.prop(settings, "steps")
+        col.prop(settings, "cfg")
+        col.prop(settings, "scheduler")
+
+
+class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
+    bl_label = "Results"
+    bl_parent_id = "VIEW3D_PT_archviz_generate"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        results = [img for img in bpy.data.images if "archviz_style" in img]
+        if not results:
+            layout.label(text="No generated images yet")
+            return
+        for image in results[-8:]:
+            layout.label(text=image.name, icon="IMAGE_DATA")
+        layout.operator("archviz.apply_texture", icon="TEXTURE")
+        layout.operator("archviz.add_to_compositor", icon="NODE_COMPOSITING")
+
+
+def draw_preferences(prefs, context, layout):
+    layout.prop(prefs, "backend_mode", expand=True)
+    if prefs.backend_mode == "LOCAL":
+        layout.prop(prefs, "python")
+        layout.prop(prefs, "venv_dir")
+        layout.prop(prefs, "device")
+    else:
+        layout.prop(prefs, "url")
+        layout.prop(prefs, "token")
+    layout.prop(prefs, "model")
+    layout.prop(prefs, "model_path")
+    layout.prop(prefs, "output_dir")
+    layout.prop(prefs, "hf_cache")
+    layout.prop(prefs, "offline")
+
+
+def draw_status(self, context):
+    from ..operators.generate import Task
+
+    task = Task.current
+    if task is not None and task.state == "running":
+        self.layout.progress(factor=task.fraction, type="BAR", text=f"ArchViz {task.images_done}/{task.images_total}")
+
+
+classes = (VIEW3D_PT_archviz, VIEW3D_PT_archviz_depth_lines, VIEW3D_PT_archviz_classes, ARCHVIZ_UL_controls,
+           VIEW3D_PT_archviz_generate, VIEW3D_PT_archviz_units, VIEW3D_PT_archviz_results)
 
 
 def register():
     for cls in classes:
         bpy.utils.register_class(cls)
+    bpy.types.STATUSBAR_HT_header.append(draw_status)
 
 
 def unregister():
+    bpy.types.STATUSBAR_HT_header.remove(draw_status)
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -109,15 +109,49 @@ def test_panels_draw_without_error(addon, tmp_path):
     bpy.context.scene.archviz.long_side = 64
     bpy.ops.archviz.render_controls(output_dir=str(tmp_path))
     bpy.context.scene.archviz.depth_mode = "MANUAL"
+    bpy.ops.archviz.control_preset(preset="early_depth_late_lines")
     for cls in panels.classes:
+        if not issubclass(cls, bpy.types.Panel):
+            continue
         calls = []
         panel = type("P", (), {"layout": RecordingLayout(calls)})()
         cls.draw(panel, bpy.context)
         drawn = [c[1][1] for c in calls if c[0] == "prop"]
-        assert drawn, cls.__name__
+        assert calls, cls.__name__
+        if cls is panels.VIEW3D_PT_archviz_results:
+            assert ("label", (), {"text": "No generated images yet"}) in calls
         if cls is panels.VIEW3D_PT_archviz:
             assert ("operator", ("archviz.render_controls",), {"icon": "RENDER_STILL"}) in calls
             assert any(c[0] == "label" and c[2].get("text") == "64 x 48 px" for c in calls)
             assert sum(1 for c in calls if c[0] == "template_icon") == 4  # the four previews
         if cls is panels.VIEW3D_PT_archviz_depth_lines:
             assert "depth_near" in drawn and "depth_far" in drawn
+        if cls is panels.VIEW3D_PT_archviz_generate:
+            ops = [c[1][0] for c in calls if c[0] == "operator"]
+            assert {"archviz.generate", "archviz.sweep", "archviz.backend_start"} <= set(ops)
+    units = bpy.context.scene.archviz.units
+    assert [(u.type, round(u.start, 2), round(u.end, 2)) for u in units] == [("depth", 0.0, 0.5), ("lines", 0.2, 1.0)]
+    calls = []
+    panels.ARCHVIZ_UL_controls.draw_item(None, bpy.context, RecordingLayout(calls), None, units[0], 0, None, "")
+    assert [c[1][1] for c in calls if c[0] == "prop"] == ["type", "scale", "start", "end"]
+
+
+def test_preferences_draw_when_enabled_as_an_addon():
+    import addon_utils
+
+    from archviz_controlnet import panels, properties
+
+    fresh_scene()
+    addon_utils.enable("archviz_controlnet", default_set=True)
+    try:
+        prefs = properties.preferences()
+        assert prefs is not None and prefs.backend_mode == "LOCAL" and prefs.model == "sd15"
+        for mode in ("LOCAL", "REMOTE"):
+            prefs.backend_mode = mode
+            calls = []
+            panels.draw_preferences(prefs, bpy.context, RecordingLayout(calls))
+            drawn = {c[1][1] for c in calls if c[0] == "prop"}
+            assert ("url" in drawn) == (mode == "REMOTE") and ("python" in drawn) == (mode == "LOCAL")
+    finally:
+        addon_utils.disable("archviz_controlnet", default_set=True)
+    assert not hasattr(bpy.types.Scene, "archviz")

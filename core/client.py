@@ -1,0 +1,182 @@
+"""Talk to the backend: a stdlib HTTP client for the ``/v1`` API and a launcher for a local
+backend process. No bpy, no torch: Blender's Python and plain scripts both use it."""
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+LISTENING_PREFIX = "archviz backend listening on "
+TERMINAL_STATES = ("done", "failed", "cancelled")
+
+
+class BackendError(RuntimeError):
+    """The backend refused a request, failed a job, or cannot be reached. The message is
+    the backend's own where it sent one."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class BackendUnreachable(BackendError):
+    pass
+
+
+class Client:
+    def __init__(self, url, token="", timeout=30.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def _request(self, method, path, body=None, raw=False):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise BackendError(f"{method} {path}: {exc.code} {_error_text(exc.read())}", status=exc.code) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BackendUnreachable(f"backend at {self.url} is not reachable ({reason})") from None
+        return payload if raw else json.loads(payload or b"null")
+
+    def health(self):
+        return self._request("GET", "/v1/health")
+
+    def presets(self):
+        return self._request("GET", "/v1/presets")
+
+    def submit(self, job):
+        return self._request("POST", "/v1/jobs", job)["id"]
+
+    def job(self, job_id):
+        return self._request("GET", f"/v1/jobs/{job_id}")
+
+    def image(self, job_id, index):
+        return self._request("GET", f"/v1/jobs/{job_id}/images/{index}", raw=True)
+
+    def cancel(self, job_id):
+        return self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def is_up(self):
+        try:
+            self.health()
+            return True
+        except BackendError:
+            return False
+
+
+def _error_text(payload):
+    """The backend's message from an error body ({"detail": ...} or {"error": {...}})."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return payload.decode("utf-8", "replace")[:500]
+    if isinstance(data, dict):
+        detail = data.get("detail", data.get("error", data))
+        if isinstance(detail, dict):
+            return detail.get("message") or json.dumps(detail)
+        if isinstance(detail, list):  # a list of validation errors
+            return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+        return str(detail)
+    return str(data)
+
+
+class BackendProcess:
+    """A backend started by this process: ``python -m archviz_controlnet.cli serve``.
+
+    It binds a free loopback port and prints its URL; this class waits for that line.
+    The child's stdin is a pipe that this process never writes: when this process ends,
+    however it ends, the pipe closes and the backend stops itself (no orphan)."""
+
+    def __init__(self, python=None, device="auto", host="127.0.0.1", extra_args=(), env=None, log_path=None):
+        self.python = python or sys.executable
+        self.device = device
+        self.host = host
+        self.extra_args = list(extra_args)
+        self.env = dict(os.environ if env is None else env)
+        self.log_path = log_path
+        self.proc = None
+        self.url = None
+        self._lines = queue.Queue()
+
+    def command(self):
+        return [self.python, "-m", "archviz_controlnet.cli", "serve", "--host", self.host, "--port", "0",
+                "--device", self.device, "--exit-with-stdin", *self.extra_args]
+
+    def start(self, timeout=180.0):
+        env = dict(self.env)
+        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.basename(package_dir) == "archviz_controlnet":  # an installed extension: put it on the path
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(package_dir), env.get("PYTHONPATH")]))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        try:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+        except OSError as exc:
+            raise BackendError(f"cannot start the backend with {self.python!r}: {exc.strerror}") from None
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        tail = []
+        while time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self._lines.empty():
+                    break
+                continue
+            if line is None:
+                break
+            tail = (tail + [line])[-20:]
+            if line.startswith(LISTENING_PREFIX):
+                self.url = line[len(LISTENING_PREFIX):].strip()
+                return self.url
+        self.stop()
+        raise BackendError("the backend did not start" + (": " + " | ".join(tail[-5:]) if tail else "")
+                           + f" (command: {' '.join(self.command())})")
+
+    def _pump(self):
+        log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
+        try:
+            for line in self.proc.stdout:
+                if log:
+                    log.write(line)
+                    log.flush()
+                self._lines.put(line.rstrip("\n"))
+        finally:
+            self._lines.put(None)
+            if log:
+                log.close()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=10.0):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # the backend's signal to exit cleanly
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout / 2)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=timeout / 2)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        self.proc = None

@@ -1,0 +1,202 @@
+"""Sweeps from the client side: cameras x styles x seeds over the backend.
+
+Builds one backend job per camera from that camera's control passes, submits them, follows
+their progress and brings every finished image to the local output folder as it comes.
+Events go to a callback, so the same runner drives a terminal progress bar and, from a
+worker thread, Blender's panel. No bpy, no torch.
+"""
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import jobs as J
+from .client import TERMINAL_STATES, BackendError, BackendUnreachable
+from .png import atomic_write
+
+PASS_FILES = {"depth": "depth.png", "lines": "lines.png", "normal": "normal.png", "seg": "seg.png"}
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet unit: which pass, how strong, when. None = the style preset's value."""
+
+    type: str
+    scale: float | None = None
+    start: float | None = None
+    end: float | None = None
+    mode: str | None = None
+
+    @classmethod
+    def parse(cls, text):
+        """``depth``, ``depth:0.9`` or ``lines:0.6:0.2:1.0`` (type:scale:start:end)."""
+        parts = text.strip().split(":")
+        if parts[0] not in PASS_FILES:
+            raise J.JobError("controls", f"unknown control pass {parts[0]!r} (choose from {', '.join(PASS_FILES)})")
+        try:
+            nums = [float(p) for p in parts[1:4]]
+        except ValueError:
+            raise J.JobError("controls", f"{text!r}: expected type:scale:start:end numbers") from None
+        return cls(parts[0], *(nums + [None] * (3 - len(nums))))
+
+
+# Unit presets after the seed documents: weighted multi-control, and temporal scheduling
+# (structure early, edges late).
+UNIT_PRESETS = {
+    "depth_lines": [ControlUnit("depth", 0.9, 0.0, 1.0), ControlUnit("lines", 0.6, 0.0, 1.0)],
+    "early_depth_late_lines": [ControlUnit("depth", 1.0, 0.0, 0.5), ControlUnit("lines", 0.8, 0.2, 1.0)],
+    "depth_seg": [ControlUnit("depth", 0.9, 0.0, 1.0), ControlUnit("seg", 0.5, 0.0, 0.8)],
+    "all_passes": [ControlUnit("depth", 0.8), ControlUnit("lines", 0.6, 0.2, 1.0), ControlUnit("normal", 0.4),
+                   ControlUnit("seg", 0.4, 0.0, 0.8)],
+}
+
+
+def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
+               cfg=None, scheduler=None, skip_existing=True):
+    """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
+    so a bad value is reported before anything is sent."""
+    controls = []
+    for i, unit in enumerate(units):
+        path = os.path.join(passes_dir, PASS_FILES.get(unit.type, f"{unit.type}.png"))
+        try:
+            with open(path, "rb") as fh:
+                png = fh.read()
+        except OSError as exc:
+            raise J.JobError(f"controls[{i}].image", f"cannot read {path}: {exc.strerror}") from None
+        control = {"type": unit.type, "image": J.encode_png(png)}
+        for key in ("scale", "start", "end", "mode"):
+            if getattr(unit, key) is not None:
+                control[key] = getattr(unit, key)
+        controls.append(control)
+    job = {"model": model if isinstance(model, dict) else {"family": model}, "controls": controls,
+           "styles": list(styles), "seeds": list(seeds), "name_prefix": name_prefix, "skip_existing": skip_existing}
+    for key, value in (("output_dir", output_dir), ("steps", steps), ("cfg", cfg), ("scheduler", scheduler)):
+        if value is not None:
+            job[key] = value
+    J.Job.from_dict(json.loads(json.dumps(job)))  # raises JobError naming the field
+    return job
+
+
+@dataclass
+class SweepEvent:
+    kind: str  # "progress" | "image" | "error" | "done"
+    camera: str = ""
+    message: str = ""
+    fraction: float = 0.0  # whole sweep, 0..1
+    images_done: int = 0
+    images_total: int = 0
+    image: dict = field(default_factory=dict)  # for "image": path, style, seed, params
+
+
+@dataclass
+class _Tracked:
+    camera: str
+    job: dict
+    job_id: str = ""
+    state: str = "new"
+    steps_done: int = 0
+    steps_total: int = 1
+    seen: set = field(default_factory=set)
+    total_images: int = 0
+    error: str = ""
+
+
+class SweepRunner:
+    """Runs per-camera jobs on one backend and reports through ``emit(SweepEvent)``.
+
+    ``run()`` blocks until every job ended. Images are written to ``out_dir`` (the
+    backend's own file when it shares this disk, a download otherwise) before they are
+    announced, so nothing announced can be lost. ``cancel()`` may be called from any thread.
+    """
+
+    def __init__(self, client, camera_jobs, out_dir, poll_interval=0.25):
+        self.client = client
+        self.tracked = [_Tracked(camera, job, total_images=len(job["styles"]) * len(job["seeds"]))
+                        for camera, job in camera_jobs]
+        self.out_dir = out_dir
+        self.poll_interval = poll_interval
+        self._cancel = threading.Event()
+        self.images = []  # every image event's payload, in arrival order
+        self.errors = []
+
+    def cancel(self):
+        self._cancel.set()
+        for t in self.tracked:
+            if t.job_id and t.state not in TERMINAL_STATES:
+                try:
+                    self.client.cancel(t.job_id)
+                except BackendError:
+                    pass  # the job ended meanwhile or the backend is gone; run() reports it
+
+    @property
+    def cancelled(self):
+        return self._cancel.is_set()
+
+    def _totals(self):
+        steps = sum(t.steps_total for t in self.tracked) or 1
+        done = sum(t.steps_total if t.state in TERMINAL_STATES else t.steps_done for t in self.tracked)
+        images = sum(len(t.seen) for t in self.tracked)
+        return done / steps, images, sum(t.total_images for t in self.tracked)
+
+    def run(self, emit):
+        os.makedirs(self.out_dir, exist_ok=True)
+        for t in self.tracked:
+            if self.cancelled:
+                break
+            t.job_id = self.client.submit(t.job)
+            t.state = "queued"
+        while not self.cancelled and any(t.state not in TERMINAL_STATES for t in self.tracked if t.job_id):
+            for t in self.tracked:
+                if t.job_id and t.state not in TERMINAL_STATES:
+                    self._poll(t, emit)
+            fraction, done, total = self._totals()
+            emit(SweepEvent("progress", fraction=fraction, images_done=done, images_total=total))
+            time.sleep(self.poll_interval)
+        if self.cancelled:
+            for t in self.tracked:  # pick up what finished before the cancel landed
+                if t.job_id:
+                    try:
+                        self._poll(t, emit)
+                    except BackendUnreachable:
+                        break
+        fraction, done, total = self._totals()
+        state = "cancelled" if self.cancelled else ("failed" if self.errors else "done")
+        emit(SweepEvent("done", message=state, fraction=fraction, images_done=done, images_total=total))
+        return state
+
+    def _poll(self, t, emit):
+        status = self.client.job(t.job_id)
+        t.state = status["state"]
+        progress = status.get("progress") or {}
+        t.steps_done = int(progress.get("steps_done", progress.get("step", 0)) or 0)
+        t.steps_total = max(1, int(progress.get("steps_total", progress.get("total", 1)) or 1))
+        for entry in status.get("images", []):
+            key = entry.get("index")
+            if key in t.seen:
+                continue
+            path = self._local_copy(t, entry)
+            t.seen.add(key)
+            payload = {"path": path, "camera": t.camera, "style": entry.get("style"), "seed": entry.get("seed"),
+                       "params": entry.get("params") or {}, "skipped": bool(entry.get("skipped"))}
+            self.images.append(payload)
+            fraction, done, total = self._totals()
+            emit(SweepEvent("image", camera=t.camera, fraction=fraction, images_done=done, images_total=total,
+                            image=payload))
+        if t.state == "failed":
+            errors = status.get("errors") or [{"message": "the job failed without a message"}]
+            t.error = "; ".join(e.get("message", str(e)) if isinstance(e, dict) else str(e) for e in errors)
+            self.errors.append(f"{t.camera}: {t.error}")
+            emit(SweepEvent("error", camera=t.camera, message=t.error))
+
+    def _local_copy(self, t, entry):
+        """The image in the local output folder: the backend's file when it is already
+        there, else downloaded (remote backend)."""
+        name = entry.get("file") or os.path.basename(entry.get("path", ""))
+        local = os.path.join(self.out_dir, name)
+        remote = entry.get("path")
+        if remote and os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local):
+            return local
+        atomic_write(local, self.client.image(t.job_id, entry["index"]))
+        return local

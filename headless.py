@@ -1,0 +1,117 @@
+"""``archviz sweep SCENE.blend --styles ... --seeds ... --out DIR``: a whole sweep from a
+terminal or a render box, with a progress bar. Re-running resumes: images already on
+disk with the same parameters are kept, not made again."""
+
+import os
+import sys
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_SCENE_ERROR = 3
+EXIT_CANCELLED = 130
+
+
+def add_arguments(parser):
+    parser.add_argument("scene", help="the .blend file")
+    parser.add_argument("--styles", required=True, help="comma-separated preset names (archviz presets lists them)")
+    parser.add_argument("--seeds", required=True, help="seeds and ranges, e.g. 0-7 or 1,5,9")
+    parser.add_argument("--cameras", default="scene",
+                        help="scene (default), all, collection:NAME, or comma-separated camera names")
+    parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, tiny, tiny-sdxl, or a local model folder")
+    parser.add_argument("--controls", default="depth,lines",
+                        help="control units type[:scale[:start[:end]]], comma-separated (default depth,lines; "
+                             "values left out come from the style preset)")
+    parser.add_argument("--backend", default=os.environ.get("ARCHVIZ_BACKEND_URL", ""),
+                        help="URL of a running backend (default: start a local one for this run)")
+    parser.add_argument("--token", default=os.environ.get("ARCHVIZ_TOKEN", ""), help="backend access token")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                        help="device for a backend this command starts")
+    parser.add_argument("--long-side", type=int, default=None, help="control/output long side (default 512, 1024 for SDXL)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the style preset's)")
+    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the style preset's)")
+    parser.add_argument("--scheduler", default=None, help="unipc, dpmpp_2m_karras, euler_a or ddim (default: preset's)")
+    parser.add_argument("--out", required=True, help="output folder (images, manifests, contact sheets, passes/)")
+
+
+def run(args):
+    if not os.path.isfile(args.scene):
+        print(f"archviz sweep: no such .blend file: {args.scene}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from tqdm import tqdm
+
+    import bpy
+
+    from .capture.render import CaptureError, CaptureOptions
+    from .core import jobs as J
+    from .core.client import BackendError
+    from .core.passes import PassError
+    from .core.sweep import ControlUnit, SweepRunner
+    from .sweeping import connect, prepare_jobs, resolve_cameras
+
+    try:
+        seeds = J.parse_seeds(args.seeds)
+        styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+        if not styles:
+            raise J.JobError("styles", "no styles given")
+        units = [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
+        model = args.model
+        long_side = args.long_side or (1024 if "sdxl" in model else 512)
+    except J.JobError as exc:
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    out_dir = os.path.abspath(args.out)
+    bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.scene))
+    scene = bpy.context.scene
+    try:
+        cameras = resolve_cameras(scene, args.cameras)
+        print(f"rendering control passes for {len(cameras)} camera(s): {', '.join(c.name for c in cameras)}")
+        client, proc = connect(url=args.backend, token=args.token, device=args.device,
+                               log_path=os.path.join(out_dir, "backend.log") if not args.backend else None)
+        camera_jobs = prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir,
+                                   CaptureOptions(long_side=long_side), steps=args.steps, cfg=args.cfg,
+                                   scheduler=args.scheduler, share_disk=not args.backend)
+    except (J.JobError, CaptureError, PassError) as exc:
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_SCENE_ERROR
+    except BackendError as exc:
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if proc is not None:
+        print(f"started a backend at {proc.url} (log: {proc.log_path})")
+    runner = SweepRunner(client, camera_jobs, out_dir)
+    total = len(cameras) * len(styles) * len(seeds)
+    bar = tqdm(total=1000, desc="sweep", unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+    counts = {"new": 0, "kept": 0}
+
+    def emit(event):
+        bar.n = int(event.fraction * 1000)
+        bar.set_postfix_str(f"{event.images_done}/{total} images")
+        if event.kind == "image":
+            counts["kept" if event.image["skipped"] else "new"] += 1
+        elif event.kind == "error":
+            tqdm.write(f"error ({event.camera}): {event.message}")
+
+    try:
+        state = runner.run(emit)
+    except KeyboardInterrupt:
+        runner.cancel()
+        state = "cancelled"
+    except BackendError as exc:
+        bar.close()
+        print(f"archviz sweep: {exc}\n{len(runner.images)} image(s) finished before that are in {out_dir}; "
+              "run the same command again to resume", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        bar.close()
+        if proc is not None:
+            proc.stop()
+    print(f"{counts['new']} new image(s), {counts['kept']} already on disk, in {out_dir}")
+    for camera, _job in camera_jobs:
+        sheet = os.path.join(out_dir, J.sidecar_filename(camera, "contact_sheet.png"))
+        if os.path.exists(sheet):
+            print(f"contact sheet: {sheet}")
+    if state == "failed":
+        print("archviz sweep: " + "; ".join(runner.errors), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_CANCELLED if state == "cancelled" else 0

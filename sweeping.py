@@ -1,0 +1,104 @@
+"""Blender side of a sweep: which cameras, their control passes, the jobs, the backend.
+
+Shared by the ``archviz.generate`` / ``archviz.sweep`` operators and the ``archviz sweep``
+command, so the panel, ``blender -b`` and the terminal run the very same steps.
+"""
+
+import atexit
+import os
+
+import bpy
+
+from .capture.render import CaptureOptions, render_controls
+from .core import jobs as J
+from .core.client import BackendProcess, Client
+from .core.sweep import camera_job
+
+_started = {}  # (python, device) -> BackendProcess started by this Blender/Python process
+
+
+def resolve_cameras(scene, spec="scene", selected=()):
+    """Camera objects for ``spec``: "scene", "all", "selected", "collection:NAME" or "A,B"."""
+    spec = (spec or "scene").strip()
+    if spec == "scene":
+        if scene.camera is None:
+            raise J.JobError("cameras", f"scene {scene.name!r} has no camera")
+        return [scene.camera]
+    if spec == "all":
+        cams = sorted((o for o in scene.objects if o.type == "CAMERA"), key=lambda o: o.name)
+    elif spec == "selected":
+        cams = [o for o in selected if o.type == "CAMERA"]
+    elif spec.startswith("collection:"):
+        name = spec.split(":", 1)[1]
+        coll = bpy.data.collections.get(name)
+        if coll is None:
+            raise J.JobError("cameras", f"no collection named {name!r}")
+        cams = sorted((o for o in coll.all_objects if o.type == "CAMERA"), key=lambda o: o.name)
+    else:
+        cams = []
+        for name in (n.strip() for n in spec.split(",") if n.strip()):
+            obj = scene.objects.get(name)
+            if obj is None or obj.type != "CAMERA":
+                raise J.JobError("cameras", f"no camera named {name!r} in scene {scene.name!r}")
+            cams.append(obj)
+    if not cams:
+        raise J.JobError("cameras", f"no cameras for {spec!r}")
+    return cams
+
+
+def model_spec(model):
+    """"sd15" | "sdxl" | "tiny" | "tiny-sdxl" | a local folder or file (an SD 1.5 base)."""
+    if model in J.FAMILIES or model in J.FAMILY_ALIASES:
+        return {"family": model}
+    if os.path.exists(model):
+        return {"family": "sd15", "base": os.path.abspath(model)}
+    raise J.JobError("model", f"{model!r} is neither a family ({', '.join(J.FAMILIES)}) nor an existing path")
+
+
+def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
+                 scheduler=None, share_disk=True):
+    """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
+
+    Returns [(camera name, job dict)]. ``share_disk``: the backend writes into ``out_dir``
+    itself (a local backend); otherwise the images are downloaded."""
+    base = capture_options or CaptureOptions()
+    out = []
+    for cam in cameras:
+        passes_dir = os.path.join(out_dir, "passes", J.safe_name(cam.name))
+        opts = CaptureOptions(**{**base.__dict__, "camera": cam.name,
+                                 "passes": tuple(sorted({u.type for u in units}))})
+        render_controls(scene, passes_dir, opts)
+        out.append((cam.name, camera_job(passes_dir, units, styles, seeds, model=model_spec(model),
+                                         output_dir=os.path.abspath(out_dir) if share_disk else None,
+                                         name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler)))
+    return out
+
+
+def connect(url="", token="", python="", device="auto", log_path=None):
+    """A client for ``url``, or for a local backend this process started (started now if
+    needed; it stops when this process exits). Returns (client, started process or None)."""
+    if url:
+        client = Client(url, token=token)
+        client.health()  # raises BackendUnreachable with the URL in the message
+        return client, None
+    key = (python or "", device)
+    proc = _started.get(key)
+    if proc is None or not proc.alive():
+        proc = BackendProcess(python=python or None, device=device, log_path=log_path)
+        proc.start()
+        _started[key] = proc
+    return Client(proc.url), proc
+
+
+def stop_started_backends():
+    for proc in list(_started.values()):
+        proc.stop()
+    _started.clear()
+
+
+def started_backend():
+    """The backend this process started and that is still running, if any."""
+    return next((p for p in _started.values() if p.alive()), None)
+
+
+atexit.register(stop_started_backends)
