@@ -1,0 +1,247 @@
+"""The HTTP API (FastAPI): validate, enqueue, report. JSON and PNG only on the wire.
+
+==========================  ==============================================================
+``GET /v1/health``          version, device, dtype, loaded models, queue
+``GET /v1/presets``         style presets (+ errors of bad preset files)
+``POST /v1/jobs``           submit a job (core.jobs JSON) -> 202 + job status
+``GET /v1/jobs``            all known jobs (short status)
+``GET /v1/jobs/{id}``       state, progress, finished images, error
+``GET /v1/jobs/{id}/images/{n}``  PNG of sweep image ``n`` (style_index * len(seeds) + seed_index)
+``GET /v1/jobs/{id}/contact_sheet``  the contact sheet PNG
+``DELETE /v1/jobs/{id}``    cancel (queued: at once; running: within one denoising step)
+``POST /v1/unload``         drop every warm model not in use
+``POST /v1/preprocess``     run a detector on a photo/sketch, returns the control PNG
+==========================  ==============================================================
+
+Every error is JSON ``{"detail": msg, "error": {"type", "message", "field"?}}``; malformed
+jobs get 422 with the bad field named (``controls[0].image: not a PNG file``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field, TypeAdapter
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..core import jobs as J
+from ..core.presets import load_presets_tolerant
+from .engine import Engine
+from .preprocess import PreprocessorError, run_preprocessor
+from .sweep import build_plan, decode_control_image
+from .worker import Worker
+
+log = logging.getLogger("archviz.backend")
+
+
+def _error(status: int, kind: str, message: str, field: str | None = None) -> JSONResponse:
+    err = {"type": kind, "message": message}
+    if field is not None:
+        err["field"] = field
+    return JSONResponse(status_code=status, content={"detail": message, "error": err})
+
+
+class JobAccepted(BaseModel):
+    id: str
+    state: str
+    queue_position: int | None = None
+    status_url: str
+    images_total: int
+    output_dir: str
+
+
+class UnloadResult(BaseModel):
+    unloaded: list[str]
+    in_use: list[str]
+
+
+class PreprocessRequest(BaseModel):
+    detector: str = Field(description="canny | mlsd | lineart | depth | normal")
+    image: str = Field(description="base64 PNG (photo or sketch)")
+    width: int
+    height: int
+
+
+def _job_schema() -> tuple[dict, dict]:
+    """JSON schema of the job dataclasses (one source of truth: core.jobs)."""
+    schema = TypeAdapter(J.Job).json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    defs["Job"] = schema
+    return {"$ref": "#/components/schemas/Job"}, defs
+
+
+def create_app(engine: Engine, preset_dirs: list[str] | None = None) -> FastAPI:
+    worker = Worker(engine)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        worker.start()
+        yield
+        worker.stop()
+
+    app = FastAPI(title="ArchViz ControlNet backend", version=__version__, lifespan=lifespan,
+                  description="Multi-ControlNet style sweeps for architectural visualization.")
+    app.state.worker = worker
+    app.state.engine = engine
+    app.state.started = time.time()
+    dirs = None
+    if preset_dirs:
+        from ..core.presets import builtin_dir
+
+        dirs = [builtin_dir(), *preset_dirs]
+
+    def presets():
+        return load_presets_tolerant(dirs)
+
+    # -- errors as data -------------------------------------------------------------------
+    @app.exception_handler(J.JobError)
+    async def _job_error(_: Request, exc: J.JobError):
+        return _error(422, "ValidationError", str(exc), exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query")]
+        field = ".".join(loc) or "body"
+        return _error(422, "ValidationError", f"{field}: {first.get('msg')}", field)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException):
+        kind = {404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict"}.get(exc.status_code, "HTTPError")
+        return _error(exc.status_code, kind, str(exc.detail))
+
+    def _record(job_id: str):
+        record = worker.get(job_id)
+        if record is None:
+            raise HTTPException(404, f"job {job_id!r} not found")
+        return record
+
+    # -- endpoints --------------------------------------------------------------------------
+    @app.get("/v1/health")
+    def health() -> dict:
+        import diffusers
+        import torch
+
+        _, errors = presets()
+        return {
+            "status": "ok",
+            "version": __version__,
+            "device": str(engine.device),
+            "dtype": engine.dtype_name,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "loaded_models": engine.cache.describe(),
+            "memory_budget_mb": round(engine.cache.budget_bytes / 2**20),
+            "memory_used_mb": round(engine.cache.used_bytes() / 2**20, 2),
+            "queue": {"queued": worker.queued(), "running": worker.current},
+            "jobs_run": worker.jobs_run,
+            "uptime_s": round(time.time() - app.state.started, 1),
+            "preset_errors": [str(e) for e in errors],
+            "pid": os.getpid(),
+        }
+
+    @app.get("/v1/presets")
+    def list_presets() -> dict:
+        found, errors = presets()
+        return {"presets": [p.to_dict() for p in sorted(found.values(), key=lambda p: p.name)],
+                "errors": [{"file": e.file, "key": e.key, "message": str(e)} for e in errors]}
+
+    body_schema, job_defs = _job_schema()
+
+    @app.post("/v1/jobs", status_code=202, response_model=JobAccepted,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}})
+    async def submit(request: Request):
+        raw = await request.body()
+        job = J.Job.from_json(raw)  # JobError -> 422 naming the field
+        found, _ = presets()
+        plan = build_plan(job, found, engine.dtype_name)
+        record = worker.submit(plan)
+        return JSONResponse(status_code=202, content={
+            "id": record.id, "state": record.state, "queue_position": worker.queue_position(record.id),
+            "status_url": f"/v1/jobs/{record.id}", "images_total": len(plan.images),
+            "output_dir": str(record.output_dir)})
+
+    @app.get("/v1/jobs")
+    def list_jobs() -> dict:
+        return {"jobs": [{"id": r.id, "state": r.state, "created": r.created,
+                          "images_done": len(r.images), "images_total": len(r.plan.images)}
+                         for r in sorted(worker.records.values(), key=lambda r: r.created)]}
+
+    @app.get("/v1/jobs/{job_id}")
+    def job_status(job_id: str) -> dict:
+        return _record(job_id).status(worker.queue_position(job_id))
+
+    @app.get("/v1/jobs/{job_id}/images/{n}", response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}}}})
+    def job_image(job_id: str, n: int):
+        record = _record(job_id)
+        if not 0 <= n < len(record.plan.images):
+            raise HTTPException(404, f"image {n} is outside this job's {len(record.plan.images)} images")
+        info = record.images.get(n)
+        if info is None:
+            raise HTTPException(404, f"image {n} of job {job_id} is not done (state {record.state})")
+        return FileResponse(info["path"], media_type="image/png", filename=info["file"])
+
+    @app.get("/v1/jobs/{job_id}/contact_sheet", response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}}}})
+    def job_contact_sheet(job_id: str):
+        record = _record(job_id)
+        if not record.contact_sheet_file:
+            raise HTTPException(404, f"job {job_id} has no contact sheet yet (state {record.state})")
+        return FileResponse(record.output_dir / record.contact_sheet_file, media_type="image/png")
+
+    @app.delete("/v1/jobs/{job_id}")
+    def cancel(job_id: str) -> dict:
+        _record(job_id)
+        record = worker.cancel(job_id)
+        return record.status(worker.queue_position(job_id))
+
+    @app.post("/v1/unload", response_model=UnloadResult)
+    def unload() -> dict:
+        return engine.unload()
+
+    @app.post("/v1/preprocess")
+    def preprocess(req: PreprocessRequest) -> dict:
+        if req.detector not in J.PREPROCESSORS or req.detector == "none":
+            raise J.JobError("detector", f"unknown detector {req.detector!r} "
+                                         f"(expected one of {', '.join(J.PREPROCESSORS[1:])})")
+        for name in ("width", "height"):
+            value = getattr(req, name)
+            if not J.MIN_SIZE <= value <= J.MAX_SIZE or value % J.SIZE_MULTIPLE:
+                raise J.JobError(name, f"must be a multiple of {J.SIZE_MULTIPLE} in {J.MIN_SIZE}..{J.MAX_SIZE}")
+        image = decode_control_image(J.decode_png(req.image, "image"), "image")
+        try:
+            out = run_preprocessor(req.detector, image, req.width, req.height)
+        except PreprocessorError as exc:
+            return _error(409, "PreprocessorError", str(exc), "detector")
+        buf = io.BytesIO()
+        out.save(buf, format="PNG")
+        return {"image": base64.b64encode(buf.getvalue()).decode("ascii"), "width": out.width,
+                "height": out.height}
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(job_defs)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+    return app
+
+
+def dumps(data) -> str:  # small helper for the CLI and tests
+    return json.dumps(data, indent=2)

@@ -1,0 +1,191 @@
+"""From a validated job to a concrete sweep plan.
+
+The plan fixes everything that determines the pixels of each (style, seed) image: models,
+prompts, sampler, size and per-control scale/window/mode after the style presets have been
+applied. Its hash (``params_sha256``) goes into every PNG and the manifest; it is what
+``skip_existing`` compares to resume a sweep that was cut off.
+
+This runs on the HTTP thread at submit time, so a queued job keeps the presets it was sent
+with, and every error is a JobError naming the field (unknown preset, bad PNG...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+
+from ..core import jobs as J
+from ..core.presets import Preset
+from .models import ModelPlan, resolve_models
+
+ENGINE_VERSION = 1  # bump when the same parameters would give different pixels
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """One control as used for one style."""
+
+    type: str
+    image_sha256: str  # sha256 of the control's RGB pixels (after decoding the PNG)
+    preprocess: str
+    scale: float
+    start: float
+    end: float
+    mode: str
+    model: str  # ControlNet reference (with #mode=N for ControlNet-Union)
+
+
+@dataclass(frozen=True)
+class StyleSettings:
+    name: str
+    preset: str | None
+    prompt: str
+    negative: str
+    steps: int
+    cfg: float
+    scheduler: str
+    units: tuple[UnitSettings, ...]
+
+    def sampling_key(self) -> tuple:
+        """Styles with the same key can share a UNet batch."""
+        return (self.steps, self.cfg, self.scheduler, self.units)
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    index: int
+    style: int  # index into SweepPlan.styles
+    seed: int
+    file: str
+    params_sha256: str
+
+
+@dataclass
+class ControlImage:
+    type: str
+    image: object  # PIL.Image (RGB)
+    sha256: str
+    preprocess: str
+
+
+@dataclass
+class SweepPlan:
+    job: J.Job
+    models: ModelPlan
+    dtype: str
+    width: int
+    height: int
+    controls: list[ControlImage]
+    styles: list[StyleSettings]
+    images: list[PlannedImage]
+
+    def params(self, image: PlannedImage) -> dict:
+        """Everything that determines the pixels of one image (hashed into params_sha256)."""
+        style = self.styles[image.style]
+        return {
+            "engine": ENGINE_VERSION,
+            "model": self.models.ids(),
+            "dtype": self.dtype,
+            "width": self.width,
+            "height": self.height,
+            "prompt": style.prompt,
+            "negative": style.negative,
+            "seed": image.seed,
+            "steps": style.steps,
+            "cfg": style.cfg,
+            "scheduler": style.scheduler,
+            "controls": [asdict(u) for u in style.units],
+        }
+
+
+def params_sha256(params: dict) -> str:
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def decode_control_image(png: bytes, field: str):
+    """PIL RGB image from PNG bytes; JobError naming ``field`` when it does not decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            if im.format != "PNG":
+                raise J.JobError(field, f"expected a PNG, got {im.format}")
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                raise J.JobError(field, f"16-bit/float PNG ({im.mode}) is not supported; send 8-bit RGB or gray")
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, J.JobError):
+            raise
+        raise J.JobError(field, f"cannot decode PNG ({exc})") from None
+
+
+def pixels_sha256(image) -> str:
+    h = hashlib.sha256(f"{image.width}x{image.height}:RGB:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def resolve_style(style: J.Style, index: int, job: J.Job, presets: dict[str, Preset]) -> tuple[Preset | None, str, str]:
+    preset = None
+    if style.preset is not None:
+        preset = presets.get(style.preset)
+        if preset is None:
+            known = ", ".join(sorted(presets)) or "none"
+            raise J.JobError(f"styles[{index}].preset", f"unknown preset {style.preset!r} (known: {known})")
+        preset = preset.for_family(job.model.is_sdxl)
+    prompt = style.prompt if style.prompt else preset.prompt
+    negative = style.negative if style.negative is not None else (preset.negative if preset else "")
+    return preset, prompt, negative
+
+
+def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32") -> SweepPlan:
+    """Resolve presets and models, decode control images, hash every image's parameters."""
+    models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
+    controls = []
+    for i, c in enumerate(job.controls):
+        image = decode_control_image(c.png_bytes(), f"controls[{i}].image")
+        controls.append(ControlImage(type=c.type, image=image, sha256=pixels_sha256(image), preprocess=c.preprocess))
+
+    styles = []
+    for si, style in enumerate(job.styles):
+        preset, prompt, negative = resolve_style(style, si, job, presets)
+
+        def pick(job_value, preset_value, default):
+            if job_value is not None:
+                return job_value
+            return preset_value if preset_value is not None else default
+
+        units = []
+        for ci, (c, img, ref) in enumerate(zip(job.controls, controls, models.controlnets)):
+            d = preset.control(c.type) if preset else None
+            start = pick(c.start, d.start if d else None, J.DEFAULT_START)
+            end = pick(c.end, d.end if d else None, J.DEFAULT_END)
+            if not start < end:
+                raise J.JobError(f"controls[{ci}].start",
+                                 f"with style {style.name!r} the window is start {start:g} >= end {end:g}")
+            units.append(UnitSettings(
+                type=c.type, image_sha256=img.sha256, preprocess=c.preprocess,
+                scale=float(pick(c.scale, d.scale if d else None, J.DEFAULT_SCALE)),
+                start=float(start), end=float(end),
+                mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
+                model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
+            ))
+        styles.append(StyleSettings(
+            name=style.name, preset=style.preset, prompt=prompt, negative=negative,
+            steps=int(pick(job.steps, preset.steps if preset else None, J.DEFAULT_STEPS)),
+            cfg=float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG)),
+            scheduler=pick(job.scheduler, preset.scheduler if preset else None, J.DEFAULT_SCHEDULER),
+            units=tuple(units),
+        ))
+
+    plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,
+                     controls=controls, styles=styles, images=[])
+    for item in job.items():
+        si = next(i for i, s in enumerate(styles) if s.name == item.style)
+        draft = PlannedImage(item.index, si, item.seed, item.file, "")
+        plan.images.append(PlannedImage(item.index, si, item.seed, item.file, params_sha256(plan.params(draft))))
+    return plan

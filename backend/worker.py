@@ -1,0 +1,246 @@
+"""Job records, the queue, and the one worker thread that owns the GPU.
+
+The HTTP layer only validates, enqueues and reports (:mod:`.server`). This thread takes one
+job at a time, writes results as they finish, and turns every failure into data
+(``{"type", "message"}``) on the job: the worker never dies with a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.jobs import JobError, sidecar_filename
+from .engine import Cancelled, Engine, to_uint8
+from .outputs import Manifest, existing_matches, image_metadata, png_bytes, atomic_write, write_contact_sheet
+from .sweep import PlannedImage, SweepPlan
+from .tiny import archviz_home
+
+log = logging.getLogger("archviz.backend")
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+MAX_RECORDS = 500
+
+
+def default_output_root() -> Path:
+    return Path(os.environ.get("ARCHVIZ_OUTPUT_DIR") or archviz_home() / "outputs").expanduser()
+
+
+def error_data(exc: BaseException) -> dict:
+    kind = type(exc).__name__
+    kind = {"ModelNotFoundError": "ModelNotFound", "JobError": "ValidationError"}.get(kind, kind)
+    data = {"type": kind, "message": str(exc)}
+    if isinstance(exc, JobError):
+        data["field"] = exc.field
+    return data
+
+
+@dataclass
+class JobRecord:
+    id: str
+    plan: SweepPlan
+    output_dir: Path
+    created: float = field(default_factory=time.time)
+    state: str = "queued"
+    started: float | None = None
+    finished: float | None = None
+    steps_done: int = 0
+    steps_total: int = 0
+    images: dict[int, dict] = field(default_factory=dict)  # sweep index -> image info
+    error: dict | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    manifest_file: str = ""
+    contact_sheet_file: str | None = None
+
+    def step(self, n: int = 1) -> None:
+        with self.lock:
+            self.steps_done += n
+
+    def add_image(self, item: PlannedImage, skipped: bool) -> None:
+        with self.lock:
+            self.images[item.index] = {
+                "index": item.index,
+                "file": item.file,
+                "path": str(self.output_dir / item.file),
+                "style": self.plan.styles[item.style].name,
+                "seed": item.seed,
+                "params_sha256": item.params_sha256,
+                "skipped": skipped,
+                "url": f"/v1/jobs/{self.id}/images/{item.index}",
+            }
+
+    def status(self, queue_position: int | None = None) -> dict:
+        with self.lock:
+            plan = self.plan
+            total = len(plan.images)
+            return {
+                "id": self.id,
+                "state": self.state,
+                "created": self.created,
+                "started": self.started,
+                "finished": self.finished,
+                "queue_position": queue_position,
+                "progress": {
+                    "steps_done": self.steps_done,
+                    "steps_total": self.steps_total,
+                    "images_done": len(self.images),
+                    "images_total": total,
+                    "fraction": (len(self.images) / total) if self.state == "done" or not self.steps_total
+                    else min(1.0, self.steps_done / self.steps_total),
+                },
+                "images": [self.images[k] for k in sorted(self.images)],
+                "error": self.error,
+                "output_dir": str(self.output_dir),
+                "manifest": str(self.output_dir / self.manifest_file) if self.manifest_file else None,
+                "contact_sheet": str(self.output_dir / self.contact_sheet_file) if self.contact_sheet_file else None,
+                "model": plan.models.ids(),
+                "styles": [s.name for s in plan.styles],
+                "seeds": list(plan.job.seeds),
+                "width": plan.width,
+                "height": plan.height,
+            }
+
+
+class Worker:
+    """A locked FIFO of jobs and the single thread that runs them."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.records: dict[str, JobRecord] = {}
+        self._order: list[str] = []  # queued ids, FIFO
+        self._queue: "queue.Queue[str | None]" = queue.Queue()
+        self._lock = threading.Lock()
+        self.current: str | None = None
+        self.jobs_run = 0
+        self._thread = threading.Thread(target=self._loop, name="archviz-gpu-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        for record in list(self.records.values()):
+            record.cancel_event.set()
+        self._queue.put(None)
+
+    # -- HTTP-side API -------------------------------------------------------------------
+    def submit(self, plan: SweepPlan) -> JobRecord:
+        job_id = uuid.uuid4().hex[:12]
+        out = Path(plan.job.output_dir).expanduser() if plan.job.output_dir else default_output_root() / job_id
+        record = JobRecord(id=job_id, plan=plan, output_dir=out.resolve())
+        record.manifest_file = sidecar_filename(plan.job.name_prefix, "manifest.json")
+        with self._lock:
+            self.records[job_id] = record
+            self._order.append(job_id)
+            self._prune()
+        self._queue.put(job_id)
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.records.get(job_id)
+
+    def queue_position(self, job_id: str) -> int | None:
+        with self._lock:
+            return self._order.index(job_id) if job_id in self._order else None
+
+    def cancel(self, job_id: str) -> JobRecord | None:
+        record = self.records.get(job_id)
+        if record is None:
+            return None
+        record.cancel_event.set()
+        with self._lock:
+            if job_id in self._order:  # not started yet: cancelled right away
+                self._order.remove(job_id)
+                with record.lock:
+                    record.state = "cancelled"
+                    record.finished = time.time()
+        return record
+
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._order)
+
+    def _prune(self) -> None:
+        finished = [r for r in self.records.values() if r.state in FINISHED]
+        for r in sorted(finished, key=lambda r: r.created)[: max(0, len(self.records) - MAX_RECORDS)]:
+            self.records.pop(r.id, None)
+
+    # -- the thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            with self._lock:
+                if job_id not in self._order:
+                    continue  # cancelled while queued
+                self._order.remove(job_id)
+                self.current = job_id
+            try:
+                self.run(self.records[job_id])
+            except BaseException:  # noqa: BLE001 - the worker must outlive any job
+                log.exception("job %s crashed the runner", job_id)
+            finally:
+                self.current = None
+                self.jobs_run += 1
+
+    def run(self, record: JobRecord) -> None:
+        plan, out = record.plan, record.output_dir
+        with record.lock:
+            record.state = "running"
+            record.started = time.time()
+        manifest = None
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            manifest = Manifest(plan, record.id, out, record.manifest_file)
+            todo = []
+            for item in plan.images:
+                if plan.job.skip_existing and existing_matches(out / item.file, item.params_sha256):
+                    record.add_image(item, skipped=True)
+                    manifest.mark(item, "skipped")
+                else:
+                    todo.append(item)
+            record.steps_total = sum(plan.styles[b[0].style].steps for b in self.engine.batches(plan, todo))
+            manifest.write("running")
+
+            def on_image(item: PlannedImage, array) -> None:
+                data = png_bytes(to_uint8(array), image_metadata(plan, item))
+                atomic_write(out / item.file, data)  # on disk before it is reported
+                manifest.mark(item, "done")
+                manifest.write()
+                record.add_image(item, skipped=False)
+
+            if todo:
+                self.engine.generate(plan, todo, on_step=record.step, on_image=on_image,
+                                     cancelled=record.cancel_event.is_set)
+            if record.cancel_event.is_set():
+                raise Cancelled()
+            final, error = "done", None
+        except Cancelled:
+            final, error = "cancelled", None
+        except Exception as exc:  # noqa: BLE001 - errors are data
+            log.error("job %s failed: %s\n%s", record.id, exc, traceback.format_exc())
+            final, error = "failed", error_data(exc)
+        sheet = None
+        if manifest is not None:
+            try:
+                if plan.job.contact_sheet and record.images:
+                    sheet = write_contact_sheet(plan, out, sidecar_filename(plan.job.name_prefix, "contact_sheet.png"))
+                manifest.write(final, error, sheet)
+            except Exception as exc:  # noqa: BLE001 - keep the first error, report this one if none
+                log.error("job %s: writing manifest/contact sheet failed: %s", record.id, exc)
+                if error is None:
+                    final, error = "failed", error_data(exc)
+        with record.lock:
+            record.contact_sheet_file = sheet
+            record.error = error
+            record.state = final
+            record.finished = time.time()
