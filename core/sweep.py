@@ -178,15 +178,20 @@ class SweepRunner:
                 continue
             path = self._local_copy(t, entry)
             t.seen.add(key)
+            params = {k: v for k, v in entry.items() if k not in ("index", "url", "path", "skipped")}
+            params["model"] = json.dumps(status.get("model") or t.job.get("model"))
+            for key in ("steps", "cfg", "scheduler", "width", "height"):
+                if status.get(key, t.job.get(key)) is not None:
+                    params[key] = status.get(key, t.job.get(key))
             payload = {"path": path, "camera": t.camera, "style": entry.get("style"), "seed": entry.get("seed"),
-                       "params": entry.get("params") or {}, "skipped": bool(entry.get("skipped"))}
+                       "params": params, "skipped": bool(entry.get("skipped"))}
             self.images.append(payload)
             fraction, done, total = self._totals()
             emit(SweepEvent("image", camera=t.camera, fraction=fraction, images_done=done, images_total=total,
                             image=payload))
         if t.state == "failed":
-            errors = status.get("errors") or [{"message": "the job failed without a message"}]
-            t.error = "; ".join(e.get("message", str(e)) if isinstance(e, dict) else str(e) for e in errors)
+            error = status.get("error") or {"message": "the job failed without a message"}
+            t.error = error.get("message", str(error)) if isinstance(error, dict) else str(error)
             self.errors.append(f"{t.camera}: {t.error}")
             emit(SweepEvent("error", camera=t.camera, message=t.error))
 
