@@ -156,10 +156,11 @@ def _font(size: int):
 
 
 def contact_sheet(rows: list[str], cols: list[int], tiles: dict[tuple[int, int], Image.Image | None],
-                  tile_w: int, tile_h: int, title: str = "") -> Image.Image:
+                  tile_w: int, tile_h: int, title: str = "") -> tuple[Image.Image, dict[tuple[int, int], list[int]]]:
     """Grid with one row per style and one column per seed, labelled on the left and on top.
     Missing tiles are drawn grey with a cross. Small images are upscaled (nearest) to at
-    least 160 px wide so the labels stay readable."""
+    least 160 px wide so the labels stay readable. Returns the sheet and each tile's box
+    ``[x, y, w, h]`` keyed by (row, column)."""
     scale = max(1, int(np.ceil(160 / max(1, tile_w))))
     tw, th = tile_w * scale, tile_h * scale
     font = _font(14)
@@ -170,6 +171,7 @@ def contact_sheet(rows: list[str], cols: list[int], tiles: dict[tuple[int, int],
     height = header_h + len(rows) * (th + gap) + gap
     sheet = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
+    boxes = {}
     if title:
         draw.text((gap, 4), title, fill=(20, 20, 20), font=font)
     for c, seed in enumerate(cols):
@@ -180,6 +182,7 @@ def contact_sheet(rows: list[str], cols: list[int], tiles: dict[tuple[int, int],
         draw.text((6, y + th // 2 - 8), name, fill=(20, 20, 20), font=font)
         for c in range(len(cols)):
             x = label_w + gap + c * (tw + gap)
+            boxes[(r, c)] = [x, y, tw, th]
             tile = tiles.get((r, c))
             if tile is None:
                 draw.rectangle([x, y, x + tw - 1, y + th - 1], fill=(200, 200, 200))
@@ -187,7 +190,7 @@ def contact_sheet(rows: list[str], cols: list[int], tiles: dict[tuple[int, int],
                 draw.line([x, y + th - 1, x + tw - 1, y], fill=(150, 150, 150), width=2)
             else:
                 sheet.paste(tile.convert("RGB").resize((tw, th), Image.NEAREST), (x, y))
-    return sheet
+    return sheet, boxes
 
 
 def write_contact_sheet(plan: SweepPlan, output_dir: Path, name: str) -> str:
@@ -203,8 +206,15 @@ def write_contact_sheet(plan: SweepPlan, output_dir: Path, name: str) -> str:
             tiles[(r, c)] = None
     title = f"{plan.job.name_prefix + ' - ' if plan.job.name_prefix else ''}{plan.models.family}, " \
             f"{plan.width}x{plan.height}"
-    sheet = contact_sheet([s.name for s in plan.styles], list(plan.job.seeds), tiles, plan.width, plan.height, title)
+    sheet, boxes = contact_sheet([s.name for s in plan.styles], list(plan.job.seeds), tiles, plan.width,
+                                 plan.height, title)
+    # Where each variant sits, so a viewer (or a test) can map a click back to its file.
+    layout = {item.file: boxes[(item.style, plan.job.seeds.index(item.seed))] for item in plan.images}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("archviz_tiles", json.dumps(layout))
+    info.add_text("archviz_rows", json.dumps([s.name for s in plan.styles]))
+    info.add_text("archviz_columns", json.dumps(list(plan.job.seeds)))
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
+    sheet.save(buf, format="PNG", pnginfo=info)
     atomic_write(output_dir / name, buf.getvalue())
     return name

@@ -68,9 +68,13 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
         try:
             builder(tmp)
             (tmp / ".complete").write_text("built by archviz_controlnet.backend.tiny\n")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            if path.exists() and not (path / ".complete").exists():
+                shutil.rmtree(path, ignore_errors=True)  # a build that died halfway
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                if not (path / ".complete").exists():  # another process finished first otherwise
+                    raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -66,14 +66,20 @@ class JobRecord:
             self.steps_done += n
 
     def add_image(self, item: PlannedImage, skipped: bool) -> None:
+        style = self.plan.styles[item.style]
         with self.lock:
             self.images[item.index] = {
                 "index": item.index,
                 "file": item.file,
                 "path": str(self.output_dir / item.file),
-                "style": self.plan.styles[item.style].name,
+                "style": style.name,
                 "seed": item.seed,
                 "params_sha256": item.params_sha256,
+                "prompt": style.prompt,
+                "negative": style.negative,
+                "steps": style.steps,
+                "cfg": style.cfg,
+                "scheduler": style.scheduler,
                 "skipped": skipped,
                 "url": f"/v1/jobs/{self.id}/images/{item.index}",
             }

@@ -1,0 +1,159 @@
+"""Shared helpers for the backend tests: control images, a real ``archviz serve`` process
+on loopback, and small HTTP helpers. (Fixtures live in the test modules; conftest.py is
+not ours to edit.)"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = 64
+
+# The tiny models are deterministic and versioned, so every test run on a machine shares
+# one build of them (built atomically, once) instead of rebuilding per module.
+TEST_HOME = Path(os.environ.get("ARCHVIZ_TEST_HOME") or Path(tempfile.gettempdir()) / f"archviz-test-home-{os.getuid()}")
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(array_or_bytes) -> str:
+    data = array_or_bytes if isinstance(array_or_bytes, bytes) else png_bytes(array_or_bytes)
+    return base64.b64encode(data).decode("ascii")
+
+
+def depth_image(w: int = SIZE, h: int = SIZE) -> np.ndarray:
+    """A room-like inverse depth: bright (near) at the bottom, a dark back wall box."""
+    y = np.linspace(0, 1, h)[:, None] * np.ones((1, w))
+    d = (40 + 200 * y).astype(np.uint8)
+    d[h // 4: h // 2, w // 4: 3 * w // 4] = 30
+    return np.stack([d] * 3, axis=-1)
+
+
+def lines_image(w: int = SIZE, h: int = SIZE) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[h // 4, w // 4: 3 * w // 4] = 255
+    img[h // 2, :] = 255
+    img[h // 4: h // 2, w // 4] = 255
+    img[h // 4: h // 2, 3 * w // 4] = 255
+    for i in range(h // 2, h):  # perspective floor lines
+        img[i, max(0, w // 4 - (i - h // 2))] = 255
+        img[i, min(w - 1, 3 * w // 4 + (i - h // 2))] = 255
+    return img
+
+
+def pixel_sha256(array: np.ndarray) -> str:
+    h, w = array.shape[:2]
+    digest = hashlib.sha256(f"{w}x{h}:RGB:".encode())
+    digest.update(np.ascontiguousarray(array[..., :3]).tobytes())
+    return digest.hexdigest()
+
+
+def base_env(home: Path | None = None) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "ARCHVIZ_HOME": str(home or TEST_HOME),
+        "HF_HUB_OFFLINE": "1",  # never reach for the network
+        "HF_HOME": str((home or TEST_HOME) / "hf"),  # an empty HF cache: real models are missing
+        "ARCHVIZ_PRESET_DIR": str((home or TEST_HOME) / "no-user-presets"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
+    })
+    return env
+
+
+class Server:
+    """``python -m archviz_controlnet.cli serve --port 0`` as a child process."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, log: list[str]):
+        self.proc, self.url, self.log = proc, url, log
+
+    def request(self, method: str, path: str, body=None, raw: bytes | None = None, timeout: float = 60):
+        import httpx
+
+        content = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Content-Type": "application/json"} if content is not None else {}
+        return httpx.request(method, self.url + path, content=content, headers=headers, timeout=timeout)
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post(self, path: str, body=None, raw: bytes | None = None):
+        return self.request("POST", path, body=body, raw=raw)
+
+    def delete(self, path: str):
+        return self.request("DELETE", path)
+
+    def submit(self, job: dict) -> str:
+        r = self.post("/v1/jobs", job)
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    def wait(self, job_id: str, timeout: float = 120, states=("done", "failed", "cancelled")) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.get(f"/v1/jobs/{job_id}").json()
+            if status["state"] in states:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} still {status['state']} after {timeout}s; server log:\n" + "".join(self.log[-40:]))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.get("/v1/health").status_code == 200
+
+
+@contextmanager
+def running_server(extra_args: list[str] | None = None, env: dict | None = None, timeout: float = 90):
+    cmd = [sys.executable, "-m", "archviz_controlnet.cli", "serve", "--port", "0", "--device", "cpu",
+           *(extra_args or [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or base_env(), cwd=str(REPO))
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    url = None
+    lines: list[str] = []
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("archviz backend listening on "):
+                url = line.strip().rsplit(" ", 1)[-1]
+                break
+        if url is None:
+            raise AssertionError(f"server did not announce itself; stdout {lines!r}; stderr:\n" + "".join(log))
+        server = Server(proc, url, log)
+        server.stdout_lines = lines
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def read_png(path_or_bytes) -> tuple[np.ndarray, dict]:
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    with Image.open(src) as im:
+        return np.asarray(im.convert("RGB")), dict(im.text)
