@@ -1,0 +1,129 @@
+"""Operators on generated images: "Apply as texture" and "Add to compositor".
+
+Thin: they pick the images, camera and objects from the context and call ``results``.
+"""
+
+import bpy
+from bpy.props import IntProperty, StringProperty
+
+from .. import results
+
+
+def _shown_image(context):
+    """The image in the Image Editor the operator runs in, else in any on the screen."""
+    space = getattr(context, "space_data", None)
+    if space is not None and space.type == "IMAGE_EDITOR" and space.image is not None:
+        return space.image
+    screen = getattr(context, "screen", None)
+    for area in (screen.areas if screen else ()):
+        if area.type == "IMAGE_EDITOR" and area.spaces.active.image is not None:
+            return area.spaces.active.image
+    return None
+
+
+def _default_image(context):
+    image = _shown_image(context)
+    if image is not None:
+        return image
+    found = results.result_images()
+    return found[-1] if found else None
+
+
+class ARCHVIZ_OT_apply_texture(bpy.types.Operator):
+    """Project a generated image from its camera onto the selected mesh objects"""
+
+    bl_idname = "archviz.apply_texture"
+    bl_label = "Apply as Texture"
+    bl_options = {"REGISTER", "UNDO"}
+
+    image: StringProperty(name="Image", default="",
+                          description="Image to project (default: the one in the Image Editor, else the latest ArchViz result)")
+    camera: StringProperty(name="Camera", default="",
+                           description="Camera to project from (default: the camera the image was generated from)")
+
+    @classmethod
+    def poll(cls, context):
+        if not any(obj.type == "MESH" for obj in getattr(context, "selected_objects", ())):
+            cls.poll_message_set("Select the mesh objects to project the image onto")
+            return False
+        return True
+
+    def execute(self, context):
+        if self.image:
+            image = bpy.data.images.get(self.image)
+            if image is None:
+                self.report({"ERROR"}, f"No image named {self.image!r}")
+                return {"CANCELLED"}
+        else:
+            image = _default_image(context)
+            if image is None:
+                self.report({"ERROR"}, "No image to apply: generate one or show it in the Image Editor")
+                return {"CANCELLED"}
+        camera_name = self.camera or image.get("archviz_camera", "")
+        if camera_name:
+            camera = bpy.data.objects.get(camera_name)
+            if camera is None:
+                self.report({"ERROR"}, f"No camera named {camera_name!r} to project {image.name!r} from")
+                return {"CANCELLED"}
+        else:
+            camera = context.scene.camera
+            if camera is None:
+                self.report({"ERROR"}, f"Image {image.name!r} names no camera and the scene has none")
+                return {"CANCELLED"}
+        objects = [obj for obj in context.selected_objects if obj.type == "MESH"]
+        skipped = [obj.name for obj in context.selected_objects if obj.type != "MESH"]
+        try:
+            material = results.apply_projection(image, camera, objects)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if skipped:
+            self.report({"WARNING"}, f"Not a mesh, left as it was: {', '.join(skipped)}")
+        self.report({"INFO"}, f"{material.name!r} projected from {camera.name!r} onto {len(objects)} object(s)")
+        return {"FINISHED"}
+
+
+class ARCHVIZ_OT_add_to_compositor(bpy.types.Operator):
+    """Bring generated variants into the compositor: a switch over them, over the render layers"""
+
+    bl_idname = "archviz.add_to_compositor"
+    bl_label = "Add to Compositor"
+    bl_options = {"REGISTER", "UNDO"}
+
+    images: StringProperty(name="Images", default="",
+                           description="Comma-separated image names (default: every ArchViz result)")
+    active: IntProperty(name="Active", default=0, min=0,
+                        description="Index of the variant the switch shows")
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene is None:
+            return False
+        if not bpy.data.images:
+            cls.poll_message_set("No images: generate variants first")
+            return False
+        return True
+
+    def execute(self, context):
+        if self.images.strip():
+            names = [name.strip() for name in self.images.split(",") if name.strip()]
+            missing = [name for name in names if name not in bpy.data.images]
+            if missing:
+                self.report({"ERROR"}, f"No image named {', '.join(repr(n) for n in missing)}")
+                return {"CANCELLED"}
+            images = [bpy.data.images[name] for name in names]
+        else:
+            images = sorted(results.result_images(), key=lambda img: img.name)
+            if not images:
+                self.report({"ERROR"}, "No ArchViz results to add: generate variants first or name the images")
+                return {"CANCELLED"}
+        try:
+            tree = results.add_to_compositor(context.scene, images, active=self.active)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{len(images)} variant(s) in compositor {tree.name!r}, showing {images[self.active].name!r}")
+        return {"FINISHED"}
+
+
+classes = (ARCHVIZ_OT_apply_texture, ARCHVIZ_OT_add_to_compositor)

@@ -1,0 +1,409 @@
+"""Generated images inside Blender: datablocks with their generation parameters, the
+Image Editor, "Apply as texture" (a camera-projected material), "Add to compositor"
+(a switch over the variants over the render layers) and the per-variant multilayer EXR.
+
+Blender-side code: bpy, stdlib and numpy only. The PNGs stay on disk where the backend
+wrote them; nothing here packs or rewrites them.
+"""
+
+import json
+import os
+import struct
+import time
+
+import bpy
+import numpy as np
+
+from .core.exr import write_exr
+
+# Names other code and tests rely on.
+UV_MAP_NAME = "ArchViz Projection"
+MODIFIER_NAME = "ArchViz Projection"
+MATERIAL_PREFIX = "ArchViz "
+PREVIOUS_MATERIALS_KEY = "archviz_previous_materials"
+COMPOSITOR_GROUP_NAME = "ArchViz Compositor"
+NODE_RENDER_LAYERS = "ArchViz Render Layers"
+NODE_SWITCH = "ArchViz Switch"
+NODE_OVER = "ArchViz Over"
+NODE_OUTPUT = "ArchViz Output"
+NODE_VARIANT_PREFIX = "ArchViz Variant "
+EXR_LAYER = "ArchViz"
+DEPTH_BACKGROUND = 1.0e10  # Depth.Z where depth.npy says inf (no geometry), as Cycles writes it
+
+_INT32 = (-(2 ** 31), 2 ** 31 - 1)
+_MAX_KEY = 63  # Blender's limit on custom property names
+
+
+# ---------------------------------------------------------------- datablocks
+
+def result_name(camera_name, style, seed):
+    return f"{camera_name}_{style}_s{seed}"
+
+
+def read_png_text(path):
+    """The tEXt chunks of a PNG as {key: value} (latin-1), e.g. the backend's metadata."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path}: not a PNG file")
+    text, pos = {}, 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"tEXt":
+            key, _, value = data[pos + 8:pos + 8 + length].partition(b"\0")
+            text[key.decode("latin-1")] = value.decode("latin-1")
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return text
+
+
+def _property_value(value):
+    """What a custom property can hold: str, bool, float, 32-bit int; the rest as JSON
+    (lists, dicts, None) or as a string (ints beyond 32 bits, e.g. large seeds)."""
+    if isinstance(value, (str, bool, float)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        value = int(value)
+        return value if _INT32[0] <= value <= _INT32[1] else str(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return json.dumps(value)
+
+
+def _set_props(idblock, props):
+    for key, value in props.items():
+        if len(key) > _MAX_KEY:
+            raise ValueError(f"parameter name {key!r} is longer than Blender's {_MAX_KEY} characters")
+        idblock[key] = _property_value(value)
+
+
+def load_result_image(path, camera_name, style, seed, params=None):
+    """Load (or reload) a generated PNG as the image ``<camera>_<style>_s<seed>``.
+
+    Every entry of ``params`` (default: the PNG's own tEXt metadata) becomes a custom
+    property, plus ``archviz_path``, ``archviz_camera``, ``archviz_style``,
+    ``archviz_seed`` and ``archviz_loaded_at`` (time.time(), so "the most recent result"
+    is well defined). The file stays on disk: the image refers to its absolute path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"generated image {path} does not exist")
+    if params is None:
+        params = read_png_text(path)
+    name = result_name(camera_name, style, seed)
+    image = bpy.data.images.get(name)
+    if image is None:
+        image = bpy.data.images.load(path, check_existing=False)
+        image.name = name
+    else:
+        for key in json.loads(image.get("archviz_param_keys", "[]")):  # parameters of the last load
+            if key in image:
+                del image[key]
+        image.source = "FILE"
+        image.filepath = path
+        image.reload()
+    _set_props(image, params)
+    _set_props(image, {
+        "archviz_param_keys": sorted(params),
+        "archviz_path": path,
+        "archviz_camera": camera_name,
+        "archviz_style": style,
+        "archviz_seed": seed,
+        "archviz_loaded_at": time.time(),
+    })
+    return image
+
+
+def result_images():
+    """ArchViz results in this file (images with ``archviz_style``), oldest load first."""
+    found = [img for img in bpy.data.images if "archviz_style" in img]
+    return sorted(found, key=lambda img: (float(img.get("archviz_loaded_at", 0.0)), img.name))
+
+
+def show_in_image_editor(context, image):
+    """Show ``image`` in the first Image Editor of the current screen; False when there
+    is none (headless, or a layout without one)."""
+    screen = getattr(context, "screen", None)
+    for area in (screen.areas if screen else ()):
+        if area.type == "IMAGE_EDITOR":
+            area.spaces.active.image = image
+            area.tag_redraw()
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- apply as texture
+
+def _projection_material(image):
+    """The material ``ArchViz <image>``: image texture read through the projection UV
+    map, as emission, so the variant looks as generated whatever the scene's lights."""
+    name = MATERIAL_PREFIX + image.name
+    material = bpy.data.materials.get(name) or bpy.data.materials.new(name)
+    tree = material.node_tree
+    tree.nodes.clear()
+    uv = tree.nodes.new("ShaderNodeUVMap")
+    uv.name = uv.label = "ArchViz UV"
+    uv.uv_map = UV_MAP_NAME
+    uv.location = (-700, 0)
+    tex = tree.nodes.new("ShaderNodeTexImage")
+    tex.name = tex.label = "ArchViz Image"
+    tex.image = image
+    tex.extension = "CLIP"  # nothing outside the camera's frame
+    tex.location = (-450, 0)
+    emission = tree.nodes.new("ShaderNodeEmission")
+    emission.name = "ArchViz Emission"
+    emission.inputs["Strength"].default_value = 1.0
+    emission.location = (-150, 0)
+    out = tree.nodes.new("ShaderNodeOutputMaterial")
+    out.name = "Material Output"
+    out.location = (100, 0)
+    tree.links.new(uv.outputs["UV"], tex.inputs["Vector"])
+    tree.links.new(tex.outputs["Color"], emission.inputs["Color"])
+    tree.links.new(emission.outputs["Emission"], out.inputs["Surface"])
+    tree.nodes.active = tex  # Solid view's "Texture" colour shows the active image node
+    material["archviz_image"] = image.name
+    return material
+
+
+def apply_projection(image, camera, objects):
+    """Project ``image`` from ``camera`` onto mesh ``objects``; return the material.
+
+    Each object gets the UV map "ArchViz Projection", a UV Project modifier with the
+    camera as projector and the image's aspect, and the material on every slot (one slot
+    is added when it has none). The materials it had are kept by name, as JSON, in the
+    custom property ``archviz_previous_materials`` (the first time only, so applying
+    another variant later still remembers the originals); remove_projection puts them back.
+    """
+    objects = list(objects)
+    if camera is None or camera.type != "CAMERA":
+        what = "nothing" if camera is None else f"{camera.name!r} ({camera.type.lower()})"
+        raise ValueError(f"the projector must be a camera object, got {what}")
+    if not objects:
+        raise ValueError("no objects to apply the texture to: select mesh objects")
+    not_mesh = [f"{o.name} ({o.type.lower()})" for o in objects if o.type != "MESH"]
+    if not_mesh:
+        raise ValueError(f"apply as texture works on mesh objects only; not on: {', '.join(not_mesh)}")
+    width, height = image.size
+    if not width or not height:
+        raise ValueError(f"image {image.name!r} has no pixels (is {image.filepath or 'its file'} on disk?)")
+    material = _projection_material(image)
+    short = min(width, height)
+    for obj in objects:
+        mesh = obj.data
+        if UV_MAP_NAME not in mesh.uv_layers:
+            mesh.uv_layers.new(name=UV_MAP_NAME, do_init=False)
+        mod = obj.modifiers.get(MODIFIER_NAME)
+        if mod is not None and mod.type != "UV_PROJECT":
+            obj.modifiers.remove(mod)
+            mod = None
+        if mod is None:
+            mod = obj.modifiers.new(MODIFIER_NAME, "UV_PROJECT")
+        mod.uv_layer = UV_MAP_NAME
+        mod.projector_count = 1
+        mod.projectors[0].object = camera
+        mod.aspect_x = width / short  # both >= 1: the modifier's range
+        mod.aspect_y = height / short
+        mod.scale_x = mod.scale_y = 1.0
+        if PREVIOUS_MATERIALS_KEY not in obj:
+            obj[PREVIOUS_MATERIALS_KEY] = json.dumps(
+                [slot.material.name if slot.material else None for slot in obj.material_slots])
+        if not obj.material_slots:
+            mesh.materials.append(material)
+        for slot in obj.material_slots:
+            slot.material = material
+        obj["archviz_projection_camera"] = camera.name
+    return material
+
+
+def remove_projection(objects):
+    """Undo apply_projection: the previous materials back, the modifier and UV map gone."""
+    for obj in objects:
+        if obj.type != "MESH" or PREVIOUS_MATERIALS_KEY not in obj:
+            continue
+        previous = json.loads(obj[PREVIOUS_MATERIALS_KEY])
+        if previous:
+            for slot, name in zip(obj.material_slots, previous):
+                slot.material = bpy.data.materials.get(name) if name else None
+        else:
+            obj.data.materials.clear()
+        mod = obj.modifiers.get(MODIFIER_NAME)
+        if mod is not None:
+            obj.modifiers.remove(mod)
+        uv = obj.data.uv_layers.get(UV_MAP_NAME)
+        if uv is not None:
+            obj.data.uv_layers.remove(uv)
+        del obj[PREVIOUS_MATERIALS_KEY]
+        obj.pop("archviz_projection_camera", None)
+
+
+# ---------------------------------------------------------------- compositor
+
+def _group_output(tree):
+    """The active Group Output, with an Image (colour) output socket on the group."""
+    if not any(item.item_type == "SOCKET" and item.in_out == "OUTPUT" for item in tree.interface.items_tree):
+        tree.interface.new_socket(name="Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    outputs = [n for n in tree.nodes if n.bl_idname == "NodeGroupOutput"]
+    for node in outputs:
+        if node.is_active_output:
+            return node
+    if outputs:
+        return outputs[0]
+    node = tree.nodes.new("NodeGroupOutput")
+    node.name = NODE_OUTPUT
+    node.location = (600, 0)
+    return node
+
+
+def _render_layers(tree):
+    for node in tree.nodes:
+        if node.bl_idname == "CompositorNodeRLayers":
+            return node
+    node = tree.nodes.new("CompositorNodeRLayers")
+    node.name = NODE_RENDER_LAYERS
+    node.location = (-600, 300)
+    return node
+
+
+def add_to_compositor(scene, images, active=0):
+    """Put a switch over ``images`` (the variants) over the render layers in the
+    scene's compositor (``scene.compositing_node_group``); return that node tree.
+
+    Nodes: "ArchViz Variant <image>" (Image) for each variant -> "ArchViz Switch" (Menu
+    Switch, one item per image name, set to ``images[active]``) -> Foreground of
+    "ArchViz Over" (Alpha Over) whose Background is what fed the Group Output before
+    (the Render Layers image in a new tree) -> Group Output. A scene without a
+    compositor gets a new group; an existing one is extended. A second call updates the
+    same nodes: the switch then covers exactly the images given.
+    """
+    images = list(images)
+    if not images:
+        raise ValueError("no images to add to the compositor")
+    if not isinstance(active, int) or not 0 <= active < len(images):
+        raise ValueError(f"active variant index {active!r} is out of range for {len(images)} image(s)")
+    names = [img.name for img in images]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the same image is given twice: {', '.join(names)}")
+
+    tree = scene.compositing_node_group
+    if tree is None:
+        tree = bpy.data.node_groups.new(COMPOSITOR_GROUP_NAME, "CompositorNodeTree")
+        scene.compositing_node_group = tree
+    nodes, links = tree.nodes, tree.links
+    output = _group_output(tree)
+
+    over = nodes.get(NODE_OVER)
+    if over is None:
+        over = nodes.new("CompositorNodeAlphaOver")
+        over.name = over.label = NODE_OVER
+        over.location = (300, 0)
+        feed = output.inputs[0].links[0].from_socket if output.inputs[0].is_linked else None
+        links.new(feed or _render_layers(tree).outputs["Image"], over.inputs["Background"])
+    links.new(over.outputs["Image"], output.inputs[0])
+
+    switch = nodes.get(NODE_SWITCH)
+    if switch is None:
+        switch = nodes.new("GeometryNodeMenuSwitch")  # Blender 5's compositor has the Menu Switch
+        switch.name = switch.label = NODE_SWITCH
+        switch.data_type = "RGBA"
+        switch.location = (50, -200)
+    switch.enum_items.clear()
+    for name in names:
+        switch.enum_items.new(name)
+
+    variants = {n.image.name: n for n in nodes
+                if n.bl_idname == "CompositorNodeImage" and n.name.startswith(NODE_VARIANT_PREFIX) and n.image}
+    for name, node in list(variants.items()):
+        if name not in names:
+            nodes.remove(node)
+    for index, image in enumerate(images):
+        node = variants.get(image.name)
+        if node is None:
+            node = nodes.new("CompositorNodeImage")
+            node.image = image
+        node.name = NODE_VARIANT_PREFIX + image.name  # Blender cuts node names at 63 characters
+        node.label = image.name
+        node.location = (-300, -200 - 220 * index)
+        links.new(node.outputs["Image"], switch.inputs[index + 1])  # input 0 is the menu
+    switch.inputs["Menu"].default_value = names[active]
+    links.new(switch.outputs["Output"], over.inputs["Foreground"])
+    return tree
+
+
+def active_variant(tree):
+    """The image name the ArchViz switch passes on, or None without one."""
+    switch = tree.nodes.get(NODE_SWITCH) if tree else None
+    return switch.inputs["Menu"].default_value if switch else None
+
+
+# ---------------------------------------------------------------- multilayer EXR
+
+def read_image_bytes(path):
+    """uint8 (h, w, 4) pixels of an 8-bit image through Blender's loader, row 0 at the
+    top. Non-Color, so the bytes come back untouched; the datablock is removed again."""
+    image = bpy.data.images.load(os.fspath(path), check_existing=False)
+    try:
+        image.colorspace_settings.name = "Non-Color"
+        width, height = image.size
+        if not width or not height:
+            raise ValueError(f"Blender could not read {path}")
+        pixels = np.empty(width * height * image.channels, dtype=np.float32)
+        image.pixels.foreach_get(pixels)
+        pixels = pixels.reshape(height, width, image.channels)[::-1]  # Blender's rows start at the bottom
+        if image.channels == 1:
+            pixels = np.repeat(pixels, 4, axis=2)
+        elif image.channels == 3:
+            pixels = np.concatenate([pixels, np.ones_like(pixels[:, :, :1])], axis=2)
+        return np.ascontiguousarray(np.rint(pixels * 255.0).clip(0, 255).astype(np.uint8))
+    finally:
+        bpy.data.images.remove(image)
+
+
+def _resize_nearest(arr, height, width):
+    h, w = arr.shape[:2]
+    if (h, w) == (height, width):
+        return arr
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return arr[rows][:, cols]
+
+
+def variant_exr_channels(image_png_path, passes_dir):
+    """{channel: float32 (h, w)} for write_variant_exr; see there for the layout."""
+    ai = read_image_bytes(image_png_path)
+    height, width = ai.shape[:2]
+    layer = EXR_LAYER + "."
+    channels = {}
+    for index, c in enumerate("RGB"):
+        channels[f"{layer}AI.{c}"] = ai[:, :, index].astype(np.float32) / np.float32(255)
+    depth_npy = os.path.join(passes_dir, "depth.npy")
+    if os.path.exists(depth_npy):
+        depth = np.load(depth_npy).astype(np.float32)
+        depth = np.where(np.isfinite(depth), depth, np.float32(DEPTH_BACKGROUND))
+        channels[f"{layer}Depth.Z"] = _resize_nearest(depth, height, width)
+    for name, chans in (("Lines", "V"), ("Normal", "RGB"), ("Seg", "RGB")):
+        png = os.path.join(passes_dir, f"{name.lower()}.png")
+        if not os.path.exists(png):
+            continue
+        pixels = _resize_nearest(read_image_bytes(png), height, width)
+        for index, c in enumerate(chans):
+            channels[f"{layer}{name}.{c}"] = pixels[:, :, index].astype(np.float32) / np.float32(255)
+    return channels
+
+
+def write_variant_exr(path, image_png_path, passes_dir, compression="ZIP"):
+    """One multilayer EXR per variant: the AI image and its camera's control passes.
+
+    Layer "ArchViz", passes AI (R G B), Depth (Z: raw float depth from depth.npy,
+    1e10 where no geometry), Lines (V), Normal (R G B) and Seg (R G B); the 8-bit
+    images as byte / 255. Passes missing from ``passes_dir`` are left out; passes of
+    another size are resampled to the AI image's size by nearest neighbour (seg colours
+    stay exact). Returns the list of channel names written.
+    """
+    if not os.path.isfile(image_png_path):
+        raise FileNotFoundError(f"generated image {image_png_path} does not exist")
+    if not os.path.isdir(passes_dir):
+        raise FileNotFoundError(f"control passes folder {passes_dir} does not exist")
+    channels = variant_exr_channels(image_png_path, passes_dir)
+    write_exr(path, channels, compression=compression)
+    return sorted(channels)
