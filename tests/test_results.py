@@ -307,6 +307,19 @@ def test_write_variant_exr_layers_and_values(scene_with_passes, tmp_path):
     assert image.type == "MULTILAYER"
     assert node.layer == "ArchViz"
     assert {s.name for s in node.outputs if s.enabled} == {"AI", "Depth", "Lines", "Normal", "Seg"}
+    # ...and the values it reads are ours: composite the AI pass alone, written with the Raw view.
+    tree.interface.new_socket(name="Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    out = tree.nodes.new("NodeGroupOutput")
+    tree.links.new(node.outputs["AI"], out.inputs["Image"])
+    scene = bpy.context.scene
+    scene.compositing_node_group = tree
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 1
+    scene.view_settings.view_transform = "Raw"
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(tmp_path / "ai.png")
+    bpy.ops.render.render(write_still=True)
+    assert np.array_equal(results.read_image_bytes(str(tmp_path / "ai.png"))[:, :, :3], _pattern(0))
 
 
 def test_write_variant_exr_resamples_other_sizes_and_skips_missing_passes(scene_with_passes, tmp_path):
