@@ -46,7 +46,7 @@ def run(args):
     from .core.client import BackendError
     from .core.passes import PassError
     from .core.sweep import ControlUnit, SweepRunner
-    from .sweeping import connect, prepare_jobs, resolve_cameras
+    from .sweeping import connect, contact_sheets, prepare_jobs, resolve_cameras, variant_exr
 
     try:
         seeds = J.parse_seeds(args.seeds)
@@ -89,6 +89,7 @@ def run(args):
         bar.set_postfix_str(f"{event.images_done}/{total} images")
         if event.kind == "image":
             counts["kept" if event.image["skipped"] else "new"] += 1
+            variant_exr(event.image, out_dir)
         elif event.kind == "error":
             tqdm.write(f"error ({event.camera}): {event.message}")
 
@@ -107,10 +108,8 @@ def run(args):
         if proc is not None:
             proc.stop()
     print(f"{counts['new']} new image(s), {counts['kept']} already on disk, in {out_dir}")
-    for camera, _job in camera_jobs:
-        sheet = os.path.join(out_dir, J.sidecar_filename(camera, "contact_sheet.png"))
-        if os.path.exists(sheet):
-            print(f"contact sheet: {sheet}")
+    for sheet in contact_sheets(out_dir, [camera for camera, _job in camera_jobs]):
+        print(f"contact sheet: {sheet}")
     if state == "failed":
         print("archviz sweep: " + "; ".join(runner.errors), file=sys.stderr)
         return EXIT_FAILED

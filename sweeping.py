@@ -74,6 +74,23 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     return out
 
 
+def variant_exr(image_info, out_dir):
+    """Write the multilayer EXR of one generated image: the AI image plus its camera's
+    passes as layers, next to the PNG. Returns its path."""
+    from . import results
+
+    png = image_info["path"]
+    path = os.path.splitext(png)[0] + ".exr"
+    results.write_variant_exr(path, png, os.path.join(out_dir, "passes", J.safe_name(image_info["camera"])))
+    return path
+
+
+def contact_sheets(out_dir, camera_names):
+    """Paths of the contact sheets the backend wrote for these cameras."""
+    paths = [os.path.join(out_dir, J.sidecar_filename(name, "contact_sheet.png")) for name in camera_names]
+    return [p for p in paths if os.path.exists(p)]
+
+
 def connect(url="", token="", python="", device="auto", log_path=None):
     """A client for ``url``, or for a local backend this process started (started now if
     needed; it stops when this process exits). Returns (client, started process or None)."""

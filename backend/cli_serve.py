@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=None, help="cap on images per UNet batch")
     parser.add_argument("--memory-budget-gb", type=float, default=None,
                         help="LRU budget for warm models (default: 75%% of GPU memory / 50%% of RAM)")
+    parser.add_argument("--exit-with-stdin", action="store_true",
+                        help="stop when standard input closes (a parent that started this backend has ended)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -82,5 +84,15 @@ def run(args: argparse.Namespace) -> int:
                                                   engine.dtype_name, os.getpid())
 
     threading.Thread(target=announce, name="archviz-announce", daemon=True).start()
+    if args.exit_with_stdin:
+        def watch_parent() -> None:
+            # The parent (Blender, a script) holds our stdin's other end and never writes:
+            # end of file means it is gone, however it ended.
+            while sys.stdin.buffer.read(4096):
+                pass
+            logging.getLogger("archviz.backend").info("stdin closed: the process that started us ended; stopping")
+            server.should_exit = True
+
+        threading.Thread(target=watch_parent, name="archviz-parent-watch", daemon=True).start()
     server.run(sockets=[sock])
     return 0

@@ -2,9 +2,9 @@
 
 import bpy
 
-from . import generate, render_controls
+from . import generate, render_controls, results
 
-_modules = (render_controls, generate)
+_modules = (render_controls, generate, results)
 classes = tuple(cls for module in _modules for cls in module.classes)
 
 

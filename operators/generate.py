@@ -106,6 +106,7 @@ class Task:
         self.state = "running"
         self.error = ""
         self.images = []  # image datablock names, in arrival order
+        self.contact_sheets = []
         self.thread = None
         self._cancel_requested = False
 
@@ -156,6 +157,7 @@ class Task:
                 self.state, self.error = "failed", payload
         if self.state != "running":
             self.message = self._summary()
+            self._open_contact_sheets()
         _redraw()
         return self.state == "running"
 
@@ -170,11 +172,28 @@ class Task:
             params.setdefault("style", info["style"])
             params.setdefault("seed", info["seed"])
             image = results.load_result_image(info["path"], info["camera"], info["style"], info["seed"], params)
+            image["archviz_exr"] = sweeping.variant_exr(info, self.out_dir)
             self.images.append(image.name)
             results.show_in_image_editor(bpy.context, image)
             self.message = f"{self.images_done}/{self.images_total} images"
         elif event.kind == "error":
             self.error = event.message
+
+    def _open_contact_sheets(self):
+        """The comparison view: each camera's contact sheet as an image (last one shown)."""
+        from .. import results
+
+        for path in sweeping.contact_sheets(self.out_dir, [camera for camera, _ in self.camera_jobs]):
+            name = "ArchViz Contact Sheet " + os.path.basename(path)
+            image = bpy.data.images.get(name)
+            if image is None:
+                image = bpy.data.images.load(path)
+                image.name = name
+            else:
+                image.filepath = path
+                image.reload()
+            self.contact_sheets.append(image.name)
+            results.show_in_image_editor(bpy.context, image)
 
     def _summary(self):
         if self.state == "done":
