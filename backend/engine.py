@@ -24,7 +24,6 @@ import inspect
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -361,8 +360,3 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     """Float [0, 1] -> uint8 exactly as diffusers' numpy_to_pil rounds."""
     return (array * 255).round().astype(np.uint8)
 
-
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
