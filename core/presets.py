@@ -258,6 +258,36 @@ def load_preset_file(path: str | os.PathLike) -> Preset:
     return parse_preset(data, path, path.stem)
 
 
+def preset_folders(directories: list[str | os.PathLike] | None = None, include_user: bool = True) -> list[Path]:
+    """The folders searched, in override order (built-in first, user folder last)."""
+    folders = [Path(d) for d in (directories if directories is not None else [builtin_dir()])]
+    if include_user:
+        user = user_dir()
+        if user.is_dir() and user not in folders:
+            folders.append(user)
+    return folders
+
+
+def load_presets_tolerant(directories: list[str | os.PathLike] | None = None, *,
+                          include_user: bool = True) -> tuple[dict[str, Preset], list[PresetError]]:
+    """Like :func:`load_presets` but a bad file is reported instead of stopping the rest
+    (a server keeps serving the good presets and shows the errors)."""
+    presets: dict[str, Preset] = {}
+    errors: list[PresetError] = []
+    for folder in preset_folders(directories, include_user):
+        if not folder.is_dir():
+            errors.append(PresetError(folder, "", "preset folder does not exist"))
+            continue
+        for path in sorted(folder.glob("*.toml")):
+            try:
+                preset = load_preset_file(path)
+            except PresetError as exc:
+                errors.append(exc)
+                continue
+            presets[preset.name] = preset
+    return presets, errors
+
+
 def load_presets(directories: list[str | os.PathLike] | None = None, *, include_user: bool = True) -> dict[str, Preset]:
     """All presets, later folders overriding earlier ones by name.
 
@@ -265,13 +295,8 @@ def load_presets(directories: list[str | os.PathLike] | None = None, *, include_
     is appended when ``include_user`` is true and it exists. Raises PresetError on the
     first bad file.
     """
-    folders = [Path(d) for d in (directories if directories is not None else [builtin_dir()])]
-    if include_user:
-        user = user_dir()
-        if user.is_dir() and user not in folders:
-            folders.append(user)
     presets: dict[str, Preset] = {}
-    for folder in folders:
+    for folder in preset_folders(directories, include_user):
         if not folder.is_dir():
             raise PresetError(folder, "", "preset folder does not exist")
         for path in sorted(folder.glob("*.toml")):
