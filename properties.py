@@ -100,6 +100,8 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
     active_unit: IntProperty(name="Active Unit", default=0)
     steps: IntProperty(name="Steps", default=0, min=0, max=500, description="Denoising steps (0: the style's)")
     cfg: FloatProperty(name="CFG", default=0.0, min=0.0, max=50.0, description="Guidance scale (0: the style's)")
+    max_batch: IntProperty(name="Batch Limit", default=0, min=0, max=64,
+                           description="Most images per UNet batch (0: as many as memory allows)")
     scheduler: EnumProperty(name="Scheduler", default="PRESET",
                             items=[("PRESET", "From Style", ""), ("unipc", "UniPC", ""),
                                    ("dpmpp_2m_karras", "DPM++ 2M Karras", ""), ("euler_a", "Euler a", ""),

@@ -56,7 +56,7 @@ def model_spec(model):
 
 
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
-                 scheduler=None, share_disk=True):
+                 scheduler=None, share_disk=True, max_batch=None):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
     Returns [(camera name, job dict)]. ``share_disk``: the backend writes into ``out_dir``
@@ -65,12 +65,15 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     out = []
     for cam in cameras:
         passes_dir = os.path.join(out_dir, "passes", J.safe_name(cam.name))
+        # Every pass the user wants (all four by default: they go into each variant's
+        # EXR), plus whatever a control unit needs.
         opts = CaptureOptions(**{**base.__dict__, "camera": cam.name,
-                                 "passes": tuple(sorted({u.type for u in units}))})
+                                 "passes": tuple(sorted(set(base.passes) | {u.type for u in units}))})
         render_controls(scene, passes_dir, opts)
         out.append((cam.name, camera_job(passes_dir, units, styles, seeds, model=model_spec(model),
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
-                                         name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler)))
+                                         name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
+                                         max_batch=max_batch)))
     return out
 
 

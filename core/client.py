@@ -126,7 +126,11 @@ class BackendProcess:
                                          stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
         except OSError as exc:
             raise BackendError(f"cannot start the backend with {self.python!r}: {exc.strerror}") from None
-        threading.Thread(target=self._pump, daemon=True).start()
+        log = None
+        if self.log_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+            log = open(self.log_path, "a", encoding="utf-8")
+        threading.Thread(target=self._pump, args=(log,), daemon=True).start()
         deadline = time.monotonic() + timeout
         tail = []
         while time.monotonic() < deadline:
@@ -146,8 +150,7 @@ class BackendProcess:
         raise BackendError("the backend did not start" + (": " + " | ".join(tail[-5:]) if tail else "")
                            + f" (command: {' '.join(self.command())})")
 
-    def _pump(self):
-        log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
+    def _pump(self, log):
         try:
             for line in self.proc.stdout:
                 if log:

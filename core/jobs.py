@@ -512,15 +512,12 @@ def parse_seeds(text: str) -> list[int]:
             continue
         lo, sep, hi = part.partition("-")
         try:
-            if sep:
-                a, b = int(lo), int(hi)
-                if b < a:
-                    raise JobError("seeds", f"range {part!r} runs backwards")
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(lo))
+            a, b = (int(lo), int(hi)) if sep else (int(lo), int(lo))
         except ValueError:
             raise JobError("seeds", f"{part!r} is not a seed or a range like 0-7") from None
+        if b < a:
+            raise JobError("seeds", f"range {part!r} runs backwards")
+        seeds.extend(range(a, b + 1))
     if not seeds:
         raise JobError("seeds", "no seeds given")
     out = list(dict.fromkeys(seeds))

@@ -54,7 +54,7 @@ UNIT_PRESETS = {
 
 
 def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
-               cfg=None, scheduler=None, skip_existing=True):
+               cfg=None, scheduler=None, skip_existing=True, max_batch=None):
     """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
     so a bad value is reported before anything is sent."""
     controls = []
@@ -72,7 +72,8 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
         controls.append(control)
     job = {"model": model if isinstance(model, dict) else {"family": model}, "controls": controls,
            "styles": list(styles), "seeds": list(seeds), "name_prefix": name_prefix, "skip_existing": skip_existing}
-    for key, value in (("output_dir", output_dir), ("steps", steps), ("cfg", cfg), ("scheduler", scheduler)):
+    for key, value in (("output_dir", output_dir), ("steps", steps), ("cfg", cfg), ("scheduler", scheduler),
+                       ("max_batch", max_batch)):
         if value is not None:
             job[key] = value
     J.Job.from_dict(json.loads(json.dumps(job)))  # raises JobError naming the field

@@ -256,7 +256,8 @@ class _GenerateBase:
         camera_jobs = sweeping.prepare_jobs(
             scene, cameras, units_of(settings), styles, seeds, backend.model, root, opts,
             steps=settings.steps or None, cfg=settings.cfg or None,
-            scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url)
+            scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
+            max_batch=settings.max_batch or None)
         return Task(scene.name, camera_jobs, root, backend)
 
     def execute(self, context):

@@ -155,6 +155,7 @@ class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
         col.prop(settings, "steps")
         col.prop(settings, "cfg")
         col.prop(settings, "scheduler")
+        col.prop(settings, "max_batch")
 
 
 class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
