@@ -25,7 +25,7 @@ examples/interior.blend: examples/build_interior.py $(STAMP)
 	$(BIN)/python examples/build_interior.py --out $@
 
 demo: setup examples/interior.blend
-	$(BIN)/archviz passes examples/interior.blend --out $(OUT)/passes
+	$(BIN)/python examples/demo.py examples/interior.blend $(OUT)/demo
 
 # Installable extension zip, built by Blender's own `extension build`
 # (the bpy module carries the same command line as the Blender binary).

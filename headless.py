@@ -81,7 +81,7 @@ def run(args):
         print(f"started a backend at {proc.url} (log: {proc.log_path})")
     runner = SweepRunner(client, camera_jobs, out_dir)
     total = len(cameras) * len(styles) * len(seeds)
-    bar = tqdm(total=1000, desc="sweep", unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+    bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     counts = {"new": 0, "kept": 0}
 
     def emit(event):

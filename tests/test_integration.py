@@ -124,7 +124,7 @@ def _run_until_first_image(task):
 def test_cancel_keeps_finished_images(addon, tmp_path):
     addon.styles = "modern"
     addon.seeds = "0-7"
-    addon.steps = 12
+    addon.steps = 6
     addon.max_batch = 1  # one image per batch, so images finish one by one
     op = gen.ARCHVIZ_OT_sweep
     task = op._prepare(type("Op", (), {"plan": op.plan, "report": lambda *a: None})(), bpy.context)
@@ -143,7 +143,7 @@ def test_cancel_keeps_finished_images(addon, tmp_path):
 def test_backend_killed_mid_sweep_keeps_images_and_next_run_resumes(addon, tmp_path):
     addon.styles = "modern"
     addon.seeds = "0-5"
-    addon.steps = 10
+    addon.steps = 4
     addon.max_batch = 1
     op = gen.ARCHVIZ_OT_sweep
     task = op._prepare(type("Op", (), {"plan": op.plan, "report": lambda *a: None})(), bpy.context)
