@@ -74,7 +74,9 @@ def base_env(home: Path | None = None) -> dict:
         "HF_HOME": str((home or TEST_HOME) / "hf"),  # an empty HF cache: real models are missing
         "ARCHVIZ_PRESET_DIR": str((home or TEST_HOME) / "no-user-presets"),
         "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
+        # Tiny models: intra-op threads only spin against each other (4x slower on a busy
+        # 2-core CI machine), so the test server runs single-threaded.
+        "OMP_NUM_THREADS": "1",
     })
     return env
 
