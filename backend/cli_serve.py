@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LRU budget for warm models (default: 75%% of GPU memory / 50%% of RAM)")
     parser.add_argument("--exit-with-stdin", action="store_true",
                         help="stop when standard input closes (a parent that started this backend has ended)")
+    parser.add_argument("--token", default=os.environ.get("ARCHVIZ_TOKEN") or None,
+                        help="require 'Authorization: Bearer TOKEN' (default: $ARCHVIZ_TOKEN; none on loopback)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -58,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"archviz serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(engine, args.presets)
+    app = create_app(engine, args.presets, token=args.token)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        print(f"archviz serve: warning: listening on {args.host} without --token; anyone who can reach it "
+              "can run jobs and write files", file=sys.stderr)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -20,6 +20,7 @@ jobs get 422 with the bad field named (``controls[0].image: not a PNG file``).
 from __future__ import annotations
 
 import base64
+import hmac
 import io
 import json
 import logging
@@ -80,7 +81,12 @@ def _job_schema() -> tuple[dict, dict]:
     return {"$ref": "#/components/schemas/Job"}, defs
 
 
-def create_app(engine: Engine, preset_dirs: list[str] | None = None) -> FastAPI:
+OPEN_PATHS = ("/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+
+
+def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str | None = None) -> FastAPI:
+    """The API over ``engine``. With ``token``, every route but health and the docs needs
+    ``Authorization: Bearer <token>`` (a studio server shared by several Blender seats)."""
     worker = Worker(engine)
 
     @asynccontextmanager
@@ -102,6 +108,15 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None) -> FastAPI:
 
     def presets():
         return load_presets_tolerant(dirs)
+
+    if token:
+        @app.middleware("http")
+        async def _auth(request: Request, call_next):
+            if request.url.path not in OPEN_PATHS:
+                sent = request.headers.get("authorization", "")
+                if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                    return _error(401, "Unauthorized", "missing or wrong token (Authorization: Bearer <token>)")
+            return await call_next(request)
 
     # -- errors as data -------------------------------------------------------------------
     @app.exception_handler(J.JobError)

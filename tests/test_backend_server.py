@@ -309,3 +309,22 @@ def test_unload_then_warm_vs_cold(server, out_root):
     kinds = sorted(m["kind"] for m in server.get("/v1/health").json()["loaded_models"])
     assert kinds == ["base", "controlnet", "controlnet"]
     print(f"cold job {cold_s:.2f}s, warm job {warm_s:.2f}s, warm {4 / warm_s:.1f} images/s")
+
+
+def test_token_protects_everything_but_health(tmp_path, monkeypatch):
+    """In-process app (no second server process): the studio token check."""
+    from fastapi.testclient import TestClient
+
+    from archviz_controlnet.backend.engine import Engine
+    from archviz_controlnet.backend.server import create_app
+
+    monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
+    with TestClient(create_app(Engine("cpu"), token="s3cret")) as client:
+        assert client.get("/v1/health").status_code == 200
+        assert client.get("/openapi.json").status_code == 200
+        r = client.get("/v1/presets")
+        assert r.status_code == 401 and r.json()["error"]["type"] == "Unauthorized"
+        assert client.get("/v1/presets", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/v1/jobs", content=b"{}").status_code == 401
+        ok = client.get("/v1/presets", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["presets"]
