@@ -126,6 +126,8 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                            description="Interpreter with torch and diffusers (empty: the venv made by Set up backend)")
     venv_dir: StringProperty(name="Backend Venv", subtype="DIR_PATH", default="",
                              description="Where Set up backend creates the venv (empty: the user config folder)")
+    pip_args: StringProperty(name="Extra pip Arguments", default="",
+                             description="Added to pip install by Set up backend (e.g. --index-url of a mirror)")
     url: StringProperty(name="URL", default="http://127.0.0.1:8765", description="Remote backend URL")
     token: StringProperty(name="Token", subtype="PASSWORD", default="", description="Remote backend access token")
     device: EnumProperty(name="Device", default="auto",

@@ -2,9 +2,9 @@
 
 import bpy
 
-from . import generate, render_controls, results
+from . import generate, render_controls, results, setup
 
-_modules = (render_controls, generate, results)
+_modules = (render_controls, generate, results, setup)
 classes = tuple(cls for module in _modules for cls in module.classes)
 
 

@@ -178,8 +178,17 @@ class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
 def draw_preferences(prefs, context, layout):
     layout.prop(prefs, "backend_mode", expand=True)
     if prefs.backend_mode == "LOCAL":
+        from ..operators import setup
+
         layout.prop(prefs, "python")
         layout.prop(prefs, "venv_dir")
+        layout.prop(prefs, "pip_args")
+        row = layout.row()
+        row.operator("archviz.setup_backend", icon="IMPORT")
+        task = setup.current
+        if task is not None:
+            icon = {"failed": "ERROR", "done": "CHECKMARK"}.get(task.state, "TIME")
+            layout.label(text=task.message, icon=icon)
         layout.prop(prefs, "device")
     else:
         layout.prop(prefs, "url")
