@@ -303,3 +303,56 @@ def test_warm_job_is_faster_than_cold(engine):
     warm = time.perf_counter() - t0
     assert engine.cache.loads == loads  # nothing loaded again
     print(f"cold {cold:.3f}s warm {warm:.3f}s")
+
+
+
+REAL_IDS_SCRIPT = r"""
+import sys, numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from diffusers.utils import logging as dlog; dlog.set_verbosity_error(); dlog.disable_progress_bar()
+from backend_support import b64, depth_image
+from archviz_controlnet.backend import models as M
+from archviz_controlnet.backend.engine import Engine
+from archviz_controlnet.backend.sweep import build_plan
+from archviz_controlnet.core import jobs as J
+torch.set_num_threads(1)
+def plan(family):
+    job = J.Job.from_dict({"model": family, "controls": [{"type": "depth", "image": b64(depth_image())}],
+                           "styles": [{"name": "a", "prompt": "a room"}], "seeds": [3], "steps": 2})
+    return build_plan(job, {})
+real, tiny = plan("sd15"), plan("tiny")
+assert real.models.base == M.SD15_BASE and real.models.controlnets[0].ref == M.SD15_CONTROLNETS["depth"]
+engine = Engine("cpu")
+a = engine.generate(real, real.images)[0]
+b = engine.generate(tiny, tiny.images)[0]
+print("maxdiff", float(np.abs(a - b).max()), [e["id"] for e in engine.cache.describe()])
+"""
+
+
+def test_real_ids_load_from_the_hugging_face_cache_offline(tmp_path):
+    """The real-model path: DESIGN.md ids resolved from a Hugging Face cache snapshot with
+    HF_HUB_OFFLINE=1. The snapshots hold tiny weights (in this test's private cache only)."""
+    import shutil
+    import subprocess
+    import sys
+
+    hub = tmp_path / "hf" / "hub"
+    REV = "4f1c3c1e0d2b5a6978a1b2c3d4e5f60718293a4b"  # a commit hash, as the hub writes them
+
+    def snapshot(repo_id, src):
+        folder = hub / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(src, folder / "snapshots" / REV, ignore=shutil.ignore_patterns(".complete"))
+        (folder / "refs").mkdir()
+        (folder / "refs" / "main").write_text(REV)
+
+    snapshot(M.SD15_BASE, tiny.ensure_tiny(tiny.tiny_path("sd15", "base")))
+    snapshot(M.SD15_CONTROLNETS["depth"], tiny.ensure_tiny(tiny.tiny_path("sd15", "controlnet-depth")))
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", ARCHVIZ_HOME=str(TEST_HOME),
+               OMP_NUM_THREADS="1")
+    env.pop("HF_HUB_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", REAL_IDS_SCRIPT, os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("maxdiff"))
+    assert float(line.split()[1]) < 1e-6  # same weights, reached through the hub ids
+    assert M.SD15_BASE in line and M.SD15_CONTROLNETS["depth"] in line
