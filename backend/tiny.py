@@ -177,11 +177,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def _tokenizer(pad_token: str = "<|endoftext|>"):
-    """A real CLIP byte-level BPE tokenizer with a generated vocabulary: every byte symbol,
-    every byte symbol as a word end, a few merges for common words, and the two specials."""
-    from transformers import CLIPTokenizer
-
+def _tokenizer_vocab(pad_token: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A generated CLIP byte-level BPE vocabulary: every byte symbol, every byte symbol as a
+    word end, merges for a few common words, and the special tokens."""
     symbols = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for s in symbols:
@@ -201,16 +199,13 @@ def _tokenizer(pad_token: str = "<|endoftext|>"):
     vocab["<|endoftext|>"] = len(vocab)
     if pad_token not in vocab:
         vocab[pad_token] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token)
-    tokenizer.model_max_length = 77
-    tokenizer._archviz_files = (vocab, merges, pad_token)
-    return tokenizer
+    return vocab, merges
 
 
-def _write_tokenizer_files(folder: Path, tokenizer) -> None:
-    """Write the tokenizer the way the real SD repos ship it: vocab.json + merges.txt
-    (+ the two small JSON configs), with no tokenizer.json, so loading takes the same path."""
-    vocab, merges, pad_token = tokenizer._archviz_files
+def _write_tokenizer_files(folder: Path, pad_token: str) -> None:
+    """The tokenizer as the real SD repos ship it: vocab.json + merges.txt (+ two small
+    JSON configs) and no tokenizer.json, so loading takes the same path as for them."""
+    vocab, merges = _tokenizer_vocab(pad_token)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     with open(folder / "vocab.json", "w", encoding="utf-8") as fh:
@@ -224,6 +219,14 @@ def _write_tokenizer_files(folder: Path, tokenizer) -> None:
     with open(folder / "tokenizer_config.json", "w") as fh:
         json.dump({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
                    "errors": "replace", **specials}, fh)
+
+
+def _tokenizer(folder: Path, pad_token: str = "<|endoftext|>"):
+    """Write the generated tokenizer files and load them (transformers 4 and 5 alike)."""
+    from transformers import CLIPTokenizer
+
+    _write_tokenizer_files(folder, pad_token)
+    return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def _text_encoder(tokenizer, projection: bool, seed: str):
@@ -261,10 +264,10 @@ def build_base(out: Path, sdxl: bool) -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     pndm, euler = _scheduler_config_source()
-    tokenizer = _tokenizer()
+    tokenizer = _tokenizer(out / ".tok1")
     text_encoder = _text_encoder(tokenizer, projection=False, seed=f"te1-{sdxl}")
     if sdxl:
-        tokenizer_2 = _tokenizer(pad_token="!")
+        tokenizer_2 = _tokenizer(out / ".tok2", pad_token="!")
         text_encoder_2 = _text_encoder(tokenizer_2, projection=True, seed="te2")
         pipe = StableDiffusionXLPipeline(
             vae=_vae(sdxl=True), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
@@ -277,9 +280,11 @@ def build_base(out: Path, sdxl: bool) -> None:
             scheduler=pndm, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     pipe.save_pretrained(out, safe_serialization=True)
-    _write_tokenizer_files(out / "tokenizer", tokenizer)
+    _write_tokenizer_files(out / "tokenizer", "<|endoftext|>")
     if sdxl:
-        _write_tokenizer_files(out / "tokenizer_2", tokenizer_2)
+        _write_tokenizer_files(out / "tokenizer_2", "!")
+    for scratch in (".tok1", ".tok2"):
+        shutil.rmtree(out / scratch, ignore_errors=True)
     with open(out / "archviz_tiny.json", "w") as fh:
         json.dump({"family": "sdxl" if sdxl else "sd15", "version": TINY_VERSION,
                    "note": "random weights: images are noise that prove the plumbing"}, fh)
