@@ -35,6 +35,9 @@ def example_blend(tmp_path_factory):
 def addon(example_blend, tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
     monkeypatch.setenv("ARCHVIZ_MODEL", "tiny")
+    # Tiny models on a busy 2-core machine run faster single-threaded (the backend
+    # started by the operators inherits this).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     bpy.ops.wm.open_mainfile(filepath=example_blend)
     archviz_controlnet.register()
     settings = bpy.context.scene.archviz
@@ -163,7 +166,7 @@ def test_backend_killed_mid_sweep_keeps_images_and_next_run_resumes(addon, tmp_p
 
 
 def test_cli_sweep_and_resume(example_blend, tmp_path):
-    env = dict(os.environ, ARCHVIZ_HOME=str(TEST_HOME))
+    env = dict(os.environ, ARCHVIZ_HOME=str(TEST_HOME), OMP_NUM_THREADS="1")
     cmd = [ARCHVIZ, "sweep", example_blend, "--styles", "modern,industrial", "--seeds", "0-1", "--model", "tiny",
            "--long-side", "64", "--steps", "2", "--out", str(tmp_path / "out")]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
