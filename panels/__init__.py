@@ -164,8 +164,10 @@ class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
+        from ..results import result_images
+
         layout = self.layout
-        results = [img for img in bpy.data.images if "archviz_style" in img]
+        results = result_images()
         if not results:
             layout.label(text="No generated images yet")
             return
