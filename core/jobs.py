@@ -81,11 +81,21 @@ MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 32, 4096, 8
 MAX_STEPS = 500
 MAX_CFG = 50.0
 MAX_SCALE = 2.0
-MAX_SEED = 2**63 - 1
+#: Seeds are what a ``torch.Generator`` seed round-trips as in metadata (and what users
+#: type): unsigned 32-bit.
+MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1024
 MAX_STYLES = 64
 MAX_CONTROLS = 8
 MAX_BATCH = 64
+#: A control image (or a photo to preprocess): at most this many bytes of PNG, and at most
+#: this many pixels (checked from the PNG header before anything is decoded, so a
+#: decompression bomb is refused without being inflated).
+MAX_PNG_BYTES = 16 * 2**20
+MAX_PNG_PIXELS = 36_000_000  # e.g. 6000 x 6000
+#: Prompts are cut to the text encoder's window (77 CLIP tokens) by the backend, which
+#: says so in a warning; this is only a bound on what is worth sending at all.
+MAX_PROMPT_CHARS = 4000
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -122,7 +132,7 @@ def _int(value: Any, name: str, lo: int, hi: int, optional: bool = False) -> int
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(name, f"expected an integer, got {value!r}")
+        raise JobError(name, f"expected an integer, got {_short(value)}")
     if not lo <= value <= hi:
         raise JobError(name, f"must be between {lo} and {hi}, got {value}")
     return value
@@ -132,7 +142,7 @@ def _float(value: Any, name: str, lo: float, hi: float, optional: bool = False) 
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise JobError(name, f"expected a number, got {value!r}")
+        raise JobError(name, f"expected a number, got {_short(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise JobError(name, f"must be a finite number, got {value}")
@@ -141,19 +151,31 @@ def _float(value: Any, name: str, lo: float, hi: float, optional: bool = False) 
     return value
 
 
-def _str(value: Any, name: str, optional: bool = False, max_len: int = 4000) -> str | None:
+def _str(value: Any, name: str, optional: bool = False, max_len: int = MAX_PROMPT_CHARS) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str):
-        raise JobError(name, f"expected a string, got {value!r}")
+        raise JobError(name, f"expected a string, got {_short(value)}")
     if len(value) > max_len:
-        raise JobError(name, f"longer than {max_len} characters")
+        raise JobError(name, f"longer than {max_len} characters ({len(value)})")
+    if "\0" in value:
+        raise JobError(name, "contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JobError(name, "is not valid Unicode text (a lone surrogate escape)") from None
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` of a bad value, cut so an error message never echoes a huge payload."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise JobError(name, f"expected true or false, got {value!r}")
+        raise JobError(name, f"expected true or false, got {_short(value)}")
     return value
 
 
@@ -162,11 +184,11 @@ def _choice(value: Any, name: str, choices: tuple[str, ...], aliases: dict | Non
     if value is None and optional:
         return None
     if not isinstance(value, str):
-        raise JobError(name, f"expected one of {', '.join(choices)}, got {value!r}")
+        raise JobError(name, f"expected one of {', '.join(choices)}, got {_short(value)}")
     key = value.strip().lower()
     key = (aliases or {}).get(key, key)
     if key not in choices:
-        raise JobError(name, f"unknown value {value!r} (expected one of {', '.join(choices)})")
+        raise JobError(name, f"unknown value {_short(value)} (expected one of {', '.join(choices)})")
     return key
 
 
@@ -192,6 +214,9 @@ def decode_png(text: str, name: str = "image") -> bytes:
         head, _, text = text.partition(",")
         if "base64" not in head:
             raise JobError(name, "data URL is not base64")
+    if len(text) > (MAX_PNG_BYTES + 2) // 3 * 4:
+        raise JobError(name, f"PNG is larger than the limit of {MAX_PNG_BYTES // 2**20} MiB "
+                             f"(about {len(text) * 3 // 4 / 2**20:.1f} MiB sent)")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -202,14 +227,21 @@ def decode_png(text: str, name: str = "image") -> bytes:
 
 def png_size(data: bytes, name: str = "image") -> tuple[int, int]:
     """(width, height) from a PNG's IHDR chunk; raises JobError when it is not a PNG."""
-    if len(data) < 33 or data[:8] != _PNG_SIGNATURE:
+    if data[:8] != _PNG_SIGNATURE:
         raise JobError(name, "not a PNG file (bad signature)")
+    if len(data) < 33:
+        raise JobError(name, f"truncated PNG ({len(data)} bytes, not even a complete header)")
+    if len(data) > MAX_PNG_BYTES:
+        raise JobError(name, f"PNG is larger than the limit of {MAX_PNG_BYTES // 2**20} MiB")
     length, kind = struct.unpack(">I4s", data[8:16])
     if kind != b"IHDR" or length != 13:
         raise JobError(name, "not a PNG file (no IHDR header)")
     width, height = struct.unpack(">II", data[16:24])
     if width == 0 or height == 0:
-        raise JobError(name, "PNG has zero size")
+        raise JobError(name, f"PNG has zero size ({width}x{height})")
+    if width * height > MAX_PNG_PIXELS:
+        raise JobError(name, f"PNG is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the limit "
+                             f"of {MAX_PNG_PIXELS / 1e6:.0f} megapixels")
     return int(width), int(height)
 
 
@@ -382,8 +414,12 @@ class Job:
     def from_json(cls, text: str | bytes) -> "Job":
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise JobError("body", f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        except ValueError as exc:
             raise JobError("body", f"not valid JSON ({exc})") from None
+        except RecursionError:
+            raise JobError("body", "JSON nested too deeply") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
@@ -517,6 +553,10 @@ def parse_seeds(text: str) -> list[int]:
             raise JobError("seeds", f"{part!r} is not a seed or a range like 0-7") from None
         if b < a:
             raise JobError("seeds", f"range {part!r} runs backwards")
+        if a < 0 or b > MAX_SEED:
+            raise JobError("seeds", f"{part!r}: seeds are 0..{MAX_SEED}")
+        if b - a >= MAX_SEEDS:
+            raise JobError("seeds", f"more than {MAX_SEEDS} seeds")
         seeds.extend(range(a, b + 1))
     if not seeds:
         raise JobError("seeds", "no seeds given")

@@ -140,3 +140,73 @@ def test_core_jobs_imports_without_torch_or_bpy():
             "from archviz_controlnet.core import jobs, presets; print(len(presets.load_presets()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout.strip()) >= 10
+
+
+# ---------------------------------------------------------------- hardening (issue 6)
+
+def _ihdr_only(w, h):
+    """A PNG header claiming w x h with almost no data (a decompression-bomb shape)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_seeds_are_unsigned_32_bit():
+    assert J.Job.from_dict(job(seeds=[0, 2**32 - 1])).seeds == [0, 2**32 - 1]
+    for bad in (2**32, 2**63 - 1, -1, 1e400, float("nan"), 3.0):
+        with pytest.raises(J.JobError) as err:
+            J.Job.from_dict(job(seeds=[bad]))
+        assert err.value.field == "seeds[0]"
+    with pytest.raises(J.JobError, match="0..4294967295"):
+        J.parse_seeds("4294967290-4294967300")
+    with pytest.raises(J.JobError, match="more than 1024"):
+        J.parse_seeds("0-99999999")
+
+
+@pytest.mark.parametrize("png, message", [
+    (_ihdr_only(100_000, 100_000), "10000 megapixels, over the limit of 36"),
+    (_ihdr_only(0, 64), "zero size (0x64)"),
+    (_ihdr_only(0, 0), "zero size (0x0)"),
+    (_png(64, 64)[:20], "truncated PNG (20 bytes"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * (J.MAX_PNG_BYTES), "larger than the limit of 16 MiB"),
+    (b"GIF89a" + b"\0" * 40, "bad signature"),
+])
+def test_bad_pngs_are_refused_before_decoding(png, message):
+    with pytest.raises(J.JobError) as err:
+        J.Job.from_dict(job(controls=[{"type": "depth", "image": J.encode_png(png)}]))
+    assert err.value.field == "controls[0].image" and message in str(err.value)
+
+
+@pytest.mark.parametrize("over, field, message", [
+    ({"steps": 10**9}, "steps", "between 1 and 500"),
+    ({"steps": -3}, "steps", "between 1 and 500"),
+    ({"steps": 2.5}, "steps", "expected an integer"),
+    ({"cfg": float("inf")}, "cfg", "finite"),
+    ({"cfg": float("-inf")}, "cfg", "finite"),
+    ({"controls": [{"type": "depth", "image": IMG64, "scale": float("nan")}]}, "controls[0].scale", "finite"),
+    ({"width": 0}, "width", "between 32 and 4096"),
+    ({"width": 63}, "width", "multiple of 8, got 63"),
+    ({"height": 100}, "height", "multiple of 8"),
+    ({"styles": [{"name": "x", "prompt": "a\ud800b"}]}, "styles[0].prompt", "lone surrogate"),
+    ({"styles": [{"name": "x", "prompt": "a\0b"}]}, "styles[0].prompt", "NUL"),
+    ({"styles": [{"name": "x", "prompt": "x" * 5000}]}, "styles[0].prompt", "longer than 4000"),
+    ({"output_dir": "/tmp/a\0b"}, "output_dir", "NUL"),
+    ({"scheduler": "x" * 10_000}, "scheduler", "characters)"),
+])
+def test_absurd_values_are_named(over, field, message):
+    with pytest.raises(J.JobError) as err:
+        J.Job.from_dict(job(**over))
+    assert err.value.field == field and message in str(err.value)
+    assert len(str(err.value)) < 300  # the bad value is not echoed whole
+
+
+def test_bodies_that_are_not_utf8_json():
+    for raw, message in [(b'{"seeds": "\xff\xfe"}', "not UTF-8"), (b"[" * 100_000, "nested too deeply"),
+                         (b'{"seeds": [1' + b"0" * 5000 + b"]}", "not valid JSON"), (b"", "not valid JSON")]:
+        with pytest.raises(J.JobError) as err:
+            J.Job.from_json(raw)
+        assert err.value.field == "body" and message in str(err.value), raw[:20]
+    # NaN is a JSON extension Python accepts: it is still refused where a number goes
+    with pytest.raises(J.JobError, match="cfg: must be a finite number"):
+        J.Job.from_json(json.dumps(job(cfg=float("nan"))))
