@@ -13,18 +13,29 @@ where that pays:
 * control modes per control (CONVENTIONS.md): ``balanced``; ``prompt`` scales residual i
   of n by 0.825**(n-1-i); ``controlnet`` applies the control to the conditional half of
   classifier-free guidance only;
+* each control image's conditioning embedding (the ControlNet's small conv stack over the
+  full-resolution image) is computed once per job instead of once per step and image;
 * progress and cancel are checked every denoising step.
+
+Speed options that do not change the images (channels_last, SDPA backend, fused QKV,
+torch.compile, CUDA graphs, VAE decode batch) are :class:`EngineOptions`; each was measured
+on its own with ``archviz bench`` and only the ones that paid are on by default
+(BENCHMARKS.md). Options that change images (``guess_mode``) are off by default.
 
 fp16 on CUDA, fp32 on CPU. Models come from :class:`.models.ModelCache` (warm between jobs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import threading
-from dataclasses import dataclass
+import time
+import types
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -67,6 +78,52 @@ def make_scheduler(name: str, config: dict):
     raise ValueError(f"scheduler: unknown {name!r}")
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs. Every field but ``guess_mode`` keeps the images (up to float
+    rounding); ``archviz bench`` measures each one on its own (``--rows``)."""
+
+    skip_inactive: bool = True  # do not run a ControlNet outside its window / at scale 0 (exact)
+    batch: bool = True  # several (style, seed) images per UNet batch; False: one image per batch
+    embeds_once: bool = True  # text embeddings once per style (False: once per image)
+    cond_once: bool = True  # ControlNet conditioning embedding of each control image once per job
+    channels_last: bool = False  # NHWC weights and activations for the convolutions
+    sdpa_backend: str = "auto"  # auto | flash | efficient | cudnn | math
+    fused_qkv: bool = False  # one projection matmul for q, k, v (diffusers' fuse_qkv_projections)
+    compile: bool = False  # torch.compile the UNet and the ControlNets (scales/windows never recompile)
+    cuda_graphs: bool = False  # with compile: mode="reduce-overhead" (CUDA graph replay)
+    vae_batch: int = 0  # images per VAE decode call; 0 = 4 on CUDA, the whole batch on CPU
+    # Changes the images, so never on by default: ControlNets on the conditional half of CFG
+    # only, residuals scaled 0.1 -> 1.0 over the blocks (diffusers' guess mode).
+    guess_mode: bool = False
+
+    SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+
+    def __post_init__(self):
+        if self.sdpa_backend not in self.SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend: unknown {self.sdpa_backend!r} (choose from {', '.join(self.SDPA_BACKENDS)})")
+        if self.vae_batch < 0:
+            raise ValueError(f"vae_batch: must be >= 0, got {self.vae_batch}")
+
+    @classmethod
+    def defaults(cls, device: torch.device | str) -> "EngineOptions":
+        """What measured faster on that kind of device (BENCHMARKS.md)."""
+        kind = torch.device(device).type
+        if kind == "cuda":
+            return cls(**CUDA_DEFAULTS)
+        return cls()
+
+    def replace(self, **changes) -> "EngineOptions":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Options on by default on CUDA, after the side-by-side rows of ``archviz bench --config sd15``.
+CUDA_DEFAULTS: dict = {}
+
+
 @dataclass
 class Unit:
     """One control inside the denoising loop."""
@@ -75,25 +132,66 @@ class Unit:
     model: torch.nn.Module
     image: torch.Tensor  # (1, 3, H, W) in [0, 1], device/dtype of the model
     union_mode: int | None = None
+    fn: Callable | None = None  # the model, or its compiled form
+    cond: torch.Tensor | None = None  # precomputed conditioning embedding (1, C, h, w), else None
 
     def active(self, i: int, n: int) -> bool:
         """Same rule as diffusers' ``controlnet_keep``, plus scale 0 -> not run."""
         s = self.settings
         return s.scale > 0 and not (i / n < s.start or (i + 1) / n > s.end)
 
-    def __call__(self, sample, t, embeds, added_cond_kwargs):
+    def __call__(self, sample, t, embeds, added_cond_kwargs, guess_mode: bool = False):
+        """Residuals at conditioning scale 1 for a ControlNetModel (the scale is applied by
+        the caller, so a compiled ControlNet never sees it and never recompiles for it), at
+        the unit's scale for a ControlNet-Union."""
         n = sample.shape[0]
-        cond = self.image.expand(n, -1, -1, -1) if n > 1 else self.image
+        fn = self.fn or self.model
         if self.union_mode is None:
-            return self.model(sample, t, encoder_hidden_states=embeds, controlnet_cond=cond,
-                              conditioning_scale=self.settings.scale, added_cond_kwargs=added_cond_kwargs,
-                              guess_mode=False, return_dict=False)
+            cond = self.cond if self.cond is not None else self.image
+            cond = cond.expand(n, -1, -1, -1) if n > 1 else cond
+            return fn(sample, t, encoder_hidden_states=embeds, controlnet_cond=cond, conditioning_scale=1.0,
+                      added_cond_kwargs=added_cond_kwargs, guess_mode=guess_mode, return_dict=False)
+        cond = self.image.expand(n, -1, -1, -1) if n > 1 else self.image
         control_type = torch.zeros(n, self.model.config.num_control_type, device=sample.device, dtype=sample.dtype)
         control_type[:, self.union_mode] = 1
-        return self.model(sample, t, encoder_hidden_states=embeds, controlnet_cond=[cond],
-                          control_type=control_type, control_type_idx=[self.union_mode],
-                          conditioning_scale=[self.settings.scale], added_cond_kwargs=added_cond_kwargs,
-                          from_multi=True, guess_mode=False, return_dict=False)
+        return fn(sample, t, encoder_hidden_states=embeds, controlnet_cond=[cond],
+                  control_type=control_type, control_type_idx=[self.union_mode],
+                  conditioning_scale=[self.settings.scale], added_cond_kwargs=added_cond_kwargs,
+                  from_multi=True, guess_mode=guess_mode, return_dict=False)
+
+    @property
+    def prescaled(self) -> bool:
+        return self.union_mode is not None
+
+
+def accept_precomputed_cond(model: torch.nn.Module) -> bool:
+    """Let ``model.controlnet_cond_embedding`` take an already embedded control image.
+
+    The ControlNet's conditioning embedding (a conv stack over the full-resolution control
+    image) depends on the image alone, so the engine computes it once per job and passes
+    the result in: the embedding's forward returns an input that already has its output
+    channel count unchanged, and embeds anything else as before (the plain diffusers
+    pipeline is unaffected). Only the instance's ``forward`` changes; weights and
+    state_dict stay as they are. Returns False where this does not apply (ControlNet-Union,
+    BGR-ordered ControlNets)."""
+    emb = getattr(model, "controlnet_cond_embedding", None)
+    if emb is None or type(model).__name__ != "ControlNetModel":
+        return False
+    if getattr(model.config, "controlnet_conditioning_channel_order", "rgb") != "rgb":
+        return False
+    if getattr(emb, "_archviz_precomputed", False):
+        return True
+    plain = type(emb).forward
+    channels = emb.conv_out.out_channels
+
+    def forward(self, conditioning):
+        if conditioning.shape[1] == channels:
+            return conditioning  # embedded once by the engine
+        return plain(self, conditioning)
+
+    emb.forward = types.MethodType(forward, emb)
+    emb._archviz_precomputed = True
+    return True
 
 
 @dataclass
@@ -108,14 +206,22 @@ class Engine:
     """Owns the device, the warm model cache and the denoising loop. One worker thread
     calls :meth:`generate`; :meth:`unload` may be called from any thread."""
 
-    def __init__(self, device: str = "auto", budget_bytes: int | None = None, max_batch: int | None = None):
+    def __init__(self, device: str = "auto", budget_bytes: int | None = None, max_batch: int | None = None,
+                 options: EngineOptions | None = None):
         self.device = pick_device(device)
+        self.options = options or EngineOptions.defaults(self.device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.cache = ModelCache(self.device, self.dtype, budget_bytes or default_budget_bytes(self.device))
         env_batch = os.environ.get("ARCHVIZ_MAX_BATCH")
         self.max_batch = max_batch or (int(env_batch) if env_batch else None)
         self._helpers: dict[int, object] = {}
         self._lock = threading.Lock()
+        self._compiled: dict[int, Callable] = {}
+        self._compiled_key: tuple | None = None
+        # What the last generate() did: forward passes per model (in images x CFG rows) and
+        # seconds per phase (CUDA synchronised at phase ends), for the benchmark's FLOP rate.
+        self.stats: Counter = Counter()
+        self.timings: Counter = Counter()
 
     @property
     def dtype_name(self) -> str:
@@ -131,7 +237,17 @@ class Engine:
     def unload(self) -> dict:
         with self._lock:
             self._helpers.clear()
+            self._compiled.clear()
         return self.cache.unload()
+
+    def adopt(self, models: ModelPlan, base: dict, controlnets: list) -> None:
+        """Put already built models into the warm cache under ``models``' references, as if
+        they had been loaded (the benchmark's random-weight SD 1.5 from the real configs)."""
+        # The cache's own get-or-load with a loader that hands the built models over (the
+        # keys are those of ModelCache.base / .controlnet).
+        self.cache._get(("base", models.base, models.vae, models.arch), "base", models.base, lambda: base)
+        for ref, net in zip(models.controlnets, controlnets):
+            self.cache._get(("controlnet", ref.ref, ref.union_mode is not None), "controlnet", ref.ref, lambda n=net: n)
 
     def helper_pipeline(self, arch: str, comps: dict, controlnet):
         """A diffusers pipeline object over the warm components, used for its helpers
@@ -153,6 +269,8 @@ class Engine:
     # -- sizing ------------------------------------------------------------------------
     def batch_limit(self, plan: SweepPlan) -> int:
         """Images per UNet batch: the job's cap, else ARCHVIZ_MAX_BATCH, else by memory."""
+        if not self.options.batch:
+            return 1
         if plan.job.max_batch:
             return plan.job.max_batch
         if self.max_batch:
@@ -173,19 +291,30 @@ class Engine:
         """Make ``images`` (a subset of ``plan.images``). Calls ``on_image`` as each batch is
         decoded with a float32 HxWx3 array in [0, 1]; returns {index: array}."""
         cancelled = cancelled or (lambda: False)
+        opts = self.options
+        self.stats, self.timings = Counter(), Counter()
         base_entry, net_entries = self.load(plan.models)
         results: dict[int, np.ndarray] = {}
         with self.cache.pinned([base_entry, *net_entries]):
             comps = base_entry.value
-            helper = self.helper_pipeline(plan.models.arch, comps, net_entries[0].value)
-            controls = self._control_tensors(plan, helper, [e.value for e in net_entries])
+            nets = [e.value for e in net_entries]
+            self._prepare_models([comps["unet"], *nets])
+            helper = self.helper_pipeline(plan.models.arch, comps, nets[0])
+            controls = self._control_tensors(plan, helper, nets)
+            conds = self._control_embeddings(plan, nets, controls)
             embeds: dict[int, StyleEmbeds] = {}
             for batch in self.batches(plan, images):
                 style = plan.styles[batch[0].style]
+                t0 = self._clock()
+                if not opts.embeds_once:
+                    embeds.clear()
                 for item in batch:
-                    if item.style not in embeds:  # text embeddings once per style
+                    if item.style not in embeds or not opts.embeds_once:  # once per style (option)
                         embeds[item.style] = self._encode(helper, plan.models.arch, plan.styles[item.style])
-                units = [Unit(u, net_entries[ci].value, controls[ci], plan.models.controlnets[ci].union_mode)
+                        self.stats["prompt_encodes"] += 1
+                self.timings["encode"] += self._clock() - t0
+                units = [Unit(u, nets[ci], controls[ci], plan.models.controlnets[ci].union_mode,
+                              fn=self._runtime(nets[ci]), cond=conds[ci])
                          for ci, u in enumerate(style.units)]
                 out = self._run_batch_with_retry(plan, helper, comps, style, units, batch, embeds,
                                                  on_step, cancelled)
@@ -234,6 +363,76 @@ class Engine:
             t = helper.control_image_processor.preprocess(image, height=plan.height, width=plan.width)
             tensors.append(t.to(device=self.device, dtype=net.dtype))
         return tensors
+
+    @torch.no_grad()
+    def _control_embeddings(self, plan: SweepPlan, nets, controls) -> list[torch.Tensor | None]:
+        """Each ControlNet's conditioning embedding of its control image, once per job."""
+        out = []
+        for net, ref, image in zip(nets, plan.models.controlnets, controls):
+            if self.options.cond_once and ref.union_mode is None and accept_precomputed_cond(net):
+                cond = net.controlnet_cond_embedding(image)
+                out.append(cond.contiguous(memory_format=torch.channels_last) if self.options.channels_last else cond)
+            else:
+                out.append(None)
+        return out
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    # -- speed options ---------------------------------------------------------------------
+    def _prepare_models(self, modules) -> None:
+        """Bring the warm models to the options' memory format and QKV fusion (both ways, so
+        models shared with a plain diffusers pipeline can be put back)."""
+        opts = self.options
+        key = (opts.channels_last, opts.fused_qkv, opts.sdpa_backend, opts.compile, opts.cuda_graphs)
+        if opts.compile and key != self._compiled_key:
+            # A compiled graph keeps the attention kernel and layouts it was traced with.
+            torch._dynamo.reset()
+            self._compiled.clear()
+            self._compiled_key = key
+        for module in modules:
+            cl = bool(getattr(module, "_archviz_channels_last", False))
+            if cl != opts.channels_last:
+                module.to(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
+                module._archviz_channels_last = opts.channels_last
+            fused = bool(getattr(module, "_archviz_fused_qkv", False))
+            if fused != opts.fused_qkv and hasattr(module, "fuse_qkv_projections"):
+                if opts.fused_qkv:
+                    module.fuse_qkv_projections()
+                else:
+                    module.unfuse_qkv_projections()
+                module._archviz_fused_qkv = opts.fused_qkv
+
+    def restore_models(self, modules) -> None:
+        """Put models back to what diffusers loads: contiguous, unfused QKV."""
+        saved, self.options = self.options, self.options.replace(channels_last=False, fused_qkv=False, compile=False)
+        try:
+            self._prepare_models(modules)
+        finally:
+            self.options = saved
+
+    def _runtime(self, module):
+        """The callable the loop runs for ``module``: itself or its compiled form."""
+        if not self.options.compile:
+            return module
+        fn = self._compiled.get(id(module))
+        if fn is None:
+            mode = "reduce-overhead" if self.options.cuda_graphs else None
+            fn = torch.compile(module, mode=mode, dynamic=False)
+            self._compiled[id(module)] = fn
+        return fn
+
+    def _sdpa(self):
+        name = self.options.sdpa_backend
+        if name == "auto":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                   "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+        return sdpa_kernel([backend])
 
     @torch.no_grad()
     def _encode(self, helper, arch: str, style: StyleSettings) -> StyleEmbeds:
@@ -290,50 +489,69 @@ class Engine:
             extra["generator"] = generators
 
         # 3. Denoising loop.
+        opts = self.options
+        unet_fn = self._runtime(unet)
+        memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
         n = len(timesteps)
-        for i, t in enumerate(timesteps):
-            if cancelled():
-                raise Cancelled()
-            x = torch.cat([latents] * 2) if do_cfg else latents
-            x = scheduler.scale_model_input(x, t)
-            down, mid = None, None
-            for unit in units:
-                if not unit.active(i, n):
-                    continue  # outside its window or at scale 0: not run at all
-                cond_only = unit.settings.mode == "controlnet" and do_cfg
-                if cond_only:
-                    cx = scheduler.scale_model_input(latents, t)
-                    c_embeds = prompt_embeds[b:]
-                    c_added = {k: v[b:] for k, v in added.items()} if added else None
-                else:
-                    cx, c_embeds, c_added = x, prompt_embeds, added
-                d, m = unit(cx, t, c_embeds, c_added)
-                if unit.settings.mode == "prompt":
-                    k = len(d) + 1  # residuals incl. the mid block (13 for SD 1.5)
-                    d = [r * PROMPT_MODE_BASE ** (k - 1 - j) for j, r in enumerate(d)]
-                if cond_only:
-                    d = [torch.cat([torch.zeros_like(r), r]) for r in d]
-                    m = torch.cat([torch.zeros_like(m), m])
-                if down is None:
-                    down, mid = list(d), m
-                else:
-                    down = [p + q for p, q in zip(down, d)]
-                    mid = mid + m
-            noise = unet(x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
-            if do_cfg:
-                uncond, text = noise.chunk(2)
-                noise = uncond + style.cfg * (text - uncond)
-            latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
-            if on_step:
-                on_step(1)
+        t0 = self._clock()
+        with self._sdpa():
+            for i, t in enumerate(timesteps):
+                if cancelled():
+                    raise Cancelled()
+                if opts.compile and opts.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                x = torch.cat([latents] * 2) if do_cfg else latents
+                x = scheduler.scale_model_input(x, t).contiguous(memory_format=memory_format)
+                down, mid = None, None
+                for ci, unit in enumerate(units):
+                    active = unit.active(i, n)
+                    if not active and opts.skip_inactive:
+                        continue  # outside its window or at scale 0: not run at all
+                    cond_only = (unit.settings.mode == "controlnet" or opts.guess_mode) and do_cfg
+                    if cond_only:
+                        cx = scheduler.scale_model_input(latents, t).contiguous(memory_format=memory_format)
+                        c_embeds = prompt_embeds[b:]
+                        c_added = {k: v[b:] for k, v in added.items()} if added else None
+                    else:
+                        cx, c_embeds, c_added = x, prompt_embeds, added
+                    d, m = unit(cx, t, c_embeds, c_added, guess_mode=opts.guess_mode)
+                    self.stats[f"controlnet{ci}"] += cx.shape[0]
+                    scale = unit.settings.scale if active else 0.0  # diffusers multiplies by 0
+                    if not unit.prescaled:
+                        d, m = [r * scale for r in d], m * scale
+                    if unit.settings.mode == "prompt":
+                        k = len(d) + 1  # residuals incl. the mid block (13 for SD 1.5)
+                        d = [r * PROMPT_MODE_BASE ** (k - 1 - j) for j, r in enumerate(d)]
+                    if cond_only:
+                        d = [torch.cat([torch.zeros_like(r), r]) for r in d]
+                        m = torch.cat([torch.zeros_like(m), m])
+                    if down is None:
+                        down, mid = list(d), m
+                    else:
+                        down = [p + q for p, q in zip(down, d)]
+                        mid = mid + m
+                noise = unet_fn(x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
+                                mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
+                self.stats["unet"] += x.shape[0]
+                if do_cfg:
+                    uncond, text = noise.chunk(2)
+                    noise = uncond + style.cfg * (text - uncond)
+                latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+                if on_step:
+                    on_step(1)
+        self.timings["denoise"] += self._clock() - t0
 
         # 4. Decode (in chunks to bound VAE memory on the GPU).
-        return self._decode(vae, helper, latents)
+        t0 = self._clock()
+        out = self._decode(vae, helper, latents, sdxl)
+        self.timings["decode"] += self._clock() - t0
+        return out
 
-    def _decode(self, vae, helper, latents: torch.Tensor) -> list[np.ndarray]:
-        chunk = 4 if self.device.type == "cuda" else len(latents)
-        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    def _decode(self, vae, helper, latents: torch.Tensor, sdxl: bool = False) -> list[np.ndarray]:
+        chunk = self.options.vae_batch or (4 if self.device.type == "cuda" else len(latents))
+        # Like the diffusers pipelines: only SDXL upcasts an fp16 VAE that asks for it (the
+        # SD 1.5 pipeline decodes in the model's dtype).
+        upcast = sdxl and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         if upcast:
             vae.to(torch.float32)
         try:
