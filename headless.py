@@ -46,7 +46,7 @@ def run(args):
     from .core.client import BackendError
     from .core.passes import PassError
     from .core.sweep import ControlUnit, SweepRunner
-    from .sweeping import connect, contact_sheets, prepare_jobs, resolve_cameras, variant_exr
+    from .sweeping import connect, contact_sheets, model_roots_of, prepare_jobs, resolve_cameras, variant_exr
 
     try:
         seeds = J.parse_seeds(args.seeds)
@@ -67,7 +67,8 @@ def run(args):
         cameras = resolve_cameras(scene, args.cameras)
         print(f"rendering control passes for {len(cameras)} camera(s): {', '.join(c.name for c in cameras)}")
         client, proc = connect(url=args.backend, token=args.token, device=args.device,
-                               log_path=os.path.join(out_dir, "backend.log") if not args.backend else None)
+                               log_path=os.path.join(out_dir, "backend.log") if not args.backend else None,
+                               output_roots=[out_dir], model_roots=model_roots_of(model))
         camera_jobs = prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir,
                                    CaptureOptions(long_side=long_side), steps=args.steps, cfg=args.cfg,
                                    scheduler=args.scheduler, share_disk=not args.backend)

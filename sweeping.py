@@ -94,17 +94,34 @@ def contact_sheets(out_dir, camera_names):
     return [p for p in paths if os.path.exists(p)]
 
 
-def connect(url="", token="", python="", device="auto", log_path=None):
+def model_roots_of(model):
+    """Local model files or folders a job's model spec points at (a local backend must be
+    allowed to read them)."""
+    spec = model_spec(model) if isinstance(model, str) else (model or {})
+    refs = [spec.get("base"), spec.get("vae"), *(spec.get("controlnets") or {}).values()]
+    return [r for r in refs if r and os.path.isabs(r)]
+
+
+def connect(url="", token="", python="", device="auto", log_path=None, output_roots=(), model_roots=()):
     """A client for ``url``, or for a local backend this process started (started now if
-    needed; it stops when this process exits). Returns (client, started process or None)."""
+    needed; it stops when this process exits). Returns (client, started process or None).
+
+    A local backend writes only into folders it was started with (``output_roots``, e.g.
+    the scene's output folder) and reads models only from its model roots; when a later
+    run needs a folder the running one does not allow, it is restarted allowing both."""
     if url:
         client = Client(url, token=token)
         client.health()  # raises BackendUnreachable with the URL in the message
         return client, None
     key = (python or "", device)
     proc = _started.get(key)
+    if proc is not None and proc.alive() and not proc.covers(output_roots, model_roots):
+        output_roots = [*proc.output_roots, *output_roots]
+        model_roots = [*proc.model_roots, *model_roots]
+        proc.stop()
     if proc is None or not proc.alive():
-        proc = BackendProcess(python=python or None, device=device, log_path=log_path)
+        proc = BackendProcess(python=python or None, device=device, log_path=log_path,
+                              output_roots=output_roots, model_roots=model_roots)
         proc.start()
         _started[key] = proc
     return Client(proc.url), proc

@@ -2,11 +2,16 @@
 
 Prints exactly one line ``archviz backend listening on http://HOST:PORT`` to stdout once
 the socket accepts connections (``--port 0`` picks a free port); clients parse it.
+
+Binding anything but a loopback address needs a token (``--token`` or ``$ARCHVIZ_TOKEN``);
+a port already in use is a clear error (exit status 2). See docs/hardening.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -31,7 +36,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop when standard input closes (a parent that started this backend has ended)")
     parser.add_argument("--token", default=os.environ.get("ARCHVIZ_TOKEN") or None,
                         help="require 'Authorization: Bearer TOKEN' (default: $ARCHVIZ_TOKEN; none on loopback)")
+    parser.add_argument("--output-root", action="append", default=[], metavar="DIR",
+                        help="a folder jobs may write into besides the default output folder (repeatable; "
+                             "also $ARCHVIZ_OUTPUT_ROOTS, separated by '%s')" % os.pathsep)
+    parser.add_argument("--model-root", action="append", default=[], metavar="DIR",
+                        help="a folder jobs may load model files from besides the Hugging Face cache "
+                             "(repeatable; also $ARCHVIZ_MODEL_ROOTS)")
+    parser.add_argument("--allow-pickle", action="append", default=[], metavar="MODEL",
+                        help="allow pickle (.bin/.ckpt) weights for this model id or path only (repeatable; "
+                             "default: safetensors only)")
+    parser.add_argument("--max-body-mb", type=float, default=64.0,
+                        help="largest request body in MiB (default 64; larger requests get 413)")
+    parser.add_argument("--simulate-oom-above", type=int, default=None, metavar="N",
+                        help=argparse.SUPPRESS)  # test hook: torch.OutOfMemoryError for UNet batches > N images
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def env_list(name: str) -> list[str]:
+    return [p for p in os.environ.get(name, "").split(os.pathsep) if p.strip()]
 
 
 def _quiet_libraries() -> None:
@@ -53,6 +84,17 @@ def run(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .server import create_app
 
+    if not is_loopback(args.host) and not args.token:
+        print(f"archviz serve: refusing to listen on {args.host} without a token: anyone who could reach it "
+              "could run jobs and write files. Give --token TOKEN (or set ARCHVIZ_TOKEN), or bind 127.0.0.1",
+              file=sys.stderr)
+        return 2
+    if args.token and len(args.token) < 16 and not is_loopback(args.host):
+        print("archviz serve: warning: the token is shorter than 16 characters; use a long random one "
+              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')", file=sys.stderr)
+    if args.allow_pickle:
+        os.environ["ARCHVIZ_ALLOW_PICKLE"] = os.pathsep.join(
+            filter(None, [os.environ.get("ARCHVIZ_ALLOW_PICKLE", ""), *args.allow_pickle]))
     _quiet_libraries()
     budget = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None
     try:
@@ -60,10 +102,17 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"archviz serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(engine, args.presets, token=args.token)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
-        print(f"archviz serve: warning: listening on {args.host} without --token; anyone who can reach it "
-              "can run jobs and write files", file=sys.stderr)
+    oom_above = args.simulate_oom_above
+    if oom_above is None and os.environ.get("ARCHVIZ_SIMULATE_OOM_ABOVE"):
+        oom_above = int(os.environ["ARCHVIZ_SIMULATE_OOM_ABOVE"])
+    if oom_above is not None:
+        from .worker import simulate_memory_budget
+
+        simulate_memory_budget(engine, oom_above)
+        logging.getLogger("archviz.backend").warning("simulating out-of-memory for batches over %d images", oom_above)
+    app = create_app(engine, args.presets, token=args.token,
+                     output_roots=[*env_list("ARCHVIZ_OUTPUT_ROOTS"), *args.output_root],
+                     model_dirs=args.model_root, max_body_bytes=int(args.max_body_mb * 2**20))
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -71,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock.bind((args.host, args.port))
     except OSError as exc:
-        print(f"archviz serve: cannot bind {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        hint = " (another backend or program uses it: pick another --port, or --port 0 for any free one)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        print(f"archviz serve: cannot bind {args.host}:{args.port}: {exc.strerror}{hint}", file=sys.stderr)
+        sock.close()
         return 2
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=args.log_level if args.log_level != "info" else "warning",

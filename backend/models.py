@@ -8,9 +8,14 @@
   Models in use by the running job are pinned and never evicted.
 
 Loading honours the Hugging Face cache and ``HF_HUB_OFFLINE``; safetensors are required
-unless ``ARCHVIZ_ALLOW_PICKLE=1``. A missing real model is an error that says what is
-missing and how to get it, and that the ``tiny`` family exists for offline use: it is never
-silently replaced.
+unless the server's operator allows pickle checkpoints for a model by name
+(``archviz serve --allow-pickle REF`` / ``ARCHVIZ_ALLOW_PICKLE``). A missing real model is
+an error that says what is missing and how to get it, and that the ``tiny`` family exists
+for offline use: it is never silently replaced.
+
+Model references that come in a request are checked by :func:`check_model_ref`: a Hugging
+Face id, or an absolute path inside the allowed model roots (the HF cache, the tiny models'
+folder, ``--model-root`` folders). The server never reads weights from anywhere else.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -133,8 +139,86 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _use_safetensors() -> bool | None:
-    return None if os.environ.get("ARCHVIZ_ALLOW_PICKLE") == "1" else True
+def pickle_allowed(ref: str | os.PathLike) -> bool:
+    """True when the operator allowed pickle (``.bin``/``.ckpt``) weights for this model:
+    ``ARCHVIZ_ALLOW_PICKLE`` lists references separated by ``os.pathsep`` (``archviz serve
+    --allow-pickle REF`` adds to it); ``1`` or ``all`` allows every model (not advised).
+    A request can never allow it: this is server configuration."""
+    value = os.environ.get("ARCHVIZ_ALLOW_PICKLE", "").strip()
+    if not value:
+        return False
+    if value.lower() in ("1", "all"):
+        return True
+    ref = str(ref)
+    wanted = {ref, os.path.realpath(os.path.expanduser(ref))}
+    for item in filter(None, (v.strip() for v in value.split(os.pathsep))):
+        if item in wanted or os.path.realpath(os.path.expanduser(item)) in wanted:
+            return True
+    return False
+
+
+def _use_safetensors(ref: str | os.PathLike = "") -> bool | None:
+    """``True`` (safetensors required) unless pickle is allowed for ``ref``; then ``None``
+    (diffusers/transformers prefer safetensors and fall back to ``.bin``)."""
+    return None if pickle_allowed(ref) else True
+
+
+# ---------------------------------------------------------------------------------------
+# Which references a request may name
+# ---------------------------------------------------------------------------------------
+
+#: A Hugging Face repo id: ``name`` or ``namespace/name``.
+HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+
+
+def model_roots(extra: list[str | os.PathLike] | None = None) -> list[Path]:
+    """Folders a request may point at for weights: the Hugging Face cache, the tiny models'
+    folder, ``$ARCHVIZ_MODEL_ROOTS`` (``os.pathsep``-separated) and ``extra``."""
+    from huggingface_hub import constants
+
+    roots = [Path(constants.HF_HUB_CACHE), tiny.archviz_home() / "tiny"]
+    env = os.environ.get("ARCHVIZ_MODEL_ROOTS", "")
+    roots += [Path(p) for p in env.split(os.pathsep) if p.strip()]
+    roots += [Path(p) for p in (extra or [])]
+    return [Path(os.path.realpath(p.expanduser())) for p in roots]
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def check_model_ref(ref: str, field: str, roots: list[Path]) -> str:
+    """``ref`` when a request may use it, else JobError naming ``field``: a Hugging Face id
+    (read from the HF cache, or downloaded when online), or an absolute path that resolves
+    (symlinks followed) inside one of ``roots``."""
+    looks_like_id = HF_ID_RE.match(ref) and ".." not in ref and not ref.endswith(_SINGLE_FILE_SUFFIXES)
+    if looks_like_id:
+        if os.path.lexists(ref):  # diffusers would read a relative folder of the server's cwd
+            raise JobError(field, f"{ref!r} is a relative path on the server; give a Hugging Face id "
+                                  "or an absolute path inside a model root")
+        return ref
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        raise JobError(field, f"{ref!r} is neither a Hugging Face id (namespace/name) nor an absolute path")
+    real = Path(os.path.realpath(path))
+    if not _inside(real, roots):
+        raise JobError(field, f"{ref!r} is outside the server's model roots ({', '.join(map(str, roots))}); "
+                              "the server operator can add a folder with archviz serve --model-root DIR")
+    return ref
+
+
+def check_job_models(job, roots: list[Path]) -> None:
+    """Every model reference a job names (base, VAE, ControlNets, per-control models)."""
+    spec = job.model
+    if spec.base:
+        check_model_ref(spec.base, "model.base", roots)
+    if spec.vae:
+        check_model_ref(spec.vae, "model.vae", roots)
+    for key, value in spec.controlnets.items():
+        check_model_ref(value, f"model.controlnets.{key}", roots)
+    for i, control in enumerate(job.controls):
+        if control.model:
+            check_model_ref(control.model, f"controls[{i}].model", roots)
 
 
 def _missing(what: str, ref: str, exc: Exception) -> ModelNotFoundError:
@@ -162,9 +246,10 @@ def _from_pretrained(cls, ref: str, what: str, subfolder: str | None = None, **k
     if is_local and path.is_file():
         if path.suffix not in _SINGLE_FILE_SUFFIXES:
             raise ModelNotFoundError(f"{what} {ref!r}: unsupported single-file type {path.suffix!r}")
-        if path.suffix != ".safetensors" and _use_safetensors():
-            raise ModelNotFoundError(f"{what} {ref!r} is a pickle checkpoint; convert it to .safetensors "
-                                     "or set ARCHVIZ_ALLOW_PICKLE=1 if you trust it")
+        if path.suffix != ".safetensors" and _use_safetensors(ref):
+            raise ModelNotFoundError(f"{what} {ref!r} is a pickle checkpoint; convert it to .safetensors, "
+                                     "or, if you trust it, allow it for this model only: archviz serve "
+                                     f"--allow-pickle {ref}")
         kwargs.pop("use_safetensors", None)
         return cls.from_single_file(str(path), **kwargs)
     if is_local and subfolder and not (path / subfolder).is_dir():
@@ -183,8 +268,8 @@ def _from_pretrained(cls, ref: str, what: str, subfolder: str | None = None, **k
         raise _missing(what, ref, exc) from exc
 
 
-def _weights(dtype) -> dict:
-    return {"torch_dtype": dtype, "use_safetensors": _use_safetensors()}
+def _weights(dtype, ref: str) -> dict:
+    return {"torch_dtype": dtype, "use_safetensors": _use_safetensors(ref)}
 
 
 def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
@@ -204,7 +289,7 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
             comps.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2)
         comps["scheduler_config"] = dict(pipe.scheduler.config)
     else:
-        w = _weights(dtype)
+        w = _weights(dtype, ref)
         comps = {
             "unet": _from_pretrained(UNet2DConditionModel, ref, "base model", "unet", **w),
             "vae": _from_pretrained(AutoencoderKL, ref, "base model", "vae", **w),
@@ -217,7 +302,7 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
             comps["tokenizer_2"] = _from_pretrained(CLIPTokenizer, ref, "base model", "tokenizer_2")
         comps["scheduler_config"] = _scheduler_config(ref, path)
     if vae_ref:
-        comps["vae"] = _from_pretrained(AutoencoderKL, vae_ref, "VAE", **_weights(dtype))
+        comps["vae"] = _from_pretrained(AutoencoderKL, vae_ref, "VAE", **_weights(dtype, vae_ref))
     for name, module in comps.items():
         if hasattr(module, "eval"):
             module.eval().requires_grad_(False)
@@ -238,7 +323,7 @@ def load_controlnet(ref: ControlNetRef, dtype, device):
     from diffusers import ControlNetModel, ControlNetUnionModel
 
     cls = ControlNetUnionModel if ref.union_mode is not None else ControlNetModel
-    model = _from_pretrained(cls, ref.ref, "ControlNet", **_weights(dtype))
+    model = _from_pretrained(cls, ref.ref, "ControlNet", **_weights(dtype, ref.ref))
     return model.eval().requires_grad_(False).to(device)
 
 

@@ -1,8 +1,12 @@
 """Results on disk: PNGs with generation metadata, manifest.json, the contact sheet.
 
 Every file is written atomically (temporary file in the same folder, then ``os.replace``),
-so a crash or a kill never leaves a half-written PNG or manifest behind, and a finished
-image is on disk before it is reported.
+so a crash, a kill or a full disk never leaves a half-written PNG or manifest behind, and a
+finished image is on disk before it is reported.
+
+Where a request may write is bounded by :class:`OutputRoots`: the server's default output
+folder plus the ``--output-root`` folders; anything else (``..``, symlinks out, other
+absolute paths) is refused with an error naming ``output_dir``.
 """
 
 from __future__ import annotations
@@ -17,30 +21,83 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from ..core.jobs import JobError
 from .sweep import PlannedImage, SweepPlan
+
+
+class OutputWriteError(OSError):
+    """A result file could not be written (disk full, file size limit, permissions)."""
+
+
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+class OutputRoots:
+    """The folders a request may write into. ``default`` (the server's own output folder)
+    is always one; a job without ``output_dir`` writes to ``default/<job id>`` and a
+    relative ``output_dir`` is taken inside ``default``."""
+
+    def __init__(self, default: str | os.PathLike, extra: list[str | os.PathLike] | None = None):
+        self.default = _real(default)
+        self.roots = [self.default] + [_real(p) for p in (extra or []) if _real(p) != self.default]
+
+    def resolve(self, requested: str | None, job_id: str) -> Path:
+        """The real folder for a job's ``output_dir``; JobError when it is outside the roots."""
+        if not requested:
+            return self.default / job_id
+        path = Path(requested).expanduser()
+        real = _real(path if path.is_absolute() else self.default / path)
+        if not any(real == root or root in real.parents for root in self.roots):
+            raise JobError("output_dir", f"{requested!r} is outside the server's output roots "
+                                         f"({', '.join(map(str, self.roots))}); the server operator can add one "
+                                         "with archviz serve --output-root DIR")
+        return real
+
+    def covers(self, path: str | os.PathLike) -> bool:
+        real = _real(path)
+        return any(real == root or root in real.parents for root in self.roots)
 
 METADATA_KEYS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height", "style",
                  "model", "controls", "params_sha256", "archviz", "parameters")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync, rename. On any failure
+    the temporary file is removed and ``path`` is as it was; an OS error becomes an
+    :class:`OutputWriteError` that names the file and says what went wrong."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        hint = {28: "the disk is full", 27: "the file is larger than the size limit (ulimit -f) or the disk is full",
+                122: "the disk quota is exceeded", 13: "permission denied", 30: "the file system is read-only"}
+        reason = hint.get(exc.errno, exc.strerror or str(exc))
+        raise OutputWriteError(exc.errno, f"cannot write {path} ({len(data)} bytes): {reason}; "
+                                          "the files finished before it are kept") from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
 
 
-def image_metadata(plan: SweepPlan, item: PlannedImage) -> dict[str, str]:
-    """Text chunks of one result PNG."""
+def _remove(tmp: str | None) -> None:
+    if tmp and os.path.exists(tmp):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | None = None) -> dict[str, str]:
+    """Text chunks of one result PNG (``warnings``: e.g. a prompt cut to 77 tokens)."""
     style = plan.styles[item.style]
     params = plan.params(item)
     controls = [{"type": u.type, "scale": u.scale, "start": u.start, "end": u.end, "mode": u.mode,
@@ -65,6 +122,7 @@ def image_metadata(plan: SweepPlan, item: PlannedImage) -> dict[str, str]:
         "archviz": json.dumps({"params": params, "style": style.name, "preset": style.preset,
                                "file": item.file, "index": item.index}),
         "parameters": a1111,  # what other tools (A1111, ComfyUI loaders) show
+        **({"warnings": json.dumps(warnings)} if warnings else {}),
     }
 
 
@@ -117,6 +175,7 @@ class Manifest:
             "missing": [i.file for i in plan.images],
             "contact_sheet": None,
             "error": None,
+            "warnings": [],
         }
 
     def mark(self, item: PlannedImage, status: str) -> None:

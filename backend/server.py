@@ -15,11 +15,17 @@
 
 Every error is JSON ``{"detail": msg, "error": {"type", "message", "field"?}}``; malformed
 jobs get 422 with the bad field named (``controls[0].image: not a PNG file``).
+
+Limits and access (docs/hardening.md): request bodies above ``max_body_bytes`` get 413;
+output folders must lie inside the output roots and model paths inside the model roots
+(422 naming the field otherwise); with a token every route but health and the docs needs
+``Authorization: Bearer <token>``, compared in constant time, else 401 with no detail.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import io
 import json
@@ -38,9 +44,14 @@ from .. import __version__
 from ..core import jobs as J
 from ..core.presets import load_presets_tolerant
 from .engine import Engine
+from .models import check_job_models, model_roots
+from .outputs import OutputRoots
 from .preprocess import PreprocessorError, run_preprocessor
 from .sweep import build_plan, decode_control_image
-from .worker import Worker
+from .worker import Worker, default_output_root
+
+#: Largest request body accepted (8 controls of a few MiB of base64 PNG each fit easily).
+MAX_BODY_BYTES = 64 * 2**20
 
 log = logging.getLogger("archviz.backend")
 
@@ -84,10 +95,66 @@ def _job_schema() -> tuple[dict, dict]:
 OPEN_PATHS = ("/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 
 
-def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str | None = None) -> FastAPI:
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body is larger than the limit of {limit / 2**20:g} MiB")
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``limit`` bytes: from Content-Length before anything is read,
+    and while reading for chunked or lying requests (the body is never buffered past it)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.limit or declared < 0:
+                    status = 413 if declared > self.limit else 400
+                    message = (f"request body is larger than the limit of {self.limit / 2**20:g} MiB"
+                               if status == 413 else "bad Content-Length header")
+                    response = _error(status, "RequestTooLarge" if status == 413 else "BadRequest", message)
+                    return await response(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+def _is_authorized(request: Request, token: str) -> bool:
+    sent = request.headers.get("authorization", "")
+    # hmac.compare_digest takes as long for a wrong token as for a right one of the same
+    # length; both sides are hashed first so the length is not leaked either.
+    expected = f"Bearer {token}".encode()
+    return hmac.compare_digest(hashlib.sha256(sent.encode("utf-8", "surrogateescape")).digest(),
+                               hashlib.sha256(expected).digest())
+
+
+def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str | None = None, *,
+               output_roots: list[str] | None = None, model_dirs: list[str] | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The API over ``engine``. With ``token``, every route but health and the docs needs
-    ``Authorization: Bearer <token>`` (a studio server shared by several Blender seats)."""
-    worker = Worker(engine)
+    ``Authorization: Bearer <token>`` (a studio server shared by several Blender seats).
+    ``output_roots``: folders besides the default output folder that jobs may write into;
+    ``model_dirs``: folders besides the HF cache and tiny models that jobs may load from."""
+    roots = OutputRoots(default_output_root(), output_roots)
+    allowed_models = model_roots(model_dirs)
+    worker = Worker(engine, roots)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -99,6 +166,9 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
                   description="Multi-ControlNet style sweeps for architectural visualization.")
     app.state.worker = worker
     app.state.engine = engine
+    app.state.output_roots = roots
+    app.state.model_roots = allowed_models
+    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
     app.state.started = time.time()
     dirs = None
     if preset_dirs:
@@ -112,10 +182,12 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
     if token:
         @app.middleware("http")
         async def _auth(request: Request, call_next):
-            if request.url.path not in OPEN_PATHS:
-                sent = request.headers.get("authorization", "")
-                if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                    return _error(401, "Unauthorized", "missing or wrong token (Authorization: Bearer <token>)")
+            request.state.authorized = _is_authorized(request, token)
+            if request.url.path not in OPEN_PATHS and not request.state.authorized:
+                # No detail: a missing and a wrong token look the same from outside.
+                response = _error(401, "Unauthorized", "unauthorized")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
             return await call_next(request)
 
     # -- errors as data -------------------------------------------------------------------
@@ -132,7 +204,8 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException):
-        kind = {404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict"}.get(exc.status_code, "HTTPError")
+        kind = {404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 413: "RequestTooLarge"}.get(
+            exc.status_code, "HTTPError")
         return _error(exc.status_code, kind, str(exc.detail))
 
     def _record(job_id: str):
@@ -143,10 +216,12 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
 
     # -- endpoints --------------------------------------------------------------------------
     @app.get("/v1/health")
-    def health() -> dict:
+    def health(request: Request) -> dict:
         import diffusers
         import torch
 
+        if token and not getattr(request.state, "authorized", False):
+            return {"status": "ok", "version": __version__}  # nothing about the machine without the token
         _, errors = presets()
         return {
             "status": "ok",
@@ -176,8 +251,9 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
     @app.post("/v1/jobs", status_code=202, response_model=JobAccepted,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}})
     async def submit(request: Request):
-        raw = await request.body()
+        raw = await request.body()  # BodyLimitMiddleware: 413 past max_body_bytes
         job = J.Job.from_json(raw)  # JobError -> 422 naming the field
+        check_job_models(job, allowed_models)  # no reads outside the model roots
         found, _ = presets()
         plan = build_plan(job, found, engine.dtype_name)
         record = worker.submit(plan)
@@ -228,7 +304,7 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
     @app.post("/v1/preprocess")
     def preprocess(req: PreprocessRequest) -> dict:
         if req.detector not in J.PREPROCESSORS or req.detector == "none":
-            raise J.JobError("detector", f"unknown detector {req.detector!r} "
+            raise J.JobError("detector", f"unknown detector {J._short(req.detector)} "
                                          f"(expected one of {', '.join(J.PREPROCESSORS[1:])})")
         for name in ("width", "height"):
             value = getattr(req, name)

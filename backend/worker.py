@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..core.jobs import JobError, sidecar_filename
 from .engine import Cancelled, Engine, to_uint8
-from .outputs import Manifest, existing_matches, image_metadata, png_bytes, atomic_write, write_contact_sheet
+from .outputs import (Manifest, OutputRoots, atomic_write, existing_matches, image_metadata, png_bytes,
+                      write_contact_sheet)
 from .sweep import PlannedImage, SweepPlan
 from .tiny import archviz_home
 
@@ -37,7 +38,11 @@ def default_output_root() -> Path:
 def error_data(exc: BaseException) -> dict:
     kind = type(exc).__name__
     kind = {"ModelNotFoundError": "ModelNotFound", "JobError": "ValidationError"}.get(kind, kind)
-    data = {"type": kind, "message": str(exc)}
+    message = str(exc)
+    if kind == "OutOfMemoryError":
+        message = (f"out of memory even with one image per batch ({message.splitlines()[0] if message else ''}); "
+                   "lower the size, use fewer ControlNets, or free GPU memory (POST /v1/unload)")
+    data = {"type": kind, "message": message}
     if isinstance(exc, JobError):
         data["field"] = exc.field
     return data
@@ -60,6 +65,7 @@ class JobRecord:
     lock: threading.Lock = field(default_factory=threading.Lock)
     manifest_file: str = ""
     contact_sheet_file: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def step(self, n: int = 1) -> None:
         with self.lock:
@@ -105,6 +111,7 @@ class JobRecord:
                 },
                 "images": [self.images[k] for k in sorted(self.images)],
                 "error": self.error,
+                "warnings": list(self.warnings),
                 "output_dir": str(self.output_dir),
                 "manifest": str(self.output_dir / self.manifest_file) if self.manifest_file else None,
                 "contact_sheet": str(self.output_dir / self.contact_sheet_file) if self.contact_sheet_file else None,
@@ -119,8 +126,9 @@ class JobRecord:
 class Worker:
     """A locked FIFO of jobs and the single thread that runs them."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, roots: OutputRoots | None = None):
         self.engine = engine
+        self.roots = roots or OutputRoots(default_output_root())
         self.records: dict[str, JobRecord] = {}
         self._order: list[str] = []  # queued ids, FIFO
         self._queue: "queue.Queue[str | None]" = queue.Queue()
@@ -140,8 +148,8 @@ class Worker:
     # -- HTTP-side API -------------------------------------------------------------------
     def submit(self, plan: SweepPlan) -> JobRecord:
         job_id = uuid.uuid4().hex[:12]
-        out = Path(plan.job.output_dir).expanduser() if plan.job.output_dir else default_output_root() / job_id
-        record = JobRecord(id=job_id, plan=plan, output_dir=out.resolve())
+        out = self.roots.resolve(plan.job.output_dir, job_id)  # JobError outside the output roots
+        record = JobRecord(id=job_id, plan=plan, output_dir=out)
         record.manifest_file = sidecar_filename(plan.job.name_prefix, "manifest.json")
         with self._lock:
             self.records[job_id] = record
@@ -215,10 +223,13 @@ class Worker:
                 else:
                     todo.append(item)
             record.steps_total = sum(plan.styles[b[0].style].steps for b in self.engine.batches(plan, todo))
+            if todo:
+                record.warnings = prompt_warnings(plan, self.engine)
+                manifest.data["warnings"] = list(record.warnings)
             manifest.write("running")
 
             def on_image(item: PlannedImage, array) -> None:
-                data = png_bytes(to_uint8(array), image_metadata(plan, item))
+                data = png_bytes(to_uint8(array), image_metadata(plan, item, record.warnings))
                 atomic_write(out / item.file, data)  # on disk before it is reported
                 manifest.mark(item, "done")
                 manifest.write()
@@ -250,3 +261,40 @@ class Worker:
             record.error = error
             record.state = final
             record.finished = time.time()
+
+
+def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
+    """A warning per prompt longer than the text encoder reads (77 CLIP tokens with the
+    start and end tokens): it is cut there, as diffusers does, and the user should know."""
+    base = engine.cache.base(plan.models).value
+    tokenizer = base["tokenizer"]
+    limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    out = []
+    for i, style in enumerate(plan.styles):
+        for what, text in (("prompt", style.prompt), ("negative prompt", style.negative)):
+            if not text:
+                continue
+            ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
+            if len(ids) > limit:
+                kept = tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
+                out.append(f"styles[{i}] ({style.name}): the {what} is {len(ids)} tokens; the text encoder reads "
+                           f"{limit}, so it was cut after: {kept[-60:]!r}")
+    return out
+
+
+def simulate_memory_budget(engine: Engine, max_images: int) -> None:
+    """Test hook (``archviz serve --simulate-oom-above N``): a UNet batch of more than
+    ``max_images`` images raises ``torch.OutOfMemoryError`` as CUDA would, so the engine's
+    halve-and-retry path and the job's failure path run on a CPU machine. Wraps the
+    engine's :meth:`~.engine.Engine.denoise` on this instance only."""
+    import torch
+
+    real = engine.denoise
+
+    def denoise(plan, helper, comps, style, units, batch, *args, **kwargs):
+        if len(batch) > max_images:
+            raise torch.OutOfMemoryError(f"simulated: a batch of {len(batch)} images is over the simulated "
+                                         f"memory budget of {max_images}")
+        return real(plan, helper, comps, style, units, batch, *args, **kwargs)
+
+    engine.denoise = denoise

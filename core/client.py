@@ -98,12 +98,19 @@ class BackendProcess:
 
     It binds a free loopback port and prints its URL; this class waits for that line.
     The child's stdin is a pipe that this process never writes: when this process ends,
-    however it ends, the pipe closes and the backend stops itself (no orphan)."""
+    however it ends, the pipe closes and the backend stops itself (no orphan).
 
-    def __init__(self, python=None, device="auto", host="127.0.0.1", extra_args=(), env=None, log_path=None):
+    ``output_roots`` / ``model_roots``: folders the backend may write results into / load
+    model files from besides its defaults (``--output-root`` / ``--model-root``); a
+    backend refuses jobs that point anywhere else."""
+
+    def __init__(self, python=None, device="auto", host="127.0.0.1", extra_args=(), env=None, log_path=None,
+                 output_roots=(), model_roots=()):
         self.python = python or sys.executable
         self.device = device
         self.host = host
+        self.output_roots = [os.path.abspath(p) for p in output_roots]
+        self.model_roots = [os.path.abspath(p) for p in model_roots]
         self.extra_args = list(extra_args)
         self.env = dict(os.environ if env is None else env)
         self.log_path = log_path
@@ -112,8 +119,19 @@ class BackendProcess:
         self._lines = queue.Queue()
 
     def command(self):
+        roots = [a for p in self.output_roots for a in ("--output-root", p)]
+        roots += [a for p in self.model_roots for a in ("--model-root", p)]
         return [self.python, "-m", "archviz_controlnet.cli", "serve", "--host", self.host, "--port", "0",
-                "--device", self.device, "--exit-with-stdin", *self.extra_args]
+                "--device", self.device, "--exit-with-stdin", *roots, *self.extra_args]
+
+    def covers(self, output_roots=(), model_roots=()):
+        """True when this backend was started allowing every one of these folders."""
+        def inside(path, roots):
+            path = os.path.realpath(path)
+            return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep)
+                       for r in map(os.path.realpath, roots))
+        return (all(inside(p, self.output_roots) for p in output_roots)
+                and all(inside(p, self.model_roots) for p in model_roots))
 
     def start(self, timeout=180.0):
         env = dict(self.env)

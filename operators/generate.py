@@ -115,7 +115,10 @@ class Task:
         try:
             client, _proc = sweeping.connect(url=self.backend.url, token=self.backend.token,
                                              python=self.backend.python, device=self.backend.device,
-                                             log_path=os.path.join(self.out_dir, "backend.log"))
+                                             log_path=os.path.join(self.out_dir, "backend.log"),
+                                             output_roots=[self.out_dir],
+                                             model_roots=[r for _, job in self.camera_jobs
+                                                          for r in sweeping.model_roots_of(job.get("model"))])
             self.runner = SweepRunner(client, self.camera_jobs, self.out_dir)
             if self._cancel_requested:
                 self.runner.cancel()

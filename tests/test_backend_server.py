@@ -15,14 +15,16 @@ from backend_support import (TEST_HOME, b64, base_env, depth_image, lines_image,
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_server(env=base_env()) as s:
-        yield s
+def out_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
 
 
 @pytest.fixture(scope="module")
-def out_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("outputs")
+def server(out_root):
+    # Jobs may write only inside the output roots: the test folders are allowed explicitly.
+    with running_server(["--output-root", str(out_root), "--output-root", str(TEST_HOME / "tmp-out")],
+                        env=base_env()) as s:
+        yield s
 
 
 DEPTH, LINES = depth_image(), lines_image()
