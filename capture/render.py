@@ -96,29 +96,114 @@ def resolve_camera(scene, name=""):
     return scene.camera
 
 
-def renderable_objects(scene, view_layer):
-    return [o for o in scene.objects
-            if o.type in RENDERABLE_TYPES and not o.hide_render and o.visible_get(view_layer=view_layer)]
+#: Beyond this distance from the origin (metres) Blender's single-precision geometry is
+#: too coarse for exact control images.
+HUGE_COORDINATE = 1e7
+
+
+def _depsgraph(scene, view_layer):
+    return bpy.context.evaluated_depsgraph_get() if bpy.context.scene == scene else view_layer.depsgraph
+
+
+def _has_faces(obj, depsgraph):
+    """False for a mesh with no faces after modifiers (points and edges do not render)."""
+    if obj.type != "MESH":
+        return True
+    try:
+        return len(obj.evaluated_get(depsgraph).data.polygons) > 0
+    except (RuntimeError, ReferenceError, AttributeError):
+        return True
+
+
+def renderable_objects(scene, view_layer, with_faceless=False):
+    """Objects that render: visible ones of the scene, plus the objects that collection
+    instances (linked furniture, say) bring in. Meshes without faces are left out."""
+    depsgraph = _depsgraph(scene, view_layer)
+    found = [o for o in scene.objects
+             if o.type in RENDERABLE_TYPES and not o.hide_render and o.visible_get(view_layer=view_layer)]
+    seen = set(found)
+    for inst in depsgraph.object_instances:
+        if inst.is_instance:
+            obj = inst.object.original
+            if obj.type in RENDERABLE_TYPES and obj not in seen and not obj.hide_render:
+                seen.add(obj)
+                found.append(obj)
+    return found if with_faceless else [o for o in found if _has_faces(o, depsgraph)]
 
 
 def _bounds_corners(objects, depsgraph):
+    """World-space bounding-box corners of every instance of ``objects`` (an object placed
+    by several collection instances counts at each place)."""
+    wanted = set(objects)
     corners = []
-    for obj in objects:
-        ev = obj.evaluated_get(depsgraph)
-        mw = np.array(ev.matrix_world, dtype=np.float64)
-        local = np.array([tuple(c) for c in ev.bound_box], dtype=np.float64)
+    for inst in depsgraph.object_instances:
+        obj = inst.object
+        if obj.original not in wanted:
+            continue
+        mw = np.array(inst.matrix_world, dtype=np.float64)
+        local = np.array([tuple(c) for c in obj.bound_box], dtype=np.float64)
         if local.size:
             corners.append(local @ mw[:3, :3].T + mw[:3, 3])
     return np.concatenate(corners) if corners else np.zeros((0, 3))
 
 
+def _in_reach(corners, cams, clip_ends):
+    """Whether a box (its 8 corners) comes within some camera's clip range."""
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return any(np.linalg.norm(np.clip(c, lo, hi) - c) <= far for c, far in zip(cams, clip_ends))
+
+
 def scene_depth_range(scene, view_layer, options):
     if options.near or options.far:
         return core_passes.user_depth_range(options.near, options.far)
-    depsgraph = bpy.context.evaluated_depsgraph_get() if bpy.context.scene == scene else scene.view_layers[0].depsgraph
-    corners = _bounds_corners(renderable_objects(scene, view_layer), depsgraph)
-    cams = [np.array(o.matrix_world.translation) for o in scene.objects if o.type == "CAMERA"]
+    depsgraph = _depsgraph(scene, view_layer)
+    cam_objs = [o for o in scene.objects if o.type == "CAMERA"]
+    cams = [np.array(o.matrix_world.translation, dtype=np.float64) for o in cam_objs]
+    clip_ends = [o.data.clip_end for o in cam_objs]
+    boxes = []
+    for obj in renderable_objects(scene, view_layer):
+        c = _bounds_corners([obj], depsgraph)
+        # An object no camera can reach (beyond every clip end) does not render: it must not
+        # stretch the depth range either (a stray object 1e30 m away would flatten it).
+        if len(c) and (not cams or _in_reach(c, cams, clip_ends)):
+            boxes.append(c)
+    corners = np.concatenate(boxes) if boxes else np.zeros((0, 3))
     return core_passes.depth_range_from_bounds(corners, np.array(cams), near_ratio=options.near_ratio)
+
+
+def check_scene_numbers(scene, view_layer, camera):
+    """CaptureError naming the camera or objects whose placement is not a finite number, or
+    so far from the origin that single precision is too coarse."""
+    depsgraph = _depsgraph(scene, view_layer)
+    cam = np.array(camera.evaluated_get(depsgraph).matrix_world, dtype=np.float64)
+    if not np.isfinite(cam).all():
+        raise CaptureError(f"camera {camera.name!r} has a location, rotation or scale that is not a finite number "
+                           "(NaN or infinity): reset its transform")
+    if np.abs(cam[:3, 3]).max() > HUGE_COORDINATE:
+        raise CaptureError(f"camera {camera.name!r} is {np.abs(cam[:3, 3]).max():.3g} m from the origin; geometry "
+                           f"that far out (over {HUGE_COORDINATE:.0e} m) is too imprecise for control images: "
+                           "move the scene near the origin")
+    bad = []
+    for obj in renderable_objects(scene, view_layer, with_faceless=True):
+        corners = _bounds_corners([obj], depsgraph)
+        if len(corners) and not np.isfinite(corners).all():
+            bad.append(obj.name)
+    if bad:
+        raise CaptureError(f"object(s) {', '.join(repr(n) for n in sorted(bad)[:5])} have a location, rotation, "
+                           "scale or vertices that are not finite numbers (NaN or infinity): fix or delete them")
+
+
+def _camera_inside_object(camera, objects, obj_id, hit, depsgraph):
+    """The object the camera sits inside when every pixel sees only that one object."""
+    ids = np.unique(obj_id[hit])
+    if not hit.all() or len(ids) != 1 or not 1 <= ids[0] <= len(objects):
+        return None
+    obj = objects[int(ids[0]) - 1]
+    corners = _bounds_corners([obj], depsgraph)
+    pos = np.array(camera.matrix_world.translation, dtype=np.float64)
+    if len(corners) and (corners.min(axis=0) <= pos).all() and (pos <= corners.max(axis=0)).all():
+        return obj
+    return None
 
 
 def _custom_class(idblock):
@@ -240,9 +325,13 @@ def render_controls(scene, out_dir, options=None):
         size = core_passes.control_resolution(
             scene.render.resolution_x, scene.render.resolution_y, options.long_side,
             (scene.render.pixel_aspect_x, scene.render.pixel_aspect_y))
+        check_scene_numbers(scene, view_layer, camera)
         objects = renderable_objects(scene, view_layer)
         if not objects:
-            raise CaptureError(f"scene {scene.name!r} has no visible geometry to render")
+            faceless = [o.name for o in renderable_objects(scene, view_layer, with_faceless=True)]
+            raise CaptureError(f"scene {scene.name!r} has no visible geometry to render"
+                               + (f": {', '.join(repr(n) for n in faceless[:5])} have no faces (points and edges "
+                                  "do not render)" if faceless else ""))
         depth_range = scene_depth_range(scene, view_layer, options)
         materials, pair_class, sources = class_legend(scene, objects, options)
         exr_path = os.path.join(os.path.abspath(out_dir), EXR_NAME)
@@ -280,6 +369,12 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
     cam_n = core_passes.camera_space_normals(world_n, rot)
     obj_id = np.rint(_find_channel(channels, "Object Index.X")).astype(np.int64)
     mat_id = np.rint(_find_channel(channels, "Material Index.X")).astype(np.int64)
+    inside = _camera_inside_object(camera, objects, obj_id, hit, _depsgraph(scene, scene.view_layers[0])
+                                   if bpy.context.scene != scene else bpy.context.evaluated_depsgraph_get())
+    if inside is not None:
+        raise CaptureError(f"camera {camera.name!r} is inside object {inside.name!r} and sees nothing but its inside "
+                           "faces: move the camera out of it or hide it from renders (a room shell needs its "
+                           "contents, or a camera outside it)")
     orthographic = camera.data.type == "ORTHO"
 
     files = {}

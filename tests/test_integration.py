@@ -159,6 +159,26 @@ def test_backend_killed_mid_sweep_keeps_images_and_next_run_resumes(addon, tmp_p
     finished = list(task.images)
     assert finished and all(os.path.exists(bpy.data.images[n]["archviz_path"]) for n in finished)
     mtimes = {n: os.path.getmtime(bpy.data.images[n]["archviz_path"]) for n in finished}
+    # The manifest on disk says what is done and what is missing, each done PNG carries its
+    # metadata, and the user is told how many images were kept.
+    import json
+
+    from backend_support import read_png
+
+    manifest = json.loads((tmp_path / "out" / "Camera_manifest.json").read_text())
+    done_files = sorted(f"{n}.png" for n in finished)
+    assert manifest["state"] == "running"  # the backend died before it could finish it
+    # (the backend may have finished one more image than the client saw before the kill)
+    assert set(done_files) <= set(manifest["done"])
+    assert sorted(manifest["missing"]) == sorted({f"Camera_modern_s{s}.png" for s in range(6)} - set(manifest["done"]))
+    assert manifest["missing"]  # it really was cut off
+    for entry in manifest["images"]:
+        assert entry["status"] == ("done" if entry["file"] in manifest["done"] else "missing")
+        assert os.path.exists(tmp_path / "out" / entry["file"]) == (entry["status"] == "done")
+        if entry["status"] == "done":
+            _, meta = read_png(str(tmp_path / "out" / entry["file"]))
+            assert meta["params_sha256"] == entry["params_sha256"] and meta["seed"] == str(entry["seed"])
+    assert f"failed after {len(finished)} image(s)" in task.message
     # The operator reports the backend's failure to the user and the next run resumes.
     assert bpy.ops.archviz.sweep() == {"FINISHED"}
     assert _images() == sorted(f"Camera_modern_s{s}" for s in range(6))
