@@ -31,6 +31,9 @@ def add_arguments(parser):
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the style preset's)")
     parser.add_argument("--scheduler", default=None, help="unipc, dpmpp_2m_karras, euler_a or ddim (default: preset's)")
     parser.add_argument("--out", required=True, help="output folder (images, manifests, contact sheets, passes/)")
+    from .distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md
+
+    add_ray_arguments(parser)
 
 
 def run(args):
@@ -60,6 +63,16 @@ def run(args):
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from .distributed import ENV_ADDRESS
+    from .distributed.options import environment as ray_environment
+
+    if args.backend and args.ray is not None and not os.environ.get(ENV_ADDRESS):
+        print("archviz sweep: --ray spreads the work of a backend this command starts; a running backend "
+              "(--backend) decides that itself (archviz serve --ray)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not args.backend and args.ray is not None:
+        os.environ.update(ray_environment(args))  # the backend started below reads them (archviz serve --ray)
+        print(f"sweeping on Ray ({args.ray or 'local'}): the local backend fans the images out to Ray actors")
     out_dir = os.path.abspath(args.out)
     bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.scene))
     scene = bpy.context.scene

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--simulate-oom-above", type=int, default=None, metavar="N",
                         help=argparse.SUPPRESS)  # test hook: torch.OutOfMemoryError for UNet batches > N images
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    from ..distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md
+
+    add_ray_arguments(parser)
 
 
 def is_loopback(host: str) -> bool:
@@ -98,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     budget = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None
     try:
-        engine = Engine(args.device, budget_bytes=budget, max_batch=args.max_batch)
+        if args.ray is None:
+            engine = Engine(args.device, budget_bytes=budget, max_batch=args.max_batch)
+        else:  # the same engine in Ray actors, one per GPU (distributed/engine.py)
+            from ..distributed.options import make_engine
+
+            engine = make_engine(args, budget)
     except RuntimeError as exc:
         print(f"archviz serve: {exc}", file=sys.stderr)
         return 2
