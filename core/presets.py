@@ -253,6 +253,8 @@ def load_preset_file(path: str | os.PathLike) -> Preset:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(path, "", f"not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; a file saved as Latin-1 must not stop the rest
+        raise PresetError(path, "", f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     except OSError as exc:
         raise PresetError(path, "", f"cannot read ({exc.strerror})") from None
     return parse_preset(data, path, path.stem)

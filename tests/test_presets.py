@@ -1,5 +1,6 @@
 """core.presets: built-in style presets, user overrides, errors naming file and key."""
 
+import os
 import subprocess
 import sys
 
@@ -58,6 +59,18 @@ def test_user_folder_adds_and_overrides(tmp_path, monkeypatch):
     ('prompt = "x"\n[sdxl]\ncfg = -1\n', "sdxl.cfg"),
     ('prompt = "x"\n[sdxl.controls.depth]\nscale = "a"\n', "sdxl.controls.depth.scale"),
     ('prompt = "x"\ntags = "a"\n', "tags"),
+    ('prompt = "x"\ntags = [1, 2]\n', "tags"),
+    ('prompt = "x"\ncfg = nan\n', "cfg"),
+    ('prompt = "x"\ncfg = inf\n', "cfg"),
+    ('prompt = "x"\ncfg = true\n', "cfg"),
+    ('prompt = "x"\nsteps = 1.5\n', "steps"),
+    ('prompt = "x"\nsteps = 100000\n', "steps"),
+    ('prompt = 5\n', "prompt"),
+    ('prompt = "x"\nlabel = 5\n', "label"),
+    ('prompt = "x"\ncontrols = 3\n', "controls"),
+    ('prompt = "x"\nsdxl = "no"\n', "sdxl"),
+    ('prompt = "x"\n[sdxl]\nlabel = "y"\n', "sdxl.label"),
+    ('prompt = "x"\n[controls]\ndepth = 1\n', "controls.depth"),
 ])
 def test_errors_name_file_and_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"
@@ -90,3 +103,20 @@ def test_cli_presets_lists_and_checks(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert str(bad) in out.stderr and "controls.depth.scale" in out.stderr
+
+
+def test_files_that_are_not_presets_name_the_file(tmp_path):
+    """Hardening (issue 6): non-UTF-8 text, a folder named like a preset, a bad file name;
+    each is a PresetError naming the file, and the tolerant loader (the server) keeps the rest."""
+    (tmp_path / "latin1.toml").write_bytes('prompt = "caf\xe9"\n'.encode("latin-1"))
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "Bad Name.toml").write_text('prompt = "x"\n')
+    (tmp_path / "fine.toml").write_text('prompt = "fine"\n')
+    messages = {"latin1.toml": "not UTF-8 text", "folder.toml": "cannot read", "Bad Name.toml": "must be lowercase"}
+    for name, message in messages.items():
+        with pytest.raises(P.PresetError) as err:
+            P.load_preset_file(tmp_path / name)
+        assert err.value.file == str(tmp_path / name) and message in str(err.value), str(err.value)
+    found, errors = P.load_presets_tolerant([tmp_path], include_user=False)
+    assert list(found) == ["fine"]
+    assert sorted(os.path.basename(e.file) for e in errors) == sorted(messages)
