@@ -267,14 +267,19 @@ class RayEngine:
         return out
 
     def shutdown(self) -> None:
+        """Kill the actors, and stop Ray when this process started it."""
+        self.close()
+        if self.cluster.started_here and self.ray.is_initialized():
+            self.ray.shutdown()
+
+    def close(self) -> None:
+        """Kill the actors (their models go with them); Ray itself keeps running."""
         for slot in self.slots:
             try:
                 self.ray.kill(slot.actor)
             except self.ray.exceptions.RayError:
                 pass  # already gone
             slot.state = "dead"
-        if self.cluster.started_here and self.ray.is_initialized():
-            self.ray.shutdown()
 
     # -- sizing: the engine's own batching --------------------------------------------------
     def batch_limit(self, plan: SweepPlan, n_images: int | None = None) -> int:
