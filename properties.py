@@ -142,6 +142,9 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                                description="Used when a scene's output folder is empty")
     hf_cache: StringProperty(name="HF Cache", subtype="DIR_PATH", default="",
                              description="Hugging Face cache folder for the backend (HF_HOME)")
+    ray_address: StringProperty(name="Ray", default="",
+                                description="Spread sweeps over Ray actors: 'local', 'auto' or ray://host:port "
+                                            "(empty: one local engine)")
     offline: BoolProperty(name="Offline", default=False, description="Never reach the Hugging Face hub (HF_HUB_OFFLINE)")
 
     def draw(self, context):

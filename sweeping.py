@@ -102,7 +102,7 @@ def model_roots_of(model):
     return [r for r in refs if r and os.path.isabs(r)]
 
 
-def connect(url="", token="", python="", device="auto", log_path=None, output_roots=(), model_roots=()):
+def connect(url="", token="", python="", device="auto", log_path=None, output_roots=(), model_roots=(), env=None):
     """A client for ``url``, or for a local backend this process started (started now if
     needed; it stops when this process exits). Returns (client, started process or None).
 
@@ -113,7 +113,10 @@ def connect(url="", token="", python="", device="auto", log_path=None, output_ro
         client = Client(url, token=token)
         client.health()  # raises BackendUnreachable with the URL in the message
         return client, None
-    key = (python or "", device)
+    env = dict(os.environ if env is None else env)
+    # A backend started with other settings in its environment (Ray, HF cache, offline)
+    # is a different backend.
+    key = (python or "", device, env.get("ARCHVIZ_RAY", ""), env.get("HF_HOME", ""), env.get("HF_HUB_OFFLINE", ""))
     proc = _started.get(key)
     if proc is not None and proc.alive() and not proc.covers(output_roots, model_roots):
         output_roots = [*proc.output_roots, *output_roots]
@@ -121,7 +124,7 @@ def connect(url="", token="", python="", device="auto", log_path=None, output_ro
         proc.stop()
     if proc is None or not proc.alive():
         proc = BackendProcess(python=python or None, device=device, log_path=log_path,
-                              output_roots=output_roots, model_roots=model_roots)
+                              output_roots=output_roots, model_roots=model_roots, env=env)
         proc.start()
         _started[key] = proc
     return Client(proc.url), proc

@@ -46,6 +46,7 @@ class BackendSettings:
             self.model = bpy.path.abspath(prefs.model_path) if prefs.model_path else prefs.model
             self.hf_cache = bpy.path.abspath(prefs.hf_cache) if prefs.hf_cache else ""
             self.offline = prefs.offline
+            self.ray = prefs.ray_address.strip()
         else:
             self.url = env.get("ARCHVIZ_BACKEND_URL", "")
             self.token = env.get("ARCHVIZ_TOKEN", "")
@@ -54,6 +55,7 @@ class BackendSettings:
             self.model = env.get("ARCHVIZ_MODEL", "sd15")
             self.hf_cache = ""
             self.offline = False
+            self.ray = env.get("ARCHVIZ_RAY", "")
 
     def backend_env(self):
         env = dict(os.environ)
@@ -61,6 +63,10 @@ class BackendSettings:
             env["HF_HOME"] = self.hf_cache
         if self.offline:
             env["HF_HUB_OFFLINE"] = "1"
+        if self.ray:
+            env["ARCHVIZ_RAY"] = self.ray  # the backend fans sweeps out to Ray actors
+        else:
+            env.pop("ARCHVIZ_RAY", None)
         return env
 
 
@@ -116,6 +122,7 @@ class Task:
             client, _proc = sweeping.connect(url=self.backend.url, token=self.backend.token,
                                              python=self.backend.python, device=self.backend.device,
                                              log_path=os.path.join(self.out_dir, "backend.log"),
+                                             env=self.backend.backend_env(),
                                              output_roots=[self.out_dir],
                                              model_roots=[r for _, job in self.camera_jobs
                                                           for r in sweeping.model_roots_of(job.get("model"))])
@@ -360,7 +367,7 @@ class ARCHVIZ_OT_backend_start(bpy.types.Operator):
         backend = BackendSettings(context)
         try:
             client, proc = sweeping.connect(url=backend.url, token=backend.token, python=backend.python,
-                                            device=backend.device)
+                                            device=backend.device, env=backend.backend_env())
             health = client.health()
         except BackendError as exc:
             self.report({"ERROR"}, str(exc))

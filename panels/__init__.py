@@ -192,6 +192,7 @@ def draw_preferences(prefs, context, layout):
             icon = {"failed": "ERROR", "done": "CHECKMARK"}.get(task.state, "TIME")
             layout.label(text=task.message, icon=icon)
         layout.prop(prefs, "device")
+        layout.prop(prefs, "ray_address")
     else:
         layout.prop(prefs, "url")
         layout.prop(prefs, "token")

@@ -152,6 +152,17 @@ def test_preferences_draw_when_enabled_as_an_addon():
             panels.draw_preferences(prefs, bpy.context, RecordingLayout(calls))
             drawn = {c[1][1] for c in calls if c[0] == "prop"}
             assert ("url" in drawn) == (mode == "REMOTE") and ("python" in drawn) == (mode == "LOCAL")
+        # What the preferences say reaches the environment of the backend Blender starts.
+        from archviz_controlnet.operators.generate import BackendSettings
+
+        prefs.backend_mode = "LOCAL"
+        prefs.ray_address, prefs.hf_cache, prefs.offline, prefs.model = "local", "/tmp/hf", True, "tiny"
+        backend = BackendSettings(bpy.context)
+        env = backend.backend_env()
+        assert backend.url == "" and backend.model == "tiny"
+        assert env["ARCHVIZ_RAY"] == "local" and env["HF_HOME"] == "/tmp/hf" and env["HF_HUB_OFFLINE"] == "1"
+        prefs.ray_address = ""
+        assert "ARCHVIZ_RAY" not in BackendSettings(bpy.context).backend_env()
     finally:
         addon_utils.disable("archviz_controlnet", default_set=True)
     assert not hasattr(bpy.types.Scene, "archviz")
