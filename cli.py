@@ -12,6 +12,7 @@ COMMANDS = {
     "sweep": ("archviz_controlnet.headless", "render passes and sweep styles x seeds x cameras through the backend"),
     "serve": ("archviz_controlnet.backend.cli_serve", "start the generation backend (HTTP on loopback)"),
     "presets": ("archviz_controlnet.backend.cli_presets", "list the style presets"),
+    "bench": ("archviz_controlnet.bench.cli", "time our engine against the plain diffusers loop, side by side"),
 }
 
 

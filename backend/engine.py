@@ -145,7 +145,7 @@ class Unit:
         the caller, so a compiled ControlNet never sees it and never recompiles for it), at
         the unit's scale for a ControlNet-Union."""
         n = sample.shape[0]
-        fn = self.fn or self.model
+        fn = self.model if self.fn is None else self.fn
         if self.union_mode is None:
             cond = self.cond if self.cond is not None else self.image
             cond = cond.expand(n, -1, -1, -1) if n > 1 else cond

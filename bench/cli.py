@@ -1,0 +1,73 @@
+"""``archviz bench``: baseline diffusers loop vs our engine, side by side, one process."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import runner
+
+
+def _csv(text: str) -> tuple:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _seeds(text: str) -> tuple:
+    out = []
+    for part in _csv(text):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return tuple(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = runner.Spec()
+    parser.add_argument("--config", choices=("tiny", "sd15"), default="tiny",
+                        help="tiny: the offline tiny models (CPU, CI); sd15: full SD 1.5 UNet, 2 ControlNets, VAE and "
+                             "CLIP text encoder from the real configs with random weights (GPU)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
+    parser.add_argument("--styles", type=_csv, default=d.styles, help="comma-separated presets (default: %(default)s)")
+    parser.add_argument("--seeds", type=_seeds, default=d.seeds, help="e.g. 0-3 (default: 0-3)")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (default: 512; tiny on CPU: 128)")
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--cfg", type=float, default=d.cfg)
+    parser.add_argument("--scheduler", default=d.scheduler)
+    parser.add_argument("--cases", type=_csv, default=d.cases,
+                        help=f"control cases to run (known: {', '.join(runner.CASES)})")
+    parser.add_argument("--rows", default=None,
+                        help="optimisation rows: 'all', 'none' or a comma list "
+                             f"({', '.join(runner.ROWS)}); default: all on CUDA, the CPU-relevant ones on CPU")
+    parser.add_argument("--row-case", default=d.row_case, help="case the rows run on")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the diffusers baseline")
+    parser.add_argument("--capture", action="store_true",
+                        help="also time the control passes of the example scene (needs bpy)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="write the whole report to this JSON file")
+
+
+def spec_from_args(args) -> runner.Spec:
+    rows = None
+    if args.rows == "all":
+        rows = tuple(runner.ROWS)
+    elif args.rows == "none":
+        rows = ()
+    elif args.rows:
+        rows = _csv(args.rows)
+    unknown = [c for c in args.cases if c not in runner.CASES]
+    if unknown:
+        raise SystemExit(f"archviz bench: --cases: unknown {unknown[0]!r} (known: {', '.join(runner.CASES)})")
+    size = args.size or (128 if args.config == "tiny" else 512)
+    return runner.Spec(config=args.config, device=args.device, styles=args.styles, seeds=args.seeds, size=size,
+                       steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, cases=args.cases, rows=rows,
+                       row_case=args.row_case, baseline=not args.no_baseline, capture=args.capture,
+                       threads=args.threads)
+
+
+def run(args) -> int:
+    spec = spec_from_args(args)
+    report = runner.run(spec)
+    if args.json:
+        runner.dump(report, args.json)
+    return 0

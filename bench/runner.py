@@ -1,0 +1,562 @@
+"""One benchmark run: the plain diffusers loop and our engine, same models, same sweep.
+
+* baseline: ``StableDiffusionControlNetPipeline`` with a list of ControlNets, called once
+  per (style, seed) as in the seed documents' ArchVizPipeline (fp16 + SDPA on CUDA, fp32 on
+  CPU; a CPU ``torch.Generator`` per call so both sides draw the same noise);
+* ours: :class:`~..backend.engine.Engine` with its default options, then one row per
+  option with that option alone flipped, measured the same way;
+* matching images are compared pixel by pixel (max absolute difference, 0-1 scale);
+* on CUDA: FLOPs of the UNet and ControlNet forwards counted with ``FlopCounterMode``,
+  divided by the time spent in the denoising loop, as a fraction of a bf16 matmul peak
+  measured in the same run.
+
+Everything is printed as it is measured (a run cut short still shows what it got) and the
+whole report is returned as a dict (``--json``). Timings are measurements, never checks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: The issue's cases: depth 0.9 on the whole run + lines 0.6 from 20 %, and the seeds'
+#: temporal schedule (depth only for the first half).
+CASES = {
+    "full": (("depth", 0.9, 0.0, 1.0), ("lines", 0.6, 0.2, 1.0)),
+    "early-depth": (("depth", 0.9, 0.0, 0.5), ("lines", 0.6, 0.2, 1.0)),
+}
+
+#: One row per engine option: (name, changes from the defaults; a callable gets the defaults).
+#: ``*`` in the label marks options that change the images.
+ROWS = {
+    "window-skip": lambda o: {"skip_inactive": not o.skip_inactive},
+    "batching": lambda o: {"batch": not o.batch},
+    "embeds-once": lambda o: {"embeds_once": not o.embeds_once},
+    "cond-once": lambda o: {"cond_once": not o.cond_once},
+    "channels-last": lambda o: {"channels_last": not o.channels_last},
+    "sdpa-flash": lambda o: {"sdpa_backend": "flash"},
+    "sdpa-efficient": lambda o: {"sdpa_backend": "efficient"},
+    "sdpa-cudnn": lambda o: {"sdpa_backend": "cudnn"},
+    "sdpa-math": lambda o: {"sdpa_backend": "math"},
+    "fused-qkv": lambda o: {"fused_qkv": not o.fused_qkv},
+    "vae-batch-1": lambda o: {"vae_batch": 1},
+    "vae-batch-all": lambda o: {"vae_batch": 64},
+    "guess-mode*": lambda o: {"guess_mode": not o.guess_mode},
+    "compile": lambda o: {"compile": not o.compile, "cuda_graphs": False},
+    "compile+cuda-graphs": lambda o: {"compile": True, "cuda_graphs": True},
+}
+CPU_ROWS = ("window-skip", "batching", "embeds-once", "cond-once", "channels-last", "fused-qkv", "vae-batch-1",
+            "guess-mode*")
+CUDA_ONLY = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "compile+cuda-graphs")
+CUDA_ROWS = tuple(r for r in ROWS if r != "sdpa-math")  # the math kernel only shows what the others save
+
+
+@dataclass
+class Spec:
+    config: str = "tiny"  # tiny | sd15
+    device: str = "auto"
+    styles: tuple = ("modern", "industrial", "scandinavian", "japandi")
+    seeds: tuple = (0, 1, 2, 3)
+    size: int = 512
+    steps: int = 30
+    cfg: float = 7.5
+    scheduler: str = "unipc"
+    cases: tuple = ("full", "early-depth")
+    rows: tuple | None = None  # None: the device's default list
+    row_case: str = "full"
+    baseline: bool = True
+    capture: bool = False
+    capture_long_side: int = 512
+    threads: int | None = None
+    flops: bool | None = None  # None: on CUDA only
+    extra: dict = field(default_factory=dict)
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+
+
+def control_png(kind: str, size: int) -> bytes:
+    """A room-like inverse depth (near floor bright, dark back wall) or its white-on-black
+    lines, as the capture would give them."""
+    from PIL import Image
+
+    w = h = size
+    if kind == "depth":
+        y = np.linspace(0, 1, h)[:, None] * np.ones((1, w))
+        d = (40 + 200 * y).astype(np.uint8)
+        d[h // 4: h // 2, w // 4: 3 * w // 4] = 30
+        img = np.stack([d] * 3, axis=-1)
+    else:
+        img = np.zeros((h, w, 3), np.uint8)
+        img[h // 4, w // 4: 3 * w // 4] = 255
+        img[h // 2, :] = 255
+        img[h // 4: h // 2, w // 4] = 255
+        img[h // 4: h // 2, 3 * w // 4] = 255
+        for i in range(h // 2, h):
+            img[i, max(0, w // 4 - (i - h // 2))] = 255
+            img[i, min(w - 1, 3 * w // 4 + (i - h // 2))] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+MODEL_REFS = {  # references the random SD 1.5 models are registered under (never real ids)
+    "base": "archviz-bench/sd15-random-weights",
+    "depth": "archviz-bench/controlnet-v11-depth-random-weights",
+    "lines": "archviz-bench/controlnet-v11-lines-random-weights",
+}
+
+
+def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None):
+    import base64
+
+    from ..backend.sweep import build_plan
+    from ..core import jobs as J
+    from ..core.presets import load_presets
+
+    controls = []
+    for kind, scale, start, end in CASES[case]:
+        scale = (scales or {}).get(kind, scale)
+        controls.append({"type": kind, "image": base64.b64encode(control_png(kind, spec.size)).decode(),
+                         "scale": scale, "start": start, "end": end})
+    if spec.config == "tiny":
+        model = {"family": "tiny"}
+    else:
+        model = {"family": "sd15", "base": MODEL_REFS["base"],
+                 "controlnets": {"depth": MODEL_REFS["depth"], "lines": MODEL_REFS["lines"]}}
+    job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
+                           "seeds": list(spec.seeds), "width": spec.size, "height": spec.size,
+                           "steps": steps or spec.steps, "cfg": spec.cfg, "scheduler": spec.scheduler})
+    return build_plan(job, load_presets(include_user=False), "float32")
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gb(device) -> float:
+    """Peak CUDA memory allocated since the last reset; on CPU the process' peak RSS."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def matmul_peak_tflops(device, n: int = 8192, iters: int = 50) -> float:
+    """bf16 n x n x n matrix products on random data, timed with CUDA events."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1000
+    del a, b
+    return 2 * n**3 * iters / seconds / 1e12
+
+
+def count_flops(engine, plan) -> dict:
+    """FLOPs per row (one image, one CFG half) of one forward: UNet, ControlNet without
+    its conditioning embedding, and the embedding of one control image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..backend.engine import accept_precomputed_cond
+
+    base, nets = engine.load(plan.models)
+    unet, net = base.value["unet"], nets[0].value
+    dev, dtype = engine.device, unet.dtype
+    h = plan.height // 8
+    x = torch.randn(2, 4, h, h, device=dev, dtype=dtype)
+    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, device=dev, dtype=dtype)
+    image = torch.rand(1, 3, plan.height, plan.width, device=dev, dtype=dtype)
+    t = torch.tensor(500, device=dev)
+
+    def flops(fn):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            out = fn()
+        return counter.get_total_flops(), out
+
+    accept_precomputed_cond(net)
+    f_emb, cond = flops(lambda: net.controlnet_cond_embedding(image))
+    f_cn, (down, mid) = flops(lambda: net(x, t, encoder_hidden_states=ctx, controlnet_cond=cond.expand(2, -1, -1, -1),
+                                          return_dict=False))
+    f_unet, _ = flops(lambda: unet(x, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                                   mid_block_additional_residual=mid, return_dict=False))
+    return {"unet": f_unet / 2, "controlnet": f_cn / 2, "cond_embedding": f_emb}
+
+
+def engine_flops(engine, fl: dict, n_nets: int) -> float:
+    stats = engine.stats
+    cn_rows = sum(v for k, v in stats.items() if k.startswith("controlnet"))
+    embeds = n_nets if engine.options.cond_once else cn_rows
+    return stats["unet"] * fl["unet"] + cn_rows * fl["controlnet"] + embeds * fl["cond_embedding"]
+
+
+def baseline_flops(plan, images, fl: dict) -> float:
+    per_step = 2 * (fl["unet"] + len(plan.controls) * (fl["controlnet"] + fl["cond_embedding"]))
+    return sum(plan.styles[i.style].steps * per_step for i in images)
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def finite(images: dict) -> bool:
+    return all(np.isfinite(v).all() for v in images.values())
+
+
+# ---------------------------------------------------------------------------------------
+# The two sides
+# ---------------------------------------------------------------------------------------
+
+
+def baseline_pipeline(engine, plan):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from ..backend.engine import make_scheduler
+
+    base, nets = engine.load(plan.models)
+    c = base.value
+    engine.restore_models([c["unet"], *[n.value for n in nets]])
+    pipe = StableDiffusionControlNetPipeline(
+        vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet"],
+        controlnet=[n.value for n in nets], scheduler=make_scheduler(plan.styles[0].scheduler, c["scheduler_config"]),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_baseline(engine, plan, images=None) -> dict:
+    """The seeds' loop: one pipeline call per (style, seed)."""
+    import torch
+
+    pipe = baseline_pipeline(engine, plan)
+    out = {}
+    for item in images or plan.images:
+        style = plan.styles[item.style]
+        result = pipe(style.prompt, negative_prompt=style.negative or None, image=[c.image for c in plan.controls],
+                      num_inference_steps=style.steps, guidance_scale=style.cfg, height=plan.height,
+                      width=plan.width, controlnet_conditioning_scale=[u.scale for u in style.units],
+                      control_guidance_start=[u.start for u in style.units],
+                      control_guidance_end=[u.end for u in style.units],
+                      generator=torch.Generator("cpu").manual_seed(item.seed), output_type="np")
+        out[item.index] = np.asarray(result.images[0], dtype=np.float32)
+    return out
+
+
+def timed(device, fn):
+    sync(device)
+    reset_peak(device)
+    t0 = time.perf_counter()
+    value = fn()
+    sync(device)
+    return value, time.perf_counter() - t0, peak_gb(device)
+
+
+def dynamo_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+
+
+def build_engine(spec: Spec):
+    import torch
+
+    from ..backend.engine import Engine
+
+    engine = Engine(spec.device)
+    if spec.config == "sd15":
+        from .configs import build_sd15_random
+
+        plan = make_plan(spec, spec.cases[0], steps=1)
+        t0 = time.perf_counter()
+        comps, nets = build_sd15_random(engine.device, engine.dtype)
+        engine.adopt(plan.models, comps, nets)
+        say(f"built SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs "
+            f"(random weights) in {time.perf_counter() - t0:.1f}s")
+    elif spec.config != "tiny":
+        raise ValueError(f"--config: unknown {spec.config!r} (tiny, sd15)")
+    torch.manual_seed(0)
+    return engine
+
+
+def header(spec: Spec, engine) -> dict:
+    import diffusers
+    import torch
+
+    dev = engine.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    info = {"config": spec.config, "device": dev.type, "device_name": name, "dtype": engine.dtype_name,
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "styles": list(spec.styles), "seeds": list(spec.seeds), "size": spec.size,
+            "steps": spec.steps, "cfg": spec.cfg, "scheduler": spec.scheduler,
+            "images": len(spec.styles) * len(spec.seeds), "defaults": engine.options.as_dict()}
+    say(f"archviz bench: config {spec.config}, {dev.type} ({name}), {engine.dtype_name}, torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}, {info['threads']} torch threads")
+    say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
+        f"{spec.size}x{spec.size}, {spec.steps} steps, {spec.scheduler}, cfg {spec.cfg}")
+    for case in spec.cases:
+        say(f"case {case}: " + ", ".join(f"{k} {s:g} window {a:g}-{b:g}" for k, s, a, b in CASES[case]))
+    on = [k for k, v in engine.options.as_dict().items() if v is True]
+    say(f"engine defaults: {', '.join(on)}; sdpa {engine.options.sdpa_backend}; "
+        f"vae_batch {engine.options.vae_batch or 'auto'}")
+    return info
+
+
+def run(spec: Spec) -> dict:
+    import torch
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    quiet_libraries()
+    report: dict = {"rows": [], "sides": [], "cases": {}}
+    engine = build_engine(spec)
+    report["header"] = header(spec, engine)
+    dev = engine.device
+    use_flops = spec.flops if spec.flops is not None else dev.type == "cuda"
+
+    if dev.type == "cuda":
+        report["matmul_peak_tflops"] = matmul_peak_tflops(dev)
+        say(f"measured bf16 matmul peak (8192^3, random data): {report['matmul_peak_tflops']:.1f} TFLOP/s")
+    peak = report.get("matmul_peak_tflops")
+
+    plans = {case: make_plan(spec, case) for case in spec.cases}
+    warm = {case: make_plan(spec, case, steps=2) for case in spec.cases}
+    fl = None
+    if use_flops:
+        fl = count_flops(engine, plans[spec.cases[0]])
+        report["flops_per_row"] = fl
+        say(f"FLOPs per image row per forward: UNet {fl['unet'] / 1e9:.1f} G, ControlNet {fl['controlnet'] / 1e9:.1f} G "
+            f"+ conditioning embedding {fl['cond_embedding'] / 1e9:.1f} G")
+
+    def rate_fields(flops, seconds):
+        if flops is None:
+            return {}
+        tf = flops / seconds / 1e12
+        return {"tflops": tf, "peak_fraction": (tf / peak) if peak else None}
+
+    say()
+    say(f"{'side':<9} {'case':<12} {'images':>6} {'seconds':>8} {'images/s':>9} {'peak GB':>8} "
+        f"{'TFLOP/s':>8} {'%peak':>6} {'max diff':>9}")
+
+    def side_line(side, case, n, seconds, mem, rates, diff):
+        tf = f"{rates['tflops']:8.1f}" if rates.get("tflops") is not None else f"{'-':>8}"
+        pf = f"{100 * rates['peak_fraction']:5.1f}%" if rates.get("peak_fraction") is not None else f"{'-':>6}"
+        d = f"{diff:9.2e}" if diff is not None else f"{'-':>9}"
+        say(f"{side:<9} {case:<12} {n:>6} {seconds:8.2f} {n / seconds:9.3f} {mem:8.2f} {tf} {pf} {d}")
+
+    baseline_images = {}
+    if spec.baseline:
+        for case in spec.cases:
+            plan = plans[case]
+            run_baseline(engine, warm[case], warm[case].images[:1])  # warm-up: kernels, allocator
+            images, seconds, mem = timed(dev, lambda: run_baseline(engine, plan))
+            baseline_images[case] = images
+            rates = rate_fields(baseline_flops(plan, plan.images, fl) if fl else None, seconds)
+            entry = {"side": "baseline", "case": case, "images": len(images), "seconds": seconds,
+                     "images_per_s": len(images) / seconds, "peak_gb": mem, "finite": finite(images), **rates}
+            report["sides"].append(entry)
+            side_line("baseline", case, len(images), seconds, mem, rates, None)
+            if not entry["finite"]:
+                say("  warning: the baseline's images hold NaN/inf")
+
+    ours_images = {}
+    for case in spec.cases:
+        plan = plans[case]
+        t0 = time.perf_counter()
+        engine.generate(warm[case], warm[case].images)  # warm-up (and compilation when on)
+        warmup = time.perf_counter() - t0
+        images, seconds, mem = timed(dev, lambda: engine.generate(plan, plan.images))
+        ours_images[case] = images
+        denoise = engine.timings["denoise"]
+        rates = rate_fields(engine_flops(engine, fl, len(plan.controls)) if fl else None, denoise)
+        diff = max_diff(images, baseline_images[case]) if case in baseline_images else None
+        entry = {"side": "ours", "case": case, "images": len(images), "seconds": seconds,
+                 "images_per_s": len(images) / seconds, "peak_gb": mem, "warmup_s": warmup,
+                 "denoise_s": denoise, "decode_s": engine.timings["decode"], "encode_s": engine.timings["encode"],
+                 "forwards": dict(engine.stats), "max_diff": diff, "finite": finite(images), **rates}
+        report["sides"].append(entry)
+        side_line("ours", case, len(images), seconds, mem, rates, diff)
+        if not entry["finite"]:
+            say("  warning: our images hold NaN/inf")
+
+    say()
+    for case in spec.cases:
+        b = next((s for s in report["sides"] if s["side"] == "baseline" and s["case"] == case), None)
+        o = next(s for s in report["sides"] if s["side"] == "ours" and s["case"] == case)
+        summary = {"images_per_s": o["images_per_s"]}
+        parts = [f"ours {o['images_per_s']:.3f} images/s"]
+        if b:
+            summary.update(speed_ratio=o["images_per_s"] / b["images_per_s"], max_diff=o["max_diff"])
+            parts.insert(0, f"baseline {b['images_per_s']:.3f} images/s")
+            parts.append(f"speed ratio {summary['speed_ratio']:.2f}x")
+            parts.append(f"max pixel diff {o['max_diff']:.2e}")
+        if o.get("tflops") is not None:
+            summary.update(tflops=o["tflops"], peak_fraction=o.get("peak_fraction"))
+            pct = f" = {100 * o['peak_fraction']:.1f}% of matmul peak" if o.get("peak_fraction") else ""
+            parts.append(f"UNet+ControlNet {o['tflops']:.1f} TFLOP/s in the denoising loop{pct}")
+        parts.append(f"denoise {o['denoise_s']:.2f}s, decode {o['decode_s']:.2f}s, prompts {o['encode_s']:.2f}s")
+        report["cases"][case] = summary
+        say(f"{case}: " + "; ".join(parts))
+
+    rows = spec.rows if spec.rows is not None else (CUDA_ROWS if dev.type == "cuda" else CPU_ROWS)
+    if rows:
+        run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak)
+
+    if spec.capture:
+        report["capture"] = capture_timing(spec.capture_long_side)
+    return report
+
+
+def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
+    """Each option flipped alone from the defaults, on one case."""
+    dev = engine.device
+    case = spec.row_case if spec.row_case in plans else spec.cases[0]
+    plan, ref = plans[case], ours_images[case]
+    defaults = engine.options
+    base = next(s for s in report["sides"] if s["side"] == "ours" and s["case"] == case)
+    say()
+    say(f"optimisation rows (case {case}; each row flips one option from the defaults; * changes images):")
+    say(f"{'row':<20} {'setting':<36} {'images/s':>9} {'vs default':>10} {'denoise s':>9} {'TFLOP/s':>8} "
+        f"{'warm-up s':>9} {'max diff':>9}  note")
+    say(f"{'defaults':<20} {'':<36} {base['images_per_s']:9.3f} {1.0:9.2f}x {base['denoise_s']:9.2f} "
+        f"{base.get('tflops') or 0:8.1f} {base['warmup_s']:9.1f} {0.0:9.2e}")
+    for name in rows:
+        if name not in ROWS:
+            say(f"{name:<20} unknown row (known: {', '.join(ROWS)})")
+            continue
+        if name in CUDA_ONLY and dev.type != "cuda":
+            continue
+        changes = ROWS[name](defaults)
+        setting = ", ".join(f"{k}={v}" for k, v in changes.items())
+        entry = {"row": name, "changes": changes, "changes_images": name.endswith("*")}
+        try:
+            engine.options = defaults.replace(**changes)
+            graphs0 = dynamo_graphs()
+            t0 = time.perf_counter()
+            engine.generate(warm[case], warm[case].images)
+            warmup = time.perf_counter() - t0
+            images, seconds, mem = timed(dev, lambda: engine.generate(plan, plan.images))
+            entry.update(images_per_s=len(images) / seconds, seconds=seconds, warmup_s=warmup, peak_gb=mem,
+                         denoise_s=engine.timings["denoise"], vs_default=(len(images) / seconds) / base["images_per_s"],
+                         max_diff=max_diff(images, ref), finite=finite(images))
+            if fl:
+                entry["tflops"] = engine_flops(engine, fl, len(plan.controls)) / engine.timings["denoise"] / 1e12
+            note = []
+            if engine.options.compile:
+                # Other windows and scales must reuse the compiled graphs.
+                graphs1 = dynamo_graphs()
+                other = next((c for c in plans if c != case), None)
+                if other:
+                    engine.generate(plans[other], plans[other].images)
+                engine.generate(make_plan(spec, case, steps=3, scales={"depth": 0.7, "lines": 0.35}), plan.images)
+                entry["compiled_graphs"] = graphs1 - graphs0
+                entry["recompiles_on_window_or_scale_change"] = dynamo_graphs() - graphs1
+                note.append(f"{entry['compiled_graphs']} graphs, {entry['recompiles_on_window_or_scale_change']} "
+                            "recompiles when windows/scales change")
+            if not entry["finite"]:
+                note.append("NaN/inf in images")
+            entry["note"] = "; ".join(note)
+            say(f"{name:<20} {setting[:36]:<36} {entry['images_per_s']:9.3f} {entry['vs_default']:9.2f}x "
+                f"{entry['denoise_s']:9.2f} {entry.get('tflops') or 0:8.1f} {warmup:9.1f} {entry['max_diff']:9.2e}  "
+                f"{entry['note']}")
+        except Exception as exc:  # noqa: BLE001 - one option failing must not lose the other rows
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            say(f"{name:<20} {setting[:36]:<36} failed: {entry['error'][:200]}")
+        finally:
+            engine.options = defaults
+            if dev.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+        report["rows"].append(entry)
+
+
+def quiet_libraries() -> None:
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# Capture side
+# ---------------------------------------------------------------------------------------
+
+
+def capture_timing(long_side: int = 512, timeout: float = 300) -> dict:
+    """Control passes of the example scene, timed in a child process (bpy and torch stay
+    apart; Cycles gets the machine's cores). Not run when bpy is not installed."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("bpy") is None:
+        say("capture: skipped (bpy is not installed in this interpreter)")
+        return {"skipped": "bpy not installed"}
+    cmd = [sys.executable, "-m", "archviz_controlnet.bench.capture_timing", "--long-side", str(long_side)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("{")), None)
+    if out.returncode != 0 or line is None:
+        say(f"capture: failed ({out.stderr.strip()[-500:]})")
+        return {"error": out.stderr.strip()[-2000:]}
+    result = json.loads(line)
+    say(f"capture: control passes (depth, lines, normal, seg) of the example interior at {result['width']}x"
+        f"{result['height']}: first {result['first_s']:.2f}s, then {result['warm_s']:.2f}s (median of "
+        f"{result['repeats']}) on {result['threads']} render threads; target <= 3 s")
+    return result
+
+
+def dump(report: dict, path: str) -> None:
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=1, default=str)
+
