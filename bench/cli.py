@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
     parser.add_argument("--styles", type=_csv, default=d.styles, help="comma-separated presets (default: %(default)s)")
     parser.add_argument("--seeds", type=_seeds, default=d.seeds, help="e.g. 0-3 (default: 0-3)")
-    parser.add_argument("--size", type=int, default=None, help="image side in px (default: 512; tiny on CPU: 128)")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (default: 512 for sd15, 64 for tiny)")
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--cfg", type=float, default=d.cfg)
     parser.add_argument("--scheduler", default=d.scheduler)
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capture", action="store_true",
                         help="also time the control passes of the example scene (needs bpy)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement, fastest counts")
     parser.add_argument("--json", default=None, help="write the whole report to this JSON file")
 
 
@@ -58,11 +59,11 @@ def spec_from_args(args) -> runner.Spec:
     unknown = [c for c in args.cases if c not in runner.CASES]
     if unknown:
         raise SystemExit(f"archviz bench: --cases: unknown {unknown[0]!r} (known: {', '.join(runner.CASES)})")
-    size = args.size or (128 if args.config == "tiny" else 512)
+    size = args.size or (64 if args.config == "tiny" else 512)
     return runner.Spec(config=args.config, device=args.device, styles=args.styles, seeds=args.seeds, size=size,
                        steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, cases=args.cases, rows=rows,
                        row_case=args.row_case, baseline=not args.no_baseline, capture=args.capture,
-                       threads=args.threads)
+                       threads=args.threads, repeats=args.repeats)
 
 
 def run(args) -> int:

@@ -76,6 +76,7 @@ class Spec:
     capture: bool = False
     capture_long_side: int = 512
     threads: int | None = None
+    repeats: int = 1  # timed runs per measurement; the fastest counts (shared, noisy machines)
     flops: bool | None = None  # None: on CUDA only
     extra: dict = field(default_factory=dict)
 
@@ -281,13 +282,18 @@ def run_baseline(engine, plan, images=None) -> dict:
     return out
 
 
-def timed(device, fn):
-    sync(device)
-    reset_peak(device)
-    t0 = time.perf_counter()
-    value = fn()
-    sync(device)
-    return value, time.perf_counter() - t0, peak_gb(device)
+def timed(device, fn, repeats: int = 1):
+    """(value, fastest seconds of ``repeats`` runs, peak memory GB)."""
+    best = None
+    for _ in range(max(1, repeats)):
+        sync(device)
+        reset_peak(device)
+        t0 = time.perf_counter()
+        value = fn()
+        sync(device)
+        seconds = time.perf_counter() - t0
+        best = seconds if best is None else min(best, seconds)
+    return value, best, peak_gb(device)
 
 
 def dynamo_graphs() -> int:
@@ -332,11 +338,11 @@ def header(spec: Spec, engine) -> dict:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     info = {"config": spec.config, "device": dev.type, "device_name": name, "dtype": engine.dtype_name,
             "torch": torch.__version__, "diffusers": diffusers.__version__, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "styles": list(spec.styles), "seeds": list(spec.seeds), "size": spec.size,
+            "cpus": os.cpu_count(), "repeats": spec.repeats, "styles": list(spec.styles), "seeds": list(spec.seeds), "size": spec.size,
             "steps": spec.steps, "cfg": spec.cfg, "scheduler": spec.scheduler,
             "images": len(spec.styles) * len(spec.seeds), "defaults": engine.options.as_dict()}
     say(f"archviz bench: config {spec.config}, {dev.type} ({name}), {engine.dtype_name}, torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}, {info['threads']} torch threads")
+        f"diffusers {diffusers.__version__}, {info['threads']} torch threads, best of {spec.repeats} timed run(s)")
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {spec.scheduler}, cfg {spec.cfg}")
     for case in spec.cases:
@@ -394,7 +400,7 @@ def run(spec: Spec) -> dict:
         for case in spec.cases:
             plan = plans[case]
             run_baseline(engine, warm[case], warm[case].images[:1])  # warm-up: kernels, allocator
-            images, seconds, mem = timed(dev, lambda: run_baseline(engine, plan))
+            images, seconds, mem = timed(dev, lambda: run_baseline(engine, plan), spec.repeats)
             baseline_images[case] = images
             rates = rate_fields(baseline_flops(plan, plan.images, fl) if fl else None, seconds)
             entry = {"side": "baseline", "case": case, "images": len(images), "seconds": seconds,
@@ -410,7 +416,7 @@ def run(spec: Spec) -> dict:
         t0 = time.perf_counter()
         engine.generate(warm[case], warm[case].images)  # warm-up (and compilation when on)
         warmup = time.perf_counter() - t0
-        images, seconds, mem = timed(dev, lambda: engine.generate(plan, plan.images))
+        images, seconds, mem = timed(dev, lambda: engine.generate(plan, plan.images), spec.repeats)
         ours_images[case] = images
         denoise = engine.timings["denoise"]
         rates = rate_fields(engine_flops(engine, fl, len(plan.controls)) if fl else None, denoise)
@@ -480,7 +486,7 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
             t0 = time.perf_counter()
             engine.generate(warm[case], warm[case].images)
             warmup = time.perf_counter() - t0
-            images, seconds, mem = timed(dev, lambda: engine.generate(plan, plan.images))
+            images, seconds, mem = timed(dev, lambda: engine.generate(plan, plan.images), spec.repeats)
             entry.update(images_per_s=len(images) / seconds, seconds=seconds, warmup_s=warmup, peak_gb=mem,
                          denoise_s=engine.timings["denoise"], vs_default=(len(images) / seconds) / base["images_per_s"],
                          max_diff=max_diff(images, ref), finite=finite(images))

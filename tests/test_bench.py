@@ -1,0 +1,91 @@
+"""``archviz bench`` on the tiny models: it runs, both sides make the same images, and the
+report has its rows. Timings are printed, never asserted."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from backend_support import TEST_HOME
+
+
+@pytest.fixture(scope="module", autouse=True)
+def home():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ARCHVIZ_HOME", str(TEST_HOME))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HOME", str(TEST_HOME / "hf"))
+        mp.setenv("ARCHVIZ_PRESET_DIR", str(TEST_HOME / "no-user-presets"))
+        threads = torch.get_num_threads()
+        yield
+        torch.set_num_threads(threads)
+
+
+def test_bench_cli_tiny_sides_match_and_report_has_its_rows(tmp_path, capsys):
+    from archviz_controlnet import cli
+
+    out = tmp_path / "report.json"
+    rc = cli.main(["bench", "--config", "tiny", "--device", "cpu", "--styles", "modern,industrial", "--seeds", "0-1",
+                   "--steps", "5", "--threads", "1", "--rows", "window-skip,cond-once,batching,guess-mode*",
+                   "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+
+    # Both sides, both cases of the issue, the same 4 images each.
+    sides = {(s["side"], s["case"]): s for s in report["sides"]}
+    assert set(sides) == {(side, case) for side in ("baseline", "ours") for case in ("full", "early-depth")}
+    for case in ("full", "early-depth"):
+        ours, base = sides["ours", case], sides["baseline", case]
+        assert ours["images"] == base["images"] == 4
+        assert ours["finite"] and base["finite"]
+        assert ours["max_diff"] <= 1e-3  # same images as the per-(style, seed) diffusers loop
+        summary = report["cases"][case]
+        assert summary["speed_ratio"] == pytest.approx(ours["images_per_s"] / base["images_per_s"])
+        assert summary["max_diff"] == ours["max_diff"]
+        # the windows were applied: the early-depth case runs depth on half the steps only
+    assert sides["ours", "early-depth"]["forwards"]["controlnet0"] < sides["ours", "full"]["forwards"]["controlnet0"]
+    # 2 styles x 2 seeds in one batch: 5 steps x 4 images x 2 (CFG) UNet rows
+    assert sides["ours", "full"]["forwards"]["unet"] == 5 * 4 * 2
+
+    # The printed report: header, one line per side and case, the ratio lines, the rows.
+    for needle in ("archviz bench: config tiny", "4 images, 64x64, 5 steps, unipc",
+                   "case early-depth: depth 0.9 window 0-0.5", "speed ratio", "max pixel diff", "optimisation rows"):
+        assert needle in text, needle
+    lines = text.splitlines()
+    for side in ("baseline", "ours"):
+        for case in ("full", "early-depth"):
+            assert any(l.split()[:2] == [side, case] for l in lines), (side, case)
+    rows = {r["row"]: r for r in report["rows"]}
+    assert set(rows) == {"window-skip", "cond-once", "batching", "guess-mode*"}
+    for name in ("window-skip", "cond-once", "batching"):  # exact options keep the images
+        assert "error" not in rows[name], rows[name].get("error")
+        assert rows[name]["max_diff"] <= 1e-3 and rows[name]["images_per_s"] > 0
+        assert any(l.startswith(name) for l in lines)
+    assert rows["guess-mode*"]["changes_images"] and rows["guess-mode*"]["max_diff"] > 1e-3  # labelled, and it does
+
+
+def test_bench_rejects_unknown_case():
+    from archviz_controlnet import cli
+
+    with pytest.raises(SystemExit) as err:
+        cli.main(["bench", "--cases", "full,nope"])
+    assert "nope" in str(err.value)
+
+
+def test_sd15_configs_are_the_real_architecture():
+    """The shipped configs give the real SD 1.5 shapes (built on the meta device: no memory)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    from archviz_controlnet.bench import configs as C
+
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**strip(C.SD15_UNET))
+        net = ControlNetModel(**strip(C.SD15_CONTROLNET_V11))
+    assert 859e6 < sum(p.numel() for p in unet.parameters()) < 860e6  # SD 1.5 UNet: 859.5 M
+    assert 361e6 < sum(p.numel() for p in net.parameters()) < 362e6  # ControlNet 1.1: 361.3 M
+    text = CLIPTextConfig(**C.SD15_TEXT_ENCODER)
+    assert (text.hidden_size, text.num_hidden_layers, text.max_position_embeddings) == (768, 12, 77)
