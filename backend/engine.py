@@ -109,9 +109,7 @@ class EngineOptions:
     def defaults(cls, device: torch.device | str) -> "EngineOptions":
         """What measured faster on that kind of device (BENCHMARKS.md)."""
         kind = torch.device(device).type
-        if kind == "cuda":
-            return cls(**CUDA_DEFAULTS)
-        return cls()
+        return cls(**(CUDA_DEFAULTS if kind == "cuda" else CPU_DEFAULTS))
 
     def replace(self, **changes) -> "EngineOptions":
         return replace(self, **changes)
@@ -120,7 +118,11 @@ class EngineOptions:
         return asdict(self)
 
 
-#: Options on by default on CUDA, after the side-by-side rows of ``archviz bench --config sd15``.
+#: Options on by default per device beyond the dataclass defaults, from the side-by-side rows
+#: of ``archviz bench`` (BENCHMARKS.md). CPU: channels_last paid 1.07-1.09x in three runs of
+#: the tiny sweep. CUDA: nothing yet; no GPU run has measured the rows, so the options stay
+#: off there until one does.
+CPU_DEFAULTS: dict = {"channels_last": True}
 CUDA_DEFAULTS: dict = {}
 
 

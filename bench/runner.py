@@ -470,7 +470,7 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
     say(f"{'row':<20} {'setting':<36} {'images/s':>9} {'vs default':>10} {'denoise s':>9} {'TFLOP/s':>8} "
         f"{'warm-up s':>9} {'max diff':>9}  note")
     say(f"{'defaults':<20} {'':<36} {base['images_per_s']:9.3f} {1.0:9.2f}x {base['denoise_s']:9.2f} "
-        f"{base.get('tflops') or 0:8.1f} {base['warmup_s']:9.1f} {0.0:9.2e}")
+        f"{_tf(base.get('tflops'))} {base['warmup_s']:9.1f} {0.0:9.2e}")
     for name in rows:
         if name not in ROWS:
             say(f"{name:<20} unknown row (known: {', '.join(ROWS)})")
@@ -508,7 +508,7 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
                 note.append("NaN/inf in images")
             entry["note"] = "; ".join(note)
             say(f"{name:<20} {setting[:36]:<36} {entry['images_per_s']:9.3f} {entry['vs_default']:9.2f}x "
-                f"{entry['denoise_s']:9.2f} {entry.get('tflops') or 0:8.1f} {warmup:9.1f} {entry['max_diff']:9.2e}  "
+                f"{entry['denoise_s']:9.2f} {_tf(entry.get('tflops'))} {warmup:9.1f} {entry['max_diff']:9.2e}  "
                 f"{entry['note']}")
         except Exception as exc:  # noqa: BLE001 - one option failing must not lose the other rows
             entry["error"] = f"{type(exc).__name__}: {exc}"
@@ -520,6 +520,10 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
 
                 torch.cuda.empty_cache()
         report["rows"].append(entry)
+
+
+def _tf(value) -> str:
+    return f"{value:8.1f}" if value is not None else f"{'-':>8}"
 
 
 def quiet_libraries() -> None:
