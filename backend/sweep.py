@@ -20,7 +20,7 @@ from ..core import jobs as J
 from ..core.presets import Preset
 from .models import ModelPlan, resolve_models
 
-ENGINE_VERSION = 1  # bump when the same parameters would give different pixels
+ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
 
 @dataclass(frozen=True)

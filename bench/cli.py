@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement, fastest counts")
     parser.add_argument("--json", default=None, help="write the whole report to this JSON file")
+    from .ray_scaling import add_ray_arguments
+
+    add_ray_arguments(parser)  # --ray: scaling from 1 to N Ray actors instead of the side-by-side run
 
 
 def spec_from_args(args) -> runner.Spec:
@@ -67,6 +70,10 @@ def spec_from_args(args) -> runner.Spec:
 
 
 def run(args) -> int:
+    if args.ray is not None:
+        from .ray_scaling import run_ray_scaling
+
+        return run_ray_scaling(args)
     spec = spec_from_args(args)
     report = runner.run(spec)
     if args.json:
