@@ -78,6 +78,20 @@ def _set_props(idblock, props):
         idblock[key] = _property_value(value)
 
 
+def load_image(name, path):
+    """The image datablock ``name`` showing the file at ``path``: loaded the first time,
+    pointed at the file and reloaded afterwards (never a duplicate ``name.001``)."""
+    image = bpy.data.images.get(name)
+    if image is None:
+        image = bpy.data.images.load(path, check_existing=False)
+        image.name = name
+    else:
+        image.source = "FILE"
+        image.filepath = path
+        image.reload()
+    return image
+
+
 def load_result_image(path, camera_name, style, seed, params=None):
     """Load (or reload) a generated PNG as the image ``<camera>_<style>_s<seed>``.
 
@@ -91,18 +105,10 @@ def load_result_image(path, camera_name, style, seed, params=None):
         raise FileNotFoundError(f"generated image {path} does not exist")
     if params is None:
         params = read_png_text(path)
-    name = result_name(camera_name, style, seed)
-    image = bpy.data.images.get(name)
-    if image is None:
-        image = bpy.data.images.load(path, check_existing=False)
-        image.name = name
-    else:
-        for key in json.loads(image.get("archviz_param_keys", "[]")):  # parameters of the last load
-            if key in image:
-                del image[key]
-        image.source = "FILE"
-        image.filepath = path
-        image.reload()
+    image = load_image(result_name(camera_name, style, seed), path)
+    for key in json.loads(image.get("archviz_param_keys", "[]")):  # parameters of the last load
+        if key in image:
+            del image[key]
     _set_props(image, params)
     _set_props(image, {
         "archviz_param_keys": sorted(params),

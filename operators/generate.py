@@ -194,14 +194,7 @@ class Task:
         from .. import results
 
         for path in sweeping.contact_sheets(self.out_dir, [camera for camera, _ in self.camera_jobs]):
-            name = "ArchViz Contact Sheet " + os.path.basename(path)
-            image = bpy.data.images.get(name)
-            if image is None:
-                image = bpy.data.images.load(path)
-                image.name = name
-            else:
-                image.filepath = path
-                image.reload()
+            image = results.load_image("ArchViz Contact Sheet " + os.path.basename(path), path)
             self.contact_sheets.append(image.name)
             results.show_in_image_editor(bpy.context, image)
 

@@ -4,6 +4,7 @@ import os
 import bpy
 from bpy.props import StringProperty
 
+from .. import results
 from ..capture.render import CaptureError, CaptureOptions, render_controls
 from ..core.classes import ClassError
 from ..core.passes import PassError
@@ -32,23 +33,12 @@ def show_images(context, files):
     an Image Editor when the window has one."""
     images = []
     for name in ("depth", "lines", "normal", "seg"):
-        if name not in files:
-            continue
-        key = IMAGE_PREFIX + name
-        image = bpy.data.images.get(key)
-        if image is None:
-            image = bpy.data.images.load(files[name])
-            image.name = key
-        else:
-            image.filepath = files[name]
-            image.reload()
-        image.colorspace_settings.name = "Non-Color"
-        images.append(image)
-    screen = getattr(context, "screen", None)
-    for area in (screen.areas if screen else ()):
-        if area.type == "IMAGE_EDITOR" and images:
-            area.spaces.active.image = images[0]
-            break
+        if name in files:
+            image = results.load_image(IMAGE_PREFIX + name, files[name])
+            image.colorspace_settings.name = "Non-Color"
+            images.append(image)
+    if images:
+        results.show_in_image_editor(context, images[0])
     return images
 
 

@@ -51,7 +51,9 @@ def addon(example_blend, tmp_path, monkeypatch):
 
 
 def _images():
-    return sorted(img.name for img in bpy.data.images if "archviz_style" in img)
+    from archviz_controlnet.results import result_images
+
+    return sorted(img.name for img in result_images())
 
 
 def test_generate_makes_one_image_with_parameters(addon, tmp_path):
