@@ -20,7 +20,8 @@ where that pays:
 Speed options that do not change the images (channels_last, SDPA backend, fused QKV,
 torch.compile, CUDA graphs, VAE decode batch) are :class:`EngineOptions`; each was measured
 on its own with ``archviz bench`` and only the ones that paid are on by default
-(BENCHMARKS.md). Options that change images (``guess_mode``) are off by default.
+(BENCHMARKS.md). Options that change images (``guess_mode``, ``quantize`` with torchao,
+``token_merging`` with tomesd) are off by default and labelled wherever they are reported.
 
 fp16 on CUDA, fp32 on CPU. Models come from :class:`.models.ModelCache` (warm between jobs).
 """
@@ -28,12 +29,15 @@ fp16 on CUDA, fp32 on CPU. Models come from :class:`.models.ModelCache` (warm be
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
 import inspect
 import logging
 import os
 import threading
 import time
 import types
+import weakref
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
@@ -93,17 +97,37 @@ class EngineOptions:
     compile: bool = False  # torch.compile the UNet and the ControlNets (scales/windows never recompile)
     cuda_graphs: bool = False  # with compile: mode="reduce-overhead" (CUDA graph replay)
     vae_batch: int = 0  # images per VAE decode call; 0 = 4 on CUDA, the whole batch on CPU
-    # Changes the images, so never on by default: ControlNets on the conditional half of CFG
-    # only, residuals scaled 0.1 -> 1.0 over the blocks (diffusers' guess mode).
+    # These change the images, so they are never on by default and the benchmark labels them.
+    # guess_mode: ControlNets on the conditional half of CFG only, residuals scaled 0.1 -> 1.0
+    # over the blocks (diffusers' guess mode).
     guess_mode: bool = False
+    # quantize: the Linear layers of the UNet and ControlNets in a quantized copy (torchao):
+    # int8 (dynamic int8 activations and weights), int8-weight, fp8 (dynamic fp8 activations
+    # and weights; CUDA compute capability >= 8.9), fp8-weight. The loaded models stay as they are.
+    quantize: str = "none"
+    # token_merging: fraction of the self-attention tokens merged in the highest-resolution
+    # attention blocks of the UNet and ControlNets (ToMe for SD, the tomesd package; 0 = off,
+    # at most 0.75).
+    token_merging: float = 0.0
 
     SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+    QUANTIZE = ("none", "int8", "int8-weight", "fp8", "fp8-weight")
 
     def __post_init__(self):
         if self.sdpa_backend not in self.SDPA_BACKENDS:
             raise ValueError(f"sdpa_backend: unknown {self.sdpa_backend!r} (choose from {', '.join(self.SDPA_BACKENDS)})")
         if self.vae_batch < 0:
             raise ValueError(f"vae_batch: must be >= 0, got {self.vae_batch}")
+        if self.quantize not in self.QUANTIZE:
+            raise ValueError(f"quantize: unknown {self.quantize!r} (choose from {', '.join(self.QUANTIZE)})")
+        if not 0.0 <= self.token_merging <= 0.75:  # also refuses NaN
+            raise ValueError(f"token_merging: must be a fraction from 0 to 0.75, got {self.token_merging!r}")
+
+    @property
+    def changes_images(self) -> list[str]:
+        """The options set here that make other images than the plain diffusers pipeline."""
+        return [name for name, on in (("guess_mode", self.guess_mode), ("quantize", self.quantize != "none"),
+                                      ("token_merging", self.token_merging > 0)) if on]
 
     @classmethod
     def defaults(cls, device: torch.device | str) -> "EngineOptions":
@@ -124,6 +148,42 @@ class EngineOptions:
 #: off there until one does.
 CPU_DEFAULTS: dict = {"channels_last": True}
 CUDA_DEFAULTS: dict = {}
+
+
+def optional_package(name: str, option: str):
+    """Import a package that only an image-changing option needs, or say which option needs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise RuntimeError(f"{option}: needs the {name} package, which is not installed in this backend's "
+                           f"environment (pip install {name})") from exc
+
+
+def first_attention_downsample(model: torch.nn.Module) -> int:
+    """How far down the highest-resolution attention blocks sit (1 for SD 1.5, 2 for SDXL,
+    whose first down block has no attention): where token merging saves the most."""
+    for i, kind in enumerate(model.config.down_block_types):
+        if "CrossAttn" in kind:
+            return 2 ** i
+    return 1
+
+
+def quantize_linear(module: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """Quantize the Linear layers of ``module`` in place with torchao (see EngineOptions.quantize)."""
+    if mode == "fp8":
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        if capability is None or capability < (8, 9):
+            where = f"compute capability {capability[0]}.{capability[1]}" if capability else device.type
+            raise RuntimeError(f"quantize: 'fp8' needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                               f"this engine runs on {where} ('fp8-weight' and 'int8' run anywhere)")
+    optional_package("torchao", f"quantize {mode!r}")
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig,
+                                      Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_)
+
+    config = {"int8": Int8DynamicActivationInt8WeightConfig, "int8-weight": Int8WeightOnlyConfig,
+              "fp8": Float8DynamicActivationFloat8WeightConfig, "fp8-weight": Float8WeightOnlyConfig}[mode]()
+    quantize_(module, config)
+    return module
 
 
 @dataclass
@@ -218,8 +278,10 @@ class Engine:
         self.max_batch = max_batch or (int(env_batch) if env_batch else None)
         self._helpers: dict[int, object] = {}
         self._lock = threading.Lock()
-        self._compiled: dict[int, Callable] = {}
-        self._compiled_key: tuple | None = None
+        # id(model) -> (weak reference to the model, its compiled form / its quantized copy), for the options in _variants_key
+        self._compiled: dict[int, tuple] = {}
+        self._quantized: dict[int, tuple] = {}
+        self._variants_key: tuple | None = None  # the options the two were made for
         # What the last generate() did: forward passes per model (in images x CFG rows) and
         # seconds per phase (CUDA synchronised at phase ends), for the benchmark's FLOP rate.
         self.stats: Counter = Counter()
@@ -240,16 +302,22 @@ class Engine:
         with self._lock:
             self._helpers.clear()
             self._compiled.clear()
+            self._quantized.clear()
         return self.cache.unload()
 
     def adopt(self, models: ModelPlan, base: dict, controlnets: list) -> None:
         """Put already built models into the warm cache under ``models``' references, as if
-        they had been loaded (the benchmark's random-weight SD 1.5 from the real configs)."""
+        they had been loaded (the benchmark's random-weight models from the real configs)."""
         # The cache's own get-or-load with a loader that hands the built models over (the
         # keys are those of ModelCache.base / .controlnet).
-        self.cache._get(("base", models.base, models.vae, models.arch), "base", models.base, lambda: base)
+        keys = [("base", models.base, models.vae, models.arch)]
+        self.cache._get(keys[0], "base", models.base, lambda: base)
         for ref, net in zip(models.controlnets, controlnets):
-            self.cache._get(("controlnet", ref.ref, ref.union_mode is not None), "controlnet", ref.ref, lambda n=net: n)
+            keys.append(("controlnet", ref.ref, ref.union_mode is not None))
+            self.cache._get(keys[-1], "controlnet", ref.ref, lambda n=net: n)
+        if any(key not in self.cache.entries for key in keys):  # evicted: they could never be loaded back
+            raise RuntimeError(f"the adopted models do not all fit the model cache's budget of "
+                               f"{self.cache.budget_bytes / 2**30:.1f} GB; raise it with ARCHVIZ_MEMORY_BUDGET_GB")
 
     def helper_pipeline(self, arch: str, comps: dict, controlnet):
         """A diffusers pipeline object over the warm components, used for its helpers
@@ -385,15 +453,19 @@ class Engine:
 
     # -- speed options ---------------------------------------------------------------------
     def _prepare_models(self, modules) -> None:
-        """Bring the warm models to the options' memory format and QKV fusion (both ways, so
-        models shared with a plain diffusers pipeline can be put back)."""
+        """Bring the warm models to the options' memory format, QKV fusion and token merging
+        (both ways, so models shared with a plain diffusers pipeline can be put back)."""
         opts = self.options
-        key = (opts.channels_last, opts.fused_qkv, opts.sdpa_backend, opts.compile, opts.cuda_graphs)
-        if opts.compile and key != self._compiled_key:
-            # A compiled graph keeps the attention kernel and layouts it was traced with.
-            torch._dynamo.reset()
+        key = (opts.channels_last, opts.fused_qkv, opts.sdpa_backend, opts.compile, opts.cuda_graphs,
+               opts.quantize, opts.token_merging)
+        if key != self._variants_key:
+            # A compiled graph keeps the attention kernel and layouts it was traced with, and a
+            # quantized copy the layout and patches of the model it was copied from.
+            if opts.compile:
+                torch._dynamo.reset()
             self._compiled.clear()
-            self._compiled_key = key
+            self._quantized.clear()
+            self._variants_key = key
         for module in modules:
             cl = bool(getattr(module, "_archviz_channels_last", False))
             if cl != opts.channels_last:
@@ -406,25 +478,46 @@ class Engine:
                 else:
                     module.unfuse_qkv_projections()
                 module._archviz_fused_qkv = opts.fused_qkv
+            merging = float(getattr(module, "_archviz_token_merging", 0.0))
+            if merging != opts.token_merging:
+                tomesd = optional_package("tomesd", "token_merging")
+                if opts.token_merging:
+                    # No random choice of merge targets: an image stays the same alone or in a batch.
+                    tomesd.apply_patch(module, ratio=opts.token_merging, use_rand=False,
+                                       max_downsample=first_attention_downsample(module))
+                else:
+                    tomesd.remove_patch(module)
+                module._archviz_token_merging = opts.token_merging
 
     def restore_models(self, modules) -> None:
-        """Put models back to what diffusers loads: contiguous, unfused QKV."""
-        saved, self.options = self.options, self.options.replace(channels_last=False, fused_qkv=False, compile=False)
+        """Put models back to what diffusers loads: contiguous, unfused QKV, no token merging."""
+        saved = self.options
+        self.options = saved.replace(channels_last=False, fused_qkv=False, compile=False, token_merging=0.0)
         try:
             self._prepare_models(modules)
         finally:
             self.options = saved
 
     def _runtime(self, module):
-        """The callable the loop runs for ``module``: itself or its compiled form."""
+        """The callable the loop runs for ``module``: itself, its quantized copy, or the
+        compiled form of either."""
+        fn = self._quantized_copy(module) if self.options.quantize != "none" else module
         if not self.options.compile:
-            return module
-        fn = self._compiled.get(id(module))
-        if fn is None:
+            return fn
+        source, compiled = self._compiled.get(id(module), (None, None))
+        if source is None or source() is not module:  # none yet, or made for a model the cache has since let go
             mode = "reduce-overhead" if self.options.cuda_graphs else None
-            fn = torch.compile(module, mode=mode, dynamic=False)
-            self._compiled[id(module)] = fn
-        return fn
+            compiled = torch.compile(fn, mode=mode, dynamic=False)
+            self._compiled[id(module)] = (weakref.ref(module), compiled)
+        return compiled
+
+    def _quantized_copy(self, module):
+        """A copy of ``module`` with its Linear layers quantized (kept until the options change)."""
+        source, quantized = self._quantized.get(id(module), (None, None))
+        if source is None or source() is not module:
+            quantized = quantize_linear(copy.deepcopy(module), self.options.quantize, self.device)
+            self._quantized[id(module)] = (weakref.ref(module), quantized)
+        return quantized
 
     def _sdpa(self):
         name = self.options.sdpa_backend
