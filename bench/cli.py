@@ -24,13 +24,14 @@ def _seeds(text: str) -> tuple:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = runner.Spec()
-    parser.add_argument("--config", choices=("tiny", "sd15"), default="tiny",
-                        help="tiny: the offline tiny models (CPU, CI); sd15: full SD 1.5 UNet, 2 ControlNets, VAE and "
-                             "CLIP text encoder from the real configs with random weights (GPU)")
+    parser.add_argument("--config", choices=tuple(runner.CONFIGS), default="tiny",
+                        help="; ".join(f"{k}: {v}" for k, v in runner.CONFIGS.items()))
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
     parser.add_argument("--styles", type=_csv, default=d.styles, help="comma-separated presets (default: %(default)s)")
     parser.add_argument("--seeds", type=_seeds, default=d.seeds, help="e.g. 0-3 (default: 0-3)")
-    parser.add_argument("--size", type=int, default=None, help="image side in px (default: 512 for sd15, 64 for tiny)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in px (default: " + ", ".join(f"{v} for {k}" for k, v in
+                                                                      runner.DEFAULT_SIZE.items()) + ")")
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--cfg", type=float, default=d.cfg)
     parser.add_argument("--scheduler", default=d.scheduler)
@@ -62,7 +63,7 @@ def spec_from_args(args) -> runner.Spec:
     unknown = [c for c in args.cases if c not in runner.CASES]
     if unknown:
         raise SystemExit(f"archviz bench: --cases: unknown {unknown[0]!r} (known: {', '.join(runner.CASES)})")
-    size = args.size or (64 if args.config == "tiny" else 512)
+    size = args.size or runner.DEFAULT_SIZE[args.config]
     return runner.Spec(config=args.config, device=args.device, styles=args.styles, seeds=args.seeds, size=size,
                        steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, cases=args.cases, rows=rows,
                        row_case=args.row_case, baseline=not args.no_baseline, capture=args.capture,

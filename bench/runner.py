@@ -1,6 +1,6 @@
 """One benchmark run: the plain diffusers loop and our engine, same models, same sweep.
 
-* baseline: ``StableDiffusionControlNetPipeline`` with a list of ControlNets, called once
+* baseline: ``StableDiffusion(XL)ControlNetPipeline`` with a list of ControlNets, called once
   per (style, seed) as in the seed documents' ArchVizPipeline (fp16 + SDPA on CUDA, fp32 on
   CPU; a CPU ``torch.Generator`` per call so both sides draw the same noise);
 * ours: :class:`~..backend.engine.Engine` with its default options, then one row per
@@ -49,19 +49,24 @@ ROWS = {
     "fused-qkv": lambda o: {"fused_qkv": not o.fused_qkv},
     "vae-batch-1": lambda o: {"vae_batch": 1},
     "vae-batch-all": lambda o: {"vae_batch": 64},
-    "guess-mode*": lambda o: {"guess_mode": not o.guess_mode},
     "compile": lambda o: {"compile": not o.compile, "cuda_graphs": False},
     "compile+cuda-graphs": lambda o: {"compile": True, "cuda_graphs": True},
+    "guess-mode*": lambda o: {"guess_mode": not o.guess_mode},
+    "int8*": lambda o: {"quantize": "int8"},
+    "int8-weight*": lambda o: {"quantize": "int8-weight"},
+    "fp8*": lambda o: {"quantize": "fp8"},
+    "fp8-weight*": lambda o: {"quantize": "fp8-weight"},
+    "token-merging-0.5*": lambda o: {"token_merging": 0.5},
 }
 CPU_ROWS = ("window-skip", "batching", "embeds-once", "cond-once", "channels-last", "fused-qkv", "vae-batch-1",
-            "guess-mode*")
-CUDA_ONLY = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "compile+cuda-graphs")
+            "guess-mode*", "int8*", "int8-weight*", "fp8-weight*", "token-merging-0.5*")
+CUDA_ONLY = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "compile+cuda-graphs", "fp8*")
 CUDA_ROWS = tuple(r for r in ROWS if r != "sdpa-math")  # the math kernel only shows what the others save
 
 
 @dataclass
 class Spec:
-    config: str = "tiny"  # tiny | sd15
+    config: str = "tiny"  # tiny | tiny-sdxl | sd15 | sdxl (CONFIGS)
     device: str = "auto"
     styles: tuple = ("modern", "industrial", "scandinavian", "japandi")
     seeds: tuple = (0, 1, 2, 3)
@@ -115,11 +120,23 @@ def control_png(kind: str, size: int) -> bytes:
     return buf.getvalue()
 
 
-MODEL_REFS = {  # references the random SD 1.5 models are registered under (never real ids)
-    "base": "archviz-bench/sd15-random-weights",
-    "depth": "archviz-bench/controlnet-v11-depth-random-weights",
-    "lines": "archviz-bench/controlnet-v11-lines-random-weights",
+#: --config: the tiny families load like any model; the full-size ones are built from the
+#: real configs with random weights (bench/configs.py).
+CONFIGS = {
+    "tiny": "the offline tiny SD 1.5 models (CPU, CI)",
+    "tiny-sdxl": "the offline tiny SDXL models (CPU, CI)",
+    "sd15": "SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs, random weights (GPU)",
+    "sdxl": "SDXL UNet, 2 SDXL ControlNets, fp16-fix VAE, both text encoders from the real configs, random "
+            "weights (GPU)",
 }
+DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sdxl": 1024}
+
+
+def model_refs(config: str) -> dict:
+    """References the random full-size models are registered under (never real ids)."""
+    return {"base": f"archviz-bench/{config}-random-weights", "vae": f"archviz-bench/{config}-vae-random-weights",
+            "depth": f"archviz-bench/{config}-controlnet-depth-random-weights",
+            "lines": f"archviz-bench/{config}-controlnet-lines-random-weights"}
 
 
 def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None):
@@ -134,11 +151,16 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
         scale = (scales or {}).get(kind, scale)
         controls.append({"type": kind, "image": base64.b64encode(control_png(kind, spec.size)).decode(),
                          "scale": scale, "start": start, "end": end})
-    if spec.config == "tiny":
-        model = {"family": "tiny"}
+    if spec.config not in CONFIGS:
+        raise ValueError(f"--config: unknown {spec.config!r} (choose from {', '.join(CONFIGS)})")
+    if spec.config.startswith("tiny"):
+        model = {"family": spec.config}
     else:
-        model = {"family": "sd15", "base": MODEL_REFS["base"],
-                 "controlnets": {"depth": MODEL_REFS["depth"], "lines": MODEL_REFS["lines"]}}
+        refs = model_refs(spec.config)
+        model = {"family": spec.config, "base": refs["base"], "controlnets": {"depth": refs["depth"],
+                                                                              "lines": refs["lines"]}}
+        if spec.config == "sdxl":
+            model["vae"] = refs["vae"]
     job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
                            "seeds": list(spec.seeds), "width": spec.size, "height": spec.size,
                            "steps": steps or spec.steps, "cfg": spec.cfg, "scheduler": spec.scheduler})
@@ -203,11 +225,16 @@ def count_flops(engine, plan) -> dict:
     base, nets = engine.load(plan.models)
     unet, net = base.value["unet"], nets[0].value
     dev, dtype = engine.device, unet.dtype
-    h = plan.height // 8
-    x = torch.randn(2, 4, h, h, device=dev, dtype=dtype)
+    x = torch.randn(2, 4, plan.height // 8, plan.width // 8, device=dev, dtype=dtype)
     ctx = torch.randn(2, 77, unet.config.cross_attention_dim, device=dev, dtype=dtype)
     image = torch.rand(1, 3, plan.height, plan.width, device=dev, dtype=dtype)
     t = torch.tensor(500, device=dev)
+    added = None
+    if plan.models.arch == "sdxl":  # pooled text embedding + the six size/crop time ids
+        pooled = base.value["text_encoder_2"].config.projection_dim
+        added = {"text_embeds": torch.randn(2, pooled, device=dev, dtype=dtype),
+                 "time_ids": torch.tensor([[plan.height, plan.width, 0, 0, plan.height, plan.width]] * 2,
+                                          device=dev, dtype=dtype)}
 
     def flops(fn):
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -217,9 +244,9 @@ def count_flops(engine, plan) -> dict:
     accept_precomputed_cond(net)
     f_emb, cond = flops(lambda: net.controlnet_cond_embedding(image))
     f_cn, (down, mid) = flops(lambda: net(x, t, encoder_hidden_states=ctx, controlnet_cond=cond.expand(2, -1, -1, -1),
-                                          return_dict=False))
+                                          added_cond_kwargs=added, return_dict=False))
     f_unet, _ = flops(lambda: unet(x, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
-                                   mid_block_additional_residual=mid, return_dict=False))
+                                   mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False))
     return {"unet": f_unet / 2, "controlnet": f_cn / 2, "cond_embedding": f_emb}
 
 
@@ -249,17 +276,15 @@ def finite(images: dict) -> bool:
 
 
 def baseline_pipeline(engine, plan):
-    from diffusers import StableDiffusionControlNetPipeline
-
+    """diffusers' StableDiffusion(XL)ControlNetPipeline over the same warm models, with the
+    list of ControlNets (diffusers wraps it in a MultiControlNetModel)."""
     from ..backend.engine import make_scheduler
 
     base, nets = engine.load(plan.models)
     c = base.value
     engine.restore_models([c["unet"], *[n.value for n in nets]])
-    pipe = StableDiffusionControlNetPipeline(
-        vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet"],
-        controlnet=[n.value for n in nets], scheduler=make_scheduler(plan.styles[0].scheduler, c["scheduler_config"]),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
+    pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -315,17 +340,14 @@ def build_engine(spec: Spec):
     from ..backend.engine import Engine
 
     engine = Engine(spec.device)
-    if spec.config == "sd15":
-        from .configs import build_sd15_random
+    plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
+    if not spec.config.startswith("tiny"):
+        from .configs import build_random
 
-        plan = make_plan(spec, spec.cases[0], steps=1)
         t0 = time.perf_counter()
-        comps, nets = build_sd15_random(engine.device, engine.dtype)
+        comps, nets = build_random(spec.config, engine.device, engine.dtype)
         engine.adopt(plan.models, comps, nets)
-        say(f"built SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs "
-            f"(random weights) in {time.perf_counter() - t0:.1f}s")
-    elif spec.config != "tiny":
-        raise ValueError(f"--config: unknown {spec.config!r} (tiny, sd15)")
+        say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
     torch.manual_seed(0)
     return engine
 
@@ -479,9 +501,10 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
             continue
         changes = ROWS[name](defaults)
         setting = ", ".join(f"{k}={v}" for k, v in changes.items())
-        entry = {"row": name, "changes": changes, "changes_images": name.endswith("*")}
+        entry = {"row": name, "changes": changes}
         try:
             engine.options = defaults.replace(**changes)
+            entry["changes_images"] = engine.options.changes_images
             graphs0 = dynamo_graphs()
             t0 = time.perf_counter()
             engine.generate(warm[case], warm[case].images)

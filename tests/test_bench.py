@@ -89,3 +89,77 @@ def test_sd15_configs_are_the_real_architecture():
     assert 361e6 < sum(p.numel() for p in net.parameters()) < 362e6  # ControlNet 1.1: 361.3 M
     text = CLIPTextConfig(**C.SD15_TEXT_ENCODER)
     assert (text.hidden_size, text.num_hidden_layers, text.max_position_embeddings) == (768, 12, 77)
+
+
+def test_bench_tiny_sdxl_sides_match_and_labelled_rows_change_images(tmp_path, capsys):
+    from archviz_controlnet import cli
+
+    out = tmp_path / "report.json"
+    rc = cli.main(["bench", "--config", "tiny-sdxl", "--device", "cpu", "--styles", "modern", "--seeds", "0-1",
+                   "--steps", "4", "--threads", "1", "--cases", "full", "--rows",
+                   "channels-last,int8-weight*,token-merging-0.5*,fp8*", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["header"]["config"] == "tiny-sdxl" and report["header"]["size"] == 64
+    sides = {(s["side"], s["case"]): s for s in report["sides"]}
+    assert sides["ours", "full"]["images"] == sides["baseline", "full"]["images"] == 2
+    # the same images as StableDiffusionXLControlNetPipeline called per seed
+    assert sides["ours", "full"]["max_diff"] <= 1e-3
+    rows = {r["row"]: r for r in report["rows"]}
+    assert set(rows) == {"channels-last", "int8-weight*", "token-merging-0.5*"}  # fp8 is CUDA-only
+    assert rows["channels-last"]["changes_images"] == [] and rows["channels-last"]["max_diff"] <= 1e-3
+    for name, option in (("int8-weight*", "quantize"), ("token-merging-0.5*", "token_merging")):
+        assert "error" not in rows[name], rows[name].get("error")
+        assert rows[name]["changes_images"] == [option] and rows[name]["max_diff"] > 0
+        assert any(line.startswith(name) for line in text.splitlines())
+
+
+def test_sdxl_configs_are_the_real_architecture():
+    """SDXL base UNet 2.567 B, SDXL ControlNet 1.251 B, OpenCLIP bigG text tower 694.7 M,
+    VAE 83.7 M parameters (built on the meta device: no memory)."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from archviz_controlnet.bench import configs as C
+
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        assert count(UNet2DConditionModel(**strip(C.SDXL_UNET))) == 2_567_463_684
+        assert 1_250e6 < count(ControlNetModel(**strip(C.SDXL_CONTROLNET))) < 1_252e6
+        assert count(CLIPTextModelWithProjection(CLIPTextConfig(**C.SDXL_TEXT_ENCODER_2))) == 694_659_840
+        assert count(AutoencoderKL(**strip(C.SDXL_VAE_FP16_FIX))) == 83_653_863
+
+
+def test_unknown_config_is_refused():
+    from archviz_controlnet.bench import runner
+
+    with pytest.raises(ValueError, match=r"--config: unknown 'sd3' \(choose from tiny, tiny-sdxl, sd15, sdxl\)"):
+        runner.make_plan(runner.Spec(config="sd3"), "full")
+
+
+@pytest.mark.parametrize("config, size, unet_tflop, controlnet_tflop", [
+    ("sd15", 512, 0.80, 0.27),
+    ("sdxl", 1024, 6.76, 2.96),
+])
+def test_full_size_models_build_and_their_flops_count_on_the_meta_device(monkeypatch, config, size, unet_tflop,
+                                                                          controlnet_tflop):
+    """The --config sd15/sdxl path (build from the real configs, adopt, count FLOPs, SDXL's
+    pooled embedding and time ids) without a GPU or memory: meta tensors have shapes only."""
+    from archviz_controlnet.bench import runner
+
+    monkeypatch.setenv("ARCHVIZ_MEMORY_BUDGET_GB", "64")  # fp32 SDXL + 2 ControlNets: ~25 GB of shapes
+    spec = runner.Spec(config=config, device="meta", size=size)
+    engine = runner.build_engine(spec)
+    flops = runner.count_flops(engine, runner.make_plan(spec, "full"))
+    assert flops["unet"] / 1e12 == pytest.approx(unet_tflop, rel=0.01)  # per image row, per forward
+    assert flops["controlnet"] / 1e12 == pytest.approx(controlnet_tflop, rel=0.01)
+
+
+def test_adopting_models_larger_than_the_cache_budget_is_an_error(monkeypatch):
+    from archviz_controlnet.bench import runner
+
+    monkeypatch.setenv("ARCHVIZ_MEMORY_BUDGET_GB", "1")
+    with pytest.raises(RuntimeError, match=r"do not all fit the model cache's budget of 1.0 GB.*ARCHVIZ_MEMORY_BUDGET_GB"):
+        runner.build_engine(runner.Spec(config="sd15", device="meta"))
