@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body in MiB (default 64; larger requests get 413)")
     parser.add_argument("--simulate-oom-above", type=int, default=None, metavar="N",
                         help=argparse.SUPPRESS)  # test hook: torch.OutOfMemoryError for UNet batches > N images
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", dest="engine_options",
+                        help="engine option, e.g. compile=true, quantize=int8, token_merging=0.5 (repeatable; also "
+                             "ARCHVIZ_ENGINE_OPTIONS=name=value,name=value). Options that change images are recorded "
+                             "in every image's parameters (README: engine options)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     from ..distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from .engine import Engine
+    from .engine import Engine, EngineOptions
     from .server import create_app
 
     if not is_loopback(args.host) and not args.token:
@@ -101,13 +105,15 @@ def run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     budget = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None
     try:
+        env_options = [o for o in os.environ.get("ARCHVIZ_ENGINE_OPTIONS", "").split(",") if o.strip()]
+        options = EngineOptions.parse([*env_options, *args.engine_options])  # the command line wins
         if args.ray is None:
-            engine = Engine(args.device, budget_bytes=budget, max_batch=args.max_batch)
+            engine = Engine(args.device, budget_bytes=budget, max_batch=args.max_batch, options=options)
         else:  # the same engine in Ray actors, one per GPU (distributed/engine.py)
             from ..distributed.options import make_engine
 
-            engine = make_engine(args, budget)
-    except RuntimeError as exc:
+            engine = make_engine(args, budget, options)
+    except (RuntimeError, ValueError) as exc:
         print(f"archviz serve: {exc}", file=sys.stderr)
         return 2
     oom_above = args.simulate_oom_above
@@ -147,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         print(LISTENING.format(host=shown, port=port), flush=True)
         logging.getLogger("archviz.backend").info("device %s, dtype %s, pid %d", engine.device,
                                                   engine.dtype_name, os.getpid())
+        if engine.image_changes:
+            logging.getLogger("archviz.backend").warning(
+                "engine options that change images are on: %s (recorded in every image's parameters)",
+                ", ".join(f"{k}={v}" for k, v in engine.image_changes.items()))
 
     threading.Thread(target=announce, name="archviz-announce", daemon=True).start()
     if args.exit_with_stdin:

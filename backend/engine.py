@@ -123,11 +123,45 @@ class EngineOptions:
         if not 0.0 <= self.token_merging <= 0.75:  # also refuses NaN
             raise ValueError(f"token_merging: must be a fraction from 0 to 0.75, got {self.token_merging!r}")
 
-    @property
-    def changes_images(self) -> list[str]:
-        """The options set here that make other images than the plain diffusers pipeline."""
-        return [name for name, on in (("guess_mode", self.guess_mode), ("quantize", self.quantize != "none"),
-                                      ("token_merging", self.token_merging > 0)) if on]
+    def image_changes(self) -> dict:
+        """The options set here that make other images than the plain diffusers pipeline
+        (recorded in every image's parameters, so a resumed sweep never mixes the two)."""
+        return {name: getattr(self, name) for name, on in (
+            ("guess_mode", self.guess_mode), ("quantize", self.quantize != "none"),
+            ("token_merging", self.token_merging > 0)) if on}
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> dict:
+        """``NAME=VALUE`` texts (``archviz serve --option``) -> changes for :meth:`replace`,
+        each value read as its field's type; errors name the bad item."""
+        import dataclasses
+
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        changes = {}
+        for item in items:
+            name, sep, text = item.partition("=")
+            name, text = name.strip().replace("-", "_"), text.strip()
+            if not sep or name not in fields:
+                raise ValueError(f"engine option {item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
+            kind = type(fields[name].default)
+            try:
+                if kind is bool:
+                    if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                        raise ValueError("not a boolean")
+                    changes[name] = text.lower() in ("1", "true", "yes", "on")
+                else:
+                    changes[name] = kind(text)
+            except ValueError:
+                raise ValueError(f"engine option {item!r}: {name} takes a {kind.__name__}, got {text!r}") from None
+        cls().replace(**changes)  # range and choice checks, naming the field
+        return changes
+
+    @classmethod
+    def resolve(cls, options: "EngineOptions | dict | None", device: torch.device | str) -> "EngineOptions":
+        """``options`` as given, the device's defaults (None) or those with changes (a dict)."""
+        if isinstance(options, cls):
+            return options
+        return cls.defaults(device).replace(**(options or {}))
 
     @classmethod
     def defaults(cls, device: torch.device | str) -> "EngineOptions":
@@ -269,9 +303,9 @@ class Engine:
     calls :meth:`generate`; :meth:`unload` may be called from any thread."""
 
     def __init__(self, device: str = "auto", budget_bytes: int | None = None, max_batch: int | None = None,
-                 options: EngineOptions | None = None):
+                 options: EngineOptions | dict | None = None):
         self.device = pick_device(device)
-        self.options = options or EngineOptions.defaults(self.device)
+        self.options = EngineOptions.resolve(options, self.device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.cache = ModelCache(self.device, self.dtype, budget_bytes or default_budget_bytes(self.device))
         env_batch = os.environ.get("ARCHVIZ_MAX_BATCH")
@@ -290,6 +324,10 @@ class Engine:
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).replace("torch.", "")
+
+    @property
+    def image_changes(self) -> dict:
+        return self.options.image_changes()
 
     # -- models ------------------------------------------------------------------------
     def load(self, models: ModelPlan):

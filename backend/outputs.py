@@ -161,6 +161,7 @@ class Manifest:
             "updated": None,
             "model": plan.models.ids(),
             "dtype": plan.dtype,
+            "engine_options": plan.engine_options,  # those that change images; {} for the exact engine
             "width": plan.width,
             "height": plan.height,
             "styles": [s.name for s in plan.styles],

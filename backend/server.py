@@ -228,6 +228,7 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
             "version": __version__,
             "device": str(engine.device),
             "dtype": engine.dtype_name,
+            "engine_options_changing_images": engine.image_changes,
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "loaded_models": engine.cache.describe(),
@@ -255,7 +256,7 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         job = J.Job.from_json(raw)  # JobError -> 422 naming the field
         check_job_models(job, allowed_models)  # no reads outside the model roots
         found, _ = presets()
-        plan = build_plan(job, found, engine.dtype_name)
+        plan = build_plan(job, found, engine.dtype_name, engine.image_changes)
         record = worker.submit(plan)
         return JSONResponse(status_code=202, content={
             "id": record.id, "state": record.state, "queue_position": worker.queue_position(record.id),

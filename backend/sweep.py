@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..core import jobs as J
 from ..core.presets import Preset
@@ -80,10 +80,14 @@ class SweepPlan:
     controls: list[ControlImage]
     styles: list[StyleSettings]
     images: list[PlannedImage]
+    # The engine options in force that change images (EngineOptions.image_changes): part of
+    # the parameters only when set, so the exact engine's hashes stay as they were.
+    engine_options: dict = field(default_factory=dict)
 
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
         style = self.styles[image.style]
+        extra = {"engine_options": dict(sorted(self.engine_options.items()))} if self.engine_options else {}
         return {
             "engine": ENGINE_VERSION,
             "model": self.models.ids(),
@@ -97,6 +101,7 @@ class SweepPlan:
             "cfg": style.cfg,
             "scheduler": style.scheduler,
             "controls": [asdict(u) for u in style.units],
+            **extra,
         }
 
 
@@ -142,8 +147,10 @@ def resolve_style(style: J.Style, index: int, job: J.Job, presets: dict[str, Pre
     return preset, prompt, negative
 
 
-def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32") -> SweepPlan:
-    """Resolve presets and models, decode control images, hash every image's parameters."""
+def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
+               engine_options: dict | None = None) -> SweepPlan:
+    """Resolve presets and models, decode control images, hash every image's parameters
+    (``engine_options``: the engine's image-changing options, EngineOptions.image_changes)."""
     models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
     controls = []
     for i, c in enumerate(job.controls):
@@ -183,7 +190,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32") -
         ))
 
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,
-                     controls=controls, styles=styles, images=[])
+                     controls=controls, styles=styles, images=[], engine_options=dict(engine_options or {}))
     for item in job.items():
         si = next(i for i, s in enumerate(styles) if s.name == item.style)
         draft = PlannedImage(item.index, si, item.seed, item.file, "")

@@ -80,7 +80,8 @@ def _timed(engine, args, presets, root: str) -> float:
     best = None
     for _ in range(max(1, args.ray_repeats)):
         out = tempfile.mkdtemp(dir=root)
-        record = worker.submit(build_plan(J.Job.from_dict(job_dict(out, args)), presets, engine.dtype_name))
+        plan = build_plan(J.Job.from_dict(job_dict(out, args)), presets, engine.dtype_name, engine.image_changes)
+        record = worker.submit(plan)
         t0 = time.perf_counter()
         worker.run(record)
         seconds = time.perf_counter() - t0
@@ -99,7 +100,7 @@ def _warm(engine, args, presets, root: str, images: int) -> None:
     worker = Worker(engine, OutputRoots(root))
     job = job_dict(tempfile.mkdtemp(dir=root), args, seeds=max(1, images))
     job["styles"], job["steps"] = job["styles"][:1], 1
-    record = worker.submit(build_plan(J.Job.from_dict(job), presets, engine.dtype_name))
+    record = worker.submit(build_plan(J.Job.from_dict(job), presets, engine.dtype_name, engine.image_changes))
     worker.run(record)
 
 

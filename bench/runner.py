@@ -58,8 +58,8 @@ ROWS = {
     "fp8-weight*": lambda o: {"quantize": "fp8-weight"},
     "token-merging-0.5*": lambda o: {"token_merging": 0.5},
 }
-CPU_ROWS = ("window-skip", "batching", "embeds-once", "cond-once", "channels-last", "fused-qkv", "vae-batch-1",
-            "guess-mode*", "int8*", "int8-weight*", "fp8-weight*", "token-merging-0.5*")
+CPU_ROWS = ("window-skip", "batching", "embeds-once", "cond-once", "channels-last", "sdpa-math", "fused-qkv",
+            "vae-batch-1", "guess-mode*", "int8*", "int8-weight*", "fp8-weight*", "token-merging-0.5*")
 CUDA_ONLY = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "compile+cuda-graphs", "fp8*")
 CUDA_ROWS = tuple(r for r in ROWS if r != "sdpa-math")  # the math kernel only shows what the others save
 
@@ -504,7 +504,7 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
         entry = {"row": name, "changes": changes}
         try:
             engine.options = defaults.replace(**changes)
-            entry["changes_images"] = engine.options.changes_images
+            entry["changes_images"] = list(engine.options.image_changes())
             graphs0 = dynamo_graphs()
             t0 = time.perf_counter()
             engine.generate(warm[case], warm[case].images)

@@ -185,7 +185,10 @@ class RayEngine:
         self.cpus_per_actor = cpus_per_actor
         self.actor_device = "cuda" if self.use_gpu else "cpu"
         self.budget_bytes = budget_bytes
-        self.options = options  # EngineOptions for every actor (None: the defaults of its device)
+        self.options = options  # EngineOptions or changes to the defaults, for every actor (None: the defaults)
+        from ..backend.engine import EngineOptions
+
+        self.image_changes = EngineOptions.resolve(options, self.actor_device).image_changes()
         env_batch = os.environ.get("ARCHVIZ_MAX_BATCH")
         self.max_batch = max_batch or (int(env_batch) if env_batch else None)
         self.startup_timeout = startup_timeout

@@ -2,6 +2,8 @@
 (quantize, token merging) change them a little, switch off cleanly and never touch the
 loaded models; bad values are errors that name them."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,7 @@ def state(engine, plan):
     {"skip_inactive": False, "batch": False, "embeds_once": False, "cond_once": False},
 ])
 def test_exact_options_keep_the_images(engine, plan, reference, changes):
-    assert not EngineOptions().replace(**changes).changes_images
+    assert EngineOptions().replace(**changes).image_changes() == {}
     assert max_diff(run(engine, plan, **changes), reference) <= 1e-4
 
 
@@ -68,7 +70,7 @@ def test_exact_options_keep_the_images(engine, plan, reference, changes):
 ])
 def test_labelled_options_change_images_a_little_and_leave_the_models_alone(engine, plan, reference, changes):
     before = state(engine, plan)
-    assert EngineOptions().replace(**changes).changes_images == list(changes)
+    assert EngineOptions().replace(**changes).image_changes() == changes
     out = run(engine, plan, **changes)
     diff = max_diff(out, reference)
     assert 0 < diff < 0.25, diff  # other pixels, still the same picture
@@ -149,4 +151,77 @@ def test_bench_star_labels_are_the_options_that_change_images():
 
     defaults = EngineOptions()
     for name, changes in ROWS.items():
-        assert name.endswith("*") == bool(defaults.replace(**changes(defaults)).changes_images), name
+        assert name.endswith("*") == bool(defaults.replace(**changes(defaults)).image_changes()), name
+
+
+@pytest.mark.parametrize("items, changes", [
+    (["compile=true", "cuda-graphs=on"], {"compile": True, "cuda_graphs": True}),
+    (["quantize=int8", " token_merging = 0.4"], {"quantize": "int8", "token_merging": 0.4}),
+    (["vae_batch=2", "channels_last=0"], {"vae_batch": 2, "channels_last": False}),
+    ([], {}),
+])
+def test_option_texts_parse_to_typed_changes(items, changes):
+    assert EngineOptions.parse(items) == changes
+
+
+@pytest.mark.parametrize("item, message", [
+    ("turbo=1", r"engine option 'turbo=1': expected NAME=VALUE with NAME one of skip_inactive, .*token_merging"),
+    ("compile", r"engine option 'compile': expected NAME=VALUE"),
+    ("compile=maybe", r"engine option 'compile=maybe': compile takes a bool, got 'maybe'"),
+    ("vae_batch=two", r"engine option 'vae_batch=two': vae_batch takes a int, got 'two'"),
+    ("quantize=int4", r"quantize: unknown 'int4'"),
+    ("token_merging=2", r"token_merging: must be a fraction from 0 to 0.75, got 2.0"),
+])
+def test_bad_option_texts_name_the_item(item, message):
+    with pytest.raises(ValueError, match=message):
+        EngineOptions.parse([item])
+
+
+def test_options_given_as_changes_start_from_the_device_defaults():
+    opts = Engine("cpu", options={"token_merging": 0.25}).options
+    assert opts == EngineOptions.defaults("cpu").replace(token_merging=0.25) and opts.channels_last
+
+
+def test_serve_records_image_changing_options_in_every_image(tmp_path, plan):
+    """A real ``archviz serve --option ...``: health and log say what is on, the images'
+    parameters carry it, so their hash differs from the exact engine's and a resumed sweep
+    never takes one for the other."""
+    from backend_support import base_env, read_png, running_server
+
+    from archviz_controlnet.backend.sweep import build_plan, params_sha256
+    from archviz_controlnet.core.presets import load_presets
+
+    env = {**base_env(), "ARCHVIZ_ENGINE_OPTIONS": "quantize=int8,token_merging=0.1"}
+    job = {**plan.job.to_dict(), "output_dir": str(tmp_path), "seeds": [0], "styles": ["modern"], "steps": 2}
+    with running_server(["--output-root", str(tmp_path), "--option", "token_merging=0.5"], env=env) as server:
+        health = server.get("/v1/health").json()
+        assert health["engine_options_changing_images"] == {"quantize": "int8", "token_merging": 0.5}
+        status = server.wait(server.submit(job))
+        assert status["state"] == "done", status["error"]
+        log = "".join(server.log)
+    assert "engine options that change images are on: quantize=int8, token_merging=0.5" in log
+    texts = [read_png(p)[1] for p in sorted(tmp_path.glob("*.png"))]
+    text = next(t for t in texts if "archviz" in t)  # the image, not the contact sheet
+    params = json.loads(text["archviz"])["params"]
+    assert params["engine_options"] == {"quantize": "int8", "token_merging": 0.5}
+    assert text["params_sha256"] == params_sha256(params)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["engine_options"] == {"quantize": "int8", "token_merging": 0.5}
+    from archviz_controlnet.core import jobs as J
+
+    exact = build_plan(J.Job.from_dict(job), load_presets(include_user=False), "float32")
+    assert "engine_options" not in exact.params(exact.images[0])
+    assert exact.images[0].params_sha256 != text["params_sha256"]
+
+
+def test_serve_refuses_a_bad_option_naming_it():
+    import subprocess
+    import sys
+
+    from backend_support import REPO, base_env
+
+    out = subprocess.run([sys.executable, "-m", "archviz_controlnet.cli", "serve", "--port", "0", "--device", "cpu",
+                          "--option", "quantize=int4"], capture_output=True, text=True, env=base_env(), cwd=str(REPO),
+                         timeout=120)
+    assert out.returncode == 2
+    assert "archviz serve: quantize: unknown 'int4'" in out.stderr
