@@ -1,2 +1,2 @@
 """``archviz bench``: our engine against the plain per-(style, seed) diffusers loop, side by
-side on the same models and sweep (see docs/bench.md and BENCHMARKS.md)."""
+side on the same models and sweep (see README.md, "Benchmark", and BENCHMARKS.md)."""
