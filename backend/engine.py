@@ -312,7 +312,8 @@ class Engine:
         self.max_batch = max_batch or (int(env_batch) if env_batch else None)
         self._helpers: dict[int, object] = {}
         self._lock = threading.Lock()
-        # id(model) -> (weak reference to the model, its compiled form / its quantized copy), for the options in _variants_key
+        # id(model) -> (weak reference to the model, its compiled form / its quantized copy),
+        # made for the options in _variants_key
         self._compiled: dict[int, tuple] = {}
         self._quantized: dict[int, tuple] = {}
         self._variants_key: tuple | None = None  # the options the two were made for
@@ -543,7 +544,7 @@ class Engine:
         if not self.options.compile:
             return fn
         source, compiled = self._compiled.get(id(module), (None, None))
-        if source is None or source() is not module:  # none yet, or made for a model the cache has since let go
+        if source is None or source() is not module:  # none yet, or made for a model since let go
             mode = "reduce-overhead" if self.options.cuda_graphs else None
             compiled = torch.compile(fn, mode=mode, dynamic=False)
             self._compiled[id(module)] = (weakref.ref(module), compiled)

@@ -161,5 +161,6 @@ def test_adopting_models_larger_than_the_cache_budget_is_an_error(monkeypatch):
     from archviz_controlnet.bench import runner
 
     monkeypatch.setenv("ARCHVIZ_MEMORY_BUDGET_GB", "1")
-    with pytest.raises(RuntimeError, match=r"do not all fit the model cache's budget of 1.0 GB.*ARCHVIZ_MEMORY_BUDGET_GB"):
+    with pytest.raises(RuntimeError,
+                       match=r"do not all fit the model cache's budget of 1.0 GB.*ARCHVIZ_MEMORY_BUDGET_GB"):
         runner.build_engine(runner.Spec(config="sd15", device="meta"))

@@ -89,8 +89,9 @@ def test_quantize_keeps_a_copy_per_model_until_the_options_change(engine, plan):
     try:
         copy_ = engine._runtime(unet)
         assert copy_ is not unet and engine._runtime(unet) is copy_  # made once, reused
-        assert type(copy_.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight) is not torch.nn.Parameter
-        assert type(unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight) is torch.nn.Parameter
+        to_q = lambda m: m.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight  # noqa: E731
+        assert type(to_q(copy_)) is not torch.nn.Parameter  # a torchao tensor subclass
+        assert type(to_q(unet)) is torch.nn.Parameter
     finally:
         engine.options = EngineOptions.defaults("cpu")
     engine.generate(plan, plan.images[:1])
