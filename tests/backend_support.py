@@ -81,6 +81,14 @@ def base_env(home: Path | None = None) -> dict:
     return env
 
 
+def use_test_home(mp, home: Path | None = None) -> None:
+    """In this process, through a MonkeyPatch: the model home, offline empty Hugging Face
+    cache and empty user preset folder that :func:`base_env` gives a child process."""
+    env = base_env(home)
+    for key in ("ARCHVIZ_HOME", "HF_HUB_OFFLINE", "HF_HOME", "ARCHVIZ_PRESET_DIR"):
+        mp.setenv(key, env[key])
+
+
 class Server:
     """``python -m archviz_controlnet.cli serve --port 0`` as a child process."""
 

@@ -14,15 +14,13 @@ from archviz_controlnet.backend.sweep import build_plan
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import TEST_HOME, b64, depth_image, lines_image
+from backend_support import TEST_HOME, b64, depth_image, lines_image, use_test_home
 
 
 @pytest.fixture(scope="module", autouse=True)
 def home():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ARCHVIZ_HOME", str(TEST_HOME))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HOME", str(TEST_HOME / "hf"))
+        use_test_home(mp)
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 

@@ -7,16 +7,13 @@ import os
 import pytest
 import torch
 
-from backend_support import TEST_HOME
+from backend_support import use_test_home
 
 
 @pytest.fixture(scope="module", autouse=True)
 def home():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ARCHVIZ_HOME", str(TEST_HOME))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HOME", str(TEST_HOME / "hf"))
-        mp.setenv("ARCHVIZ_PRESET_DIR", str(TEST_HOME / "no-user-presets"))
+        use_test_home(mp)
         threads = torch.get_num_threads()
         yield
         torch.set_num_threads(threads)

@@ -11,11 +11,19 @@ import torch
 from archviz_controlnet.backend import engine as E
 from archviz_controlnet.backend.engine import Engine, EngineOptions
 
-from test_backend_engine import home, make_plan  # noqa: F401 - the module fixture sets ARCHVIZ_HOME
+from backend_support import use_test_home
+from test_backend_engine import make_plan
+
+
+@pytest.fixture(scope="module", autouse=True)
+def home():
+    with pytest.MonkeyPatch.context() as mp:
+        use_test_home(mp)
+        yield
 
 
 @pytest.fixture(scope="module")
-def engine(home):  # noqa: F811
+def engine(home):
     torch.set_num_threads(1)
     return Engine("cpu")
 

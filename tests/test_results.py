@@ -258,17 +258,22 @@ def test_add_to_compositor_extends_an_existing_tree(scene_with_passes):
     assert len(tree.interface.items_tree) == 1
 
 
+def _render_still(scene, path, view_transform: str) -> np.ndarray:
+    """One Cycles sample of the scene through its compositor, written as a PNG and read back (RGB)."""
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 1
+    scene.view_settings.view_transform = view_transform
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    return results.read_image_bytes(str(path))[:, :, :3]
+
+
 def test_compositor_render_shows_the_active_variant(scene_with_passes, tmp_path):
     scene, _cam, _passes, pngs = scene_with_passes
     images = [results.load_result_image(p, "Cam", "modern", s, {}) for s, p in enumerate(pngs)]
     results.add_to_compositor(scene, images, active=1)
-    scene.render.engine = "CYCLES"
-    scene.cycles.samples = 1
-    scene.view_settings.view_transform = "Standard"
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.filepath = str(tmp_path / "comp.png")
-    bpy.ops.render.render(write_still=True)
-    got = results.read_image_bytes(str(tmp_path / "comp.png"))[:, :, :3].astype(int)
+    got = _render_still(scene, tmp_path / "comp.png", "Standard").astype(int)
     assert got.shape == (H, W, 3)
     assert np.abs(got - _pattern(1)).max() <= 1  # sRGB -> linear -> sRGB rounding
     assert np.abs(got - _pattern(0)).max() > 30
@@ -313,13 +318,7 @@ def test_write_variant_exr_layers_and_values(scene_with_passes, tmp_path):
     tree.links.new(node.outputs["AI"], out.inputs["Image"])
     scene = bpy.context.scene
     scene.compositing_node_group = tree
-    scene.render.engine = "CYCLES"
-    scene.cycles.samples = 1
-    scene.view_settings.view_transform = "Raw"
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.filepath = str(tmp_path / "ai.png")
-    bpy.ops.render.render(write_still=True)
-    assert np.array_equal(results.read_image_bytes(str(tmp_path / "ai.png"))[:, :, :3], _pattern(0))
+    assert np.array_equal(_render_still(scene, tmp_path / "ai.png", "Raw"), _pattern(0))
 
 
 def test_write_variant_exr_resamples_other_sizes_and_skips_missing_passes(scene_with_passes, tmp_path):
