@@ -39,7 +39,7 @@ import time
 import types
 import weakref
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -134,16 +134,14 @@ class EngineOptions:
     def parse(cls, items: Iterable[str]) -> dict:
         """``NAME=VALUE`` texts (``archviz serve --option``) -> changes for :meth:`replace`,
         each value read as its field's type; errors name the bad item."""
-        import dataclasses
-
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name: f for f in fields(cls)}
         changes = {}
         for item in items:
             name, sep, text = item.partition("=")
             name, text = name.strip().replace("-", "_"), text.strip()
-            if not sep or name not in fields:
-                raise ValueError(f"engine option {item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
-            kind = type(fields[name].default)
+            if not sep or name not in known:
+                raise ValueError(f"engine option {item!r}: expected NAME=VALUE with NAME one of {', '.join(known)}")
+            kind = type(known[name].default)
             try:
                 if kind is bool:
                     if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):

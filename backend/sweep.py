@@ -87,7 +87,7 @@ class SweepPlan:
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
         style = self.styles[image.style]
-        extra = {"engine_options": dict(sorted(self.engine_options.items()))} if self.engine_options else {}
+        extra = {"engine_options": dict(self.engine_options)} if self.engine_options else {}
         return {
             "engine": ENGINE_VERSION,
             "model": self.models.ids(),
