@@ -24,7 +24,7 @@ def add_arguments(parser):
     parser.add_argument("--backend", default=os.environ.get("ARCHVIZ_BACKEND_URL", ""),
                         help="URL of a running backend (default: start a local one for this run)")
     parser.add_argument("--token", default=os.environ.get("ARCHVIZ_TOKEN", ""), help="backend access token")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"),
                         help="device for a backend this command starts")
     parser.add_argument("--long-side", type=int, default=None, help="control/output long side (default 512, 1024 for SDXL)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the style preset's)")
@@ -93,6 +93,12 @@ def run(args):
         return EXIT_FAILED
     if proc is not None:
         print(f"started a backend at {proc.url} (log: {proc.log_path})")
+    try:
+        device_warning = client.health().get("device_warning")
+    except BackendError:
+        device_warning = None  # the sweep below reports an unreachable backend itself
+    if device_warning:
+        print(f"archviz sweep: warning: {device_warning}", file=sys.stderr)
     runner = SweepRunner(client, camera_jobs, out_dir)
     total = len(cameras) * len(styles) * len(seeds)
     bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")

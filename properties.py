@@ -125,13 +125,20 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
     python: StringProperty(name="Python", subtype="FILE_PATH", default="",
                            description="Interpreter with torch and diffusers (empty: the venv made by Set up backend)")
     venv_dir: StringProperty(name="Backend Venv", subtype="DIR_PATH", default="",
-                             description="Where Set up backend creates the venv (empty: the user config folder)")
+                             description="Where Set up backend creates the venv (empty: the user data folder shared "
+                                         "by every Blender version, so it survives an upgrade)")
     pip_args: StringProperty(name="Extra pip Arguments", default="",
                              description="Added to pip install by Set up backend (e.g. --index-url of a mirror)")
-    url: StringProperty(name="URL", default="http://127.0.0.1:8765", description="Remote backend URL")
+    torch_index_url: StringProperty(name="Torch Index URL", default="",
+                                    description="Where Set up Backend gets torch (empty: chosen for this machine: "
+                                                "the PyTorch CUDA index the NVIDIA driver supports, the registry on "
+                                                "Apple Silicon, else the CPU index)")
+    url: StringProperty(name="URL", default="http://127.0.0.1:7860", description="Remote backend URL")
     token: StringProperty(name="Token", subtype="PASSWORD", default="", description="Remote backend access token")
     device: EnumProperty(name="Device", default="auto",
-                         items=[("auto", "Auto", "CUDA when there is a GPU"), ("cuda", "CUDA", ""), ("cpu", "CPU", "")])
+                         items=[("auto", "Auto", "CUDA when torch sees an NVIDIA GPU, then MPS (Apple Silicon), "
+                                                 "then the CPU"),
+                                ("cuda", "CUDA", ""), ("mps", "MPS", "Apple Silicon GPU"), ("cpu", "CPU", "")])
     model: EnumProperty(name="Model", default="sd15",
                         items=[("sd15", "SD 1.5", ""), ("sdxl", "SDXL", ""),
                                ("tiny", "Tiny (offline test)", "Random weights: noise that proves the plumbing"),

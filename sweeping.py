@@ -6,12 +6,14 @@ command, so the panel, ``blender -b`` and the terminal run the very same steps.
 
 import atexit
 import os
+import sys
 
 import bpy
 
 from .capture.render import CaptureOptions, render_controls
 from .core import jobs as J
-from .core.client import BackendProcess, Client
+from .core.backend_setup import SETUP_HINT, missing_backend_message, missing_modules
+from .core.client import BackendError, BackendProcess, Client
 from .core.sweep import camera_job
 
 _started = {}  # (python, device) -> BackendProcess started by this Blender/Python process
@@ -123,9 +125,18 @@ def connect(url="", token="", python="", device="auto", log_path=None, output_ro
         model_roots = [*proc.model_roots, *model_roots]
         proc.stop()
     if proc is None or not proc.alive():
+        lacking = missing_modules(python or None)
+        if lacking:  # this interpreter (Blender's own, before Set up Backend) cannot run the backend
+            raise BackendError(f"this Python ({python or sys.executable}) has no {', '.join(lacking)}: {SETUP_HINT}")
         proc = BackendProcess(python=python or None, device=device, log_path=log_path,
                               output_roots=output_roots, model_roots=model_roots, env=env)
-        proc.start()
+        try:
+            proc.start()
+        except BackendError as exc:
+            hint = missing_backend_message(proc.python, str(exc))
+            if hint:
+                raise BackendError(hint) from None
+            raise
         _started[key] = proc
     return Client(proc.url), proc
 

@@ -25,8 +25,8 @@ LISTENING = "archviz backend listening on http://{host}:{port}"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860, help="TCP port; 0 picks a free one (default 7860)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="where to run the models (auto: CUDA when torch sees one)")
+    parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                        help="where to run the models (auto: CUDA when torch sees one, then MPS, then the CPU)")
     parser.add_argument("--presets", action="append", default=[], metavar="DIR",
                         help="extra preset folder (repeatable; the user folder is always read)")
     parser.add_argument("--max-batch", type=int, default=None, help="cap on images per UNet batch")

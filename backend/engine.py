@@ -23,7 +23,7 @@ on its own with ``archviz bench`` and only the ones that paid are on by default
 (BENCHMARKS.md). Options that change images (``guess_mode``, ``quantize`` with torchao,
 ``token_merging`` with tomesd) are off by default and labelled wherever they are reported.
 
-fp16 on CUDA, fp32 on CPU. Models come from :class:`.models.ModelCache` (warm between jobs).
+fp16 on CUDA and MPS, fp32 on CPU. Models come from :class:`.models.ModelCache` (warm between jobs).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import importlib
 import inspect
 import logging
 import os
+import platform
 import threading
 import time
 import types
@@ -45,6 +46,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from ..core.devices import NvidiaSmi, choose_device, cpu_warning, query_nvidia_smi
 from .models import ModelCache, ModelPlan, default_budget_bytes
 from .sweep import PlannedImage, StyleSettings, SweepPlan, UnitSettings
 
@@ -57,12 +59,28 @@ class Cancelled(Exception):
     """The job was cancelled; raised between two denoising steps."""
 
 
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
+    """``auto``: cuda, then mps, then cpu (:func:`..core.devices.choose_device` with torch's view)."""
+    try:
+        device, _dtype = choose_device(name, torch.cuda.is_available(), mps_available())
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+    return torch.device(device)
+
+
+def device_warning(device: torch.device, requested: str = "auto", nvidia: NvidiaSmi | None = None) -> str:
+    """The warning for a backend on the CPU while the machine has a GPU ("" otherwise): the
+    GPUs ``nvidia-smi`` lists (or an Apple Silicon Mac) against torch's own build."""
+    if device.type != "cpu":
+        return ""
+    nvidia = nvidia if nvidia is not None else query_nvidia_smi()
+    return cpu_warning("cpu", requested, platform.system(), platform.machine(), nvidia.gpus, torch.version.cuda,
+                       torch.__version__)
 
 
 def make_scheduler(name: str, config: dict):
@@ -165,7 +183,7 @@ class EngineOptions:
     def defaults(cls, device: torch.device | str) -> "EngineOptions":
         """What measured faster on that kind of device (BENCHMARKS.md)."""
         kind = torch.device(device).type
-        return cls(**(CUDA_DEFAULTS if kind == "cuda" else CPU_DEFAULTS))
+        return cls(**(CPU_DEFAULTS if kind == "cpu" else CUDA_DEFAULTS))
 
     def replace(self, **changes) -> "EngineOptions":
         return replace(self, **changes)
@@ -304,7 +322,12 @@ class Engine:
                  options: EngineOptions | dict | None = None):
         self.device = pick_device(device)
         self.options = EngineOptions.resolve(options, self.device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = torch.float16 if self.device.type in ("cuda", "mps") else torch.float32
+        # Running on the CPU while the machine has a GPU is never silent: the log, /v1/health,
+        # ``archviz serve`` / ``sweep`` and the panel show this.
+        self.device_warning = device_warning(self.device, device)
+        if self.device_warning:
+            log.warning("%s", self.device_warning)
         self.cache = ModelCache(self.device, self.dtype, budget_bytes or default_budget_bytes(self.device))
         env_batch = os.environ.get("ARCHVIZ_MAX_BATCH")
         self.max_batch = max_batch or (int(env_batch) if env_batch else None)

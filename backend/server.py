@@ -228,6 +228,8 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
             "version": __version__,
             "device": str(engine.device),
             "dtype": engine.dtype_name,
+            # Non-empty when the backend runs on the CPU although the machine has a GPU (and why).
+            "device_warning": getattr(engine, "device_warning", ""),
             "engine_options_changing_images": engine.image_changes,
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,

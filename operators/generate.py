@@ -71,9 +71,13 @@ class BackendSettings:
 
 
 def backend_venv_dir(venv_dir=""):
+    """The Backend Venv preference, else the venv in the user data folder that every
+    Blender version shares, else one a previous Blender version's add-on made (reused)."""
     if venv_dir:
         return bpy.path.abspath(venv_dir)
-    return os.path.join(bpy.utils.user_resource("CONFIG", path="archviz"), "backend-venv")
+    from ..core.backend_setup import default_venv_dir, find_backend_venv
+
+    return find_backend_venv(default_venv_dir(), bpy.utils.user_resource("CONFIG"))
 
 
 def default_python(venv_dir):
@@ -111,6 +115,7 @@ class Task:
         self.message = "starting the backend"
         self.state = "running"
         self.error = ""
+        self.device_warning = ""
         self.images = []  # image datablock names, in arrival order
         self.contact_sheets = []
         self.thread = None
@@ -126,6 +131,9 @@ class Task:
                                              output_roots=[self.out_dir],
                                              model_roots=[r for _, job in self.camera_jobs
                                                           for r in sweeping.model_roots_of(job.get("model"))])
+            warning = client.health().get("device_warning")
+            if warning:  # a GPU the backend does not use: shown in the panel until the next run
+                self.events.put(("warning", warning))
             self.runner = SweepRunner(client, self.camera_jobs, self.out_dir)
             if self._cancel_requested:
                 self.runner.cancel()
@@ -157,6 +165,9 @@ class Task:
                 break
             if kind == "state":
                 self.message = payload
+            elif kind == "warning":
+                self.device_warning = payload
+                print(f"ArchViz: warning: {payload}")
             elif kind == "event":
                 self._apply(payload)
             elif kind == "finished":

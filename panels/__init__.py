@@ -101,6 +101,16 @@ def draw_progress(layout, task):
                      text=f"{task.images_done}/{task.images_total} images, {task.fraction:.0%}")
         col.operator("archviz.cancel", icon="CANCEL")
     col.label(text=task.message, icon="ERROR" if task.state == "failed" else "INFO")
+    if task.device_warning:
+        draw_lines(col.box(), task.device_warning, icon="ERROR")
+
+
+def draw_lines(layout, text, icon="NONE", width=90):
+    """A long message as several labels (Blender's labels do not wrap)."""
+    import textwrap
+
+    for i, line in enumerate(textwrap.wrap(text, width) or [""]):
+        layout.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
 class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
@@ -187,10 +197,13 @@ def draw_preferences(prefs, context, layout):
         layout.prop(prefs, "pip_args")
         row = layout.row()
         row.operator("archviz.setup_backend", icon="IMPORT")
+        layout.prop(prefs, "torch_index_url")
         task = setup.current
         if task is not None:
             icon = {"failed": "ERROR", "done": "CHECKMARK"}.get(task.state, "TIME")
-            layout.label(text=task.message, icon=icon)
+            draw_lines(layout, task.message, icon=icon)
+            if task.warning:  # a GPU this torch will not use, and why
+                draw_lines(layout.box(), task.warning, icon="ERROR")
         layout.prop(prefs, "device")
         layout.prop(prefs, "ray_address")
     else:
@@ -201,6 +214,15 @@ def draw_preferences(prefs, context, layout):
     layout.prop(prefs, "output_dir")
     layout.prop(prefs, "hf_cache")
     layout.prop(prefs, "offline")
+    from ..operators import setup
+
+    layout.operator("archviz.doctor", icon="CHECKMARK")
+    report = setup.doctor
+    if report is not None:
+        box = layout.box()
+        for line in report.lines:
+            icon = "ERROR" if line.startswith(("ERROR", "WARNING")) else "NONE"
+            draw_lines(box, line, icon=icon, width=110)
 
 
 def draw_status(self, context):
