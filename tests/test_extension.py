@@ -19,6 +19,39 @@ def test_extension_builds_with_blender_tooling(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (zip_path,) = tmp_path.glob("archviz_controlnet-*.zip")
     names = set(zipfile.ZipFile(zip_path).namelist())
-    assert {"blender_manifest.toml", "__init__.py", "properties.py", "operators/__init__.py",
+    assert {"blender_manifest.toml", "LICENSE", "__init__.py", "properties.py", "operators/__init__.py",
             "panels/__init__.py", "capture/render.py", "core/passes.py"} <= names
     assert not any(n.startswith(("tests/", ".venv/", ".ci/", "bench/")) or "__pycache__" in n for n in names)
+
+
+def test_license_matches_the_manifest():
+    import tomllib
+
+    manifest = tomllib.load(open(os.path.join(ROOT, "blender_manifest.toml"), "rb"))
+    assert manifest["license"] == ["SPDX:GPL-3.0-or-later"]
+    text = open(os.path.join(ROOT, "LICENSE"), encoding="utf-8").read()
+    assert text.lstrip().startswith("GNU GENERAL PUBLIC LICENSE\n                       Version 3, 29 June 2007")
+    assert "any later version" in text and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_manifest_network_permission_names_every_reason_to_go_online():
+    import tomllib
+
+    network = tomllib.load(open(os.path.join(ROOT, "blender_manifest.toml"), "rb"))["permissions"]["network"]
+    for reason in ("Hugging Face", "pip", "remote backend"):
+        assert reason in network, network
+    assert len(network) <= 64 and network[-1].isalnum()  # Blender's rule for permission texts
+
+
+def test_remote_url_default_is_the_port_archviz_serve_listens_on():
+    import argparse
+    import urllib.parse
+
+    from archviz_controlnet import properties
+    from archviz_controlnet.backend import cli_serve
+
+    parser = argparse.ArgumentParser()
+    cli_serve.add_arguments(parser)
+    serve_port = parser.parse_args([]).port
+    url = properties.ARCHVIZ_AP_preferences.__annotations__["url"].keywords["default"]
+    assert urllib.parse.urlsplit(url).port == serve_port == 7860
