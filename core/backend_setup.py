@@ -270,6 +270,8 @@ class BackendSetup:
             if not self.check.ok:
                 raise RuntimeError(self.check.summary())
             self.warning = torch_warning(self.check, nvidia=self.nvidia or devices.query_nvidia_smi())
+            if self.warning and self.torch_choice is not None and self.torch_choice.warning:
+                self.warning = self.torch_choice.warning  # the reason known before installing (an old driver)
             self.state, self.message = "done", f"backend venv ready: {python}; {self.check.summary()}"
         except (OSError, RuntimeError) as exc:
             self.state, self.message = "failed", str(exc)

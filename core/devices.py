@@ -87,6 +87,7 @@ class TorchChoice:
     reason: str  # one line: why this build
     warning: str = ""  # loud: a GPU that this build will not use, and why
     gpu: GpuInfo | None = None
+    why_not_cuda: str = ""  # with a GPU: why no CUDA build runs on it (the driver)
 
     def pip_args(self) -> list[str]:
         return [self.spec, *(["--index-url", self.index_url] if self.index_url else [])]
@@ -265,7 +266,7 @@ def choose_torch(system: str, machine: str, nvidia: NvidiaSmi | tuple[GpuInfo, .
                    f"PyTorch's oldest CUDA build ({oldest.tag}); update the NVIDIA driver and run Set up Backend "
                    "again")
         return TorchChoice("cpu", TORCH_SPEC, cpu_index(index_override), f"{gpu.name}: CPU build, {why}",
-                           warning=f"The GPU {gpu.name} will NOT be used: {why}", gpu=gpu)
+                           warning=f"The GPU {gpu.name} will NOT be used: {why}", gpu=gpu, why_not_cuda=why)
     where = {"windows": "Windows", "linux": "Linux"}.get(os_name, system)
     why = smi_error or "no NVIDIA GPU"
     return TorchChoice("cpu", TORCH_SPEC, cpu_index(index_override), f"{where} {arch}, {why}: the CPU build")
@@ -319,11 +320,14 @@ def cpu_warning(device: str, requested: str, system: str, machine: str, gpus: tu
         why = (f"torch {torch_version} cannot use MPS (it needs macOS 12.3 or newer and an arm64 Python)"
                if torch_version else "torch cannot use MPS")
         return f"{head}: {why}; expect minutes per image"
+    g = gpus[0]
     if not torch_cuda:
         build = f"torch {torch_version}" if torch_version else "torch"
-        return (f"{head}: {build} is a CPU-only build. Run Set up Backend again (it installs the CUDA build "
-                "for this driver) or install torch from the PyTorch CUDA index; expect minutes per image")
-    g = gpus[0]
+        choice = choose_torch(system, machine, gpus)
+        if choice.build == "cpu":  # no CUDA build runs on this driver: the driver is the reason
+            return f"{head}: {build} is a CPU-only build because {choice.why_not_cuda}"
+        return (f"{head}: {build} is a CPU-only build. Run Set up Backend again (it installs the {choice.build} "
+                f"build for driver {g.driver}) or install torch from {choice.index_url}; expect minutes per image")
     try:
         cuda = tuple(int(p) for p in torch_cuda.split(".")[:2])
         build = next((b for b in CUDA_BUILDS if b.cuda == cuda), None)

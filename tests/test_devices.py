@@ -206,6 +206,10 @@ def test_cpu_warning_cases():
     assert D.cpu_warning("cpu", "auto", "Linux", "x86_64", (), None) == ""  # no GPU: nothing to say
     cpu_build = D.cpu_warning("cpu", "auto", "Windows", "AMD64", rtx, None, "2.13.0+cpu")
     assert "RTX 4090" in cpu_build and "2.13.0+cpu is a CPU-only build" in cpu_build
+    assert "installs the cu128 build for driver 572.83" in cpu_build and "/whl/cu128" in cpu_build
+    old_cpu = D.cpu_warning("cpu", "auto", "Windows", "AMD64", old, None, "2.13.0+cpu")
+    assert "CPU-only build because driver 472.12 is older than 520.06" in old_cpu
+    assert "update the NVIDIA driver" in old_cpu
     too_old = D.cpu_warning("cpu", "auto", "Windows", "AMD64", old, "12.8", "2.13.0+cu128")
     assert "needs driver 570.65 or newer" in too_old and "472.12" in too_old
     asked = D.cpu_warning("cpu", "cpu", "Linux", "x86_64", rtx, "12.8")
