@@ -136,7 +136,7 @@ def diagnose(facts):
     if probe is not None and fams and not ready:
         partial = [f"{f}: {r['repo']} lacks {', '.join(r['missing'][:2])}" for f in REAL_FAMILIES
                    for r in (fams.get(f) or {}).get("repos", []) if r["cached"] and not r["complete"]]
-        problem = "no real model family is cached (sd15 needs about 5 GB, sdxl about 13 GB)"
+        problem = "no real model family is cached (sd15 or sdxl, several GB each)"
         if partial:
             problem += "; incomplete: " + "; ".join(partial)
         fix = "archviz models download sd15 (or Download in the preferences' Models box)"
@@ -155,8 +155,8 @@ def diagnose(facts):
                                                    "GPU and driver), or update the NVIDIA driver"))
     free = facts.get("hf_free_bytes")
     if free is not None and free < 15e9 and not ready:
-        out.append(Finding("warning", f"only {_gb(free)} free in {facts['hf_cache']} (sd15 needs about 5 GB, "
-                                      "sdxl about 13 GB)",
+        out.append(Finding("warning", f"only {_gb(free)} free in {facts['hf_cache']} (sd15 needs several GB, "
+                                      "sdxl over 10 GB)",
                            "free space there, or point the HF Cache preference / HF_HOME at a larger disk"))
     can_generate = not any(f.severity == "error" for f in out) and bool(ready)
     return out, can_generate
