@@ -128,7 +128,7 @@ def diagnose(facts):
         lacking = [m for m, v in (probe.get("modules") or {}).items() if not v]
         if lacking:
             out.append(Finding("error", f"the backend's Python lacks {', '.join(lacking)}", setup))
-        if probe.get("hub_error"):
+        if probe.get("hub_error") and (probe.get("modules") or {}).get("huggingface_hub"):
             out.append(Finding("error", f"the Hugging Face cache cannot be read: {probe['hub_error']}",
                                "check HF_HOME / HF_HUB_CACHE (the HF Cache preference) and the folder's permissions"))
     fams = (probe or {}).get("families") or {}

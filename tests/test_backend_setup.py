@@ -278,3 +278,40 @@ def test_generate_before_any_setup_points_at_set_up_backend(bare_python, package
         assert os.path.exists(tmp_path / "out" / "passes")  # the control passes made before are kept
     finally:
         archviz_controlnet.unregister()
+
+
+def test_preferences_show_the_check_and_a_gpu_torch_will_not_use(tmp_path):
+    bpy = pytest.importorskip("bpy")
+    import addon_utils
+
+    from archviz_controlnet import panels, properties
+    from archviz_controlnet.operators import setup as setup_op
+
+    check = S.check_torch(sys.executable)  # the real check of this machine's CPU torch
+    rtx = D.NvidiaSmi(D.parse_nvidia_smi("NVIDIA GeForce RTX 4090, 572.83, 24564 MiB\n"))
+    done = BackendSetup(str(tmp_path / "venv"))
+    done.state, done.check = "done", check
+    done.message = f"backend venv ready: {venv_python(done.venv_dir)}; {check.summary()}"
+    done.warning = S.torch_warning(check, "Windows", "AMD64", rtx)  # as on a Windows PC with that GPU
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon_utils.enable("archviz_controlnet", default_set=True)
+    previous, setup_op.current = setup_op.current, done
+    try:
+        labels = []
+
+        class Layout:
+            def __getattr__(self, name):
+                def record(*args, **kwargs):
+                    if name == "label":
+                        labels.append((kwargs["text"], kwargs.get("icon")))
+                    return Layout()
+                return record
+
+        panels.draw_preferences(properties.preferences(), bpy.context, Layout())
+        texts = " ".join(t for t, _ in labels)
+        assert "device cpu" in texts and check.torch in texts
+        red = [t for t, icon in labels if icon == "ERROR"]
+        assert red and red[0].startswith("running on the CPU although this machine has NVIDIA GeForce RTX 4090")
+    finally:
+        setup_op.current = previous
+        addon_utils.disable("archviz_controlnet", default_set=True)

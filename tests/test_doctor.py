@@ -213,3 +213,20 @@ def test_preferences_doctor_button_runs_the_same_report(tmp_path, monkeypatch):
         assert "verdict: a real generation cannot run here yet; --model tiny works offline" in labels
     finally:
         addon_utils.disable("archviz_controlnet", default_set=True)
+
+
+def test_verdict_for_blenders_own_python():
+    """numpy but no torch and no hub client: what the probe finds in Blender's Python."""
+    probe = {"torch": {"ok": False, "error": "ModuleNotFoundError: No module named 'torch'"},
+             "modules": {"diffusers": None, "huggingface_hub": None, "uvicorn": None},
+             "hub_error": "ModuleNotFoundError: No module named 'huggingface_hub'", "tiny": {"buildable": False}}
+    f = facts(probe=probe, backend_python="/blender/python/bin/python3.11")
+    findings, ok = doctor.diagnose(f)
+    assert not ok
+    assert [x.problem for x in findings] == [
+        "torch does not import in /blender/python/bin/python3.11: ModuleNotFoundError: No module named 'torch'",
+        "the backend's Python lacks diffusers, huggingface_hub, uvicorn"]
+    assert all(x.fix.startswith("click Set up Backend in the add-on preferences") for x in findings)
+    lines = doctor.report_lines(f, findings, ok)
+    assert lines[-1] == "verdict: a real generation cannot run here yet"
+    assert "Model tiny:     cannot run (the backend packages are missing)" in lines
