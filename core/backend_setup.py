@@ -196,12 +196,26 @@ def torch_warning(check, system=None, machine=None, nvidia=None):
 
 # ---------------------------------------------------------------------------- the setup run
 
-def requirements_without_torch(requirements, folder):
-    """A copy of ``requirements`` without its torch line (torch is installed first, from
-    the index chosen for the machine). Returns the copy's path."""
+def installed_version(python, distribution):
+    """The version of ``distribution`` installed for ``python`` ("" when none)."""
+    code = ("import importlib.metadata as m, sys\ntry: print(m.version(sys.argv[1]))\n"
+            "except m.PackageNotFoundError: pass")
+    try:
+        proc = subprocess.run([python, "-c", code, distribution], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def requirements_without_torch(requirements, folder, torch_pin=""):
+    """A copy of ``requirements`` whose torch line is ``torch==torch_pin`` (the build just
+    installed from the index chosen for the machine: a package that wants another torch
+    then fails loudly instead of swapping in the registry's build) or gone. Returns its path."""
     with open(requirements, encoding="utf-8") as f:
         lines = [l for l in f.read().splitlines()
                  if not re.match(r"\s*torch\s*(\[.*\])?\s*([<>=!~;].*)?(#.*)?$", l)]
+    if torch_pin:
+        lines.append(f"torch=={torch_pin}")
     path = os.path.join(folder, "requirements-without-torch.txt")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -263,7 +277,8 @@ class BackendSetup:
                     self.log.append(f"torch: {choice.reason}")
                     self._call([*pip, *choice.pip_args(), *self.pip_args],
                                f"installing torch ({choice.build}{' from ' + choice.index_url if choice.index_url else ''})")
-                    requirements = requirements_without_torch(self.requirements, tmp)
+                    requirements = requirements_without_torch(self.requirements, tmp,
+                                                              installed_version(python, "torch"))
                 self._call([*pip, "-r", requirements, *self.pip_args], "installing the backend requirements")
             self.message = "checking torch in the new venv"
             self.check = check_torch(python)

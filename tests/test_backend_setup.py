@@ -123,6 +123,10 @@ def test_setup_installs_torch_for_this_machine_then_the_rest_and_checks_the_devi
     assert setup.torch_choice.build == "cpu"
     assert setup.torch_choice.index_url == "https://download.pytorch.org/whl/cpu"
     assert any(line.startswith("Requirement already satisfied: torch") for line in setup.log)
+    import torch
+
+    # the rest is installed with torch held at the build just installed
+    assert any(line.startswith(f"Requirement already satisfied: torch=={torch.__version__}") for line in setup.log)
     assert setup.check.ok and setup.check.device == "cpu" and setup.check.cuda_build is None
     assert setup.message == f"backend venv ready: {python}; {setup.check.summary()}"
     assert "device cpu" in setup.message and setup.warning == ""  # no GPU here: nothing to warn about
@@ -136,6 +140,15 @@ def test_requirements_without_torch(tmp_path):
     req.write_text("numpy<2\ntorch>=2.4\ntorch  # plain\ntorchao>=0.16\ntorch[opt]==2.5; python_version>'3'\n")
     kept = open(S.requirements_without_torch(str(req), str(tmp_path))).read().split()
     assert kept == ["numpy<2", "torchao>=0.16"]
+    pinned = open(S.requirements_without_torch(str(req), str(tmp_path), "2.7.1+cu118")).read().split()
+    assert pinned == ["numpy<2", "torchao>=0.16", "torch==2.7.1+cu118"]
+
+
+def test_installed_version_in_a_real_interpreter(bare_python):
+    import torch
+
+    assert S.installed_version(sys.executable, "torch") == torch.__version__
+    assert S.installed_version(bare_python, "torch") == ""
 
 
 def test_check_torch_in_this_machines_venv_reports_cpu():
