@@ -80,9 +80,15 @@ def test_doctor_on_this_machine(tmp_path):
 
     assert f["OS"].startswith(platform.system()) and f["OS"].endswith(platform.machine())
     assert f["Python"].startswith(platform.python_version()) and f["Backend Python"] == sys.executable
-    assert f["torch"] == f"{torch.__version__} (CPU-only build); device cpu ({platform.processor() or platform.machine()})"
-    assert f["GPU"].startswith("none (nvidia-smi not found")
-    assert f["Driver"] == "-" and f["VRAM"] == "-"
+    nvidia = D.query_nvidia_smi()
+    if torch.version.cuda is None and not torch.cuda.is_available():  # this machine's CPU torch
+        device = platform.processor() or platform.machine()
+        assert f["torch"] == f"{torch.__version__} (CPU-only build); device cpu ({device})"
+    assert f["torch"].startswith(torch.__version__)
+    if nvidia.gpus:
+        assert f["GPU"].startswith(nvidia.gpus[0].name) and f["Driver"] == nvidia.gpus[0].driver
+    else:  # no NVIDIA driver here
+        assert f["GPU"] == f"none ({nvidia.error})" and f["Driver"] == "-" and f["VRAM"] == "-"
     assert f["HF cache"].startswith(f"{tmp_path / 'hf' / 'hub'} (") and f["HF cache"].endswith(" GB free)")
     assert f["Model sd15"] == "not cached (0/3 repos complete)"
     assert f["Model sdxl"] == "not cached (0/4 repos complete)"
