@@ -13,6 +13,7 @@ COMMANDS = {
     "serve": ("archviz_controlnet.backend.cli_serve", "start the generation backend (HTTP on loopback)"),
     "presets": ("archviz_controlnet.backend.cli_presets", "list the style presets"),
     "bench": ("archviz_controlnet.bench.cli", "time our engine against the plain diffusers loop, side by side"),
+    "models": ("archviz_controlnet.backend.cli_models", "list, download, verify or remove hub models (HF cache)"),
 }
 
 

@@ -130,7 +130,7 @@ def run(args):
         dl.n = int(d.get("done") or 0)
         dl.set_postfix_str(f"{d.get('file', '')} {human_bytes(int(d.get('file_done') or 0))}"
                            f"/{human_bytes(int(d.get('file_total') or 0))}, "
-                           f"file {int(d.get('files_done') or 0) + 1}/{d.get('files_total', '?')}")
+                           f"file {d.get('file_index', '?')}/{d.get('files_total', '?')}")
 
     try:
         state = runner.run(emit)

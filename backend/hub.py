@@ -387,7 +387,8 @@ class _Tally:
 
     def start(self, repo_id: str, path: str, size: int) -> None:
         component = path.split("/")[0] if "/" in path else repo_id.split("/")[-1]
-        self.current = {"repo": repo_id, "component": component, "file": path, "file_done": 0, "file_total": size}
+        self.current = {"repo": repo_id, "component": component, "file": path, "file_done": 0, "file_total": size,
+                        "file_index": self.files_done + 1}
         self.emit()
 
     def add(self, n: int) -> None:

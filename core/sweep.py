@@ -103,8 +103,14 @@ def download_text(download):
             f"{human_bytes(fdone, ftotal)} / {human_bytes(ftotal, ftotal)} {unit}")
     if total > ftotal:
         text += (f" (all files {human_bytes(done, total)} / {human_bytes(total)}, "
-                 f"file {int(download.get('files_done', 0)) + 1} of {download.get('files_total', '?')})")
+                 f"file {download.get('file_index', '?')} of {download.get('files_total', '?')})")
     return text
+
+
+def download_fraction(download):
+    """0..1 of a model download (all files' bytes)."""
+    total = int((download or {}).get("total") or 0)
+    return min(1.0, int(download.get("done") or 0) / total) if total else 0.0
 
 
 @dataclass
