@@ -118,6 +118,7 @@ def run(args):
         if d.get("finished"):
             if dl is not None:
                 dl.n = dl.total or dl.n
+                dl.set_description_str("downloaded", refresh=False)
                 dl.set_postfix_str(f"{d.get('files_fetched', 0)} file(s)")
                 dl.close()
             tqdm.write(f"fetched {d.get('bytes_fetched', 0)} bytes ({human_bytes(d.get('bytes_fetched', 0))}) "
