@@ -261,6 +261,18 @@ def test_job_status_errors_gated_and_offline_through_the_backend(repos, tmp_path
     with FakeHub(repos, gated={DEPTH: "hf_secret"}) as hub:
         env = _env(hub, tmp_path / "hf", ARCHVIZ_OUTPUT_DIR=str(tmp_path))
         with running_server(["--output-root", str(tmp_path)], env=env) as server:
+            # Cancel while downloading: the job ends cancelled, the partial file is gone.
+            hub.holds[UNET] = 1_000_000
+            job_id = server.submit({**job, "output_dir": str(tmp_path / "cancelled")})
+            deadline = time.monotonic() + 120
+            while server.get(f"/v1/jobs/{job_id}").json().get("phase") != "downloading":
+                assert time.monotonic() < deadline, "the job never showed the downloading phase"
+                time.sleep(0.05)
+            assert server.delete(f"/v1/jobs/{job_id}").status_code == 200
+            hub.released.set()
+            assert server.wait(job_id)["state"] == "cancelled"
+            assert not _incomplete(tmp_path / "hf")
+            hub.holds.clear()
             status = server.wait(server.submit(job))
         assert status["state"] == "failed" and status["error"]["type"] == "GatedModel"
         assert DEPTH in status["error"]["message"] and "accept the licence" in status["error"]["message"]
@@ -403,10 +415,29 @@ def test_add_on_passes_token_and_blender_offline_and_shows_download(repos, tmp_p
         panels.draw_progress(RecordingLayout(calls), task)
         texts = [c[2].get("text", "") for c in calls if c[0] == "progress"]
         assert texts and texts[0].startswith("Downloading unet: 1.2 / 3.4 GB")
+        # The Download button's child (`archviz models download --progress json` from a
+        # thread): progress lines parsed, the result, and a failure's one line.
+        home = tmp_path / "hf"
+        with FakeHub(repos, gated={LINEART: "hf_secret"}) as hub:
+            run = ops_models.ModelsRun(sys.executable, _env(hub, home), ["download", "sd15-depth", "--progress", "json"])
+            seen = []
+            real_text = ops_models.download_text
+            ops_models.download_text = lambda d: seen.append(dict(d)) or real_text(d)
+            try:
+                run.start()
+                run.thread.join(300)
+            finally:
+                ops_models.download_text = real_text
+            assert run.state == "done", run.message
+            size = sum(v for k, v in _loaded(repos).items() if k.startswith(DEPTH))
+            assert run.result["bytes_fetched"] == size and run.message.startswith("sd15-depth ready")
+            assert seen and seen[-1]["done"] == seen[-1]["total"] == size
+            gated = ops_models.ModelsRun(sys.executable, _env(hub, tmp_path / "hf-gated"),
+                                         ["download", "sd15-lineart", "--progress", "json"])
+            gated.start()
+            gated.thread.join(300)
+            assert gated.state == "failed" and gated.message.startswith(f"ControlNet (lineart) {LINEART} is gated")
         # The Models box: what the cache holds, from `archviz models list --json` in a child.
-        with FakeHub(repos) as hub:
-            home = tmp_path / "hf"
-            assert _models(_env(hub, home), "download", "sd15-depth").returncode == 0
         prefs.hf_cache = str(home)
         assert bpy.ops.archviz.models_refresh() == {"FINISHED"}
         rows = {r["name"]: r for r in ops_models.listing.result["models"]}
