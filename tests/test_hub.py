@@ -451,3 +451,28 @@ def test_add_on_passes_token_and_blender_offline_and_shows_download(repos, tmp_p
         gen.Task.current = None
         prefs.hf_token = ""
         addon_utils.disable("archviz_controlnet", default_set=True)
+
+
+def test_a_cached_snapshot_without_its_tokenizer_is_completed_not_trusted(repos, tmp_path):
+    """The first-contact bug: a cache with every component but the tokenizer's vocabulary.
+    Offline it is an error that says so (never a 2-token tokenizer); online only the
+    missing file is fetched."""
+    import shutil
+
+    home = tmp_path / "hf"
+    with FakeHub(repos) as hub:
+        commit = hub.repos[BASE].commit
+        storage = home / "hub" / f"models--{BASE.replace('/', '--')}"
+        shutil.copytree(repos[BASE], storage / "snapshots" / commit,
+                        ignore=shutil.ignore_patterns("vocab.json", ".built", "*.bin", "*.fp16.*"))
+        (storage / "refs").mkdir()
+        (storage / "refs" / "main").write_text(commit)
+        env = _env(hub, home)
+        offline = _models(dict(env, HF_HUB_OFFLINE="1"), "download", "sd15-base", "--precision", "fp32")
+        assert offline.returncode == 1 and "Traceback" not in offline.stderr
+        line = offline.stderr.strip().splitlines()[-1]
+        assert BASE in line and "tokenizer/ has no vocab.json" in line and "archviz models download sd15-base" in line
+        online = _models(env, "download", "sd15-base", "--precision", "fp32")
+        assert online.returncode == 0, online.stderr[-2000:]
+        assert hub.fetched() == {f"{BASE}/tokenizer/vocab.json": (repos[BASE] / "tokenizer" / "vocab.json").stat().st_size}
+    assert (storage / "snapshots" / commit / "tokenizer" / "vocab.json").is_file()
