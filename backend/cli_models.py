@@ -85,6 +85,8 @@ def _repos(names, M):
 def _describe(state, hub) -> str:
     if state.complete:
         return f"cached, {hub.human(state.cached_bytes)}"
+    if state.commit and len(state.missing) == len(state.files):
+        return f"not cached: {len(state.files)} file(s), {hub.human(sum(state.missing.values()))} to download"
     if state.commit and state.missing:
         return (f"incomplete: {len(state.missing)} of {len(state.files)} file(s) missing "
                 f"({hub.human(sum(state.missing.values()))} to download)")
@@ -98,12 +100,17 @@ def _list(args, names, fp16, hub, M):
     for name, entries in M.CATALOG.items():
         for repo_id, components, label in entries:
             state = hub.cached_state(repo_id, components, fp16, label)
+            remote_error = ""
             if args.remote and not state.complete and not hub.offline():
-                hub.list_remote(state, fp16)
+                try:
+                    hub.list_remote(state, fp16)
+                except hub.HubError as exc:  # one repo the hub refuses does not hide the others
+                    remote_error = str(exc).replace(f"{label} {repo_id} ", "")
+            status = _describe(state, hub) + (f" (hub: {remote_error})" if remote_error else "")
             rows.append({"name": name, "repo": repo_id, "label": label, "complete": state.complete,
                          "cached_bytes": state.cached_bytes if state.commit else 0,
                          "missing_bytes": sum(state.missing.values()) if state.commit else None,
-                         "status": _describe(state, hub)})
+                         "status": status})
     if args.json:
         print(json.dumps({"cache": str(hub.cache_dir()), "fp16": fp16, "offline": hub.offline(), "models": rows}))
         return 0

@@ -306,6 +306,12 @@ def test_archviz_models_list_download_verify_remove(repos, tmp_path):
         assert listed.returncode == 0, listed.stderr
         rows = {(r["name"], r["repo"]): r for r in json.loads(listed.stdout)["models"]}
         assert rows[("sd15", BASE)]["status"] == "not cached" and not rows[("sd15", DEPTH)]["complete"]
+        assert not [e for e in hub.log if e["kind"] == "resolve"]
+        # --remote: the sizes to download from the hub's listing; a repo the hub lacks says so.
+        remote = _models(env, "list", "--remote", "--json", "--precision", "fp16")
+        rows = {(r["name"], r["repo"]): r for r in json.loads(remote.stdout)["models"]}
+        assert rows[("sd15", BASE)]["status"].startswith("not cached: 12 file(s)")
+        assert "was not found" in rows[("sdxl", M.SDXL_BASE)]["status"]
         down = _models(env, "download", "sd15", "--precision", "fp16")
         assert down.returncode == 0, down.stderr[-3000:]
         fetched = hub.fetched()
@@ -316,6 +322,7 @@ def test_archviz_models_list_download_verify_remove(repos, tmp_path):
                    .replace("model.safetensors", "model.fp16.safetensors") for p in paths]
             for repo, paths in LOADED_FP32.items()}
     assert fetched == _loaded(repos, fp16)
+    assert rows[("sd15", BASE)]["missing_bytes"] == sum(v for k, v in fetched.items() if k.startswith(BASE))
     assert f"fetched {sum(fetched.values())} bytes" in down.stdout and "sd15 ready" in down.stdout
     offline = dict(env, HF_HUB_OFFLINE="1")
     table = _models(offline, "list", "--precision", "fp16")
