@@ -251,6 +251,10 @@ def test_disk_shortfall_is_refused_before_any_byte(repos, tmp_path):
     assert str(home / "hub") in line and "free" in line
     assert shutil.disk_usage(tmp_path).free < needed
     assert resolves == []  # nothing was fetched
+    # The hub gone (connection refused): one line that says the hub cannot be reached.
+    dead = _models(_env(hub, home), "download", "sd15-depth")
+    assert dead.returncode == 1 and "Traceback" not in dead.stderr
+    assert f"the hub at {hub.url} cannot be reached (ConnectError" in dead.stderr.strip().splitlines()[-1]
 
 
 def test_job_status_errors_gated_and_offline_through_the_backend(repos, tmp_path):
