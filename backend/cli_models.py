@@ -51,7 +51,7 @@ def run(args):
     if unknown:
         print(f"archviz models: unknown model {unknown[0]!r} (known: {', '.join(M.CATALOG)})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    fp16 = _fp16(args.precision)
+    fp16 = fp16_for(args.precision)
     try:
         return {"list": _list, "download": _download, "verify": _verify, "remove": _remove}[args.action](
             args, names, fp16, hub, M)
@@ -63,7 +63,8 @@ def run(args):
         return EXIT_FAILED
 
 
-def _fp16(precision: str) -> bool:
+def fp16_for(precision: str) -> bool:
+    """fp16 weights for ``precision`` (auto: what the backend runs on this machine's device)."""
     if precision != "auto":
         return precision == "fp16"
     from .engine import Engine
