@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from archviz_controlnet.backend import models as M
-from backend_support import TEST_HOME, b64, depth_image, lines_image, read_png
+from backend_support import TEST_HOME, b64, depth_image, read_png
 from fake_hub import FakeHub, build_repos
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,7 +286,8 @@ def test_job_status_errors_gated_and_offline_through_the_backend(repos, tmp_path
             status = server.wait(server.submit({**job, "output_dir": str(tmp_path / "out2")}))
         assert status["state"] == "failed" and status["error"]["type"] == "ModelNotFound"
         msg = status["error"]["message"]
-        assert BASE in msg and "Blender's Allow Online Access is off" in msg and "archviz models download sd15-base" in msg
+        assert BASE in msg and "Blender's Allow Online Access is off" in msg
+        assert "archviz models download sd15-base" in msg
 
 
 FP16_LOAD = r"""
@@ -430,7 +431,8 @@ def test_add_on_passes_token_and_blender_offline_and_shows_download(repos, tmp_p
         # thread): progress lines parsed, the result, and a failure's one line.
         home = tmp_path / "hf"
         with FakeHub(repos, gated={LINEART: "hf_secret"}) as hub:
-            run = ops_models.ModelsRun(sys.executable, _env(hub, home), ["download", "sd15-depth", "--progress", "json"])
+            run = ops_models.ModelsRun(sys.executable, _env(hub, home),
+                                       ["download", "sd15-depth", "--progress", "json"])
             seen = []
             real_text = ops_models.download_text
             ops_models.download_text = lambda d: seen.append(dict(d)) or real_text(d)
@@ -485,5 +487,6 @@ def test_a_cached_snapshot_without_its_tokenizer_is_completed_not_trusted(repos,
         assert BASE in line and "tokenizer/ has no vocab.json" in line and "archviz models download sd15-base" in line
         online = _models(env, "download", "sd15-base", "--precision", "fp32")
         assert online.returncode == 0, online.stderr[-2000:]
-        assert hub.fetched() == {f"{BASE}/tokenizer/vocab.json": (repos[BASE] / "tokenizer" / "vocab.json").stat().st_size}
+        vocab = (repos[BASE] / "tokenizer" / "vocab.json").stat().st_size
+        assert hub.fetched() == {f"{BASE}/tokenizer/vocab.json": vocab}
     assert (storage / "snapshots" / commit / "tokenizer" / "vocab.json").is_file()
