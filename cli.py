@@ -14,6 +14,7 @@ COMMANDS = {
     "presets": ("archviz_controlnet.backend.cli_presets", "list the style presets"),
     "bench": ("archviz_controlnet.bench.cli", "time our engine against the plain diffusers loop, side by side"),
     "doctor": ("archviz_controlnet.core.doctor", "can a real generation run here? torch, GPU, models, cache, and fixes"),
+    "models": ("archviz_controlnet.backend.cli_models", "list, download, verify or remove hub models (HF cache)"),
 }
 
 

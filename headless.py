@@ -103,8 +103,12 @@ def run(args):
     total = len(cameras) * len(styles) * len(seeds)
     bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     counts = {"new": 0, "kept": 0}
+    downloads = {}  # the model download's own bar (bytes), while one runs
 
     def emit(event):
+        if event.kind == "download":
+            show_download(event.download)
+            return
         bar.n = int(event.fraction * 1000)
         bar.set_postfix_str(f"{event.images_done}/{total} images")
         if event.kind == "image":
@@ -112,6 +116,28 @@ def run(args):
             variant_exr(event.image, out_dir)
         elif event.kind == "error":
             tqdm.write(f"error ({event.camera}): {event.message}")
+
+    def show_download(d):
+        from .core.sweep import human_bytes
+
+        dl = downloads.get("bar")
+        if d.get("finished"):
+            if dl is not None:
+                dl.n = dl.total or dl.n
+                dl.set_description_str("downloaded", refresh=False)
+                dl.set_postfix_str(f"{d.get('files_fetched', 0)} file(s)")
+                dl.close()
+            tqdm.write(f"fetched {d.get('bytes_fetched', 0)} bytes ({human_bytes(d.get('bytes_fetched', 0))}) "
+                       f"in {d.get('files_fetched', 0)} file(s) from the hub into the Hugging Face cache")
+            return
+        if dl is None:
+            dl = downloads["bar"] = tqdm(total=int(d.get("total") or 0), unit="B", unit_scale=True, mininterval=0.5,
+                                         desc="downloading models")
+        dl.set_description_str(f"downloading {d.get('component', '')}")
+        dl.n = int(d.get("done") or 0)
+        dl.set_postfix_str(f"{d.get('file', '')} {human_bytes(int(d.get('file_done') or 0))}"
+                           f"/{human_bytes(int(d.get('file_total') or 0))}, "
+                           f"file {d.get('file_index', '?')}/{d.get('files_total', '?')}")
 
     try:
         state = runner.run(emit)

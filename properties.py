@@ -153,6 +153,9 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                                 description="Spread sweeps over Ray actors: 'local', 'auto' or ray://host:port "
                                             "(empty: one local engine)")
     offline: BoolProperty(name="Offline", default=False, description="Never reach the Hugging Face hub (HF_HUB_OFFLINE)")
+    hf_token: StringProperty(name="Hugging Face Token", subtype="PASSWORD", default="",
+                             description="Access token for gated models (accept the licence on the model's page "
+                                         "first); passed to the backend as HF_TOKEN, never logged")
 
     def draw(self, context):
         from .panels import draw_preferences

@@ -118,7 +118,8 @@ def connect(url="", token="", python="", device="auto", log_path=None, output_ro
     env = dict(os.environ if env is None else env)
     # A backend started with other settings in its environment (Ray, HF cache, offline)
     # is a different backend.
-    key = (python or "", device, env.get("ARCHVIZ_RAY", ""), env.get("HF_HOME", ""), env.get("HF_HUB_OFFLINE", ""))
+    key = (python or "", device, env.get("ARCHVIZ_RAY", ""), env.get("HF_HOME", ""), env.get("HF_HUB_OFFLINE", ""),
+           env.get("HF_TOKEN", ""))
     proc = _started.get(key)
     if proc is not None and proc.alive() and not proc.covers(output_roots, model_roots):
         output_roots = [*proc.output_roots, *output_roots]

@@ -358,6 +358,14 @@ class Engine:
         nets = [self.cache.controlnet(ref) for ref in models.controlnets]
         return base, nets
 
+    def fetch_models(self, models: ModelPlan, progress=None, cancelled=None) -> dict | None:
+        """Complete the hub snapshots of ``models`` in the Hugging Face cache (fp16 variants
+        on an fp16 device) before anything is loaded; ``progress`` gets bytes per file and
+        overall. None when every model is local."""
+        from .models import fetch_models
+
+        return fetch_models(models, self.dtype, progress, cancelled or (lambda: False))
+
     def unload(self) -> dict:
         with self._lock:
             self._helpers.clear()

@@ -7,7 +7,9 @@
   jobs, and evicts the least recently used ones when a memory budget would be exceeded.
   Models in use by the running job are pinned and never evicted.
 
-Loading honours the Hugging Face cache and ``HF_HUB_OFFLINE``; safetensors are required
+A model named by a Hugging Face id is a whole snapshot in the Hugging Face cache, completed
+from the hub when it is missing or incomplete (:mod:`.hub`: only the files the loaders read,
+a disk check first, progress per file); ``HF_HUB_OFFLINE`` is honoured. Safetensors are required
 unless the server's operator allows pickle checkpoints for a model by name
 (``archviz serve --allow-pickle REF`` / ``ARCHVIZ_ALLOW_PICKLE``). A missing real model is
 an error that says what is missing and how to get it, and that the ``tiny`` family exists
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.jobs import JobError, ModelSpec
-from . import tiny
+from . import hub, tiny
 
 log = logging.getLogger("archviz.backend")
 
@@ -135,10 +137,6 @@ class ModelNotFoundError(RuntimeError):
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def pickle_allowed(ref: str | os.PathLike) -> bool:
     """True when the operator allowed pickle (``.bin``/``.ckpt``) weights for this model:
     ``ARCHVIZ_ALLOW_PICKLE`` lists references separated by ``os.pathsep`` (``archviz serve
@@ -221,88 +219,188 @@ def check_job_models(job, roots: list[Path]) -> None:
             check_model_ref(control.model, f"controls[{i}].model", roots)
 
 
-def _missing(what: str, ref: str, exc: Exception) -> ModelNotFoundError:
+# ---------------------------------------------------------------------------------------
+# Names for ``archviz models``: what each family needs from the hub
+# ---------------------------------------------------------------------------------------
+
+#: Pipeline folders the loaders read from a base repository (see :func:`load_base`).
+BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                   "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                            "scheduler")}
+
+
+def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
+    return tuple(c for c in BASE_COMPONENTS[arch] if not (separate_vae and c == "vae"))
+
+
+#: name -> [(repo id, components or None for a one-model repo, label)]. A family's own name
+#: is what a default sweep of it needs (base, VAE, the depth and line ControlNets).
+CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
+    "sd15-base": [(SD15_BASE, base_components("sd15", False), "base model")],
+    **{f"sd15-{kind}": [(SD15_CONTROLNETS[kind], None, f"ControlNet ({kind})")]
+       for kind in ("depth", "lineart", "normal", "seg", "canny", "mlsd")},
+    "sdxl-base": [(SDXL_BASE, base_components("sdxl", True), "base model")],
+    "sdxl-vae": [(SDXL_VAE, None, "VAE")],
+    "sdxl-depth": [(SDXL_CONTROLNETS["depth"], None, "ControlNet (depth)")],
+    "sdxl-canny": [(SDXL_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
+    "sdxl-union": [(SDXL_UNION, None, "ControlNet-Union")],
+}
+CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
+CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
+FAMILY_NAMES = ("sd15", "sdxl")
+
+
+def catalog_name(repo_id: str) -> str:
+    """The ``archviz models download`` name that fetches ``repo_id`` (the repo id itself
+    when no name does)."""
+    for name, entries in CATALOG.items():
+        if name not in FAMILY_NAMES and any(r == repo_id for r, _c, _l in entries):
+            return name
+    return repo_id
+
+
+# ---------------------------------------------------------------------------------------
+# Local folders: a path as it is, a tiny model built on demand, a hub id as a snapshot
+# ---------------------------------------------------------------------------------------
+
+
+def _fp16(dtype) -> bool:
+    return "float16" in str(dtype) and "bfloat16" not in str(dtype)
+
+
+def is_hub_ref(ref: str) -> bool:
+    """True when ``ref`` names a Hugging Face repository (not a local path, not tiny)."""
+    path = Path(ref).expanduser()
+    return not path.exists() and not tiny.is_tiny_path(path) and bool(HF_ID_RE.match(ref)) and ".." not in ref
+
+
+def hub_needs(plan: ModelPlan) -> list[tuple[str, tuple[str, ...] | None, str]]:
+    """The hub repositories a plan loads, with the folders taken from each."""
+    needs = []
+    if is_hub_ref(plan.base):
+        needs.append((plan.base, base_components(plan.arch, bool(plan.vae)), "base model"))
+    if plan.vae and is_hub_ref(plan.vae):
+        needs.append((plan.vae, None, "VAE"))
+    for ref in plan.controlnets:
+        if is_hub_ref(ref.ref) and all(ref.ref != n[0] for n in needs):
+            needs.append((ref.ref, None, "ControlNet"))
+    return needs
+
+
+def fetch(needs, dtype, progress=None, cancelled=lambda: False) -> dict:
+    """:func:`.hub.ensure` for these repositories, its failures as :class:`ModelNotFoundError`
+    (missing while offline, or not on the hub) or :class:`.hub.GatedModelError` /
+    :class:`.hub.DiskSpaceError` (their own one-line messages)."""
     from huggingface_hub import constants
 
-    where = (f"not a local folder or file, and not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
-             + (" with HF_HUB_OFFLINE=1" if _offline() else " and it could not be downloaded"))
-    return ModelNotFoundError(
-        f"{what} {ref!r} is missing: {where}. Download it once on a machine with internet "
-        f"(`huggingface-cli download {ref}`), copy the Hugging Face cache here, or point the job "
-        f"at a local folder or .safetensors file. For an offline test run use the model family "
-        f"'tiny' (random weights, images are noise). Loader said: {type(exc).__name__}: {exc}"
-    )
+    try:
+        return hub.ensure(needs, _fp16(dtype), progress, allow_bin=pickle_allowed, cancelled=cancelled)
+    except hub.ModelOfflineError as exc:
+        repo = next((n[0] for n in needs if n[0] in str(exc)), needs[0][0])
+        raise ModelNotFoundError(
+            f"{exc}. Get it with `archviz models download {catalog_name(repo)}` on this machine while online "
+            f"(or copy a Hugging Face cache into {constants.HF_HUB_CACHE}), or point the job at a local folder; "
+            "for an offline test run use the model family 'tiny' (random weights, images are noise)") from None
+    except (hub.GatedModelError, hub.DiskSpaceError, hub.DownloadCancelled):
+        raise
+    except hub.HubError as exc:
+        raise ModelNotFoundError(str(exc)) from None
 
 
-def _from_pretrained(cls, ref: str, what: str, subfolder: str | None = None, **kwargs):
-    """``cls.from_pretrained`` for a folder or HF id, ``cls.from_single_file`` for a file.
+def fetch_models(plan: ModelPlan, dtype, progress=None, cancelled=lambda: False) -> dict | None:
+    """Make every hub model of ``plan`` a complete snapshot in the cache (downloading what
+    is missing, with ``progress``) before anything is loaded. None when nothing is on the hub."""
+    needs = hub_needs(plan)
+    return fetch(needs, dtype, progress, cancelled) if needs else None
 
-    Local first (``local_files_only``); the hub is asked only when online. Every way of
-    not finding the weights becomes a :class:`ModelNotFoundError` with instructions."""
+
+def local_folder(ref: str, components: tuple[str, ...] | None, what: str, dtype) -> Path:
+    """The folder to load ``ref`` from: a local folder as it is (checked), a tiny model
+    (built on first use), or the complete hub snapshot of a repository id."""
     path = Path(ref).expanduser()
     if tiny.is_tiny_path(path):
         tiny.ensure_tiny(path)
-    is_local = path.exists()
-    if is_local and path.is_file():
-        if path.suffix not in _SINGLE_FILE_SUFFIXES:
-            raise ModelNotFoundError(f"{what} {ref!r}: unsupported single-file type {path.suffix!r}")
-        if path.suffix != ".safetensors" and _use_safetensors(ref):
-            raise ModelNotFoundError(f"{what} {ref!r} is a pickle checkpoint; convert it to .safetensors, "
-                                     "or, if you trust it, allow it for this model only: archviz serve "
-                                     f"--allow-pickle {ref}")
-        kwargs.pop("use_safetensors", None)
-        return cls.from_single_file(str(path), **kwargs)
-    if is_local and subfolder and not (path / subfolder).is_dir():
-        raise ModelNotFoundError(f"{what} {ref!r} has no {subfolder!r} folder")
-    if subfolder:
-        kwargs["subfolder"] = subfolder
-    target = str(path) if is_local else ref
+    if path.is_dir():
+        problem = hub.check_loadable(path, components, _fp16(dtype), pickle_allowed(ref))
+        if problem:
+            raise ModelNotFoundError(f"{what} {ref!r} cannot be loaded: {problem}")
+        return path
+    if not is_hub_ref(ref):
+        raise ModelNotFoundError(f"{what} {ref!r} is missing: not a local folder or file, and not a Hugging Face "
+                                 "repository id (namespace/name)")
+    return fetch([(ref, components, what)], dtype)["snapshots"][ref]
+
+
+def _load(cls, folder: Path, sub: str, ref: str, what: str, dtype=None, **kwargs):
+    """``cls.from_pretrained`` of one component folder, weights in the variant the folder
+    has for ``dtype``; a failure names the model and the folder."""
+    target = folder / sub if sub else folder
+    if dtype is not None:
+        variant = hub.weights_variant(target, _fp16(dtype), pickle_allowed(ref))
+        kwargs.update(torch_dtype=dtype, use_safetensors=_use_safetensors(ref))
+        if variant:
+            kwargs["variant"] = variant
     try:
-        try:
-            return cls.from_pretrained(target, local_files_only=True, **kwargs)
-        except OSError:
-            if is_local or _offline():
-                raise
-            return cls.from_pretrained(target, **kwargs)  # may download when online
-    except OSError as exc:
-        raise _missing(what, ref, exc) from exc
+        return cls.from_pretrained(str(target), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{what} {ref!r}: cannot load {sub or 'the model'} from {target}: "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
-def _weights(dtype, ref: str) -> dict:
-    return {"torch_dtype": dtype, "use_safetensors": _use_safetensors(ref)}
+def _from_single_file(cls, ref: str, what: str, **kwargs):
+    """``cls.from_single_file`` for one checkpoint file (safetensors unless pickle is allowed)."""
+    path = Path(ref).expanduser()
+    if path.suffix not in _SINGLE_FILE_SUFFIXES:
+        raise ModelNotFoundError(f"{what} {ref!r}: unsupported single-file type {path.suffix!r}")
+    if path.suffix != ".safetensors" and _use_safetensors(ref):
+        raise ModelNotFoundError(f"{what} {ref!r} is a pickle checkpoint; convert it to .safetensors, "
+                                 "or, if you trust it, allow it for this model only: archviz serve "
+                                 f"--allow-pickle {ref}")
+    try:
+        return cls.from_single_file(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{what} {ref!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
 def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     """UNet, VAE, text encoder(s), tokenizer(s) and scheduler config of a base model.
 
-    Components are loaded one by one (no safety checker, no feature extractor), so a real
-    SD 1.5 / SDXL repo, a local copy of it and a tiny folder all go through this code."""
+    Components are loaded one by one (no safety checker, no feature extractor) from one
+    folder: a local copy, a tiny model, or the hub snapshot (:func:`local_folder`), so a
+    real SD 1.5 / SDXL repo, a local copy of it and a tiny folder all go through this code.
+    With a separate VAE the base's own VAE is neither downloaded nor loaded."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
-        pipe = _from_pretrained(cls, ref, "base model", torch_dtype=dtype)
+        pipe = _from_single_file(cls, ref, "base model", torch_dtype=dtype)
         comps = {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "tokenizer")}
         if arch == "sdxl":
             comps.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2)
         comps["scheduler_config"] = dict(pipe.scheduler.config)
     else:
-        w = _weights(dtype, ref)
+        from diffusers import DDIMScheduler
+
+        folder = local_folder(ref, base_components(arch, bool(vae_ref)), "base model", dtype)
         comps = {
-            "unet": _from_pretrained(UNet2DConditionModel, ref, "base model", "unet", **w),
-            "vae": _from_pretrained(AutoencoderKL, ref, "base model", "vae", **w),
-            "text_encoder": _from_pretrained(CLIPTextModel, ref, "base model", "text_encoder", **w),
-            "tokenizer": _from_pretrained(CLIPTokenizer, ref, "base model", "tokenizer"),
+            "unet": _load(UNet2DConditionModel, folder, "unet", ref, "base model", dtype),
+            "text_encoder": _load(CLIPTextModel, folder, "text_encoder", ref, "base model", dtype),
+            "tokenizer": _load(CLIPTokenizer, folder, "tokenizer", ref, "base model"),
         }
+        if not vae_ref:
+            comps["vae"] = _load(AutoencoderKL, folder, "vae", ref, "base model", dtype)
         if arch == "sdxl":
-            comps["text_encoder_2"] = _from_pretrained(CLIPTextModelWithProjection, ref, "base model",
-                                                       "text_encoder_2", **w)
-            comps["tokenizer_2"] = _from_pretrained(CLIPTokenizer, ref, "base model", "tokenizer_2")
-        comps["scheduler_config"] = _scheduler_config(ref, path)
+            comps["text_encoder_2"] = _load(CLIPTextModelWithProjection, folder, "text_encoder_2", ref,
+                                            "base model", dtype)
+            comps["tokenizer_2"] = _load(CLIPTokenizer, folder, "tokenizer_2", ref, "base model")
+        comps["scheduler_config"] = dict(DDIMScheduler.load_config(str(folder / "scheduler")))
     if vae_ref:
-        comps["vae"] = _from_pretrained(AutoencoderKL, vae_ref, "VAE", **_weights(dtype, vae_ref))
+        if Path(vae_ref).expanduser().is_file():
+            comps["vae"] = _from_single_file(AutoencoderKL, vae_ref, "VAE", torch_dtype=dtype)
+        else:
+            comps["vae"] = _load(AutoencoderKL, local_folder(vae_ref, None, "VAE", dtype), "", vae_ref, "VAE", dtype)
     for name, module in comps.items():
         if hasattr(module, "eval"):
             module.eval().requires_grad_(False)
@@ -310,20 +408,14 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     return comps
 
 
-def _scheduler_config(ref: str, path: Path) -> dict:
-    from diffusers import DDIMScheduler
-
-    class _Config:  # load_config has the from_pretrained shape _from_pretrained expects
-        from_pretrained = staticmethod(DDIMScheduler.load_config)
-
-    return dict(_from_pretrained(_Config, ref, "base model", "scheduler"))
-
-
 def load_controlnet(ref: ControlNetRef, dtype, device):
     from diffusers import ControlNetModel, ControlNetUnionModel
 
     cls = ControlNetUnionModel if ref.union_mode is not None else ControlNetModel
-    model = _from_pretrained(cls, ref.ref, "ControlNet", **_weights(dtype, ref.ref))
+    if Path(ref.ref).expanduser().is_file():
+        model = _from_single_file(cls, ref.ref, "ControlNet", torch_dtype=dtype)
+    else:
+        model = _load(cls, local_folder(ref.ref, None, "ControlNet", dtype), "", ref.ref, "ControlNet", dtype)
     return model.eval().requires_grad_(False).to(device)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..core.jobs import JobError, sidecar_filename
 from .engine import Cancelled, Engine, to_uint8
+from .hub import DownloadCancelled
 from .outputs import (Manifest, OutputRoots, atomic_write, existing_matches, image_metadata, png_bytes,
                       write_contact_sheet)
 from .sweep import PlannedImage, SweepPlan
@@ -37,7 +38,8 @@ def default_output_root() -> Path:
 
 def error_data(exc: BaseException) -> dict:
     kind = type(exc).__name__
-    kind = {"ModelNotFoundError": "ModelNotFound", "JobError": "ValidationError"}.get(kind, kind)
+    kind = {"ModelNotFoundError": "ModelNotFound", "JobError": "ValidationError", "GatedModelError": "GatedModel",
+            "DiskSpaceError": "DiskSpace"}.get(kind, kind)
     message = str(exc)
     if kind == "OutOfMemoryError":
         message = (f"out of memory even with one image per batch ({message.splitlines()[0] if message else ''}); "
@@ -66,6 +68,17 @@ class JobRecord:
     manifest_file: str = ""
     contact_sheet_file: str | None = None
     warnings: list[str] = field(default_factory=list)
+    phase: str | None = None  # while running: downloading | loading | generating
+    download: dict | None = None  # bytes per file and overall of the model download, if any
+
+    def on_download(self, progress: dict) -> None:
+        with self.lock:
+            self.phase = "downloading"
+            self.download = dict(progress)
+
+    def set_phase(self, phase: str) -> None:
+        with self.lock:
+            self.phase = phase
 
     def step(self, n: int = 1) -> None:
         with self.lock:
@@ -110,6 +123,8 @@ class JobRecord:
                     else min(1.0, self.steps_done / self.steps_total),
                 },
                 "images": [self.images[k] for k in sorted(self.images)],
+                "phase": self.phase if self.state == "running" else None,
+                "download": dict(self.download) if self.download else None,
                 "error": self.error,
                 "warnings": list(self.warnings),
                 "output_dir": str(self.output_dir),
@@ -224,6 +239,8 @@ class Worker:
                     todo.append(item)
             record.steps_total = sum(plan.styles[b[0].style].steps for b in self.engine.batches(plan, todo))
             if todo:
+                self.fetch_models(record)
+                record.set_phase("loading")
                 record.warnings = prompt_warnings(plan, self.engine)
                 manifest.data["warnings"] = list(record.warnings)
             manifest.write("running")
@@ -236,12 +253,13 @@ class Worker:
                 record.add_image(item, skipped=False)
 
             if todo:
+                record.set_phase("generating")
                 self.engine.generate(plan, todo, on_step=record.step, on_image=on_image,
                                      cancelled=record.cancel_event.is_set)
             if record.cancel_event.is_set():
                 raise Cancelled()
             final, error = "done", None
-        except Cancelled:
+        except (Cancelled, DownloadCancelled):
             final, error = "cancelled", None
         except Exception as exc:  # noqa: BLE001 - errors are data
             log.error("job %s failed: %s\n%s", record.id, exc, traceback.format_exc())
@@ -261,6 +279,20 @@ class Worker:
             record.error = error
             record.state = final
             record.finished = time.time()
+
+    def fetch_models(self, record: JobRecord) -> None:
+        """The job's hub models as complete snapshots before anything loads: the job shows
+        the ``downloading`` phase with bytes per file and overall while files come in."""
+        fetch = getattr(self.engine, "fetch_models", None)
+        if fetch is None:  # an engine that loads models elsewhere (Ray actors)
+            return
+        result = fetch(record.plan.models, progress=record.on_download, cancelled=record.cancel_event.is_set)
+        if result and result["files_fetched"]:
+            with record.lock:
+                record.download = {**(record.download or {}), "finished": True,
+                                   "bytes_fetched": result["bytes_fetched"], "files_fetched": result["files_fetched"]}
+            log.info("job %s: fetched %d file(s), %d bytes from the hub", record.id, result["files_fetched"],
+                     result["bytes_fetched"])
 
 
 def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:

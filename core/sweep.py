@@ -80,15 +80,49 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
     return job
 
 
+def human_bytes(n, unit_of=None):
+    """``1.2 GB``-style size; with ``unit_of`` the unit is the one that number takes."""
+    ref = n if unit_of is None else unit_of
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if ref >= size:
+            return f"{n / size:.1f} {unit}" if unit_of is None else f"{n / size:.1f}"
+    return f"{int(n)} B" if unit_of is None else f"{int(n)}"
+
+
+def download_text(download):
+    """One line for a model download in progress (the panel and the status bar):
+    ``Downloading unet: 1.2 / 3.4 GB`` (the file's bytes), then all files' bytes."""
+    if not download:
+        return ""
+    total, done = int(download.get("total") or 0), int(download.get("done") or 0)
+    if download.get("finished"):
+        return f"Downloaded {human_bytes(int(download.get('bytes_fetched', done)))}"
+    ftotal, fdone = int(download.get("file_total") or 0), int(download.get("file_done") or 0)
+    unit = human_bytes(ftotal).split()[-1]
+    text = (f"Downloading {download.get('component') or download.get('file', 'model')}: "
+            f"{human_bytes(fdone, ftotal)} / {human_bytes(ftotal, ftotal)} {unit}")
+    if total > ftotal:
+        text += (f" (all files {human_bytes(done, total)} / {human_bytes(total)}, "
+                 f"file {download.get('file_index', '?')} of {download.get('files_total', '?')})")
+    return text
+
+
+def download_fraction(download):
+    """0..1 of a model download (all files' bytes)."""
+    total = int((download or {}).get("total") or 0)
+    return min(1.0, int(download.get("done") or 0) / total) if total else 0.0
+
+
 @dataclass
 class SweepEvent:
-    kind: str  # "progress" | "image" | "error" | "done"
+    kind: str  # "progress" | "download" | "image" | "error" | "done"
     camera: str = ""
     message: str = ""
     fraction: float = 0.0  # whole sweep, 0..1
     images_done: int = 0
     images_total: int = 0
     image: dict = field(default_factory=dict)  # for "image": path, style, seed, params
+    download: dict = field(default_factory=dict)  # for "download": the job status' download (bytes)
 
 
 @dataclass
@@ -102,6 +136,7 @@ class _Tracked:
     seen: set = field(default_factory=set)
     total_images: int = 0
     error: str = ""
+    downloaded: bool = False  # the end of the job's model download was reported
 
 
 class SweepRunner:
@@ -173,6 +208,12 @@ class SweepRunner:
         progress = status.get("progress") or {}
         t.steps_done = int(progress.get("steps_done", progress.get("step", 0)) or 0)
         t.steps_total = max(1, int(progress.get("steps_total", progress.get("total", 1)) or 1))
+        download = status.get("download")
+        if download and (status.get("phase") == "downloading" or (download.get("finished") and not t.downloaded)):
+            t.downloaded = bool(download.get("finished"))
+            fraction, done, total = self._totals()
+            emit(SweepEvent("download", camera=t.camera, message=download_text(status["download"]),
+                            fraction=fraction, images_done=done, images_total=total, download=status["download"]))
         for entry in status.get("images", []):
             key = entry.get("index")
             if key in t.seen:

@@ -1,7 +1,7 @@
 """``make demo``: sweep the example interior in 2 styles x 4 seeds and print the contact sheet.
 
-Uses real SD 1.5 (base + depth and lineart ControlNets) when those weights are in the
-Hugging Face cache. Otherwise it says so and uses the offline ``tiny`` model, whose images
+Uses real SD 1.5 (base + depth and lineart ControlNets) when those weights are complete
+snapshots in the Hugging Face cache (``archviz models download sd15``). Otherwise it says so and uses the offline ``tiny`` model, whose images
 are noise that prove the plumbing end to end.
 """
 
@@ -9,16 +9,16 @@ import os
 import subprocess
 import sys
 
-SD15 = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "lllyasviel/control_v11f1p_sd15_depth",
-        "lllyasviel/control_v11p_sd15_lineart")
-
-
 def sd15_available():
-    from huggingface_hub import try_to_load_from_cache
+    """(True, "") when every SD 1.5 model a default sweep loads is a complete snapshot in the
+    Hugging Face cache (for the precision the backend runs here), else (False, first missing)."""
+    from archviz_controlnet.backend import hub
+    from archviz_controlnet.backend import models as M
+    from archviz_controlnet.backend.cli_models import fp16_for
 
-    for repo in SD15:
-        name = "model_index.json" if repo == SD15[0] else "config.json"
-        if not isinstance(try_to_load_from_cache(repo, name), str):
+    fp16 = fp16_for("auto")
+    for repo, components, label in M.CATALOG["sd15"]:
+        if not hub.cached_state(repo, components, fp16, label).complete:
             return False, repo
     return True, ""
 
@@ -32,8 +32,8 @@ def main():
         print("Using SD 1.5 from the Hugging Face cache.")
     else:
         model, extra = "tiny", ["--long-side", "256", "--steps", "8"]
-        print(f"SD 1.5 weights are not in the Hugging Face cache ({missing} is missing, and this machine cannot "
-              "download). Falling back to the offline 'tiny' model: its images are noise that prove the plumbing "
+        print(f"SD 1.5 weights are not in the Hugging Face cache ({missing} is missing or incomplete; "
+              "`archviz models download sd15` fetches them). Falling back to the offline 'tiny' model: its images are noise that prove the plumbing "
               "(passes -> backend -> images, manifest, contact sheet), not pictures.")
     archviz = os.path.join(os.path.dirname(sys.executable), "archviz")
     cmd = [archviz, "sweep", scene, "--styles", "modern,industrial", "--seeds", "0-3", "--model", model,

@@ -46,6 +46,7 @@ class BackendSettings:
             self.model = bpy.path.abspath(prefs.model_path) if prefs.model_path else prefs.model
             self.hf_cache = bpy.path.abspath(prefs.hf_cache) if prefs.hf_cache else ""
             self.offline = prefs.offline
+            self.hf_token = prefs.hf_token.strip()
             self.ray = prefs.ray_address.strip()
         else:
             self.url = env.get("ARCHVIZ_BACKEND_URL", "")
@@ -55,7 +56,10 @@ class BackendSettings:
             self.model = env.get("ARCHVIZ_MODEL", "sd15")
             self.hf_cache = ""
             self.offline = False
+            self.hf_token = ""  # HF_TOKEN from the environment reaches the backend as it is
             self.ray = env.get("ARCHVIZ_RAY", "")
+        # An add-on must not go online when Blender says no (Preferences > System > Network).
+        self.blender_offline = not getattr(bpy.app, "online_access", True)
 
     def backend_env(self):
         env = dict(os.environ)
@@ -63,6 +67,13 @@ class BackendSettings:
             env["HF_HOME"] = self.hf_cache
         if self.offline:
             env["HF_HUB_OFFLINE"] = "1"
+            env["ARCHVIZ_OFFLINE_REASON"] = "the add-on's Offline preference is on"
+        elif self.blender_offline:
+            env["HF_HUB_OFFLINE"] = "1"
+            env["ARCHVIZ_OFFLINE_REASON"] = ("Blender's Allow Online Access is off: Preferences > System > Network, "
+                                             "or start Blender with --online-mode")
+        if self.hf_token:
+            env["HF_TOKEN"] = self.hf_token
         if self.ray:
             env["ARCHVIZ_RAY"] = self.ray  # the backend fans sweeps out to Ray actors
         else:
@@ -116,6 +127,7 @@ class Task:
         self.state = "running"
         self.error = ""
         self.device_warning = ""
+        self.download = {}  # the model download in progress (job status' download), if any
         self.images = []  # image datablock names, in arrival order
         self.contact_sheets = []
         self.thread = None
@@ -185,6 +197,11 @@ class Task:
     def _apply(self, event):
         from .. import results
 
+        if event.kind == "download":
+            self.download = {} if event.download.get("finished") else dict(event.download)
+            self.message = event.message
+            return
+        self.download = {}
         self.fraction = event.fraction
         self.images_done = event.images_done
         if event.kind == "image":

@@ -3,6 +3,7 @@
 import bpy
 
 from ..core.passes import PassError, control_resolution
+from ..core.sweep import download_fraction, download_text
 from ..operators.render_controls import IMAGE_PREFIX
 
 
@@ -96,7 +97,10 @@ def draw_progress(layout, task):
     if task is None:
         return
     col = layout.column(align=True)
-    if task.state == "running":
+    if task.state == "running" and task.download:
+        col.progress(factor=download_fraction(task.download), type="BAR", text=download_text(task.download))
+        col.operator("archviz.cancel", icon="CANCEL")
+    elif task.state == "running":
         col.progress(factor=task.fraction, type="BAR",
                      text=f"{task.images_done}/{task.images_total} images, {task.fraction:.0%}")
         col.operator("archviz.cancel", icon="CANCEL")
@@ -223,13 +227,19 @@ def draw_preferences(prefs, context, layout):
         for line in report.lines:
             icon = "ERROR" if line.startswith(("ERROR", "WARNING")) else "NONE"
             draw_lines(box, line, icon=icon, width=110)
+    from ..operators.models import draw_models_box
+
+    draw_models_box(prefs, context, layout)
 
 
 def draw_status(self, context):
     from ..operators.generate import Task
 
     task = Task.current
-    if task is not None and task.state == "running":
+    if task is not None and task.state == "running" and task.download:
+        self.layout.progress(factor=download_fraction(task.download), type="BAR",
+                             text="ArchViz " + download_text(task.download))
+    elif task is not None and task.state == "running":
         self.layout.progress(factor=task.fraction, type="BAR", text=f"ArchViz {task.images_done}/{task.images_total}")
 
 
