@@ -357,6 +357,27 @@ def _token_present() -> bool:
 # ---------------------------------------------------------------------------------------
 
 
+def ref_snapshot(repo_id: str) -> Path | None:
+    """The snapshot folder the cache's ``refs/main`` points at, when there is one."""
+    ref = storage_folder(repo_id) / "refs" / "main"
+    snap = storage_folder(repo_id) / "snapshots" / ref.read_text().strip() if ref.is_file() else None
+    return snap if snap is not None and snap.is_dir() else None
+
+
+def cache_problem(state: RepoState, fp16: bool, allow_bin: bool = False) -> str:
+    """Why the cache alone cannot serve ``state``'s repository ('' when it can): the files
+    its listing says are missing, or, for a snapshot without a listing, what
+    :func:`check_loadable` finds. The rule :func:`ensure` uses offline."""
+    if state.complete:
+        return ""
+    if state.missing:
+        return f"{len(state.missing)} file(s) missing, e.g. {next(iter(state.missing))}"
+    snap = ref_snapshot(state.repo_id)
+    if snap is None:
+        return "not in the cache"
+    return check_loadable(snap, state.components, fp16, allow_bin)
+
+
 def _offline_snapshot(state: RepoState, fp16: bool, allow_bin: bool) -> Path:
     """Offline, for a repository the cache cannot show complete: a snapshot without a file
     listing (copied by hand, or written by an older huggingface_hub) is used when every file
@@ -366,9 +387,8 @@ def _offline_snapshot(state: RepoState, fp16: bool, allow_bin: bool) -> Path:
         raise ModelOfflineError(f"{label} {repo_id} is incomplete in the Hugging Face cache ({cache_dir()}): "
                                 f"{len(state.missing)} file(s) missing, e.g. {next(iter(state.missing))}; "
                                 f"downloads are off ({offline_reason()})")
-    ref = storage_folder(repo_id) / "refs" / "main"
-    snap = storage_folder(repo_id) / "snapshots" / ref.read_text().strip() if ref.is_file() else None
-    if snap is None or not snap.is_dir():
+    snap = ref_snapshot(repo_id)
+    if snap is None:
         raise ModelOfflineError(f"{label} {repo_id} is not in the Hugging Face cache ({cache_dir()}) and "
                                 f"downloads are off ({offline_reason()})")
     problem = check_loadable(snap, state.components, fp16, allow_bin)

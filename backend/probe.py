@@ -18,78 +18,29 @@ import sys
 
 from . import models as M
 
-#: What each real family needs for the default controls (depth + lines), as
-#: (repo id, kind): "base-sd15" / "base-sdxl" pipelines, "controlnet", "vae".
-FAMILY_REPOS = {
-    "sd15": [(M.SD15_BASE, "base-sd15"), (M.SD15_CONTROLNETS["depth"], "controlnet"),
-             (M.SD15_CONTROLNETS["lines"], "controlnet")],
-    "sdxl": [(M.SDXL_BASE, "base-sdxl"), (M.SDXL_VAE, "vae"), (M.SDXL_CONTROLNETS["depth"], "controlnet"),
-             (M.SDXL_CONTROLNETS["lines"], "controlnet")],
-}
-
-_COMPONENTS = {
-    "base-sd15": ("unet", "vae", "text_encoder"),
-    "base-sdxl": ("unet", "vae", "text_encoder", "text_encoder_2"),
-}
-_TOKENIZERS = {"base-sd15": ("tokenizer",), "base-sdxl": ("tokenizer", "tokenizer_2")}
-
-
-def snapshot_missing(files: set[str], kind: str) -> list[str]:
-    """What a snapshot (its files as repo-relative paths) lacks for the loader: each
-    model folder's ``config.json`` and safetensors weights, the tokenizers' vocab and
-    merges, the scheduler config. Empty when complete."""
-    def has_weights(folder: str) -> bool:
-        prefix = f"{folder}/" if folder else ""
-        return any(f.startswith(prefix) and "/" not in f[len(prefix):] and f.endswith(".safetensors") for f in files)
-
-    missing = []
-    folders = _COMPONENTS.get(kind, ("",))
-    for folder in folders:
-        config = f"{folder}/config.json" if folder else "config.json"
-        if config not in files:
-            missing.append(config)
-        if not has_weights(folder):
-            missing.append(f"{folder or '.'}/*.safetensors")
-    for tok in _TOKENIZERS.get(kind, ()):
-        missing += [f"{tok}/{name}" for name in ("vocab.json", "merges.txt") if f"{tok}/{name}" not in files]
-    if kind.startswith("base") and "scheduler/scheduler_config.json" not in files:
-        missing.append("scheduler/scheduler_config.json")
-    return missing
-
-
-def cached_repos(cache_dir: str) -> dict:
-    """repo id -> {"files": set of paths of its most complete revision, "bytes": size on disk}."""
-    from huggingface_hub import scan_cache_dir
+def families(fp16: bool) -> dict:
+    """Per real family (``archviz models`` names, :data:`.models.CATALOG`): each repo's state
+    as :func:`.hub.cache_problem` judges it, the rule downloads and offline loads use, and
+    whether the family can generate from the cache alone."""
+    from . import hub
 
     out = {}
-    if not os.path.isdir(cache_dir):
-        return out
-    info = scan_cache_dir(cache_dir)
-    for repo in info.repos:
-        if repo.repo_type != "model":
-            continue
-        best: set[str] = set()
-        for rev in repo.revisions:
-            files = {os.path.relpath(f.file_path, rev.snapshot_path).replace(os.sep, "/") for f in rev.files}
-            if len(files) > len(best):
-                best = files
-        out[repo.repo_id] = {"files": best, "bytes": repo.size_on_disk}
-    return out
-
-
-def families(cache_dir: str) -> dict:
-    """Per real family: each repo's state and whether the family can generate offline."""
-    repos = cached_repos(cache_dir)
-    out = {}
-    for family, needed in FAMILY_REPOS.items():
+    for family in M.FAMILY_NAMES:
         states = []
-        for repo_id, kind in needed:
-            found = repos.get(repo_id)
-            missing = snapshot_missing(found["files"], kind) if found else ["(not in the cache)"]
-            states.append({"repo": repo_id, "cached": found is not None, "complete": not missing,
-                           "missing": missing[:4], "bytes": found["bytes"] if found else 0})
+        for repo_id, components, label in M.CATALOG[family]:
+            state = hub.cached_state(repo_id, components, fp16, label)
+            problem = hub.cache_problem(state, fp16)
+            cached = hub.storage_folder(repo_id).is_dir()
+            states.append({"repo": repo_id, "cached": cached, "complete": not problem,
+                           "missing": [problem] if problem else [],
+                           "bytes": _folder_bytes(hub.storage_folder(repo_id)) if cached else 0})
         out[family] = {"ready": all(s["complete"] for s in states), "repos": states}
     return out
+
+
+def _folder_bytes(folder) -> int:
+    """Bytes on disk under a cache folder (blobs are counted once; snapshots are links)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _version(name: str) -> str | None:
@@ -132,7 +83,9 @@ def probe() -> dict:
         out["hf_free_bytes"] = shutil.disk_usage(existing or ".").free
         out["token"] = get_token() is not None  # presence only
         out["offline"] = bool(constants.HF_HUB_OFFLINE)
-        out["families"] = families(cache)
+        from .cli_models import fp16_for
+
+        out["families"] = families(fp16_for("auto"))
     except Exception as exc:  # noqa: BLE001 - reported, not hidden
         out["hub_error"] = f"{type(exc).__name__}: {exc}"
     from . import tiny

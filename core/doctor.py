@@ -134,7 +134,7 @@ def diagnose(facts):
     fams = (probe or {}).get("families") or {}
     ready = [f for f in REAL_FAMILIES if (fams.get(f) or {}).get("ready")]
     if probe is not None and fams and not ready:
-        partial = [f"{f}: {r['repo']} lacks {', '.join(r['missing'][:2])}" for f in REAL_FAMILIES
+        partial = [f"{f}: {r['repo']}: {r['missing'][0]}" for f in REAL_FAMILIES
                    for r in (fams.get(f) or {}).get("repos", []) if r["cached"] and not r["complete"]]
         problem = "no real model family is cached (sd15 or sdxl, several GB each)"
         if partial:

@@ -122,9 +122,10 @@ def test_doctor_finds_an_incomplete_snapshot(tmp_path):
     report = json.loads(out.stdout)
     sd15 = report["facts"]["probe"]["families"]["sd15"]
     assert [r["complete"] for r in sd15["repos"]] == [False, True, True]
-    assert sd15["repos"][0]["missing"] == ["tokenizer/merges.txt"]
+    problem = "tokenizer/ has no vocab.json + merges.txt (or tokenizer.json)"  # hub.check_loadable's words
+    assert sd15["repos"][0]["missing"] == [problem]
     (error,) = [f for f in report["findings"] if f["severity"] == "error"]
-    assert f"{M.SD15_BASE} lacks tokenizer/merges.txt" in error["problem"]
+    assert f"sd15: {M.SD15_BASE}: {problem}" in error["problem"]
     assert error["fix"].startswith("offline is on (HF_HUB_OFFLINE): allow going online, then archviz models "
                                    "download sd15")
 
