@@ -44,15 +44,15 @@ def check_folder_name(text: str, field: str = "output_dir") -> None:
     """JobError naming ``field`` for a folder path no file system takes: too long, a
     name over 255 bytes, too deep."""
     raw = os.fsencode(text)
+    parts = [p for p in raw.split(b"/") if p]
+    if len(parts) > MAX_FOLDER_DEPTH:
+        raise JobError(field, f"is {len(parts)} folders deep; at most {MAX_FOLDER_DEPTH} are accepted")
     if len(raw) > MAX_PATH_BYTES:
         raise JobError(field, f"is {len(raw)} bytes long; paths can be at most {MAX_PATH_BYTES}")
-    parts = [p for p in raw.split(b"/") if p]
     longest = max(parts, key=len, default=b"")
     if len(longest) > MAX_NAME_BYTES:
         raise JobError(field, f"has a folder name {len(longest)} bytes long ({_short(os.fsdecode(longest), 40)}); "
                               f"names can be at most {MAX_NAME_BYTES}")
-    if len(parts) > MAX_FOLDER_DEPTH:
-        raise JobError(field, f"is {len(parts)} folders deep; at most {MAX_FOLDER_DEPTH} are accepted")
 
 
 def check_folder_target(real: Path, field: str = "output_dir") -> None:
@@ -61,8 +61,8 @@ def check_folder_target(real: Path, field: str = "output_dir") -> None:
     for path in (real, *real.parents):
         try:
             st = os.stat(path)
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # missing, or below a file: the file above is named
         except OSError as exc:
             raise JobError(field, f"{path} cannot be used: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
