@@ -56,13 +56,16 @@ class WriteError(OSError):
     """A file could not be written (disk full, file size limit, permissions). The message
     names the file and says what went wrong in one line."""
 
+    def __str__(self):
+        return self.strerror or super().__str__()
 
-_REASONS = {
-    errno.ENOSPC: "disk full while writing {path}",
-    errno.EFBIG: "disk full while writing {path} (the file size limit, ulimit -f, was reached)",
-    errno.EDQUOT: "disk full while writing {path} (the disk quota is exceeded)",
-    errno.EACCES: "permission denied while writing {path}",
-    errno.EROFS: "cannot write {path}: the file system is read-only",
+
+_REASONS = {  # errno -> (what happened, a detail for the parenthesis)
+    errno.ENOSPC: ("disk full while writing {path}", ""),
+    errno.EFBIG: ("disk full while writing {path}", "the file size limit, ulimit -f, was reached"),
+    errno.EDQUOT: ("disk full while writing {path}", "the disk quota is exceeded"),
+    errno.EACCES: ("permission denied while writing {path}", ""),
+    errno.EROFS: ("cannot write {path}: the file system is read-only", ""),
 }
 
 #: Our temporary files: ``.NAME.PID.RANDOM.tmp`` next to the file they become.
@@ -89,10 +92,10 @@ def current_umask():
 
 def write_error(exc, path, size=None):
     """A one-line :class:`WriteError` for an OSError met while writing ``path``."""
-    template = _REASONS.get(exc.errno)
+    template, detail = _REASONS.get(exc.errno, (None, ""))
     text = template.format(path=path) if template else f"cannot write {path}: {exc.strerror or exc}"
-    size = f" ({size} bytes)" if size is not None else ""
-    return WriteError(exc.errno, f"{text}{size}; the files finished before it are kept")
+    notes = "; ".join(filter(None, [f"{size} bytes" if size is not None else "", detail]))
+    return WriteError(exc.errno, f"{text}{f' ({notes})' if notes else ''}; the files finished before it are kept")
 
 
 def looks_full(path, free_bytes=1 << 20):

@@ -136,15 +136,20 @@ def test_sweep_resume_remake_full_disk_and_refused_token(files, tmp_path):
     out = tmp_path / "sweep"
     common = ["--styles", "modern", "--seeds", "0,1", "--model", "tiny", "--long-side", "64", "--steps", "1",
               "--controls", "depth"]
-    with running_server(["--output-root", str(tmp_path), "--token", "right-token-0123456789"]) as server:
+    # A local backend (started by each run) shares the disk: the second run resumes.
+    first = run("sweep", files / "room.blend", "--out", out, *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 new image(s), 0 already on disk" in first.stdout
+    again = run("sweep", files / "room.blend", "--out", out, *common)
+    assert "0 new image(s), 2 already on disk" in again.stdout, again.stdout + again.stderr[-2000:]
+    remade = run("sweep", files / "room.blend", "--out", out, *common, "--remake")
+    assert "2 new image(s), 0 already on disk" in remade.stdout, remade.stdout + remade.stderr[-2000:]
+
+    # One image per UNet batch: images come one by one, so the client's first EXR fails
+    # while the job still runs.
+    with running_server(["--output-root", str(tmp_path), "--token", "right-token-0123456789",
+                         "--max-batch", "1"]) as server:
         env = {**base_env(), "ARCHVIZ_TOKEN": "right-token-0123456789"}
-        first = run("sweep", files / "room.blend", "--out", out, *common, "--backend", server.url, env=env)
-        assert first.returncode == 0, first.stderr[-3000:]
-        assert "2 new image(s), 0 already on disk" in first.stdout
-        again = run("sweep", files / "room.blend", "--out", out, *common, "--backend", server.url, env=env)
-        assert "0 new image(s), 2 already on disk" in again.stdout, again.stdout + again.stderr[-2000:]
-        remade = run("sweep", files / "room.blend", "--out", out, *common, "--backend", server.url, "--remake", env=env)
-        assert "2 new image(s), 0 already on disk" in remade.stdout, remade.stdout + remade.stderr[-2000:]
 
         for token, words in (("", "none was given"), ("wrong", "it is not the server's")):
             proc = run("sweep", files / "room.blend", "--out", tmp_path / "t", *common, "--backend", server.url,
@@ -154,16 +159,18 @@ def test_sweep_resume_remake_full_disk_and_refused_token(files, tmp_path):
                 f"archviz sweep: the backend at {server.url} refused the token (401 unauthorized): {words}; give the "
                 "server's token with --token TOKEN or ARCHVIZ_TOKEN"]
 
-        # The images (downloaded, ~3 KB) and the passes (largest: depth.npy, 12 KB) fit; the
-        # multilayer EXR of the first variant (AI image + passes) does not.
+        # The images (downloaded, ~10 KB) and the passes (largest: passes.exr, ~15 KB) fit; the
+        # multilayer EXR of the first variant (AI image + passes, ~43 KB) does not.
         full = tmp_path / "full"
-        proc = run("sweep", files / "room.blend", "--out", full, *common, "--backend", server.url, "--remake",
+        longer = [("0-7" if a == "0,1" else "20" if a == "1" else a) for a in common]  # 8 seeds, 20 steps
+        proc = run("sweep", files / "room.blend", "--out", full, *longer, "--backend", server.url,
                    env=env, limit_fsize=FULL_LIMIT)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         lines = our_lines(proc, "sweep")
         assert lines and lines[0].startswith(f"archviz sweep: disk full while writing {full}/Main_modern_s"), lines
-        assert lines[0].endswith(".exr (the file size limit, ulimit -f, was reached); the files finished before it "
+        assert lines[0].endswith(" bytes; the file size limit, ulimit -f, was reached); the files finished before it "
                                  "are kept; its jobs were stopped on the backend"), lines
+        assert ".exr (" in lines[0], lines
         import httpx
 
         listing = httpx.get(server.url + "/v1/jobs", headers={"Authorization": "Bearer right-token-0123456789"}).json()
@@ -176,7 +183,7 @@ def test_sweep_resume_remake_full_disk_and_refused_token(files, tmp_path):
         assert not list(full.glob(".*.tmp"))
 
 
-FULL_LIMIT = 14_000
+FULL_LIMIT = 20_000
 
 
 def _wait_state(server, job_id):
