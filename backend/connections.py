@@ -20,7 +20,11 @@ import asyncio
 import itertools
 import json
 import logging
-import resource
+
+try:
+    import resource
+except ImportError:  # Windows: no descriptor limit of this kind
+    resource = None
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -38,14 +42,18 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_KEEP_ALIVE = 5
 
 
-def descriptor_limit() -> int:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+def descriptor_limit() -> int | None:
+    """The soft open-file limit, or None when there is none."""
+    if resource is None:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def default_max_connections() -> int:
     """1000, or the open-file limit less :data:`RESERVED_FDS` (128) where that is lower."""
     soft = descriptor_limit()
-    if soft == resource.RLIM_INFINITY:
+    if soft is None:
         return DEFAULT_MAX_CONNECTIONS
     return max(8, min(DEFAULT_MAX_CONNECTIONS, soft - RESERVED_FDS))
 
@@ -55,7 +63,7 @@ def check_max_connections(value: int) -> str | None:
     soft = descriptor_limit()
     if value < 1:
         return f"--max-connections must be at least 1, got {value}"
-    if soft != resource.RLIM_INFINITY and value > soft - RESERVED_FDS:
+    if soft is not None and value > soft - RESERVED_FDS:
         return (f"--max-connections {value} is too close to the open-file limit ({soft}; {RESERVED_FDS} are kept "
                 f"for files): use at most {max(1, soft - RESERVED_FDS)}, or raise the limit (ulimit -n)")
     return None

@@ -130,7 +130,8 @@ def atomic_write(path, data, error=WriteError):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600
+            if hasattr(os, "fchmod"):  # POSIX; Windows has no mode bits to speak of
+                os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -155,6 +156,8 @@ def _remove(tmp):
 
 
 def _pid_alive(pid):
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: judged by age instead
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -176,9 +179,9 @@ def clean_stale_temps(folder):
     now = time.time()
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m:
+        if m and os.name != "nt":
             stale = int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
-        elif _OLD_TEMP.match(entry.name):
+        elif m or _OLD_TEMP.match(entry.name):
             try:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE_S
             except OSError:
