@@ -283,8 +283,6 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - errors are data
             log.error("job %s failed: %s\n%s", record.id, exc, traceback.format_exc())
             final, error = "failed", error_data(exc)
-        if final == "cancelled" and record.cancel_reason:  # cancelled between images, or failed meanwhile
-            final, error = _cancelled_state(record)
         sheet = None
         if manifest is not None:
             try:

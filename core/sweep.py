@@ -135,9 +135,10 @@ class SweepRunner:
         self.images = []  # every image event's payload, in arrival order
         self.errors = []
 
-    def cancel(self, reason=None, retry_for=None):
+    def cancel(self, reason=None, retry_for=2.0):
         """Cancel every job still running. With ``reason`` (this client gives up) the jobs
-        end ``failed`` with it on the backend and in their manifests."""
+        end ``failed`` with it on the backend and in their manifests. ``retry_for``: how
+        long a briefly unreachable backend is given to take it (short for a user's cancel)."""
         self._cancel.set()
         for t in self.tracked:
             if t.job_id and t.state not in TERMINAL_STATES:
