@@ -58,11 +58,15 @@ def model_spec(model):
 
 
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
-                 scheduler=None, share_disk=True, max_batch=None):
+                 scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
     Returns [(camera name, job dict)]. ``share_disk``: the backend writes into ``out_dir``
-    itself (a local backend); otherwise the images are downloaded."""
+    itself (a local backend); otherwise the images are downloaded. ``render(scene,
+    passes_dir, options)``: how to render (default: here, with render_controls; the
+    ``archviz sweep`` command renders in a child process that a renderer crash cannot take
+    down). ``skip_existing=False`` remakes images already on disk."""
+    render = render or render_controls
     base = capture_options or CaptureOptions()
     out = []
     for cam in cameras:
@@ -71,11 +75,11 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
         # EXR), plus whatever a control unit needs.
         opts = CaptureOptions(**{**base.__dict__, "camera": cam.name,
                                  "passes": tuple(sorted(set(base.passes) | {u.type for u in units}))})
-        render_controls(scene, passes_dir, opts)
+        render(scene, passes_dir, opts)
         out.append((cam.name, camera_job(passes_dir, units, styles, seeds, model=model_spec(model),
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
                                          name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
-                                         max_batch=max_batch)))
+                                         max_batch=max_batch, skip_existing=skip_existing)))
     return out
 
 
@@ -113,7 +117,8 @@ def connect(url="", token="", python="", device="auto", log_path=None, output_ro
     run needs a folder the running one does not allow, it is restarted allowing both."""
     if url:
         client = Client(url, token=token)
-        client.health()  # raises BackendUnreachable with the URL in the message
+        client.health(retry_for=5)  # raises BackendUnreachable with the URL in the message
+        client.presets()  # a route behind the token: BackendAuthError now, not after the renders
         return client, None
     env = dict(os.environ if env is None else env)
     # A backend started with other settings in its environment (Ray, HF cache, offline)
