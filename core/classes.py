@@ -189,20 +189,21 @@ class KeywordTable:
     entries and facing rules replace built-in entries of the same name.
     """
 
-    def __init__(self, entries=None, ifc=None, facing=None):
-        base = _builtin_data() if entries is None else {"keyword": [], "ifc": {}, "facing": {}}
+    def __init__(self, entries=None, ifc=None, facing=None, builtin=True):
+        """``entries``: (keyword, class) pairs tried before the built-in keywords;
+        ``ifc`` and ``facing``: entries that replace built-in ones of the same name.
+        ``builtin=False`` leaves the built-in table out."""
+        base = _builtin_data() if builtin else {}
         self.facing = {}
         for name, spec in {**base.get("facing", {}), **(facing or {})}.items():
             self.facing[str(name).strip().lower()] = self._facing(name, spec)
         self.ifc = {}
         for key, spec in {**base.get("ifc", {}), **(ifc or {})}.items():
             self.ifc[str(key)] = self._ifc(key, spec)
-        self.entries = []
-        pairs = list(entries) if entries is not None else []
+        pairs = list(entries or [])
         for block in base.get("keyword", []):
             pairs.extend(_keyword_block(block))
-        for keyword, cls in pairs:
-            self.entries.append((_keyword_words(keyword), self.check(cls, what=f"class for keyword {keyword!r}")))
+        self.entries = [(_keyword_words(k), self.check(c, what=f"class for keyword {k!r}")) for k, c in pairs]
 
     # ------------------------------------------------------------ building
     def _facing(self, name, spec):
@@ -274,15 +275,7 @@ class KeywordTable:
     # ------------------------------------------------------------ files
     @classmethod
     def with_user_entries(cls, user_entries, ifc=None, facing=None):
-        table = cls(entries=list(user_entries), ifc={}, facing={})
-        builtin = cls()
-        table.facing = {**builtin.facing, **{k: table._facing(k, v) for k, v in (facing or {}).items()}}
-        table.ifc = {**builtin.ifc}
-        for key, spec in (ifc or {}).items():
-            table.ifc[str(key)] = table._ifc(key, spec)
-        table.entries = [(w, table.check(c, what=f"class for keyword {' '.join(w)!r}"))
-                         for w, c in [(_keyword_words(k), c) for k, c in user_entries]] + builtin.entries
-        return table
+        return cls(entries=list(user_entries), ifc=ifc, facing=facing)
 
     @classmethod
     def from_file(cls, path):

@@ -95,8 +95,8 @@ def inverse_depth_range(inv, percentiles=VIEW_PERCENTILES, source="view", mode="
                         power=None):
     """A DepthRange from samples of inverse depth (1/z, > 0).
 
-    far = the ``percentiles[0]`` and near = the ``percentiles[1]`` percentile, each sample
-    weighted by its inverse depth (WEIGHT_POWER). The weighting keeps the band of pixels
+    far = the ``percentiles[0]`` percentile with each sample weighted by its inverse depth
+    (WEIGHT_POWER), near = the plain ``percentiles[1]`` percentile. The weighting keeps the band of pixels
     a huge ground plane fills toward the horizon from deciding the far end (on the IFC
     house a 20 km plane moves the building by about 3 of 256 levels against a 100 m
     one), while far walls still get levels of their own (about 2% of an interior view is
@@ -110,12 +110,13 @@ def inverse_depth_range(inv, percentiles=VIEW_PERCENTILES, source="view", mode="
     if not 0.0 <= lo < hi <= 100.0:
         raise PassError(f"depth percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
     power = WEIGHT_POWER if power is None else power
-    weights = inv ** power
-    inv_far = _weighted_percentile(inv, weights, lo)
-    inv_near = _weighted_percentile(inv, weights, hi)
+    # Far end weighted (a huge ground plane's far band weighs little), near end not (a
+    # speck at the lens weighs as one pixel, not as its large inverse depth).
+    inv_near = float(np.percentile(inv, hi))
+    inv_far = _weighted_percentile(inv, np.minimum(inv, inv_near) ** power, lo)
     if inv_near <= inv_far * (1.0 + 1e-6):  # one flat distance: put it mid-grey-to-white
         inv_near, inv_far = inv_near * 1.25, inv_near * 0.5
-    detail = {"percentiles": [lo, hi], "weighting": f"inverse depth ** {power:g}"}
+    detail = {"percentiles": [lo, hi], "far_weighting": f"inverse depth ** {power:g}"}
     detail.update(extra or {})
     return DepthRange(near=1.0 / inv_near, far=1.0 / inv_far, source=source, mode=mode, detail=detail)
 
@@ -294,7 +295,7 @@ def line_image(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0,
 LINE_STYLES = ("canny", "lineart", "mlsd", "softedge")
 LINEART_WIDTH_AT_512 = 1.5
 SOFTEDGE_SIGMA_AT_512 = 1.6
-MLSD_MIN_LENGTH_AT_512 = 12
+MLSD_MIN_LENGTH_AT_512 = 20  # as MLSD annotators drop shorter segments
 
 
 #: The line style each family's ControlNet for each line control type was trained on
@@ -549,7 +550,7 @@ def mlsd_image(mask, long_side, min_length=None, bins=12):
         sel = straight & (diff <= width * 0.75)
         for comp in _components(sel):
             rows, cols = np.divmod(comp, mask.shape[1])
-            _fit_segments(rows, cols, min_length, 1.5, out)
+            _fit_segments(rows, cols, min_length, 1.0, out)
     return out.astype(np.uint8) * 255
 
 
