@@ -116,7 +116,8 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
         # EXR), plus whatever a control unit needs.
         opts = CaptureOptions(**{**base.__dict__, "camera": cam.name, "depth_range": depth_range,
                                  "line_styles": tuple(sorted(set(base.line_styles) | set(line_styles.values()))),
-                                 "passes": tuple(sorted(set(base.passes) | {u.type for u in units}))})
+                                 "passes": tuple(sorted(set(base.passes) | {"lines" if u.type in J.LINE_TYPES
+                                                                            else u.type for u in units}))})
         render_controls(scene, passes_dir, opts)
         out.append((cam.name, camera_job(passes_dir, units, styles, seeds, model=model_spec(model),
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
