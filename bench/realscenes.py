@@ -82,8 +82,7 @@ def _lights(scene):
     obj.rotation_euler = (math.radians(50), 0.0, math.radians(35))
     scene.collection.objects.link(obj)
     world = bpy.data.worlds.new("Sky")
-    world.use_nodes = True
-    bg = world.node_tree.nodes.get("Background")
+    bg = world.node_tree.nodes.get("Background") if world.node_tree else None
     if bg is not None:
         bg.inputs["Color"].default_value = (0.55, 0.7, 0.9, 1.0)
         bg.inputs["Strength"].default_value = 0.8
@@ -98,8 +97,7 @@ def _material(name):
         mat = bpy.data.materials.new(name)
         colour = HOUSE_COLOURS.get(name, (0.7, 0.7, 0.7))
         mat.diffuse_color = (*colour, 1.0)
-        mat.use_nodes = True
-        bsdf = mat.node_tree.nodes.get("Principled BSDF")
+        bsdf = mat.node_tree.nodes.get("Principled BSDF") if mat.node_tree else None
         if bsdf is not None:
             bsdf.inputs["Base Color"].default_value = (*colour, 1.0)
     return mat
@@ -237,6 +235,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="", help=f"folder with {HOUSE_NPZ} and {SPONZA_GLB} (default: {DATA_DIR})")
     parser.add_argument("--sizes", default="512,1024", help="long sides to time, comma-separated")
     parser.add_argument("--supersample", type=int, default=2)
+    parser.add_argument("--views", default="", help="comma-separated camera names (default: all)")
     args = parser.parse_args(argv)
     import bpy
 
@@ -248,12 +247,14 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
     rows = []
     for label, build, cams, blend in (("FZK-Haus", build_house, HOUSE_CAMERAS, "fzk_house.blend"),
                                       ("Sponza", build_sponza, SPONZA_CAMERAS, "sponza.blend")):
         scene = build(data / (HOUSE_NPZ if build is build_house else SPONZA_GLB))
         bpy.ops.wm.save_as_mainfile(filepath=str(out / blend))
-        for row in measure(scene, list(cams), sizes, str(out / "passes"), supersample=args.supersample):
+        wanted = [c for c in cams if not views or c in views]
+        for row in measure(scene, wanted, sizes, str(out / "passes"), supersample=args.supersample):
             row["scene"] = label
             rows.append(row)
     head = f"{'scene':9s} {'view':8s} {'levels':>6s} {'clipped':>8s} {'fallback':>9s}" + "".join(

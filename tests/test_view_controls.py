@@ -237,7 +237,6 @@ def test_thin_rail_stays_continuous_with_supersampling(tmp_path):
 def test_beauty_pass_optional_timed_and_from_the_same_camera(tmp_path):
     fresh_scene(64, 48)
     mat = material("Red")
-    mat.use_nodes = True
     mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.8, 0.05, 0.05, 1.0)
     box("Chair", (0, 0, 0), (1, 1, 1), material=mat)
     light = bpy.data.lights.new("Sun", "SUN")
