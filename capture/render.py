@@ -287,17 +287,31 @@ def check_scene_numbers(scene, view_layer, camera):
                            "scale or vertices that are not finite numbers (NaN or infinity): fix or delete them")
 
 
-def _camera_inside_object(camera, objects, obj_id, hit, depsgraph):
-    """The object the camera sits inside when every pixel sees only that one object."""
+def _camera_inside_object(camera, objects, obj_id, hit, depsgraph, scene):
+    """The object the camera sits inside: every pixel sees that one object, the camera is
+    within its bounds, and rays from the camera meet its faces from behind (the Normal
+    pass turns normals toward the viewer, so Blender's ray cast tells). A real model in
+    one mesh (Sponza) filling the view from the front is not inside anything."""
     ids = np.unique(obj_id[hit])
     if not hit.all() or len(ids) != 1 or not 1 <= ids[0] <= len(objects):
         return None
     obj = objects[int(ids[0]) - 1]
     corners = _bounds_corners([obj], depsgraph)
     pos = np.array(camera.matrix_world.translation, dtype=np.float64)
-    if len(corners) and (corners.min(axis=0) <= pos).all() and (pos <= corners.max(axis=0)).all():
-        return obj
-    return None
+    if not (len(corners) and (corners.min(axis=0) <= pos).all() and (pos <= corners.max(axis=0)).all()):
+        return None
+    from mathutils import Vector
+
+    origins, dirs, _ = _camera_rays_world(scene, camera, depsgraph, (5, 5))
+    back = front = 0
+    for o, d in zip(origins, dirs):
+        ok, _loc, normal, _i, _obj, _m = scene.ray_cast(depsgraph, Vector(o), Vector(d))
+        if ok:
+            if float(np.dot(np.array(normal), d)) > 0:
+                back += 1
+            else:
+                front += 1
+    return obj if back > front else None
 
 
 def _custom_class(idblock):
@@ -595,13 +609,14 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         raise CaptureError(f"nothing in view of camera {camera.name!r}: every pixel sees the world background "
                            "(check where the camera points, its clip range and hidden objects)")
     cam_n = core_passes.camera_space_normals(world_n, rot)
+    orthographic = camera.data.type == "ORTHO"
+    rays = core_passes.pixel_rays(size, frame, orthographic=orthographic)
     inside = _camera_inside_object(camera, objects, obj_id, hit, _depsgraph(scene, scene.view_layers[0])
-                                   if bpy.context.scene != scene else bpy.context.evaluated_depsgraph_get())
+                                   if bpy.context.scene != scene else bpy.context.evaluated_depsgraph_get(), scene)
     if inside is not None:
         raise CaptureError(f"camera {camera.name!r} is inside object {inside.name!r} and sees nothing but its inside "
                            "faces: move the camera out of it or hide it from renders (a room shell needs its "
                            "contents, or a camera outside it)")
-    orthographic = camera.data.type == "ORTHO"
     if depth_range is None:
         depth_range = core_passes.view_depth_range(z, options.depth_percentiles)
 
@@ -648,7 +663,6 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         files["normal"] = os.path.join(out_dir, "normal.png")
         write_png(files["normal"], core_passes.normal_image(cam_n, hit))
 
-    rays = core_passes.pixel_rays(size, frame, orthographic=orthographic)
     facing_nz = core_passes.toward_viewer(world_n, rot, rays)[..., 2]
     labels, class_names, fell_back = _labels(obj_id, mat_id, hit, facing_nz, pairs, table, options.fallback_class)
     if "seg" in wanted:

@@ -160,6 +160,23 @@ def test_roof_is_building_outside_and_ceiling_below(tmp_path):
         assert tuple(seg[r, c]) == colour(cls), cam.name
 
 
+def test_a_model_in_one_mesh_filling_the_view_from_inside_renders(tmp_path):
+    """A room modelled as one mesh with its faces turned inward (as an imported interior
+    like Sponza is) fills the view from the front: that is not a camera stuck inside a
+    solid, which sees only back faces."""
+    fresh_scene(64, 48)
+    room = box("Room", (0, 0, 1.5), (8, 8, 3))
+    bm = bmesh.new()
+    bm.from_mesh(room.data)
+    bmesh.ops.reverse_faces(bm, faces=bm.faces[:])
+    bm.to_mesh(room.data)
+    bm.free()
+    camera(location=(0, -2, 1.5), target=(0, 3, 1.2), lens=24)
+    result = capture(tmp_path, long_side=64, fallback_class="surface")
+    shares = {e["class"]: e["pixels"] for e in result.info["legend"]}
+    assert shares["floor"] > 0.1 and shares["ceiling"] > 0.1 and shares["wall"] > 0.3
+
+
 # ---------------------------------------------------------------- lines
 
 def test_line_styles_differ_as_specified(tmp_path):
