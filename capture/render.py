@@ -642,8 +642,9 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         # Lines are found on the fine passes (the nearest-sample reduction moves each
         # pixel's sample inside its block, so depth is not affine there) and the canny
         # and mlsd masks are the blocks any fine line crosses.
-        cam_fine = core_passes.camera_space_normals(world_fine, rot) if factor > 1 else cam_n
-        mask_fine = core_passes.line_mask(z_fine, cam_fine, ids=(obj_fine, mat_fine), orthographic=orthographic,
+        # Creases compare neighbouring normals only, which any rotation keeps: the world
+        # normals serve as they are.
+        mask_fine = core_passes.line_mask(z_fine, world_fine, ids=(obj_fine, mat_fine), orthographic=orthographic,
                                           crease_angle=options.crease_angle)
         mask = core_passes.thin(core_passes.block_any(mask_fine, factor)) if factor > 1 else mask_fine
         line_files = {}

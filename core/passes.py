@@ -578,25 +578,32 @@ def settle_coplanar_ids(z, world_normals, keys, radius=2, rounds=2, depth_rel=0.
     wins ties). Boundaries between flush objects (a door in its wall) stay where they
     are, up to corners rounded by ``radius`` pixels of the fine pass.
     Returns the settled keys (same shape, same dtype)."""
-    z = np.asarray(z, dtype=np.float64)
-    n = np.asarray(world_normals, dtype=np.float64)
+    z = np.asarray(z)
+    n = np.asarray(world_normals)
     keys = np.array(keys, copy=True)
     hit = geometry_mask(z)
     h, w = z.shape
     offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
     for _ in range(rounds):
+        # Pixels whose right or lower neighbour has another id on the same surface (and
+        # that neighbour): cheap id comparisons first, geometry only where ids differ.
         cand = np.zeros(z.shape, dtype=bool)
-        for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-            kz, kk = _shift(z, dy, dx, np.inf), _shift(keys, dy, dx, -1)
-            kn = _shift(n, dy, dx, 0.0)
-            same_surface = (np.abs(kz - z) <= depth_rel * z) & (np.sum(kn * n, axis=-1) >= normal_cos)
-            cand |= hit & same_surface & (kk != keys)
+        for dy, dx in ((0, 1), (1, 0)):
+            a = (slice(0, h - dy), slice(0, w - dx))
+            b = (slice(dy, h), slice(dx, w))
+            r, c = np.nonzero(hit[a] & hit[b] & (keys[a] != keys[b]))
+            r2, c2 = r + dy, c + dx
+            za, zb = z[r, c].astype(np.float64), z[r2, c2].astype(np.float64)
+            same = (np.abs(za - zb) <= depth_rel * np.minimum(za, zb)) \
+                & (np.sum(n[r, c].astype(np.float64) * n[r2, c2], axis=-1) >= normal_cos)
+            cand[r[same], c[same]] = True
+            cand[r2[same], c2[same]] = True
         rows, cols = np.nonzero(cand)
         if rows.size == 0:
             break
         votes_k = np.empty((rows.size, len(offsets)), dtype=keys.dtype)
         valid = np.empty((rows.size, len(offsets)), dtype=bool)
-        zc, nc = z[rows, cols], n[rows, cols]
+        zc, nc = z[rows, cols].astype(np.float64), n[rows, cols].astype(np.float64)
         for j, (dy, dx) in enumerate(offsets):
             rr, cc = np.clip(rows + dy, 0, h - 1), np.clip(cols + dx, 0, w - 1)
             inside = (rows + dy >= 0) & (rows + dy < h) & (cols + dx >= 0) & (cols + dx < w)
@@ -604,10 +611,13 @@ def settle_coplanar_ids(z, world_normals, keys, radius=2, rounds=2, depth_rel=0.
             valid[:, j] = inside & hit[rr, cc] & (np.abs(z[rr, cc] - zc) <= 2 * depth_rel * zc) \
                 & (np.sum(n[rr, cc] * nc, axis=-1) >= normal_cos)
         own = keys[rows, cols]
-        same = (votes_k[:, :, None] == votes_k[:, None, :]) & valid[:, None, :]
-        counts = same.sum(axis=2) + np.where(votes_k == own[:, None], 0.5, 0.0)
-        counts[~valid] = -1
-        best = votes_k[np.arange(rows.size), np.argmax(counts, axis=1)]
+        best = np.empty_like(own)
+        for lo in range(0, rows.size, 20000):  # bounded memory: (chunk, k, k) votes
+            vk, va, ow = votes_k[lo:lo + 20000], valid[lo:lo + 20000], own[lo:lo + 20000]
+            counts = ((vk[:, :, None] == vk[:, None, :]) & va[:, None, :]).sum(axis=2) \
+                + np.where(vk == ow[:, None], 0.5, 0.0)
+            counts[~va] = -1
+            best[lo:lo + 20000] = vk[np.arange(len(vk)), np.argmax(counts, axis=1)]
         if np.array_equal(best, own):
             break
         keys[rows, cols] = best
