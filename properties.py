@@ -14,6 +14,9 @@ def _class_items():
 
 
 _CLASS_ITEMS = _class_items()  # Blender needs the enum items kept alive
+# The fallback may also be a facing rule of core/class_table.toml.
+_FALLBACK_ITEMS = _CLASS_ITEMS + [("surface", "Surface by Facing",
+                                   "Floor where it faces up, ceiling where it faces down, wall otherwise")]
 
 
 def _is_camera(_self, obj):
@@ -97,10 +100,11 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
                                 description="Neighbouring faces turned more than this make a line")
     background_class: EnumProperty(name="Background", items=_CLASS_ITEMS, default=DEFAULT_BACKGROUND_CLASS,
                                    description="Class of pixels with no geometry (the world, seen through windows)")
-    fallback_class: EnumProperty(name="Unclassified", items=_CLASS_ITEMS, default=DEFAULT_FALLBACK_CLASS,
-                                 description="Class of objects that no property or name keyword classifies")
+    fallback_class: EnumProperty(name="Unclassified", items=_FALLBACK_ITEMS, default=DEFAULT_FALLBACK_CLASS,
+                                 description="Class of objects that no property, IFC class or name keyword classifies")
     class_table: StringProperty(name="Keyword Table", subtype="FILE_PATH", default="",
-                                description="JSON file of name keyword -> ADE20K class, tried before the built-in table")
+                                description="Class table (JSON keyword -> class, or TOML/JSON laid out like core/class_table.toml), "
+                                            "tried before the built-in table")
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="//archviz/",
                                description="Folder for control passes and generated images (// = next to the .blend)")
 
