@@ -210,8 +210,11 @@ def view_figures(info):
             "fallback": info["fallback_share"]}
 
 
-def measure(scene, cameras, sizes, out_dir, **options):
-    """Render each camera at each long side; return rows of figures."""
+def measure(scene, cameras, sizes, out_dir, repeats=1, **options):
+    """Render each camera at each long side (the median time of ``repeats`` captures);
+    return rows of figures."""
+    import statistics
+
     from ..capture.render import CaptureOptions, render_controls
 
     rows = []
@@ -219,9 +222,12 @@ def measure(scene, cameras, sizes, out_dir, **options):
         row = {"scene": scene.name, "camera": cam}
         for size in sizes:
             opts = CaptureOptions(camera=cam, long_side=size, **options)
-            t0 = time.perf_counter()
-            result = render_controls(scene, os.path.join(out_dir, f"{cam}_{size}"), opts)
-            row[f"s{size}"] = time.perf_counter() - t0
+            times = []
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                result = render_controls(scene, os.path.join(out_dir, f"{cam}_{size}"), opts)
+                times.append(time.perf_counter() - t0)
+            row[f"s{size}"] = statistics.median(times)
             if size == sizes[0]:
                 row.update(view_figures(result.info))
                 row["render_s"] = result.info["timings"]["render"]
@@ -236,6 +242,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="512,1024", help="long sides to time, comma-separated")
     parser.add_argument("--supersample", type=int, default=2)
     parser.add_argument("--views", default="", help="comma-separated camera names (default: all)")
+    parser.add_argument("--repeats", type=int, default=1, help="captures per view and size (median time)")
     args = parser.parse_args(argv)
     import bpy
 
@@ -254,7 +261,8 @@ def main(argv=None) -> int:
         scene = build(data / (HOUSE_NPZ if build is build_house else SPONZA_GLB))
         bpy.ops.wm.save_as_mainfile(filepath=str(out / blend))
         wanted = [c for c in cams if not views or c in views]
-        for row in measure(scene, wanted, sizes, str(out / "passes"), supersample=args.supersample):
+        for row in measure(scene, wanted, sizes, str(out / "passes"), repeats=args.repeats,
+                           supersample=args.supersample):
             row["scene"] = label
             rows.append(row)
     head = f"{'scene':9s} {'view':8s} {'levels':>6s} {'clipped':>8s} {'fallback':>9s}" + "".join(
