@@ -92,4 +92,11 @@ def options_argv(scene_path, out_dir, options):
         argv += ["--frame", str(options.frame)]
     if options.class_table:
         argv += ["--class-table", options.class_table]
+    if options.depth_range:
+        argv += ["--depth-range", options.depth_range]
+    argv += ["--line-style", options.line_style, "--supersample", str(options.supersample)]
+    if options.line_styles:
+        argv += ["--line-styles", ",".join(options.line_styles)]
+    if options.beauty:
+        argv += ["--beauty", "--beauty-engine", options.beauty_engine, "--beauty-samples", str(options.beauty_samples)]
     return argv

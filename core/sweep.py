@@ -28,6 +28,7 @@ class ControlUnit:
     start: float | None = None
     end: float | None = None
     mode: str | None = None
+    line_style: str | None = None  # line units: read lines_<style>.png instead of lines.png
 
     @classmethod
     def parse(cls, text):
@@ -59,7 +60,10 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
     so a bad value is reported before anything is sent."""
     controls = []
     for i, unit in enumerate(units):
-        path = os.path.join(passes_dir, PASS_FILES.get(unit.type, f"{unit.type}.png"))
+        if unit.line_style and unit.type in J.LINE_TYPES:
+            path = os.path.join(passes_dir, f"lines_{unit.line_style}.png")
+        else:
+            path = os.path.join(passes_dir, PASS_FILES.get(unit.type, f"{unit.type}.png"))
         try:
             with open(path, "rb") as fh:
                 png = fh.read()
