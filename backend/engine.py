@@ -48,6 +48,8 @@ from ..core.devices import NvidiaSmi, choose_device, cpu_warning, query_nvidia_s
 from .models import ModelCache, ModelPlan, default_budget_bytes
 from .families import family_for
 from .families.base import Family, Unit
+from .memory import NONE as NO_PROFILE
+from .memory import MemoryProfile, choose_profile, quantize_mode
 from .families.sd import PROMPT_MODE_BASE, accept_precomputed_cond, make_scheduler  # noqa: F401 (re-exported)
 from .sweep import PlannedImage, SweepPlan
 
@@ -223,9 +225,15 @@ class Engine:
     :meth:`generate`; :meth:`unload` may be called from any thread."""
 
     def __init__(self, device: str = "auto", budget_bytes: int | None = None, max_batch: int | None = None,
-                 options: EngineOptions | dict | None = None):
+                 options: EngineOptions | dict | None = None, memory_profile: str | None = None):
         self.device = pick_device(device)
         self.options = EngineOptions.resolve(options, self.device)
+        # FLUX.1's memory profile (backend/memory.py): auto = by free GPU memory, chosen once per
+        # family before its models load; ARCHVIZ_MEMORY_PROFILE / serve --memory-profile set one.
+        self.memory_profile = memory_profile or os.environ.get("ARCHVIZ_MEMORY_PROFILE") or "auto"
+        choose_profile("flux", "cpu", None, self.memory_profile)  # refuses an unknown name now
+        self._profiles: dict[str, MemoryProfile] = {}
+        self._stream_ids: set[int] = set()
         self.dtype = torch.float16 if self.device.type in ("cuda", "mps") else torch.float32
         # Running on the CPU while the machine has a GPU is never silent: the log, /v1/health,
         # ``archviz serve`` / ``sweep`` and the panel show this.
@@ -253,6 +261,28 @@ class Engine:
     @property
     def image_changes(self) -> dict:
         return self.options.image_changes()
+
+    def profile_for(self, arch: str) -> MemoryProfile:
+        """The memory profile for a family's jobs on this engine (chosen once per family)."""
+        if arch not in self._profiles:
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+            self._profiles[arch] = choose_profile(arch, self.device.type, free, self.memory_profile)
+        return self._profiles[arch]
+
+    def _fp8_capable(self) -> bool:
+        return self.device.type == "cuda" and torch.cuda.get_device_capability(self.device) >= (8, 9)
+
+    def image_changes_for(self, arch: str) -> dict:
+        """:attr:`image_changes` plus what the family's memory profile changes (recorded in
+        every image's parameters): the profile's name, and its 8-bit weights when the
+        ``quantize`` option does not already set them."""
+        changes = dict(self.options.image_changes())
+        profile = self.profile_for(arch)
+        if profile is not NO_PROFILE:
+            changes["memory_profile"] = profile.name
+            if profile.quantize != "none" and self.options.quantize == "none":
+                changes["quantize"] = quantize_mode(profile, self._fp8_capable())
+        return changes
 
     # -- models ------------------------------------------------------------------------
     def load(self, models: ModelPlan):
@@ -317,7 +347,16 @@ class Engine:
                  cancelled: Callable[[], bool] | None = None) -> dict[int, np.ndarray]:
         """Make ``images`` (a subset of ``plan.images``). Calls ``on_image`` as each batch is
         decoded with a float32 HxWx3 array in [0, 1]; returns {index: array}."""
-        cancelled = cancelled or (lambda: False)
+        profile = self.profile_for(plan.models.arch)
+        saved = self.options
+        if profile.quantize != "none" and saved.quantize == "none":
+            self.options = saved.replace(quantize=quantize_mode(profile, self._fp8_capable()))
+        try:
+            return self._generate(plan, images, profile, on_step, on_image, cancelled or (lambda: False))
+        finally:
+            self.options = saved
+
+    def _generate(self, plan, images, profile: MemoryProfile, on_step, on_image, cancelled):
         opts = self.options
         family = family_for(plan.models.arch)
         self.stats, self.timings = Counter(), Counter()
@@ -327,6 +366,7 @@ class Engine:
             comps = base_entry.value
             nets = [e.value for e in net_entries]
             self._prepare_models(family.modules(comps, nets))
+            self._apply_profile(profile, family, comps, nets)
             pipe = family.pipeline(comps, nets[0])
             controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
             embeds: dict[int, object] = {}
@@ -350,6 +390,17 @@ class Engine:
                     if on_image:
                         on_image(item, array)
         return results
+
+    def _apply_profile(self, profile: MemoryProfile, family: Family, comps: dict, nets: list) -> None:
+        """Text encoders to the CPU, and which modules stream their blocks (see memory.py)."""
+        if profile.text_encoders_on_cpu:
+            for name in family.text_encoders:
+                if comps[name].device.type != "cpu":
+                    comps[name].to("cpu")
+        streamed = list(nets) if profile.stream in ("controlnets", "all") else []
+        if profile.stream == "all":
+            streamed.append(comps[family.denoiser])
+        self._stream_ids = {id(m) for m in streamed}
 
     def batches(self, plan: SweepPlan, images: Iterable[PlannedImage]) -> list[list[PlannedImage]]:
         """Group images whose styles sample the same way, in sweep order, chunked by memory."""
@@ -476,6 +527,16 @@ class Engine:
         """The callable the loop runs for ``module``: itself, its quantized copy, or the
         compiled form of either."""
         fn = self._quantized_copy(module) if self.options.quantize != "none" else module
+        if id(module) in self._stream_ids and not getattr(fn, "_archviz_streamed", False):
+            # The memory profile streams this model's blocks from CPU memory (diffusers' group
+            # offloading, which needs accelerate), applied to what runs: the model or its
+            # quantized copy.
+            optional_package("accelerate", f"memory profile {self.profile_for('flux').name!r} (streamed blocks)")
+            from diffusers.hooks import apply_group_offloading
+
+            apply_group_offloading(fn, onload_device=self.device, offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=1)
+            fn._archviz_streamed = True
         if not self.options.compile:
             return fn
         source, compiled = self._compiled.get(id(module), (None, None))

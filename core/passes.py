@@ -31,18 +31,24 @@ def _to_uint8(unit):
 
 # ---------------------------------------------------------------- resolution and range
 
-def control_resolution(width, height, long_side=512, pixel_aspect=(1.0, 1.0)):
-    """(w, h) with the scene's aspect ratio, the long side ``long_side``, both multiples of 8."""
-    if not isinstance(long_side, int) or long_side < 64 or long_side % 8:
-        raise PassError(f"long side must be a multiple of 8 and at least 64, got {long_side!r}")
+def control_resolution(width, height, long_side=512, pixel_aspect=(1.0, 1.0), multiple=8):
+    """(w, h) with the scene's aspect ratio, the long side ``long_side``, both multiples of
+    ``multiple`` (8 for SD 1.5 / SDXL, 16 for FLUX.1)."""
+    if not isinstance(long_side, int) or long_side < 64 or long_side % multiple:
+        raise PassError(f"long side must be a multiple of {multiple} and at least 64, got {long_side!r}")
     if width <= 0 or height <= 0:
         raise PassError(f"scene resolution must be positive, got {width}x{height}")
     aspect = (width * pixel_aspect[0]) / (height * pixel_aspect[1])
     if aspect >= 1.0:
-        w, h = long_side, max(8, int(round(long_side / aspect / 8.0)) * 8)
+        w, h = long_side, max(multiple, int(round(long_side / aspect / multiple)) * multiple)
     else:
-        w, h = max(8, int(round(long_side * aspect / 8.0)) * 8), long_side
+        w, h = max(multiple, int(round(long_side * aspect / multiple)) * multiple), long_side
     return w, h
+
+
+def size_multiple(model: str) -> int:
+    """The multiple a family's image sides must be: 16 for FLUX.1 (VAE 1/8 and 2x2 patches), else 8."""
+    return 16 if "flux" in str(model).lower() else 8
 
 
 @dataclass(frozen=True)

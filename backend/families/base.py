@@ -59,6 +59,8 @@ class Family:
     arch: str = ""
     #: the denoiser's component name in the base components ("unet", "transformer")
     denoiser: str = "unet"
+    #: the text encoders' component names (a memory profile may keep them on the CPU)
+    text_encoders: tuple = ("text_encoder",)
     #: activations of one image at 512x512 on CUDA (batch sizing by free memory)
     bytes_per_image_512: float = 0.5 * 2**30
 
