@@ -294,12 +294,12 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "sdxl-depth": [(SDXL_CONTROLNETS["depth"], None, "ControlNet (depth)")],
     "sdxl-canny": [(SDXL_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
     "sdxl-union": [(SDXL_UNION, None, "ControlNet-Union")],
-    "flux-base": [(FLUX_BASE, base_components("flux", False), "base model (gated: accept the licence on the hub)")],
-    "flux-schnell": [(FLUX_SCHNELL, base_components("flux", False), "base model (schnell, few steps)")],
+    "flux-base": [(FLUX_BASE, base_components("flux", False), "base model (gated)")],
+    "flux-schnell": [(FLUX_SCHNELL, base_components("flux", False), "base model (schnell)")],
     "flux-depth": [(FLUX_CONTROLNETS["depth"], None, "ControlNet (depth)")],
     "flux-canny": [(FLUX_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
-    "flux-union": [(FLUX_UNION, None, "ControlNet-Union (control modes)")],
-    "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0 (no modes)")],
+    "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
+    "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
