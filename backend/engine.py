@@ -220,6 +220,19 @@ def quantize_linear(module: torch.nn.Module, mode: str, device: torch.device) ->
 
 
 
+def quantize_onto(module: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """Move ``module`` to ``device`` one piece at a time (its children, the items of its
+    block lists), quantizing each piece's Linear layers there: the device holds the
+    quantized pieces so far plus one piece in full precision."""
+    pieces = []
+    for child in module.children():
+        pieces.extend(child if isinstance(child, torch.nn.ModuleList) else [child])
+    for piece in pieces:
+        piece.to(device)
+        quantize_linear(piece, mode, device)
+    return module.to(device)  # parameters and buffers of the module itself
+
+
 class Engine:
     """Owns the device, the warm model cache and the sweep. One worker thread calls
     :meth:`generate`; :meth:`unload` may be called from any thread."""
@@ -266,7 +279,12 @@ class Engine:
         """The memory profile for a family's jobs on this engine (chosen once per family)."""
         if arch not in self._profiles:
             free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
-            self._profiles[arch] = choose_profile(arch, self.device.type, free, self.memory_profile)
+            profile = choose_profile(arch, self.device.type, free, self.memory_profile)
+            self._profiles[arch] = profile
+            if profile.quantize != "none" or profile.stream:
+                # The family's models load into CPU memory; what runs goes to the GPU in 8 bits
+                # (_quantized_copy) or block by block (streaming), the VAE as it is.
+                self.cache.host_arches.add(arch)
         return self._profiles[arch]
 
     def _fp8_capable(self) -> bool:
@@ -397,6 +415,8 @@ class Engine:
             for name in family.text_encoders:
                 if comps[name].device.type != "cpu":
                     comps[name].to("cpu")
+        if profile is not NO_PROFILE and comps["vae"].device != self.device:
+            comps["vae"].to(self.device)  # loaded into CPU memory with the rest: small, decodes on the GPU
         streamed = list(nets) if profile.stream in ("controlnets", "all") else []
         if profile.stream == "all":
             streamed.append(comps[family.denoiser])
@@ -550,7 +570,14 @@ class Engine:
         """A copy of ``module`` with its Linear layers quantized (kept until the options change)."""
         source, quantized = self._quantized.get(id(module), (None, None))
         if source is None or source() is not module:
-            quantized = quantize_linear(copy.deepcopy(module), self.options.quantize, self.device)
+            quantized = copy.deepcopy(module)
+            on_host = next(module.parameters()).device.type == "cpu" and self.device.type != "cpu"
+            if on_host and id(module) not in self._stream_ids:
+                # A model a memory profile kept in CPU memory: quantized piece by piece on its
+                # way to the GPU, so the GPU never holds it in full precision.
+                quantize_onto(quantized, self.options.quantize, self.device)
+            else:
+                quantized = quantize_linear(quantized, self.options.quantize, self.device)
             self._quantized[id(module)] = (weakref.ref(module), quantized)
         return quantized
 

@@ -546,6 +546,8 @@ class ModelCache:
     lock: threading.RLock = field(default_factory=threading.RLock)
     loads: int = 0
     evictions: int = 0
+    # arches whose models load into CPU memory (a memory profile moves what runs to the device)
+    host_arches: set = field(default_factory=set)
 
     def _get(self, key: tuple, kind: str, ref: str, loader):
         with self.lock:
@@ -578,12 +580,16 @@ class ModelCache:
     def base(self, plan: ModelPlan) -> _Entry:
         key = ("base", plan.base, plan.vae, plan.arch)
         return self._get(key, "base", plan.base,
-                         lambda: load_base(plan.base, plan.vae, plan.arch, self.dtype_for(plan.arch), self.device))
+                         lambda: load_base(plan.base, plan.vae, plan.arch, self.dtype_for(plan.arch),
+                                           self.device_for(plan.arch)))
 
     def controlnet(self, ref: ControlNetRef) -> _Entry:
         key = ("controlnet", ref.ref, ref.union_mode is not None)
         return self._get(key, "controlnet", ref.ref,
-                         lambda: load_controlnet(ref, self.dtype_for(ref.arch), self.device))
+                         lambda: load_controlnet(ref, self.dtype_for(ref.arch), self.device_for(ref.arch)))
+
+    def device_for(self, arch: str):
+        return "cpu" if arch in self.host_arches else self.device
 
     @contextmanager
     def pinned(self, entries: list[_Entry]):

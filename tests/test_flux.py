@@ -294,3 +294,28 @@ def test_blender_generate_with_tiny_flux(tmp_path, monkeypatch):
     finally:
         gen.Task.current = None
         archviz_controlnet.unregister()
+
+
+def test_quantize_onto_quantizes_piece_by_piece_like_the_whole(engine):
+    """The memory profiles' path from CPU memory to the GPU (here CPU to CPU): every Linear
+    quantized, the same outputs as quantizing the whole model at once."""
+    import copy
+
+    pytest.importorskip("torchao")
+    from archviz_controlnet.backend.engine import quantize_linear, quantize_onto
+
+    plan = plan_of(seeds=(0,), steps=2)
+    base, _ = engine.load(plan.models)
+    transformer = base.value["transformer"]
+    whole = quantize_linear(copy.deepcopy(transformer), "int8-weight", engine.device)
+    pieces = quantize_onto(copy.deepcopy(transformer), "int8-weight", engine.device)
+    linears = [m for m in pieces.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m.weight.data) is not torch.Tensor for m in linears)  # torchao tensors
+    x = torch.randn(1, 16, 64)
+    kwargs = dict(encoder_hidden_states=torch.randn(1, 8, 32), pooled_projections=torch.randn(1, 32),
+                  timestep=torch.tensor([0.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
+                  guidance=torch.tensor([3.5]), return_dict=False)
+    with torch.no_grad():
+        a, b, plain = whole(x, **kwargs)[0], pieces(x, **kwargs)[0], transformer(x, **kwargs)[0]
+    torch.testing.assert_close(a, b)
+    assert (a - plain).abs().max() > 0  # really quantized
