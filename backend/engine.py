@@ -55,6 +55,7 @@ from .sweep import PlannedImage, SweepPlan
 
 log = logging.getLogger("archviz.backend")
 
+
 class Cancelled(Exception):
     """The job was cancelled; raised between two denoising steps."""
 
@@ -81,6 +82,7 @@ def device_warning(device: torch.device, requested: str = "auto", nvidia: Nvidia
     nvidia = nvidia if nvidia is not None else query_nvidia_smi()
     return cpu_warning("cpu", requested, platform.system(), platform.machine(), nvidia.gpus, torch.version.cuda,
                        torch.__version__)
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -216,8 +218,6 @@ def quantize_linear(module: torch.nn.Module, mode: str, device: torch.device) ->
               "fp8": Float8DynamicActivationFloat8WeightConfig, "fp8-weight": Float8WeightOnlyConfig}[mode]()
     quantize_(module, config)
     return module
-
-
 
 
 def quantize_onto(module: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
@@ -590,7 +590,6 @@ class Engine:
         backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                    "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
         return sdpa_kernel([backend])
-
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
