@@ -164,8 +164,11 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                                 ("cuda", "CUDA", ""), ("mps", "MPS", "Apple Silicon GPU"), ("cpu", "CPU", "")])
     model: EnumProperty(name="Model", default="sd15",
                         items=[("sd15", "SD 1.5", ""), ("sdxl", "SDXL", ""),
+                               ("flux", "FLUX.1-dev", "Gated, non-commercial licence: accept it on the hub and set "
+                                                      "the Hugging Face token. Depth and lines units, 1024 px"),
                                ("tiny", "Tiny (offline test)", "Random weights: noise that proves the plumbing"),
-                               ("tiny-sdxl", "Tiny SDXL (offline test)", "")])
+                               ("tiny-sdxl", "Tiny SDXL (offline test)", ""),
+                               ("tiny-flux", "Tiny FLUX (offline test)", "")])
     model_path: StringProperty(name="Base Model Override", subtype="DIR_PATH", default="",
                                description="Local folder or file used instead of the family's base model")
     output_dir: StringProperty(name="Default Output", subtype="DIR_PATH", default="",

@@ -50,7 +50,7 @@ def resolve_cameras(scene, spec="scene", selected=()):
 
 
 def model_spec(model):
-    """"sd15" | "sdxl" | "tiny" | "tiny-sdxl" | a local folder or file (an SD 1.5 base)."""
+    """A family (sd15, sdxl, flux, tiny, tiny-sdxl, tiny-flux) or a local folder or file (an SD 1.5 base)."""
     if model in J.FAMILIES or model in J.FAMILY_ALIASES:
         return {"family": model}
     if os.path.exists(model):

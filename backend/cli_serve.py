@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="engine option, e.g. compile=true, quantize=int8, token_merging=0.5 (repeatable; also "
                              "ARCHVIZ_ENGINE_OPTIONS=name=value,name=value). Options that change images are recorded "
                              "in every image's parameters (README: engine options)")
+    parser.add_argument("--memory-profile", default=os.environ.get("ARCHVIZ_MEMORY_PROFILE") or "auto",
+                        help="FLUX.1 on CUDA: auto (by free GPU memory), full, 24gb, 16gb or 12gb "
+                             "(backend/memory.py; 8-bit profiles change pixels and are recorded)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     from ..distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md
 
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         env_options = [o for o in os.environ.get("ARCHVIZ_ENGINE_OPTIONS", "").split(",") if o.strip()]
         options = EngineOptions.parse([*env_options, *args.engine_options])  # the command line wins
         if args.ray is None:
-            engine = Engine(args.device, budget_bytes=budget, max_batch=args.max_batch, options=options)
+            engine = Engine(args.device, budget_bytes=budget, max_batch=args.max_batch, options=options,
+                            memory_profile=args.memory_profile)
         else:  # the same engine in Ray actors, one per GPU (distributed/engine.py)
             from ..distributed.options import make_engine
 

@@ -1,21 +1,21 @@
-"""The generation engine: multi-ControlNet SD 1.5 / SDXL sweeps, batched across seeds.
+"""The generation engine: the sweep core every model family shares.
 
-It reads like a diffusers pipeline, top to bottom: check -> encode prompts (once per
-style) -> prepare controls and latents -> denoising loop -> decode. It reuses the diffusers
-pipelines' own helpers (``encode_prompt``, the control image processor, ``randn_tensor``,
-the schedulers) and differs from ``StableDiffusion(XL)ControlNetPipeline.__call__`` only
-where that pays:
+A job's images are (style, seed) pairs. The core runs them the same way for every family
+(:mod:`.families`; SD 1.5 / SDXL in :mod:`.families.sd`):
 
-* a batch holds several (style, seed) images; each seed has its own ``torch.Generator``,
-  so an image is the same alone or inside a sweep;
-* a ControlNet outside its guidance window, or at scale 0, is not run at all (diffusers
-  runs it and multiplies by 0: skipping is exact);
-* control modes per control (CONVENTIONS.md): ``balanced``; ``prompt`` scales residual i
-  of n by 0.825**(n-1-i); ``controlnet`` applies the control to the conditional half of
-  classifier-free guidance only;
-* each control image's conditioning embedding (the ControlNet's small conv stack over the
-  full-resolution image) is computed once per job instead of once per step and image;
-* progress and cancel are checked every denoising step.
+* batching: several (style, seed) images per forward, grouped by the styles' sampling
+  (steps, sampler, guidance) and chunked by memory; on CUDA out-of-memory a batch is halved
+  and retried;
+* one ``torch.Generator`` per seed, so an image is the same alone or inside a sweep;
+* text embeddings once per style (a cache per job);
+* each control image made ready for its net once per job;
+* a unit outside its guidance window, or at scale 0, is not run at all (diffusers runs it
+  and multiplies by 0: skipping is exact);
+* progress and cancel every denoising step; the VAE decode in chunks; forward counts and
+  seconds per phase in :attr:`Engine.stats` / :attr:`Engine.timings`.
+
+The family does the rest in its diffusers pipeline's order: encode prompt -> prepare
+controls -> prepare latents -> one denoising step with the control residuals -> decode.
 
 Speed options that do not change the images (channels_last, SDPA backend, fused QKV,
 torch.compile, CUDA graphs, VAE decode batch) are :class:`EngineOptions`; each was measured
@@ -31,16 +31,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
-import inspect
 import logging
 import os
 import platform
 import threading
 import time
-import types
 import weakref
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -48,11 +46,14 @@ import torch
 
 from ..core.devices import NvidiaSmi, choose_device, cpu_warning, query_nvidia_smi
 from .models import ModelCache, ModelPlan, default_budget_bytes
-from .sweep import PlannedImage, StyleSettings, SweepPlan, UnitSettings
+from .families import family_for
+from .families.base import Family, Unit
+from .memory import NONE as NO_PROFILE
+from .memory import MemoryProfile, choose_profile, quantize_mode
+from .families.sd import PROMPT_MODE_BASE, accept_precomputed_cond, make_scheduler  # noqa: F401 (re-exported)
+from .sweep import PlannedImage, SweepPlan
 
 log = logging.getLogger("archviz.backend")
-
-PROMPT_MODE_BASE = 0.825  # "my prompt is more important": residual i of n gets 0.825**(n-1-i)
 
 
 class Cancelled(Exception):
@@ -81,23 +82,6 @@ def device_warning(device: torch.device, requested: str = "auto", nvidia: Nvidia
     nvidia = nvidia if nvidia is not None else query_nvidia_smi()
     return cpu_warning("cpu", requested, platform.system(), platform.machine(), nvidia.gpus, torch.version.cuda,
                        torch.__version__)
-
-
-def make_scheduler(name: str, config: dict):
-    """A fresh scheduler of the job's kind on top of the base model's scheduler config."""
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           UniPCMultistepScheduler)
-
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config(config)
-    if name == "dpmpp_2m_karras":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
-                                                       use_karras_sigmas=True)
-    if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(config)
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    raise ValueError(f"scheduler: unknown {name!r}")
 
 
 @dataclass(frozen=True)
@@ -236,92 +220,33 @@ def quantize_linear(module: torch.nn.Module, mode: str, device: torch.device) ->
     return module
 
 
-@dataclass
-class Unit:
-    """One control inside the denoising loop."""
-
-    settings: UnitSettings
-    model: torch.nn.Module
-    image: torch.Tensor  # (1, 3, H, W) in [0, 1], device/dtype of the model
-    union_mode: int | None = None
-    fn: Callable | None = None  # the model, or its compiled form
-    cond: torch.Tensor | None = None  # precomputed conditioning embedding (1, C, h, w), else None
-
-    def active(self, i: int, n: int) -> bool:
-        """Same rule as diffusers' ``controlnet_keep``, plus scale 0 -> not run."""
-        s = self.settings
-        return s.scale > 0 and not (i / n < s.start or (i + 1) / n > s.end)
-
-    def __call__(self, sample, t, embeds, added_cond_kwargs, guess_mode: bool = False):
-        """Residuals at conditioning scale 1 for a ControlNetModel (the scale is applied by
-        the caller, so a compiled ControlNet never sees it and never recompiles for it), at
-        the unit's scale for a ControlNet-Union."""
-        n = sample.shape[0]
-        fn = self.model if self.fn is None else self.fn
-        if self.union_mode is None:
-            cond = self.cond if self.cond is not None else self.image
-            cond = cond.expand(n, -1, -1, -1) if n > 1 else cond
-            return fn(sample, t, encoder_hidden_states=embeds, controlnet_cond=cond, conditioning_scale=1.0,
-                      added_cond_kwargs=added_cond_kwargs, guess_mode=guess_mode, return_dict=False)
-        cond = self.image.expand(n, -1, -1, -1) if n > 1 else self.image
-        control_type = torch.zeros(n, self.model.config.num_control_type, device=sample.device, dtype=sample.dtype)
-        control_type[:, self.union_mode] = 1
-        return fn(sample, t, encoder_hidden_states=embeds, controlnet_cond=[cond],
-                  control_type=control_type, control_type_idx=[self.union_mode],
-                  conditioning_scale=[self.settings.scale], added_cond_kwargs=added_cond_kwargs,
-                  from_multi=True, guess_mode=guess_mode, return_dict=False)
-
-    @property
-    def prescaled(self) -> bool:
-        return self.union_mode is not None
-
-
-def accept_precomputed_cond(model: torch.nn.Module) -> bool:
-    """Let ``model.controlnet_cond_embedding`` take an already embedded control image.
-
-    The ControlNet's conditioning embedding (a conv stack over the full-resolution control
-    image) depends on the image alone, so the engine computes it once per job and passes
-    the result in: the embedding's forward returns an input that already has its output
-    channel count unchanged, and embeds anything else as before (the plain diffusers
-    pipeline is unaffected). Only the instance's ``forward`` changes; weights and
-    state_dict stay as they are. Returns False where this does not apply (ControlNet-Union,
-    BGR-ordered ControlNets)."""
-    emb = getattr(model, "controlnet_cond_embedding", None)
-    if emb is None or type(model).__name__ != "ControlNetModel":
-        return False
-    if getattr(model.config, "controlnet_conditioning_channel_order", "rgb") != "rgb":
-        return False
-    if getattr(emb, "_archviz_precomputed", False):
-        return True
-    plain = type(emb).forward
-    channels = emb.conv_out.out_channels
-
-    def forward(self, conditioning):
-        if conditioning.shape[1] == channels:
-            return conditioning  # embedded once by the engine
-        return plain(self, conditioning)
-
-    emb.forward = types.MethodType(forward, emb)
-    emb._archviz_precomputed = True
-    return True
-
-
-@dataclass
-class StyleEmbeds:
-    cond: torch.Tensor
-    uncond: torch.Tensor | None
-    pooled: torch.Tensor | None = None  # SDXL
-    uncond_pooled: torch.Tensor | None = None
+def quantize_onto(module: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """Move ``module`` to ``device`` one piece at a time (its children, the items of its
+    block lists), quantizing each piece's Linear layers there: the device holds the
+    quantized pieces so far plus one piece in full precision."""
+    pieces = []
+    for child in module.children():
+        pieces.extend(child if isinstance(child, torch.nn.ModuleList) else [child])
+    for piece in pieces:
+        piece.to(device)
+        quantize_linear(piece, mode, device)
+    return module.to(device)  # parameters and buffers of the module itself
 
 
 class Engine:
-    """Owns the device, the warm model cache and the denoising loop. One worker thread
-    calls :meth:`generate`; :meth:`unload` may be called from any thread."""
+    """Owns the device, the warm model cache and the sweep. One worker thread calls
+    :meth:`generate`; :meth:`unload` may be called from any thread."""
 
     def __init__(self, device: str = "auto", budget_bytes: int | None = None, max_batch: int | None = None,
-                 options: EngineOptions | dict | None = None):
+                 options: EngineOptions | dict | None = None, memory_profile: str | None = None):
         self.device = pick_device(device)
         self.options = EngineOptions.resolve(options, self.device)
+        # FLUX.1's memory profile (backend/memory.py): auto = by free GPU memory, chosen once per
+        # family before its models load; ARCHVIZ_MEMORY_PROFILE / serve --memory-profile set one.
+        self.memory_profile = memory_profile or os.environ.get("ARCHVIZ_MEMORY_PROFILE") or "auto"
+        choose_profile("flux", "cpu", None, self.memory_profile)  # refuses an unknown name now
+        self._profiles: dict[str, MemoryProfile] = {}
+        self._stream_ids: set[int] = set()
         self.dtype = torch.float16 if self.device.type in ("cuda", "mps") else torch.float32
         # Running on the CPU while the machine has a GPU is never silent: the log, /v1/health,
         # ``archviz serve`` / ``sweep`` and the panel show this.
@@ -331,7 +256,6 @@ class Engine:
         self.cache = ModelCache(self.device, self.dtype, budget_bytes or default_budget_bytes(self.device))
         env_batch = os.environ.get("ARCHVIZ_MAX_BATCH")
         self.max_batch = max_batch or (int(env_batch) if env_batch else None)
-        self._helpers: dict[int, object] = {}
         self._lock = threading.Lock()
         # id(model) -> (weak reference to the model, its compiled form / its quantized copy),
         # made for the options in _variants_key
@@ -351,6 +275,33 @@ class Engine:
     def image_changes(self) -> dict:
         return self.options.image_changes()
 
+    def profile_for(self, arch: str) -> MemoryProfile:
+        """The memory profile for a family's jobs on this engine (chosen once per family)."""
+        if arch not in self._profiles:
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+            profile = choose_profile(arch, self.device.type, free, self.memory_profile)
+            self._profiles[arch] = profile
+            if profile.quantize != "none" or profile.stream:
+                # The family's models load into CPU memory; what runs goes to the GPU in 8 bits
+                # (_quantized_copy) or block by block (streaming), the VAE as it is.
+                self.cache.host_arches.add(arch)
+        return self._profiles[arch]
+
+    def _fp8_capable(self) -> bool:
+        return self.device.type == "cuda" and torch.cuda.get_device_capability(self.device) >= (8, 9)
+
+    def image_changes_for(self, arch: str) -> dict:
+        """:attr:`image_changes` plus what the family's memory profile changes (recorded in
+        every image's parameters): the profile's name, and its 8-bit weights when the
+        ``quantize`` option does not already set them."""
+        changes = dict(self.options.image_changes())
+        profile = self.profile_for(arch)
+        if profile is not NO_PROFILE:
+            changes["memory_profile"] = profile.name
+            if profile.quantize != "none" and self.options.quantize == "none":
+                changes["quantize"] = quantize_mode(profile, self._fp8_capable())
+        return changes
+
     # -- models ------------------------------------------------------------------------
     def load(self, models: ModelPlan):
         """Base components and the ControlNets of a plan (cache entries, to pin)."""
@@ -368,7 +319,6 @@ class Engine:
 
     def unload(self) -> dict:
         with self._lock:
-            self._helpers.clear()
             self._compiled.clear()
             self._quantized.clear()
         return self.cache.unload()
@@ -388,25 +338,14 @@ class Engine:
                                f"{self.cache.budget_bytes / 2**30:.1f} GB; raise it with ARCHVIZ_MEMORY_BUDGET_GB")
 
     def helper_pipeline(self, arch: str, comps: dict, controlnet):
-        """A diffusers pipeline object over the warm components, used for its helpers
-        (prompt encoding, control image processing, SDXL time ids) and, in tests, as the
-        plain diffusers reference."""
-        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
-
-        if arch == "sdxl":
-            return StableDiffusionXLControlNetPipeline(
-                vae=comps["vae"], text_encoder=comps["text_encoder"], text_encoder_2=comps["text_encoder_2"],
-                tokenizer=comps["tokenizer"], tokenizer_2=comps["tokenizer_2"], unet=comps["unet"],
-                controlnet=controlnet, scheduler=make_scheduler("unipc", comps["scheduler_config"]),
-                add_watermarker=False)
-        return StableDiffusionControlNetPipeline(
-            vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
-            controlnet=controlnet, scheduler=make_scheduler("unipc", comps["scheduler_config"]),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        """The family's diffusers pipeline over the warm components, used for its helpers
+        (prompt encoding, control image processing, SDXL time ids) and, in tests and the
+        benchmark, as the plain diffusers reference."""
+        return family_for(arch).pipeline(comps, controlnet)
 
     # -- sizing ------------------------------------------------------------------------
     def batch_limit(self, plan: SweepPlan) -> int:
-        """Images per UNet batch: the job's cap, else ARCHVIZ_MAX_BATCH, else by memory."""
+        """Images per batch: the job's cap, else ARCHVIZ_MAX_BATCH, else by memory."""
         if not self.options.batch:
             return 1
         if plan.job.max_batch:
@@ -416,9 +355,7 @@ class Engine:
         if self.device.type != "cuda":
             return 8
         free, _ = torch.cuda.mem_get_info(self.device)
-        # Activations of one image (CFG doubles it) at fp16 with SDPA, measured roughly:
-        # ~0.5 GB for SD 1.5 at 512x512, ~1.5 GB for SDXL at 1024x1024; scale with area.
-        per_image = (0.5 if plan.models.arch == "sd15" else 0.4) * 2**30 * (plan.width * plan.height) / 512**2
+        per_image = family_for(plan.models.arch).bytes_per_image_512 * (plan.width * plan.height) / 512**2
         return int(max(1, min(16, (free * 0.7) // per_image)))
 
     # -- the sweep ---------------------------------------------------------------------
@@ -428,19 +365,29 @@ class Engine:
                  cancelled: Callable[[], bool] | None = None) -> dict[int, np.ndarray]:
         """Make ``images`` (a subset of ``plan.images``). Calls ``on_image`` as each batch is
         decoded with a float32 HxWx3 array in [0, 1]; returns {index: array}."""
-        cancelled = cancelled or (lambda: False)
+        profile = self.profile_for(plan.models.arch)
+        saved = self.options
+        if profile.quantize != "none" and saved.quantize == "none":
+            self.options = saved.replace(quantize=quantize_mode(profile, self._fp8_capable()))
+        try:
+            return self._generate(plan, images, profile, on_step, on_image, cancelled or (lambda: False))
+        finally:
+            self.options = saved
+
+    def _generate(self, plan, images, profile: MemoryProfile, on_step, on_image, cancelled):
         opts = self.options
+        family = family_for(plan.models.arch)
         self.stats, self.timings = Counter(), Counter()
         base_entry, net_entries = self.load(plan.models)
         results: dict[int, np.ndarray] = {}
         with self.cache.pinned([base_entry, *net_entries]):
             comps = base_entry.value
             nets = [e.value for e in net_entries]
-            self._prepare_models([comps["unet"], *nets])
-            helper = self.helper_pipeline(plan.models.arch, comps, nets[0])
-            controls = self._control_tensors(plan, helper, nets)
-            conds = self._control_embeddings(plan, nets, controls)
-            embeds: dict[int, StyleEmbeds] = {}
+            self._prepare_models(family.modules(comps, nets))
+            self._apply_profile(profile, family, comps, nets)
+            pipe = family.pipeline(comps, nets[0])
+            controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
+            embeds: dict[int, object] = {}
             for batch in self.batches(plan, images):
                 style = plan.styles[batch[0].style]
                 t0 = self._clock()
@@ -448,19 +395,32 @@ class Engine:
                     embeds.clear()
                 for item in batch:
                     if item.style not in embeds or not opts.embeds_once:  # once per style (option)
-                        embeds[item.style] = self._encode(helper, plan.models.arch, plan.styles[item.style])
+                        embeds[item.style] = family.encode_prompt(self, pipe, comps, plan.styles[item.style])
                         self.stats["prompt_encodes"] += 1
                 self.timings["encode"] += self._clock() - t0
                 units = [Unit(u, nets[ci], controls[ci], plan.models.controlnets[ci].union_mode,
-                              fn=self._runtime(nets[ci]), cond=conds[ci])
+                              fn=self._runtime(nets[ci]))
                          for ci, u in enumerate(style.units)]
-                out = self._run_batch_with_retry(plan, helper, comps, style, units, batch, embeds,
+                out = self._run_batch_with_retry(plan, pipe, comps, style, units, batch, embeds,
                                                  on_step, cancelled)
                 for item, array in zip(batch, out):
                     results[item.index] = array
                     if on_image:
                         on_image(item, array)
         return results
+
+    def _apply_profile(self, profile: MemoryProfile, family: Family, comps: dict, nets: list) -> None:
+        """Text encoders to the CPU, and which modules stream their blocks (see memory.py)."""
+        if profile.text_encoders_on_cpu:
+            for name in family.text_encoders:
+                if comps[name].device.type != "cpu":
+                    comps[name].to("cpu")
+        if profile is not NO_PROFILE and comps["vae"].device != self.device:
+            comps["vae"].to(self.device)  # loaded into CPU memory with the rest: small, decodes on the GPU
+        streamed = list(nets) if profile.stream in ("controlnets", "all") else []
+        if profile.stream == "all":
+            streamed.append(comps[family.denoiser])
+        self._stream_ids = {id(m) for m in streamed}
 
     def batches(self, plan: SweepPlan, images: Iterable[PlannedImage]) -> list[list[PlannedImage]]:
         """Group images whose styles sample the same way, in sweep order, chunked by memory."""
@@ -473,9 +433,9 @@ class Engine:
             out.extend(group[i:i + limit] for i in range(0, len(group), limit))
         return out
 
-    def _run_batch_with_retry(self, plan, helper, comps, style, units, batch, embeds, on_step, cancelled):
+    def _run_batch_with_retry(self, plan, pipe, comps, style, units, batch, embeds, on_step, cancelled):
         try:
-            return self.denoise(plan, helper, comps, style, units, batch, embeds, on_step, cancelled)
+            return self.denoise(plan, pipe, comps, style, units, batch, embeds, on_step, cancelled)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -484,35 +444,52 @@ class Engine:
             log.warning("out of memory with %d images per batch; retrying as %d + %d", len(batch), half,
                         len(batch) - half)
             self.max_batch = half
-            return (self._run_batch_with_retry(plan, helper, comps, style, units, batch[:half], embeds, on_step,
+            return (self._run_batch_with_retry(plan, pipe, comps, style, units, batch[:half], embeds, on_step,
                                                cancelled)
-                    + self._run_batch_with_retry(plan, helper, comps, style, units, batch[half:], embeds, on_step,
+                    + self._run_batch_with_retry(plan, pipe, comps, style, units, batch[half:], embeds, on_step,
                                                  cancelled))
 
-    # -- pieces --------------------------------------------------------------------------
-    def _control_tensors(self, plan: SweepPlan, helper, nets) -> list[torch.Tensor]:
-        from .preprocess import run_preprocessor
-
-        tensors = []
-        for control, net in zip(plan.controls, nets):
-            image = control.image
-            if control.preprocess != "none":
-                image = run_preprocessor(control.preprocess, image, plan.width, plan.height)
-            t = helper.control_image_processor.preprocess(image, height=plan.height, width=plan.width)
-            tensors.append(t.to(device=self.device, dtype=net.dtype))
-        return tensors
-
     @torch.no_grad()
-    def _control_embeddings(self, plan: SweepPlan, nets, controls) -> list[torch.Tensor | None]:
-        """Each ControlNet's conditioning embedding of its control image, once per job."""
-        out = []
-        for net, ref, image in zip(nets, plan.models.controlnets, controls):
-            if self.options.cond_once and ref.union_mode is None and accept_precomputed_cond(net):
-                cond = net.controlnet_cond_embedding(image)
-                out.append(cond.contiguous(memory_format=torch.channels_last) if self.options.channels_last else cond)
-            else:
-                out.append(None)
+    def denoise(self, plan: SweepPlan, pipe, comps: dict, style, units: list[Unit],
+                batch: list[PlannedImage], embeds: dict, on_step: Callable[[int], None] | None,
+                cancelled: Callable[[], bool]) -> list[np.ndarray]:
+        """One batch: the family's latents (one generator per seed), its step for every
+        timestep with the units that run, then the decode in chunks."""
+        family = family_for(plan.models.arch)
+        opts = self.options
+        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+        state = family.prepare_latents(self, plan, pipe, comps, style, batch,
+                                       [embeds[item.style] for item in batch], generators, units)
+        n = len(state.timesteps)
+        t0 = self._clock()
+        with self._sdpa():
+            for i, t in enumerate(state.timesteps):
+                if cancelled():
+                    raise Cancelled()
+                if opts.compile and opts.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                run = [(ci, unit, active) for ci, unit in enumerate(units)
+                       for active in (unit.active(i, n),)
+                       if active or not opts.skip_inactive]  # outside its window or at scale 0: not run at all
+                family.step(self, state, i, t, run)
+                if on_step:
+                    on_step(1)
+        self.timings["denoise"] += self._clock() - t0
+
+        t0 = self._clock()
+        out = self._decode(family, pipe, comps, state)
+        self.timings["decode"] += self._clock() - t0
         return out
+
+    def _decode(self, family: Family, pipe, comps: dict, state) -> list[np.ndarray]:
+        """The family's decode in chunks (bounds VAE memory on the GPU)."""
+        latents = state.latents
+        chunk = self.options.vae_batch or (4 if self.device.type == "cuda" else len(latents))
+        out = []
+        with family.decoding(comps):
+            for s in range(0, len(latents), chunk):
+                out.extend(family.decode_latents(self, pipe, comps, state, latents[s:s + chunk]))
+        return [np.asarray(a, dtype=np.float32) for a in out]
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
@@ -570,6 +547,16 @@ class Engine:
         """The callable the loop runs for ``module``: itself, its quantized copy, or the
         compiled form of either."""
         fn = self._quantized_copy(module) if self.options.quantize != "none" else module
+        if id(module) in self._stream_ids and not getattr(fn, "_archviz_streamed", False):
+            # The memory profile streams this model's blocks from CPU memory (diffusers' group
+            # offloading, which needs accelerate), applied to what runs: the model or its
+            # quantized copy.
+            optional_package("accelerate", f"memory profile {self.profile_for('flux').name!r} (streamed blocks)")
+            from diffusers.hooks import apply_group_offloading
+
+            apply_group_offloading(fn, onload_device=self.device, offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=1)
+            fn._archviz_streamed = True
         if not self.options.compile:
             return fn
         source, compiled = self._compiled.get(id(module), (None, None))
@@ -583,7 +570,14 @@ class Engine:
         """A copy of ``module`` with its Linear layers quantized (kept until the options change)."""
         source, quantized = self._quantized.get(id(module), (None, None))
         if source is None or source() is not module:
-            quantized = quantize_linear(copy.deepcopy(module), self.options.quantize, self.device)
+            quantized = copy.deepcopy(module)
+            on_host = next(module.parameters()).device.type == "cpu" and self.device.type != "cpu"
+            if on_host and id(module) not in self._stream_ids:
+                # A model a memory profile kept in CPU memory: quantized piece by piece on its
+                # way to the GPU, so the GPU never holds it in full precision.
+                quantize_onto(quantized, self.options.quantize, self.device)
+            else:
+                quantized = quantize_linear(quantized, self.options.quantize, self.device)
             self._quantized[id(module)] = (weakref.ref(module), quantized)
         return quantized
 
@@ -596,145 +590,6 @@ class Engine:
         backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                    "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
         return sdpa_kernel([backend])
-
-    @torch.no_grad()
-    def _encode(self, helper, arch: str, style: StyleSettings) -> StyleEmbeds:
-        do_cfg = style.cfg > 1.0
-        if arch == "sdxl":
-            cond, uncond, pooled, uncond_pooled = helper.encode_prompt(
-                style.prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=do_cfg,
-                negative_prompt=style.negative or None)
-            return StyleEmbeds(cond, uncond, pooled, uncond_pooled)
-        cond, uncond = helper.encode_prompt(style.prompt, self.device, 1, do_cfg, style.negative or None)
-        return StyleEmbeds(cond, uncond)
-
-    @torch.no_grad()
-    def denoise(self, plan: SweepPlan, helper, comps: dict, style: StyleSettings, units: list[Unit],
-                batch: list[PlannedImage], embeds: dict[int, StyleEmbeds],
-                on_step: Callable[[int], None] | None, cancelled: Callable[[], bool]) -> list[np.ndarray]:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        unet, vae = comps["unet"], comps["vae"]
-        sdxl = plan.models.arch == "sdxl"
-        b = len(batch)
-        do_cfg = style.cfg > 1.0
-
-        # 1. Prompts: per-image rows of the per-style embeddings.
-        e = [embeds[item.style] for item in batch]
-        prompt_embeds = torch.cat([x.cond for x in e])
-        if do_cfg:
-            prompt_embeds = torch.cat([torch.cat([x.uncond for x in e]), prompt_embeds])
-        added = None
-        if sdxl:
-            text_embeds = torch.cat([x.pooled for x in e])
-            if do_cfg:
-                text_embeds = torch.cat([torch.cat([x.uncond_pooled for x in e]), text_embeds])
-            time_ids = helper._get_add_time_ids(
-                (plan.height, plan.width), (0, 0), (plan.height, plan.width), dtype=prompt_embeds.dtype,
-                text_encoder_projection_dim=int(comps["text_encoder_2"].config.projection_dim))
-            added = {"text_embeds": text_embeds,
-                     "time_ids": time_ids.to(self.device).repeat(prompt_embeds.shape[0], 1)}
-
-        # 2. Sampler and initial noise: one generator per seed.
-        scheduler = make_scheduler(style.scheduler, comps["scheduler_config"])
-        scheduler.set_timesteps(style.steps, device=self.device)
-        timesteps = scheduler.timesteps
-        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
-        shape = (b, unet.config.in_channels, plan.height // helper.vae_scale_factor,
-                 plan.width // helper.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=prompt_embeds.dtype)
-        latents = latents * scheduler.init_noise_sigma
-        step_params = inspect.signature(scheduler.step).parameters
-        extra = {}
-        if "eta" in step_params:
-            extra["eta"] = 0.0
-        if "generator" in step_params:
-            extra["generator"] = generators
-
-        # 3. Denoising loop.
-        opts = self.options
-        unet_fn = self._runtime(unet)
-        memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
-        n = len(timesteps)
-        t0 = self._clock()
-        with self._sdpa():
-            for i, t in enumerate(timesteps):
-                if cancelled():
-                    raise Cancelled()
-                if opts.compile and opts.cuda_graphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                x = torch.cat([latents] * 2) if do_cfg else latents
-                x = scheduler.scale_model_input(x, t).contiguous(memory_format=memory_format)
-                down, mid = None, None
-                for ci, unit in enumerate(units):
-                    active = unit.active(i, n)
-                    if not active and opts.skip_inactive:
-                        continue  # outside its window or at scale 0: not run at all
-                    cond_only = (unit.settings.mode == "controlnet" or opts.guess_mode) and do_cfg
-                    if cond_only:
-                        cx = scheduler.scale_model_input(latents, t).contiguous(memory_format=memory_format)
-                        c_embeds = prompt_embeds[b:]
-                        c_added = {k: v[b:] for k, v in added.items()} if added else None
-                    else:
-                        cx, c_embeds, c_added = x, prompt_embeds, added
-                    d, m = unit(cx, t, c_embeds, c_added, guess_mode=opts.guess_mode)
-                    self.stats[f"controlnet{ci}"] += cx.shape[0]
-                    scale = unit.settings.scale if active else 0.0  # diffusers multiplies by 0
-                    if not unit.prescaled:
-                        d, m = [r * scale for r in d], m * scale
-                    if unit.settings.mode == "prompt":
-                        k = len(d) + 1  # residuals incl. the mid block (13 for SD 1.5)
-                        d = [r * PROMPT_MODE_BASE ** (k - 1 - j) for j, r in enumerate(d)]
-                    if cond_only:
-                        d = [torch.cat([torch.zeros_like(r), r]) for r in d]
-                        m = torch.cat([torch.zeros_like(m), m])
-                    if down is None:
-                        down, mid = list(d), m
-                    else:
-                        down = [p + q for p, q in zip(down, d)]
-                        mid = mid + m
-                noise = unet_fn(x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
-                                mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
-                self.stats["unet"] += x.shape[0]
-                if do_cfg:
-                    uncond, text = noise.chunk(2)
-                    noise = uncond + style.cfg * (text - uncond)
-                latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
-                if on_step:
-                    on_step(1)
-        self.timings["denoise"] += self._clock() - t0
-
-        # 4. Decode (in chunks to bound VAE memory on the GPU).
-        t0 = self._clock()
-        out = self._decode(vae, helper, latents, sdxl)
-        self.timings["decode"] += self._clock() - t0
-        return out
-
-    def _decode(self, vae, helper, latents: torch.Tensor, sdxl: bool = False) -> list[np.ndarray]:
-        chunk = self.options.vae_batch or (4 if self.device.type == "cuda" else len(latents))
-        # Like the diffusers pipelines: only SDXL upcasts an fp16 VAE that asks for it (the
-        # SD 1.5 pipeline decodes in the model's dtype).
-        upcast = sdxl and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            mean = getattr(vae.config, "latents_mean", None)
-            std = getattr(vae.config, "latents_std", None)
-            out = []
-            for s in range(0, len(latents), chunk):
-                z = latents[s:s + chunk].to(vae.dtype)
-                if mean is not None and std is not None:
-                    m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-                    d = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
-                    z = z * d / vae.config.scaling_factor + m
-                else:
-                    z = z / vae.config.scaling_factor
-                image = vae.decode(z, return_dict=False)[0]
-                out.extend(helper.image_processor.postprocess(image, output_type="np"))
-            return [np.asarray(a, dtype=np.float32) for a in out]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

@@ -65,22 +65,41 @@ SDXL_UNION = "xinsir/controlnet-union-sdxl-1.0"
 #: ControlNet-Union control modes (xinsir): 1 depth, 3 canny/lineart/mlsd, 4 normal, 5 seg.
 UNION_MODES = {"depth": 1, "canny": 3, "lines": 3, "lineart": 3, "mlsd": 3, "normal": 4, "seg": 5}
 
+FLUX_BASE = "black-forest-labs/FLUX.1-dev"  # gated, FLUX.1 [dev] non-commercial licence
+FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"  # Apache-2.0, timestep-distilled (few steps, no guidance)
+FLUX_CONTROLNETS = {
+    "depth": "Shakker-Labs/FLUX.1-dev-ControlNet-Depth",
+    "canny": "InstantX/FLUX.1-dev-Controlnet-Canny",
+    "lines": "InstantX/FLUX.1-dev-Controlnet-Canny",
+    "lineart": "InstantX/FLUX.1-dev-Controlnet-Canny",
+    "mlsd": "InstantX/FLUX.1-dev-Controlnet-Canny",
+}
+FLUX_UNION = "InstantX/FLUX.1-dev-Controlnet-Union"
+#: FLUX.1-dev ControlNet-Union control modes (InstantX; Shakker-Labs' Union-Pro 1.0 alike):
+#: 0 canny, 1 tile, 2 depth, 3 blur, 4 pose, 5 gray, 6 low quality. No normal or seg mode.
+FLUX_UNION_MODES = {"depth": 2, "canny": 0, "lines": 0, "lineart": 0, "mlsd": 0}
+#: Shakker-Labs' Union-Pro 2.0 has no mode embedding (canny, soft edge, depth, pose, gray from
+#: the image alone): give it per type with model.controlnets.<type>.
+FLUX_UNION_PRO_2 = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0"
+
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
 _TINY_SDXL_KIND = {"depth": "depth", "canny": "canny", "lines": "canny", "lineart": "canny", "mlsd": "canny"}
+_TINY_FLUX_KIND = _TINY_SDXL_KIND
 
 
 @dataclass(frozen=True)
 class ControlNetRef:
     ref: str  # HF id, local folder or single file
     union_mode: int | None = None  # set when the model is a ControlNet-Union
+    arch: str = "sd15"  # the family's architecture: which ControlNet class loads it
 
 
 @dataclass(frozen=True)
 class ModelPlan:
     """Concrete references for one job."""
 
-    arch: str  # "sd15" | "sdxl"
+    arch: str  # "sd15" | "sdxl" | "flux"
     family: str
     base: str
     vae: str | None
@@ -95,8 +114,10 @@ class ModelPlan:
 def resolve_models(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
     """References for a job; raises JobError naming the field when a control type has no
     ControlNet in the chosen family."""
-    sdxl = spec.is_sdxl
-    arch = "sdxl" if sdxl else "sd15"
+    arch = spec.arch
+    if arch == "flux":
+        return _resolve_flux(spec, control_types, control_models)
+    sdxl = arch == "sdxl"
     if spec.is_tiny:
         base = spec.base or str(tiny.tiny_path(arch, "base"))
         vae = spec.vae or (str(tiny.tiny_path("sdxl", "vae-fp16-fix")) if sdxl else None)
@@ -123,6 +144,33 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
                            f"{spec.family} has no {ctype!r} ControlNet; set model.union=true "
                            f"(ControlNet-Union) or give model.controlnets.{ctype}")
     return ModelPlan(arch=arch, family=spec.family, base=base, vae=vae, controlnets=tuple(refs))
+
+
+def _resolve_flux(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
+    """FLUX.1: the base (dev, or schnell with ``model.base``), one net per control type, or
+    the union net with its control mode per type (``model.union``)."""
+    if spec.is_tiny:
+        base = spec.base or str(tiny.tiny_path("flux", "base"))
+        union = spec.controlnets.get("union") or str(tiny.tiny_path("flux", "controlnet-union"))
+        defaults = {t: str(tiny.tiny_path("flux", f"controlnet-{k}")) for t, k in _TINY_FLUX_KIND.items()}
+    else:
+        base, union, defaults = spec.base or FLUX_BASE, spec.controlnets.get("union") or FLUX_UNION, FLUX_CONTROLNETS
+    refs = []
+    for i, (ctype, override) in enumerate(zip(control_types, control_models)):
+        if override or ctype in spec.controlnets:
+            refs.append(ControlNetRef(override or spec.controlnets[ctype], arch="flux"))
+        elif spec.union:
+            if ctype not in FLUX_UNION_MODES:
+                raise JobError(f"controls[{i}].type", f"the FLUX.1 ControlNet-Union has no {ctype!r} mode "
+                                                      f"(it takes {', '.join(FLUX_UNION_MODES)})")
+            refs.append(ControlNetRef(union, FLUX_UNION_MODES[ctype], arch="flux"))
+        elif ctype in defaults:
+            refs.append(ControlNetRef(defaults[ctype], arch="flux"))
+        else:
+            raise JobError(f"controls[{i}].type",
+                           f"{spec.family} has no {ctype!r} ControlNet (FLUX.1 nets take depth and canny-style "
+                           f"lines); give model.controlnets.{ctype}")
+    return ModelPlan(arch="flux", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,6 +274,8 @@ def check_job_models(job, roots: list[Path]) -> None:
 #: Pipeline folders the loaders read from a base repository (see :func:`load_base`).
 BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
                    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                            "scheduler"),
+                   "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                             "scheduler")}
 
 
@@ -244,10 +294,17 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "sdxl-depth": [(SDXL_CONTROLNETS["depth"], None, "ControlNet (depth)")],
     "sdxl-canny": [(SDXL_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
     "sdxl-union": [(SDXL_UNION, None, "ControlNet-Union")],
+    "flux-base": [(FLUX_BASE, base_components("flux", False), "base model (gated)")],
+    "flux-schnell": [(FLUX_SCHNELL, base_components("flux", False), "base model (schnell)")],
+    "flux-depth": [(FLUX_CONTROLNETS["depth"], None, "ControlNet (depth)")],
+    "flux-canny": [(FLUX_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
+    "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
+    "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
-FAMILY_NAMES = ("sd15", "sdxl")
+CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
+FAMILY_NAMES = ("sd15", "sdxl", "flux")
 
 
 def catalog_name(repo_id: str) -> str:
@@ -372,6 +429,8 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    if arch == "flux":
+        return _load_flux_base(ref, dtype, device)
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
@@ -408,10 +467,38 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     return comps
 
 
-def load_controlnet(ref: ControlNetRef, dtype, device):
-    from diffusers import ControlNetModel, ControlNetUnionModel
+def _load_flux_base(ref: str, dtype, device) -> dict:
+    """FLUX.1's transformer, VAE, CLIP and T5 encoders with their tokenizers, scheduler config."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-    cls = ControlNetUnionModel if ref.union_mode is not None else ControlNetModel
+    if Path(ref).expanduser().is_file():
+        raise ModelNotFoundError(f"base model {ref}: FLUX.1 loads from a folder or hub id (diffusers layout), "
+                                 f"not from one checkpoint file")
+    folder = local_folder(ref, base_components("flux", False), "base model", dtype)
+    comps = {
+        "transformer": _load(FluxTransformer2DModel, folder, "transformer", ref, "base model", dtype),
+        "vae": _load(AutoencoderKL, folder, "vae", ref, "base model", dtype),
+        "text_encoder": _load(CLIPTextModel, folder, "text_encoder", ref, "base model", dtype),
+        "tokenizer": _load(CLIPTokenizer, folder, "tokenizer", ref, "base model"),
+        "text_encoder_2": _load(T5EncoderModel, folder, "text_encoder_2", ref, "base model", dtype),
+        "tokenizer_2": _load(T5TokenizerFast, folder, "tokenizer_2", ref, "base model"),
+        "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
+    }
+    for module in comps.values():
+        if hasattr(module, "eval"):
+            module.eval().requires_grad_(False)
+            module.to(device)
+    return comps
+
+
+def load_controlnet(ref: ControlNetRef, dtype, device):
+    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel
+
+    if ref.arch == "flux":
+        cls = FluxControlNetModel  # single-purpose and union nets alike (a union one has num_mode)
+    else:
+        cls = ControlNetUnionModel if ref.union_mode is not None else ControlNetModel
     if Path(ref.ref).expanduser().is_file():
         model = _from_single_file(cls, ref.ref, "ControlNet", torch_dtype=dtype)
     else:
@@ -459,6 +546,8 @@ class ModelCache:
     lock: threading.RLock = field(default_factory=threading.RLock)
     loads: int = 0
     evictions: int = 0
+    # arches whose models load into CPU memory (a memory profile moves what runs to the device)
+    host_arches: set = field(default_factory=set)
 
     def _get(self, key: tuple, kind: str, ref: str, loader):
         with self.lock:
@@ -479,14 +568,28 @@ class ModelCache:
         log.info("loaded %s %s (%.1f MB) in %.2fs", kind, ref, nbytes / 2**20, time.perf_counter() - t0)
         return entry
 
+    def dtype_for(self, arch: str):
+        """FLUX.1 runs in bf16 where the engine runs fp16 (its T5 and transformer overflow
+        fp16); everything else in the cache's dtype."""
+        import torch
+
+        if arch == "flux" and self.dtype == torch.float16:
+            return torch.bfloat16
+        return self.dtype
+
     def base(self, plan: ModelPlan) -> _Entry:
         key = ("base", plan.base, plan.vae, plan.arch)
         return self._get(key, "base", plan.base,
-                         lambda: load_base(plan.base, plan.vae, plan.arch, self.dtype, self.device))
+                         lambda: load_base(plan.base, plan.vae, plan.arch, self.dtype_for(plan.arch),
+                                           self.device_for(plan.arch)))
 
     def controlnet(self, ref: ControlNetRef) -> _Entry:
         key = ("controlnet", ref.ref, ref.union_mode is not None)
-        return self._get(key, "controlnet", ref.ref, lambda: load_controlnet(ref, self.dtype, self.device))
+        return self._get(key, "controlnet", ref.ref,
+                         lambda: load_controlnet(ref, self.dtype_for(ref.arch), self.device_for(ref.arch)))
+
+    def device_for(self, arch: str):
+        return "cpu" if arch in self.host_arches else self.device
 
     @contextmanager
     def pinned(self, entries: list[_Entry]):

@@ -266,7 +266,10 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         job = J.Job.from_json(raw)  # JobError -> 422 naming the field
         check_job_models(job, allowed_models)  # no reads outside the model roots
         found, _ = presets()
-        plan = build_plan(job, found, engine.dtype_name, engine.image_changes)
+        changes_for = getattr(engine, "image_changes_for", None)  # with the family's memory profile
+        changes = changes_for(job.model.arch) if changes_for else engine.image_changes
+        dtype = "bfloat16" if job.model.arch == "flux" and engine.dtype_name == "float16" else engine.dtype_name
+        plan = build_plan(job, found, dtype, changes)
         record = worker.submit(plan)
         return JSONResponse(status_code=202, content={
             "id": record.id, "state": record.state, "queue_position": worker.queue_position(record.id),

@@ -20,6 +20,12 @@ from ..core import jobs as J
 from ..core.presets import Preset
 from .models import ModelPlan, resolve_models
 
+#: FLUX.1 defaults where neither the job nor the preset's [flux] section sets them: FLUX.1-dev's
+#: distilled guidance and step count; it samples with flow-matching Euler only and has no
+#: negative prompt.
+FLUX_DEFAULTS = {"cfg": 3.5, "steps": 28}
+FLUX_SCHEDULER = "flow_euler"
+
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
 
@@ -141,7 +147,7 @@ def resolve_style(style: J.Style, index: int, job: J.Job, presets: dict[str, Pre
         if preset is None:
             known = ", ".join(sorted(presets)) or "none"
             raise J.JobError(f"styles[{index}].preset", f"unknown preset {style.preset!r} (known: {known})")
-        preset = preset.for_family(job.model.is_sdxl)
+        preset = preset.for_family(job.model.arch)
     prompt = style.prompt if style.prompt else preset.prompt
     negative = style.negative if style.negative is not None else (preset.negative if preset else "")
     return preset, prompt, negative
@@ -152,6 +158,14 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
     """Resolve presets and models, decode control images, hash every image's parameters
     (``engine_options``: the engine's image-changing options, EngineOptions.image_changes)."""
     models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
+    flux = models.arch == "flux"
+    if flux:
+        if job.scheduler is not None:
+            raise J.JobError("scheduler", f"{job.scheduler!r}: FLUX.1 samples with its flow-matching Euler "
+                                          f"scheduler only; leave scheduler unset")
+        for name in ("width", "height"):
+            if getattr(job, name) % 16:
+                raise J.JobError(name, f"{getattr(job, name)} px: FLUX.1 needs a multiple of 16")
     controls = []
     for i, c in enumerate(job.controls):
         image = decode_control_image(c.png_bytes(), f"controls[{i}].image")
@@ -181,12 +195,21 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
                 model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
             ))
+        if flux:  # FLUX.1: distilled guidance as cfg, no negative prompt, one sampler
+            flux_values = presets[style.preset].flux if style.preset is not None else {}
+            if style.negative:
+                raise J.JobError(f"styles[{si}].negative", "FLUX.1 has no negative prompt (guidance-distilled, "
+                                                           "no true CFG); describe what you want instead")
+            steps = int(pick(job.steps, flux_values.get("steps"), FLUX_DEFAULTS["steps"]))
+            cfg = float(pick(job.cfg, flux_values.get("cfg"), FLUX_DEFAULTS["cfg"]))
+            negative, scheduler = "", FLUX_SCHEDULER
+        else:
+            steps = int(pick(job.steps, preset.steps if preset else None, J.DEFAULT_STEPS))
+            cfg = float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG))
+            scheduler = pick(job.scheduler, preset.scheduler if preset else None, J.DEFAULT_SCHEDULER)
         styles.append(StyleSettings(
             name=style.name, preset=style.preset, prompt=prompt, negative=negative,
-            steps=int(pick(job.steps, preset.steps if preset else None, J.DEFAULT_STEPS)),
-            cfg=float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG)),
-            scheduler=pick(job.scheduler, preset.scheduler if preset else None, J.DEFAULT_SCHEDULER),
-            units=tuple(units),
+            steps=steps, cfg=cfg, scheduler=scheduler, units=tuple(units),
         ))
 
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,

@@ -364,10 +364,14 @@ def _trim_heap() -> None:
 
 def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
     """A warning per prompt longer than the text encoder reads (77 CLIP tokens with the
-    start and end tokens): it is cut there, as diffusers does, and the user should know."""
+    start and end tokens; FLUX.1: its T5 encoder's 512, the CLIP one only gives the pooled
+    summary): it is cut there, as diffusers does, and the user should know."""
     base = engine.cache.base(plan.models).value
-    tokenizer = base["tokenizer"]
+    t5 = plan.models.arch == "flux"
+    tokenizer = base["tokenizer_2"] if t5 else base["tokenizer"]
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    if t5:
+        limit = min(limit, 512)
     out = []
     for i, style in enumerate(plan.styles):
         for what, text in (("prompt", style.prompt), ("negative prompt", style.negative)):
@@ -375,7 +379,7 @@ def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
                 continue
             ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
             if len(ids) > limit:
-                kept = tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
+                kept = tokenizer.decode(ids[:limit - 1] if t5 else ids[1:limit - 1], skip_special_tokens=True)
                 out.append(f"styles[{i}] ({style.name}): the {what} is {len(ids)} tokens; the text encoder reads "
                            f"{limit}, so it was cut after: {kept[-60:]!r}")
     return out

@@ -1,8 +1,11 @@
 """One benchmark run: the plain diffusers loop and our engine, same models, same sweep.
 
-* baseline: ``StableDiffusion(XL)ControlNetPipeline`` with a list of ControlNets, called once
-  per (style, seed) as in the seed documents' ArchVizPipeline (fp16 + SDPA on CUDA, fp32 on
-  CPU; a CPU ``torch.Generator`` per call so both sides draw the same noise);
+* two baselines, the family's diffusers pipeline (``StableDiffusion(XL)ControlNetPipeline``,
+  ``FluxControlNetPipeline``) with a list of ControlNets: ``loop``, called once per (style,
+  seed) as in the seed documents' ArchVizPipeline, and ``batched``, one call per sampling
+  group with the lists of prompts and generators, the way a diffusers user batches a sweep
+  (fp16 + SDPA on CUDA, fp32 on CPU; CPU ``torch.Generator`` s so every side draws the same
+  noise);
 * ours: :class:`~..backend.engine.Engine` with its default options, then one row per
   option with that option alone flipped, measured the same way;
 * matching images are compared pixel by pixel (max absolute difference, 0-1 scale);
@@ -125,11 +128,12 @@ def control_png(kind: str, size: int) -> bytes:
 CONFIGS = {
     "tiny": "the offline tiny SD 1.5 models (CPU, CI)",
     "tiny-sdxl": "the offline tiny SDXL models (CPU, CI)",
+    "tiny-flux": "the offline tiny FLUX.1 models (CPU, CI)",
     "sd15": "SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs, random weights (GPU)",
     "sdxl": "SDXL UNet, 2 SDXL ControlNets, fp16-fix VAE, both text encoders from the real configs, random "
             "weights (GPU)",
 }
-DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sdxl": 1024}
+DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "sd15": 512, "sdxl": 1024}
 
 
 def model_refs(config: str) -> dict:
@@ -161,9 +165,12 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
                                                                               "lines": refs["lines"]}}
         if spec.config == "sdxl":
             model["vae"] = refs["vae"]
+    sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler}
+    if "flux" in spec.config:  # distilled guidance from the presets' [flux] sections, one sampler
+        sampling = {}
     job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
                            "seeds": list(spec.seeds), "width": spec.size, "height": spec.size,
-                           "steps": steps or spec.steps, "cfg": spec.cfg, "scheduler": spec.scheduler})
+                           "steps": steps or spec.steps, **sampling})
     return build_plan(job, load_presets(include_user=False), "float32")
 
 
@@ -276,34 +283,66 @@ def finite(images: dict) -> bool:
 
 
 def baseline_pipeline(engine, plan):
-    """diffusers' StableDiffusion(XL)ControlNetPipeline over the same warm models, with the
-    list of ControlNets (diffusers wraps it in a MultiControlNetModel)."""
+    """The family's diffusers pipeline over the same warm models, with the list of
+    ControlNets (StableDiffusion(XL)ControlNetPipeline wraps it in a MultiControlNetModel,
+    FluxControlNetPipeline gets a FluxMultiControlNetModel)."""
     from ..backend.engine import make_scheduler
 
     base, nets = engine.load(plan.models)
     c = base.value
-    engine.restore_models([c["unet"], *[n.value for n in nets]])
+    family = "flux" if plan.models.arch == "flux" else "sd"
+    denoiser = c["transformer"] if family == "flux" else c["unet"]
+    engine.restore_models([denoiser, *[n.value for n in nets]])
     pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
-    pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
+    if family == "sd":
+        pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def run_baseline(engine, plan, images=None) -> dict:
-    """The seeds' loop: one pipeline call per (style, seed)."""
+def _pipe_call(pipe, plan, items):
+    """One pipeline call for ``items`` (all of one sampling): one prompt and one generator
+    per image, the way a diffusers user batches a sweep."""
     import torch
 
+    style = plan.styles[items[0].style]
+    prompts = [plan.styles[i.style].prompt for i in items]
+    generators = [torch.Generator("cpu").manual_seed(i.seed) for i in items]
+    common = dict(num_inference_steps=style.steps, guidance_scale=style.cfg, height=plan.height, width=plan.width,
+                  controlnet_conditioning_scale=[u.scale for u in style.units],
+                  control_guidance_start=[u.start for u in style.units],
+                  control_guidance_end=[u.end for u in style.units],
+                  generator=generators if len(items) > 1 else generators[0], output_type="np")
+    images = [c.image for c in plan.controls]
+    if plan.models.arch == "flux":
+        from ..backend.families.flux import Flux
+
+        out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images,
+                   control_mode=[r.union_mode for r in plan.models.controlnets],
+                   max_sequence_length=Flux.max_sequence_length({"tokenizer_2": pipe.tokenizer_2}), **common)
+    else:
+        negatives = [plan.styles[i.style].negative or "" for i in items]
+        out = pipe(prompts if len(items) > 1 else prompts[0],
+                   negative_prompt=(negatives if len(items) > 1 else negatives[0]) or None, image=images, **common)
+    return [np.asarray(a, dtype=np.float32) for a in out.images]
+
+
+def run_baseline(engine, plan, images=None, batched: bool = False) -> dict:
+    """The seeds' loop (one pipeline call per (style, seed)) or diffusers batched (one call
+    per sampling group with the lists of prompts and generators)."""
     pipe = baseline_pipeline(engine, plan)
+    items = list(images or plan.images)
     out = {}
-    for item in images or plan.images:
-        style = plan.styles[item.style]
-        result = pipe(style.prompt, negative_prompt=style.negative or None, image=[c.image for c in plan.controls],
-                      num_inference_steps=style.steps, guidance_scale=style.cfg, height=plan.height,
-                      width=plan.width, controlnet_conditioning_scale=[u.scale for u in style.units],
-                      control_guidance_start=[u.start for u in style.units],
-                      control_guidance_end=[u.end for u in style.units],
-                      generator=torch.Generator("cpu").manual_seed(item.seed), output_type="np")
-        out[item.index] = np.asarray(result.images[0], dtype=np.float32)
+    if not batched:
+        for item in items:
+            out[item.index] = _pipe_call(pipe, plan, [item])[0]
+        return out
+    groups: dict[tuple, list] = {}
+    for item in items:
+        groups.setdefault(plan.styles[item.style].sampling_key(), []).append(item)
+    for group in groups.values():
+        for item, array in zip(group, _pipe_call(pipe, plan, group)):
+            out[item.index] = array
     return out
 
 
@@ -365,8 +404,10 @@ def header(spec: Spec, engine) -> dict:
             "images": len(spec.styles) * len(spec.seeds), "defaults": engine.options.as_dict()}
     say(f"archviz bench: config {spec.config}, {dev.type} ({name}), {engine.dtype_name}, torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}, {info['threads']} torch threads, best of {spec.repeats} timed run(s)")
+    sampling = (f"{spec.scheduler}, cfg {spec.cfg}" if "flux" not in spec.config
+                else "flow_euler, distilled guidance from the presets' [flux] sections")
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
-        f"{spec.size}x{spec.size}, {spec.steps} steps, {spec.scheduler}, cfg {spec.cfg}")
+        f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
         say(f"case {case}: " + ", ".join(f"{k} {s:g} window {a:g}-{b:g}" for k, s, a, b in CASES[case]))
     on = [k for k, v in engine.options.as_dict().items() if v is True]
@@ -417,20 +458,21 @@ def run(spec: Spec) -> dict:
         d = f"{diff:9.2e}" if diff is not None else f"{'-':>9}"
         say(f"{side:<9} {case:<12} {n:>6} {seconds:8.2f} {n / seconds:9.3f} {mem:8.2f} {tf} {pf} {d}")
 
-    baseline_images = {}
+    baseline_images = {"loop": {}, "batched": {}}
     if spec.baseline:
         for case in spec.cases:
             plan = plans[case]
-            run_baseline(engine, warm[case], warm[case].images[:1])  # warm-up: kernels, allocator
-            images, seconds, mem = timed(dev, lambda: run_baseline(engine, plan), spec.repeats)
-            baseline_images[case] = images
-            rates = rate_fields(baseline_flops(plan, plan.images, fl) if fl else None, seconds)
-            entry = {"side": "baseline", "case": case, "images": len(images), "seconds": seconds,
-                     "images_per_s": len(images) / seconds, "peak_gb": mem, "finite": finite(images), **rates}
-            report["sides"].append(entry)
-            side_line("baseline", case, len(images), seconds, mem, rates, None)
-            if not entry["finite"]:
-                say("  warning: the baseline's images hold NaN/inf")
+            for side, batched in (("loop", False), ("batched", True)):
+                run_baseline(engine, warm[case], warm[case].images[:2], batched)  # warm-up: kernels, allocator
+                images, seconds, mem = timed(dev, lambda: run_baseline(engine, plan, batched=batched), spec.repeats)
+                baseline_images[side][case] = images
+                rates = rate_fields(baseline_flops(plan, plan.images, fl) if fl else None, seconds)
+                entry = {"side": side, "case": case, "images": len(images), "seconds": seconds,
+                         "images_per_s": len(images) / seconds, "peak_gb": mem, "finite": finite(images), **rates}
+                report["sides"].append(entry)
+                side_line(side, case, len(images), seconds, mem, rates, None)
+                if not entry["finite"]:
+                    say(f"  warning: the {side} baseline's images hold NaN/inf")
 
     ours_images = {}
     for case in spec.cases:
@@ -442,11 +484,14 @@ def run(spec: Spec) -> dict:
         ours_images[case] = images
         denoise = engine.timings["denoise"]
         rates = rate_fields(engine_flops(engine, fl, len(plan.controls)) if fl else None, denoise)
-        diff = max_diff(images, baseline_images[case]) if case in baseline_images else None
+        diffs = {side: max_diff(images, baseline_images[side][case])
+                 for side in ("loop", "batched") if case in baseline_images[side]}
+        diff = max(diffs.values()) if diffs else None
         entry = {"side": "ours", "case": case, "images": len(images), "seconds": seconds,
                  "images_per_s": len(images) / seconds, "peak_gb": mem, "warmup_s": warmup,
                  "denoise_s": denoise, "decode_s": engine.timings["decode"], "encode_s": engine.timings["encode"],
-                 "forwards": dict(engine.stats), "max_diff": diff, "finite": finite(images), **rates}
+                 "forwards": dict(engine.stats), "max_diff": diff, "max_diff_vs": diffs, "finite": finite(images),
+                 **rates}
         report["sides"].append(entry)
         side_line("ours", case, len(images), seconds, mem, rates, diff)
         if not entry["finite"]:
@@ -454,15 +499,18 @@ def run(spec: Spec) -> dict:
 
     say()
     for case in spec.cases:
-        b = next((s for s in report["sides"] if s["side"] == "baseline" and s["case"] == case), None)
         o = next(s for s in report["sides"] if s["side"] == "ours" and s["case"] == case)
         summary = {"images_per_s": o["images_per_s"]}
         parts = [f"ours {o['images_per_s']:.3f} images/s"]
-        if b:
-            summary.update(speed_ratio=o["images_per_s"] / b["images_per_s"], max_diff=o["max_diff"])
-            parts.insert(0, f"baseline {b['images_per_s']:.3f} images/s")
-            parts.append(f"speed ratio {summary['speed_ratio']:.2f}x")
-            parts.append(f"max pixel diff {o['max_diff']:.2e}")
+        for side in ("loop", "batched"):
+            b = next((s for s in report["sides"] if s["side"] == side and s["case"] == case), None)
+            if b:
+                ratio = o["images_per_s"] / b["images_per_s"]
+                summary[f"ratio_vs_{side}"] = ratio
+                summary[f"max_diff_vs_{side}"] = o["max_diff_vs"][side]
+                parts.append(f"ratio vs {side} {ratio:.2f}x (max pixel diff {o['max_diff_vs'][side]:.2e})")
+        if "ratio_vs_loop" in summary:  # the names earlier reports used
+            summary.update(speed_ratio=summary["ratio_vs_loop"], max_diff=o["max_diff"])
         if o.get("tflops") is not None:
             summary.update(tflops=o["tflops"], peak_fraction=o.get("peak_fraction"))
             pct = f" = {100 * o['peak_fraction']:.1f}% of matmul peak" if o.get("peak_fraction") else ""

@@ -83,6 +83,7 @@ def run_passes_child(argv, scene_path, capture_output=False):
 def options_argv(scene_path, out_dir, options):
     """``archviz passes`` arguments for one camera's CaptureOptions."""
     argv = [os.path.abspath(scene_path), "--out", os.path.abspath(out_dir), "--long-side", str(options.long_side),
+            "--multiple", str(options.multiple),
             "--passes", ",".join(options.passes), "--near", repr(float(options.near)), "--far", repr(float(options.far)),
             "--crease-angle", repr(float(options.crease_angle)), "--background-class", options.background_class,
             "--fallback-class", options.fallback_class]

@@ -22,6 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="folder for depth.png, lines.png, normal.png, seg.png, passes.json")
     parser.add_argument("--camera", default="", help="camera object name (default: the scene camera)")
     parser.add_argument("--long-side", type=int, default=512, help="long side in pixels, multiple of 8 (1024 for SDXL)")
+    parser.add_argument("--multiple", type=int, choices=(8, 16), default=8,
+                        help="both sides a multiple of this: 8, or 16 for FLUX.1")
     parser.add_argument("--frame", type=int, default=None, help="frame to render (default: the saved current frame)")
     parser.add_argument("--passes", type=_pass_list, default=("depth", "lines", "normal", "seg"),
                         help="comma-separated subset of depth,lines,normal,seg")
@@ -57,8 +59,8 @@ def capture_options(args):
     :func:`.child.options_argv`, which a sweep uses to hand a camera to a child process)."""
     from .render import CaptureOptions
 
-    return CaptureOptions(camera=args.camera, long_side=args.long_side, frame=args.frame, passes=args.passes,
-                          near=args.near, far=args.far, crease_angle=args.crease_angle,
+    return CaptureOptions(camera=args.camera, long_side=args.long_side, multiple=args.multiple, frame=args.frame,
+                          passes=args.passes, near=args.near, far=args.far, crease_angle=args.crease_angle,
                           background_class=args.background_class, fallback_class=args.fallback_class,
                           class_table=args.class_table, depth_range=args.depth_range,
                           line_style=args.line_style, line_styles=args.line_styles, supersample=args.supersample,

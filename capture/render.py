@@ -33,6 +33,7 @@ class CaptureError(RuntimeError):
 class CaptureOptions:
     camera: str = ""  # object name; empty = the scene camera
     long_side: int = 512
+    multiple: int = 8  # sides a multiple of this (16 for FLUX.1)
     frame: int | None = None
     passes: tuple = PASS_NAMES
     # view | sequence | scene | manual; empty: manual when near/far are given, else view
@@ -475,7 +476,7 @@ def render_controls(scene, out_dir, options=None):
         view_layer = bpy.context.view_layer if bpy.context.scene == scene else scene.view_layers[0]
         size = core_passes.control_resolution(
             scene.render.resolution_x, scene.render.resolution_y, options.long_side,
-            (scene.render.pixel_aspect_x, scene.render.pixel_aspect_y))
+            (scene.render.pixel_aspect_x, scene.render.pixel_aspect_y), options.multiple)
         check_scene_numbers(scene, view_layer, camera)
         objects = renderable_objects(scene, view_layer)
         if not objects:

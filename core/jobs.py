@@ -8,7 +8,7 @@ same code (one source of truth). Every validation error is a :class:`JobError` w
 Wire format (JSON)::
 
     {
-      "model": {"family": "tiny"},                       # sd15 | sdxl | tiny | tiny-sdxl
+      "model": {"family": "tiny"},                       # sd15 | sdxl | flux | tiny | tiny-sdxl | tiny-flux
       "controls": [
         {"type": "depth", "image": "<base64 PNG>", "scale": 0.9, "start": 0.0, "end": 1.0,
          "mode": "balanced"},
@@ -39,14 +39,31 @@ from typing import Any
 # Vocabularies
 # ---------------------------------------------------------------------------------------
 
-#: Model families. ``tiny``/``tiny-sdxl`` are the shrunk, random-weight test families.
-FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
-FAMILY_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "tiny-sd15": "tiny", "sd_xl": "sdxl"}
+#: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux`` are the shrunk, random-weight test families.
+FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux")
+FAMILY_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "tiny-sd15": "tiny", "sd_xl": "sdxl", "flux.1": "flux",
+                  "flux1": "flux", "flux-dev": "flux"}
+#: family -> the architecture the engine runs
+FAMILY_ARCH = {"sd15": "sd15", "tiny": "sd15", "sdxl": "sdxl", "tiny-sdxl": "sdxl", "flux": "flux",
+               "tiny-flux": "flux"}
 
 #: Control image types. ``lines`` is the add-on's own line pass (white lines on black).
 CONTROL_TYPES = ("depth", "normal", "seg", "lines", "canny", "mlsd", "lineart")
 #: Types that share the ``lines`` preset defaults when a preset does not name them.
 LINE_TYPES = ("lines", "canny", "mlsd", "lineart")
+
+
+def control_types_for(family: str, union: bool = False) -> tuple[str, ...]:
+    """The unit types a family's default ControlNets take (docs/models.md): SD 1.5 all of
+    them; SDXL depth and lines (normal and seg with its ControlNet-Union); FLUX.1 depth and
+    lines (canny-style edges; its union nets have no normal or seg mode). A family name may
+    be an alias; an unknown one (a local model folder: SD 1.5) gets SD 1.5's."""
+    arch = FAMILY_ARCH.get(FAMILY_ALIASES.get(family, family), "sd15")
+    if arch == "sd15":
+        return CONTROL_TYPES
+    if arch == "sdxl" and union:
+        return CONTROL_TYPES
+    return ("depth",) + LINE_TYPES
 
 #: balanced | prompt ("my prompt is more important") | controlnet ("ControlNet is more
 #: important"), see CONVENTIONS.md.
@@ -355,8 +372,8 @@ class ModelSpec:
                 raise JobError(f"{where}.controlnets.{key}", f"unknown control type {key!r}")
             _str(value, f"{where}.controlnets.{key}", max_len=1000)
         self.union = _bool(self.union, f"{where}.union")
-        if self.union and not self.is_sdxl:
-            raise JobError(f"{where}.union", "ControlNet-Union exists for the SDXL families only")
+        if self.union and self.arch == "sd15":
+            raise JobError(f"{where}.union", "ControlNet-Union exists for the SDXL and FLUX families only")
 
     @property
     def is_sdxl(self) -> bool:
@@ -364,7 +381,11 @@ class ModelSpec:
 
     @property
     def is_tiny(self) -> bool:
-        return self.family in ("tiny", "tiny-sdxl")
+        return self.family in ("tiny", "tiny-sdxl", "tiny-flux")
+
+    @property
+    def arch(self) -> str:
+        return FAMILY_ARCH[self.family]
 
 
 @dataclass

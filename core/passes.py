@@ -31,17 +31,18 @@ def _to_uint8(unit):
 
 # ---------------------------------------------------------------- resolution and range
 
-def control_resolution(width, height, long_side=512, pixel_aspect=(1.0, 1.0)):
-    """(w, h) with the scene's aspect ratio, the long side ``long_side``, both multiples of 8."""
-    if not isinstance(long_side, int) or long_side < 64 or long_side % 8:
-        raise PassError(f"long side must be a multiple of 8 and at least 64, got {long_side!r}")
+def control_resolution(width, height, long_side=512, pixel_aspect=(1.0, 1.0), multiple=8):
+    """(w, h) with the scene's aspect ratio, the long side ``long_side``, both multiples of
+    ``multiple`` (8 for SD 1.5 / SDXL, 16 for FLUX.1)."""
+    if not isinstance(long_side, int) or long_side < 64 or long_side % multiple:
+        raise PassError(f"long side must be a multiple of {multiple} and at least 64, got {long_side!r}")
     if width <= 0 or height <= 0:
         raise PassError(f"scene resolution must be positive, got {width}x{height}")
     aspect = (width * pixel_aspect[0]) / (height * pixel_aspect[1])
     if aspect >= 1.0:
-        w, h = long_side, max(8, int(round(long_side / aspect / 8.0)) * 8)
+        w, h = long_side, max(multiple, int(round(long_side / aspect / multiple)) * multiple)
     else:
-        w, h = max(8, int(round(long_side * aspect / 8.0)) * 8), long_side
+        w, h = max(multiple, int(round(long_side * aspect / multiple)) * multiple), long_side
     return w, h
 
 
@@ -53,6 +54,11 @@ DEPTH_MODES = ("view", "sequence", "scene", "manual")
 DEFAULT_DEPTH_MODE = "view"
 #: Percentiles of inverse depth (over the geometry pixels) that become far and near.
 VIEW_PERCENTILES = (0.5, 99.5)
+
+
+def size_multiple(model: str) -> int:
+    """The multiple a family's image sides must be: 16 for FLUX.1 (VAE 1/8 and 2x2 patches), else 8."""
+    return 16 if "flux" in str(model).lower() else 8
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,8 @@ MODEL_LINE_STYLES = {
 }
 MODEL_LINE_STYLES["tiny"] = MODEL_LINE_STYLES["sd15"]
 MODEL_LINE_STYLES["tiny-sdxl"] = MODEL_LINE_STYLES["sdxl"]
+# FLUX.1's canny and union nets were trained on canny edges, like SDXL's.
+MODEL_LINE_STYLES["flux"] = MODEL_LINE_STYLES["tiny-flux"] = MODEL_LINE_STYLES["sdxl"]
 #: The style of lines.png when no model is known (the default SD 1.5 'lines' unit).
 DEFAULT_LINE_STYLE = "lineart"
 

@@ -26,6 +26,13 @@ A preset file ``<name>.toml`` (the file name is the preset name)::
     [sdxl.controls.depth]
     scale = 0.5
 
+    [flux]                         # overrides for the FLUX.1 families: a natural-language
+    prompt = "A modern interior ..."   # prompt, cfg = FLUX.1-dev's distilled guidance (~3.5),
+    cfg = 3.5                      # no negative prompt and no scheduler (flow matching)
+    steps = 28
+    [flux.controls.depth]
+    scale = 0.6
+
 Built-in presets live in ``presets/`` at the repository root. A user folder
 (``$ARCHVIZ_PRESET_DIR``, else ``$XDG_CONFIG_HOME/archviz/presets`` or
 ``~/.config/archviz/presets``) adds presets or overrides built-in ones of the same name.
@@ -45,8 +52,13 @@ from .jobs import CONTROL_MODES, CONTROL_TYPES, LINE_TYPES, MAX_CFG, MAX_SCALE, 
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
-TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler", "controls", "sdxl")
+TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler", "controls", "sdxl",
+            "flux")
 SDXL_KEYS = ("cfg", "steps", "scheduler", "controls", "prompt", "negative")
+#: FLUX.1 has no negative prompt (no true CFG) and one sampler (flow-matching Euler).
+FLUX_KEYS = ("cfg", "steps", "controls", "prompt")
+#: family section -> its keys
+FAMILY_SECTIONS = {"sdxl": SDXL_KEYS, "flux": FLUX_KEYS}
 CONTROL_KEYS = ("scale", "start", "end", "mode", "range", "line_style")
 DEPTH_RANGES = ("view", "sequence", "scene", "manual")  # core.passes.DEPTH_MODES
 LINE_STYLE_CHOICES = ("auto", "canny", "lineart", "mlsd", "softedge")  # core.passes.LINE_STYLES + auto
@@ -90,18 +102,21 @@ class Preset:
     controls: dict[str, ControlDefaults] = field(default_factory=dict)
     sdxl: dict = field(default_factory=dict)  # cfg/steps/scheduler/prompt/negative/controls
     source: str = ""  # file it came from
+    flux: dict = field(default_factory=dict)  # cfg/steps/prompt/controls
 
-    def for_family(self, sdxl: bool) -> "Preset":
-        """This preset with its ``[sdxl]`` overrides applied when ``sdxl`` is true."""
-        if not sdxl or not self.sdxl:
+    def for_family(self, arch: "str | bool") -> "Preset":
+        """This preset with the overrides of the architecture's section applied: ``sdxl``
+        (or True) the ``[sdxl]`` section, ``flux`` the ``[flux]`` one, ``sd15`` none."""
+        arch = {True: "sdxl", False: "sd15"}.get(arch, arch)
+        over = dict(getattr(self, arch, None) or {}) if arch in FAMILY_SECTIONS else {}
+        if not over:
             return self
-        over = dict(self.sdxl)
         controls = dict(self.controls)
         controls.update(over.pop("controls", {}))
         values = {k: getattr(self, k) for k in ("name", "prompt", "negative", "label", "description", "tags",
                                                 "cfg", "steps", "scheduler", "source")}
         values.update(over)
-        return Preset(controls=controls, sdxl={}, **values)
+        return Preset(controls=controls, sdxl={}, flux={}, **values)
 
     def control(self, control_type: str) -> ControlDefaults:
         """The defaults for one control type (canny/mlsd/lineart fall back to ``lines``)."""
@@ -123,8 +138,8 @@ class Preset:
             "steps": self.steps,
             "scheduler": self.scheduler,
             "controls": {k: v.to_dict() for k, v in self.controls.items()},
-            "sdxl": {k: ({c: d.to_dict() for c, d in v.items()} if k == "controls" else v)
-                     for k, v in self.sdxl.items()},
+            **{section: {k: ({c: d.to_dict() for c, d in v.items()} if k == "controls" else v)
+                         for k, v in getattr(self, section).items()} for section in FAMILY_SECTIONS},
             "source": self.source,
         }
 
@@ -219,6 +234,31 @@ def _controls(table, path, prefix) -> dict[str, ControlDefaults]:
     return out
 
 
+def _family_section(data: dict, section: str, path) -> dict:
+    """The ``[sdxl]`` / ``[flux]`` overrides of one preset file (empty when absent)."""
+    out: dict = {}
+    if section not in data:
+        return out
+    table, keys = data[section], FAMILY_SECTIONS[section]
+    if not isinstance(table, dict):
+        raise PresetError(path, section, "expected a table")
+    for key, value in table.items():
+        full = f"{section}.{key}"
+        if key not in keys:
+            raise PresetError(path, full, f"unknown key (known: {', '.join(keys)})")
+        if key == "cfg":
+            out[key] = _number(value, path, full, 0.0, MAX_CFG)
+        elif key == "steps":
+            out[key] = _number(value, path, full, 1, MAX_STEPS, integer=True)
+        elif key == "scheduler":
+            out[key] = _scheduler(value, path, full)
+        elif key == "controls":
+            out[key] = _controls(value, path, full)
+        else:
+            out[key] = _text(value, path, full)
+    return out
+
+
 def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
     """Validate one decoded TOML document."""
     if not _NAME_RE.match(name):
@@ -234,25 +274,7 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise PresetError(path, "tags", "expected a list of strings")
-    sdxl = {}
-    if "sdxl" in data:
-        table = data["sdxl"]
-        if not isinstance(table, dict):
-            raise PresetError(path, "sdxl", "expected a table")
-        for key, value in table.items():
-            full = f"sdxl.{key}"
-            if key not in SDXL_KEYS:
-                raise PresetError(path, full, f"unknown key (known: {', '.join(SDXL_KEYS)})")
-            if key == "cfg":
-                sdxl[key] = _number(value, path, full, 0.0, MAX_CFG)
-            elif key == "steps":
-                sdxl[key] = _number(value, path, full, 1, MAX_STEPS, integer=True)
-            elif key == "scheduler":
-                sdxl[key] = _scheduler(value, path, full)
-            elif key == "controls":
-                sdxl[key] = _controls(value, path, full)
-            else:
-                sdxl[key] = _text(value, path, full)
+    sections = {section: _family_section(data, section, path) for section in FAMILY_SECTIONS}
     return Preset(
         name=name,
         prompt=prompt,
@@ -264,7 +286,8 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
         steps=_number(data["steps"], path, "steps", 1, MAX_STEPS, integer=True) if "steps" in data else None,
         scheduler=_scheduler(data["scheduler"], path, "scheduler") if "scheduler" in data else None,
         controls=_controls(data.get("controls", {}), path, "controls"),
-        sdxl=sdxl,
+        sdxl=sections["sdxl"],
+        flux=sections["flux"],
         source=str(path),
     )
 

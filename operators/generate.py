@@ -6,6 +6,7 @@ and a modal handler lets Esc cancel. In ``blender -b`` and the bpy module the sa
 operators run synchronously and return when done.
 """
 
+import dataclasses
 import os
 import queue
 import sys
@@ -19,7 +20,7 @@ from .. import sweeping
 from ..capture.render import CaptureError
 from ..core import jobs as J
 from ..core.client import BackendError
-from ..core.passes import PassError
+from ..core.passes import PassError, size_multiple
 from ..core.sweep import UNIT_PRESETS, ControlUnit, SweepRunner
 from .common import output_root
 from .render_controls import capture_options
@@ -283,7 +284,8 @@ class _GenerateBase:
         root, unsaved = output_root(settings)
         if unsaved:
             self.report({"WARNING"}, f"The .blend is not saved: images go to {root}")
-        opts = capture_options(settings)
+        # FLUX.1 wants sides that are multiples of 16
+        opts = dataclasses.replace(capture_options(settings), multiple=size_multiple(backend.model))
         camera_jobs = sweeping.prepare_jobs(
             scene, cameras, units_of(settings), styles, seeds, backend.model, root, opts,
             steps=settings.steps or None, cfg=settings.cfg or None,

@@ -19,7 +19,8 @@ from bpy.props import EnumProperty
 from ..core.sweep import download_text
 
 FAMILIES = [("sd15", "SD 1.5", "Base model, depth and lineart ControlNets"),
-            ("sdxl", "SDXL", "Base model, fp16-fix VAE, depth and canny ControlNets")]
+            ("sdxl", "SDXL", "Base model, fp16-fix VAE, depth and canny ControlNets"),
+            ("flux", "FLUX.1-dev", "Gated base model (accept the licence on the hub), depth and canny ControlNets")]
 
 
 class ModelsRun:

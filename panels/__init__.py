@@ -155,8 +155,18 @@ class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
     bl_parent_id = "VIEW3D_PT_archviz_generate"
 
     def draw(self, context):
+        from ..core.jobs import control_types_for
+        from ..properties import preferences
+
         layout = self.layout
         settings = context.scene.archviz
+        prefs = preferences(context)
+        if prefs is not None:  # the model family lives in the preferences; shown here too
+            layout.prop(prefs, "model")
+            offered = control_types_for(prefs.model)
+            unsupported = sorted({u.type for u in settings.units if u.type not in offered})
+            if unsupported:
+                layout.label(text=f"{prefs.model} has no ControlNet for: {', '.join(unsupported)}", icon="ERROR")
         if not len(settings.units):
             layout.label(text="Default: depth 0.9 + lines 0.6", icon="INFO")
         row = layout.row()

@@ -30,16 +30,20 @@ def test_bench_cli_tiny_sides_match_and_report_has_its_rows(tmp_path, capsys):
     text = capsys.readouterr().out
     report = json.loads(out.read_text())
 
-    # Both sides, both cases of the issue, the same 4 images each.
+    # Three sides (the diffusers loop, diffusers batched, ours), both cases, the same 4 images each.
     sides = {(s["side"], s["case"]): s for s in report["sides"]}
-    assert set(sides) == {(side, case) for side in ("baseline", "ours") for case in ("full", "early-depth")}
+    assert set(sides) == {(side, case) for side in ("loop", "batched", "ours") for case in ("full", "early-depth")}
     for case in ("full", "early-depth"):
-        ours, base = sides["ours", case], sides["baseline", case]
-        assert ours["images"] == base["images"] == 4
-        assert ours["finite"] and base["finite"]
-        assert ours["max_diff"] <= 1e-3  # same images as the per-(style, seed) diffusers loop
+        ours, base, batched = sides["ours", case], sides["loop", case], sides["batched", case]
+        assert ours["images"] == base["images"] == batched["images"] == 4
+        assert ours["finite"] and base["finite"] and batched["finite"]
+        # same images as the per-(style, seed) diffusers loop and as one batched diffusers call
+        assert ours["max_diff_vs"]["loop"] <= 1e-3 and ours["max_diff_vs"]["batched"] <= 1e-3
+        assert ours["max_diff"] == max(ours["max_diff_vs"].values())
         summary = report["cases"][case]
-        assert summary["speed_ratio"] == pytest.approx(ours["images_per_s"] / base["images_per_s"])
+        assert summary["ratio_vs_loop"] == pytest.approx(ours["images_per_s"] / base["images_per_s"])
+        assert summary["ratio_vs_batched"] == pytest.approx(ours["images_per_s"] / batched["images_per_s"])
+        assert summary["speed_ratio"] == summary["ratio_vs_loop"]
         assert summary["max_diff"] == ours["max_diff"]
         # the windows were applied: the early-depth case runs depth on half the steps only
     assert sides["ours", "early-depth"]["forwards"]["controlnet0"] < sides["ours", "full"]["forwards"]["controlnet0"]
@@ -48,10 +52,11 @@ def test_bench_cli_tiny_sides_match_and_report_has_its_rows(tmp_path, capsys):
 
     # The printed report: header, one line per side and case, the ratio lines, the rows.
     for needle in ("archviz bench: config tiny", "4 images, 64x64, 5 steps, unipc",
-                   "case early-depth: depth 0.9 window 0-0.5", "speed ratio", "max pixel diff", "optimisation rows"):
+                   "case early-depth: depth 0.9 window 0-0.5", "ratio vs loop", "ratio vs batched", "max pixel diff",
+                   "optimisation rows"):
         assert needle in text, needle
     lines = text.splitlines()
-    for side in ("baseline", "ours"):
+    for side in ("loop", "batched", "ours"):
         for case in ("full", "early-depth"):
             assert any(l.split()[:2] == [side, case] for l in lines), (side, case)
     rows = {r["row"]: r for r in report["rows"]}
@@ -61,6 +66,28 @@ def test_bench_cli_tiny_sides_match_and_report_has_its_rows(tmp_path, capsys):
         assert rows[name]["max_diff"] <= 1e-3 and rows[name]["images_per_s"] > 0
         assert any(l.startswith(name) for l in lines)
     assert rows["guess-mode*"]["changes_images"] and rows["guess-mode*"]["max_diff"] > 1e-3  # labelled, and it does
+
+
+def test_bench_tiny_flux_both_baselines(tmp_path, capsys):
+    """FluxControlNetPipeline per (style, seed) and batched against the engine: same images."""
+    from archviz_controlnet import cli
+
+    out = tmp_path / "report.json"
+    rc = cli.main(["bench", "--config", "tiny-flux", "--device", "cpu", "--styles", "modern,industrial", "--seeds",
+                   "0-1", "--steps", "3", "--threads", "1", "--rows", "window-skip", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    sides = {(s["side"], s["case"]): s for s in report["sides"]}
+    assert set(sides) == {(side, case) for side in ("loop", "batched", "ours") for case in ("full", "early-depth")}
+    for case in ("full", "early-depth"):
+        ours = sides["ours", case]
+        assert ours["images"] == 4 and ours["finite"]
+        assert ours["max_diff_vs"]["loop"] <= 1e-3 and ours["max_diff_vs"]["batched"] <= 1e-3
+        assert ours["forwards"]["transformer"] == 3 * 4  # guidance-distilled: one row per image and step
+    assert sides["ours", "early-depth"]["forwards"]["controlnet0"] < sides["ours", "full"]["forwards"]["controlnet0"]
+    assert "archviz bench: config tiny-flux" in text and "ratio vs batched" in text
+    assert report["rows"][0]["max_diff"] <= 1e-3
 
 
 def test_bench_rejects_unknown_case():
@@ -100,8 +127,8 @@ def test_bench_tiny_sdxl_sides_match_and_labelled_rows_change_images(tmp_path, c
     report = json.loads(out.read_text())
     assert report["header"]["config"] == "tiny-sdxl" and report["header"]["size"] == 64
     sides = {(s["side"], s["case"]): s for s in report["sides"]}
-    assert sides["ours", "full"]["images"] == sides["baseline", "full"]["images"] == 2
-    # the same images as StableDiffusionXLControlNetPipeline called per seed
+    assert sides["ours", "full"]["images"] == sides["loop", "full"]["images"] == sides["batched", "full"]["images"] == 2
+    # the same images as StableDiffusionXLControlNetPipeline called per seed, and batched
     assert sides["ours", "full"]["max_diff"] <= 1e-3
     rows = {r["row"]: r for r in report["rows"]}
     assert set(rows) == {"channels-last", "int8-weight*", "token-merging-0.5*"}  # fp8 is CUDA-only
@@ -132,7 +159,7 @@ def test_sdxl_configs_are_the_real_architecture():
 def test_unknown_config_is_refused():
     from archviz_controlnet.bench import runner
 
-    with pytest.raises(ValueError, match=r"--config: unknown 'sd3' \(choose from tiny, tiny-sdxl, sd15, sdxl\)"):
+    with pytest.raises(ValueError, match=r"--config: unknown 'sd3' \(choose from tiny, tiny-sdxl, tiny-flux, sd15, sdxl\)"):
         runner.make_plan(runner.Spec(config="sd3"), "full")
 
 

@@ -83,7 +83,7 @@ def test_passes_command_depth_range_line_styles_and_beauty(tmp_path):
 
 @pytest.mark.parametrize("options", [
     dict(),
-    dict(camera="Side", long_side=256, frame=3, passes=("depth", "lines"), depth_range="sequence",
+    dict(camera="Side", long_side=256, multiple=16, frame=3, passes=("depth", "lines"), depth_range="sequence",
          line_style="mlsd", line_styles=("canny", "softedge"), supersample=3, fallback_class="surface",
          class_table="/tmp/table.toml", beauty=True, beauty_engine="EEVEE", beauty_samples=4),
     dict(near=1.5, far=20.0, crease_angle=45.0, background_class="building", supersample=1),

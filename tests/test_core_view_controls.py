@@ -114,6 +114,7 @@ def test_line_style_follows_the_model():
             style = P.line_style_for(ctype, family)
             assert style in table[ctype], (family, ctype, style, table[ctype])  # the model's name says its style
     assert P.line_style_for("lines", "tiny") == "lineart" and P.line_style_for("lines", "tiny-sdxl") == "canny"
+    assert P.line_style_for("lines", "flux") == P.line_style_for("lines", "tiny-flux") == "canny"  # union/canny nets
     assert P.line_style_for("lines", "sdxl", override="softedge") == "softedge"
 
 

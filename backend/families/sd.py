@@ -1,0 +1,280 @@
+"""Stable Diffusion 1.5 and SDXL with several ControlNets (and SDXL's ControlNet-Union),
+as ``StableDiffusion(XL)ControlNetPipeline.__call__`` does it, step by step.
+
+Differences from the diffusers pipeline that pay, all exact:
+
+* each control image's conditioning embedding (the ControlNet's conv stack over the
+  full-resolution image) is computed once per job instead of once per step and image;
+* control modes per unit (CONVENTIONS.md): ``balanced``; ``prompt`` scales residual i of n
+  by 0.825**(n-1-i); ``controlnet`` applies the control to the conditional half of
+  classifier-free guidance only;
+* the residuals come at scale 1 and are scaled here, so a compiled ControlNet never sees a
+  scale (and never recompiles for one).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import Denoising, Family, Unit
+
+PROMPT_MODE_BASE = 0.825  # "my prompt is more important": residual i of n gets 0.825**(n-1-i)
+
+
+def make_scheduler(name: str, config: dict):
+    """A fresh scheduler of the job's kind on top of the base model's scheduler config."""
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           UniPCMultistepScheduler)
+
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config)
+    if name == "dpmpp_2m_karras":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       use_karras_sigmas=True)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(config)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    raise ValueError(f"scheduler: unknown {name!r}")
+
+
+def accept_precomputed_cond(model: torch.nn.Module) -> bool:
+    """Let ``model.controlnet_cond_embedding`` take an already embedded control image.
+
+    The ControlNet's conditioning embedding (a conv stack over the full-resolution control
+    image) depends on the image alone, so the engine computes it once per job and passes
+    the result in: the embedding's forward returns an input that already has its output
+    channel count unchanged, and embeds anything else as before (the plain diffusers
+    pipeline is unaffected). Only the instance's ``forward`` changes; weights and
+    state_dict stay as they are. Returns False where this does not apply (ControlNet-Union,
+    BGR-ordered ControlNets)."""
+    emb = getattr(model, "controlnet_cond_embedding", None)
+    if emb is None or type(model).__name__ != "ControlNetModel":
+        return False
+    if getattr(model.config, "controlnet_conditioning_channel_order", "rgb") != "rgb":
+        return False
+    if getattr(emb, "_archviz_precomputed", False):
+        return True
+    plain = type(emb).forward
+    channels = emb.conv_out.out_channels
+
+    def forward(self, conditioning):
+        if conditioning.shape[1] == channels:
+            return conditioning  # embedded once by the engine
+        return plain(self, conditioning)
+
+    emb.forward = types.MethodType(forward, emb)
+    emb._archviz_precomputed = True
+    return True
+
+
+@dataclass
+class StyleEmbeds:
+    cond: torch.Tensor
+    uncond: torch.Tensor | None
+    pooled: torch.Tensor | None = None  # SDXL
+    uncond_pooled: torch.Tensor | None = None
+
+
+@dataclass
+class Control:
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1], device/dtype of the net
+    cond: torch.Tensor | None = None  # precomputed conditioning embedding (1, C, h, w), else None
+
+
+def controlnet_residuals(unit: Unit, sample, t, embeds, added_cond_kwargs, guess_mode: bool = False):
+    """Residuals at conditioning scale 1 for a ControlNetModel, at the unit's scale for a
+    ControlNet-Union."""
+    n = sample.shape[0]
+    image = unit.control.image
+    if unit.union_mode is None:
+        cond = unit.control.cond if unit.control.cond is not None else image
+        cond = cond.expand(n, -1, -1, -1) if n > 1 else cond
+        return unit.run(sample, t, encoder_hidden_states=embeds, controlnet_cond=cond, conditioning_scale=1.0,
+                        added_cond_kwargs=added_cond_kwargs, guess_mode=guess_mode, return_dict=False)
+    cond = image.expand(n, -1, -1, -1) if n > 1 else image
+    control_type = torch.zeros(n, unit.model.config.num_control_type, device=sample.device, dtype=sample.dtype)
+    control_type[:, unit.union_mode] = 1
+    return unit.run(sample, t, encoder_hidden_states=embeds, controlnet_cond=[cond],
+                    control_type=control_type, control_type_idx=[unit.union_mode],
+                    conditioning_scale=[unit.settings.scale], added_cond_kwargs=added_cond_kwargs,
+                    from_multi=True, guess_mode=guess_mode, return_dict=False)
+
+
+class StableDiffusion(Family):
+    denoiser = "unet"
+
+    def __init__(self, arch: str):
+        self.arch = arch
+        self.sdxl = arch == "sdxl"
+        # Activations of one image (CFG doubles it) at fp16 with SDPA, measured roughly:
+        # ~0.5 GB for SD 1.5 at 512x512, ~1.5 GB for SDXL at 1024x1024; scale with area.
+        self.bytes_per_image_512 = (0.4 if self.sdxl else 0.5) * 2**30
+
+    def pipeline(self, comps: dict, controlnet):
+        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+        if self.sdxl:
+            return StableDiffusionXLControlNetPipeline(
+                vae=comps["vae"], text_encoder=comps["text_encoder"], text_encoder_2=comps["text_encoder_2"],
+                tokenizer=comps["tokenizer"], tokenizer_2=comps["tokenizer_2"], unet=comps["unet"],
+                controlnet=controlnet, scheduler=make_scheduler("unipc", comps["scheduler_config"]),
+                add_watermarker=False)
+        return StableDiffusionControlNetPipeline(
+            vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
+            controlnet=controlnet, scheduler=make_scheduler("unipc", comps["scheduler_config"]),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    # 1. Prompt: CLIP (SDXL: two CLIPs and the pooled embedding), with the negative for CFG.
+    @torch.no_grad()
+    def encode_prompt(self, engine, pipe, comps, style) -> StyleEmbeds:
+        do_cfg = style.cfg > 1.0
+        if self.sdxl:
+            cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+                style.prompt, device=engine.device, num_images_per_prompt=1, do_classifier_free_guidance=do_cfg,
+                negative_prompt=style.negative or None)
+            return StyleEmbeds(cond, uncond, pooled, uncond_pooled)
+        cond, uncond = pipe.encode_prompt(style.prompt, engine.device, 1, do_cfg, style.negative or None)
+        return StyleEmbeds(cond, uncond)
+
+    # 2. Controls: the processed image per net, and a plain ControlNet's conditioning
+    #    embedding of it, once per job.
+    @torch.no_grad()
+    def prepare_controls(self, engine, plan, pipe, nets) -> list[Control]:
+        from ..preprocess import run_preprocessor
+
+        out = []
+        for control, net, ref in zip(plan.controls, nets, plan.models.controlnets):
+            image = control.image
+            if control.preprocess != "none":
+                image = run_preprocessor(control.preprocess, image, plan.width, plan.height)
+            t = pipe.control_image_processor.preprocess(image, height=plan.height, width=plan.width)
+            t = t.to(device=engine.device, dtype=net.dtype)
+            cond = None
+            if engine.options.cond_once and ref.union_mode is None and accept_precomputed_cond(net):
+                cond = net.controlnet_cond_embedding(t)
+                if engine.options.channels_last:
+                    cond = cond.contiguous(memory_format=torch.channels_last)
+            out.append(Control(t, cond))
+        return out
+
+    # 3. Latents: the job's sampler, one generator per seed, CFG rows of the embeddings.
+    def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units) -> Denoising:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        unet = comps["unet"]
+        b = len(batch)
+        do_cfg = style.cfg > 1.0
+        prompt_embeds = torch.cat([x.cond for x in embeds])
+        if do_cfg:
+            prompt_embeds = torch.cat([torch.cat([x.uncond for x in embeds]), prompt_embeds])
+        added = None
+        if self.sdxl:
+            text_embeds = torch.cat([x.pooled for x in embeds])
+            if do_cfg:
+                text_embeds = torch.cat([torch.cat([x.uncond_pooled for x in embeds]), text_embeds])
+            time_ids = pipe._get_add_time_ids(
+                (plan.height, plan.width), (0, 0), (plan.height, plan.width), dtype=prompt_embeds.dtype,
+                text_encoder_projection_dim=int(comps["text_encoder_2"].config.projection_dim))
+            added = {"text_embeds": text_embeds,
+                     "time_ids": time_ids.to(engine.device).repeat(prompt_embeds.shape[0], 1)}
+
+        scheduler = make_scheduler(style.scheduler, comps["scheduler_config"])
+        scheduler.set_timesteps(style.steps, device=engine.device)
+        shape = (b, unet.config.in_channels, plan.height // pipe.vae_scale_factor,
+                 plan.width // pipe.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generators, device=engine.device, dtype=prompt_embeds.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_params = inspect.signature(scheduler.step).parameters
+        extra = {}
+        if "eta" in step_params:
+            extra["eta"] = 0.0
+        if "generator" in step_params:
+            extra["generator"] = generators
+        opts = engine.options
+        return Denoising(latents, scheduler.timesteps, scheduler, dict(
+            b=b, do_cfg=do_cfg, cfg=style.cfg, prompt_embeds=prompt_embeds, added=added, extra=extra,
+            unet=engine._runtime(unet),
+            memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format))
+
+    # 4. One step: the units' residuals (control modes, CFG halves), the UNet, CFG, the sampler.
+    @torch.no_grad()
+    def step(self, engine, state: Denoising, i, t, units) -> None:
+        v, opts, scheduler = state.values, engine.options, state.scheduler
+        b, do_cfg, prompt_embeds, added, fmt = v["b"], v["do_cfg"], v["prompt_embeds"], v["added"], v["memory_format"]
+        latents = state.latents
+        x = torch.cat([latents] * 2) if do_cfg else latents
+        x = scheduler.scale_model_input(x, t).contiguous(memory_format=fmt)
+        down, mid = None, None
+        for ci, unit, active in units:
+            cond_only = (unit.settings.mode == "controlnet" or opts.guess_mode) and do_cfg
+            if cond_only:
+                cx = scheduler.scale_model_input(latents, t).contiguous(memory_format=fmt)
+                c_embeds = prompt_embeds[b:]
+                c_added = {k: val[b:] for k, val in added.items()} if added else None
+            else:
+                cx, c_embeds, c_added = x, prompt_embeds, added
+            d, m = controlnet_residuals(unit, cx, t, c_embeds, c_added, guess_mode=opts.guess_mode)
+            engine.stats[f"controlnet{ci}"] += cx.shape[0]
+            scale = unit.settings.scale if active else 0.0  # diffusers multiplies by 0
+            if unit.union_mode is None:  # a union net applied the scale itself
+                d, m = [r * scale for r in d], m * scale
+            if unit.settings.mode == "prompt":
+                k = len(d) + 1  # residuals incl. the mid block (13 for SD 1.5)
+                d = [r * PROMPT_MODE_BASE ** (k - 1 - j) for j, r in enumerate(d)]
+            if cond_only:
+                d = [torch.cat([torch.zeros_like(r), r]) for r in d]
+                m = torch.cat([torch.zeros_like(m), m])
+            if down is None:
+                down, mid = list(d), m
+            else:
+                down = [p + q for p, q in zip(down, d)]
+                mid = mid + m
+        noise = v["unet"](x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
+        engine.stats["unet"] += x.shape[0]
+        if do_cfg:
+            uncond, text = noise.chunk(2)
+            noise = uncond + v["cfg"] * (text - uncond)
+        state.latents = scheduler.step(noise, t, latents, **v["extra"], return_dict=False)[0]
+
+    # 5. Decode: like the diffusers pipelines, only SDXL upcasts an fp16 VAE that asks for
+    #    it (the SD 1.5 pipeline decodes in the model's dtype).
+    def decoding(self, comps):
+        vae = comps["vae"]
+        upcast = self.sdxl and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        return _upcast(vae) if upcast else super().decoding(comps)
+
+    @torch.no_grad()
+    def decode_latents(self, engine, pipe, comps, state, latents) -> list[np.ndarray]:
+        vae = comps["vae"]
+        z = latents.to(vae.dtype)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+            d = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
+            z = z * d / vae.config.scaling_factor + m
+        else:
+            z = z / vae.config.scaling_factor
+        image = vae.decode(z, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="np")
+
+
+class _upcast:
+    def __init__(self, vae):
+        self.vae = vae
+
+    def __enter__(self):
+        self.vae.to(torch.float32)
+
+    def __exit__(self, *exc):
+        self.vae.to(torch.float16)
+
+
+FAMILIES = {"sd15": StableDiffusion("sd15"), "sdxl": StableDiffusion("sdxl")}
