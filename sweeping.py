@@ -104,6 +104,13 @@ def model_roots_of(model):
     return [r for r in refs if r and os.path.isabs(r)]
 
 
+def job_model_roots(job):
+    """Local model folders a job dict names: its model spec and its units' own ControlNets
+    (``custom:PATH`` units)."""
+    return model_roots_of(job.get("model")) + [c["model"] for c in job.get("controls", [])
+                                               if c.get("model") and os.path.isabs(c["model"])]
+
+
 def connect(url="", token="", python="", device="auto", log_path=None, output_roots=(), model_roots=(), env=None):
     """A client for ``url``, or for a local backend this process started (started now if
     needed; it stops when this process exits). Returns (client, started process or None).

@@ -28,18 +28,65 @@ class ControlUnit:
     start: float | None = None
     end: float | None = None
     mode: str | None = None
+    model: str | None = None  # a ControlNet folder of its own (custom units), else the family's
 
     @classmethod
     def parse(cls, text):
-        """``depth``, ``depth:0.9`` or ``lines:0.6:0.2:1.0`` (type:scale:start:end)."""
+        """``depth``, ``depth:0.9``, ``lines:0.6:0.2:1.0`` (type:scale:start:end), or
+        ``custom:PATH[:scale[:start[:end]]]`` for a ControlNet made by ``archviz
+        train-controlnet`` (its card names the pass it was trained on)."""
         parts = text.strip().split(":")
+        if parts[0] == "custom":
+            nums = []
+            while len(parts) > 2 and len(nums) < 3 and _is_number(parts[-1]):
+                nums.insert(0, float(parts.pop()))
+            path = ":".join(parts[1:])
+            if not path:
+                raise J.JobError("controls", f"{text!r}: give the ControlNet folder, custom:PATH")
+            return cls.custom(path, *(nums + [None] * (3 - len(nums))))
         if parts[0] not in PASS_FILES:
-            raise J.JobError("controls", f"unknown control pass {parts[0]!r} (choose from {', '.join(PASS_FILES)})")
+            raise J.JobError("controls", f"unknown control pass {parts[0]!r} (choose from {', '.join(PASS_FILES)}, "
+                                         "or custom:PATH)")
         try:
             nums = [float(p) for p in parts[1:4]]
         except ValueError:
             raise J.JobError("controls", f"{text!r}: expected type:scale:start:end numbers") from None
         return cls(parts[0], *(nums + [None] * (3 - len(nums))))
+
+    @classmethod
+    def custom(cls, path, scale=None, start=None, end=None, mode=None):
+        """A unit for a ControlNet folder made by ``archviz train-controlnet``: its card
+        (``archviz_card.json``) says which control pass it reads."""
+        if not path:
+            raise J.JobError("controls", "a custom unit needs its ControlNet folder (custom:PATH)")
+        folder = os.path.abspath(os.path.expanduser(path))
+        card = os.path.join(folder, CUSTOM_CARD)
+        if not os.path.isdir(folder):
+            raise J.JobError("controls", f"custom ControlNet {path!r} is not a folder")
+        try:
+            with open(card, encoding="utf-8") as fh:
+                control = json.load(fh).get("control")
+        except FileNotFoundError:
+            raise J.JobError("controls", f"custom ControlNet {path!r} has no {CUSTOM_CARD} (make one with archviz "
+                                         "train-controlnet)") from None
+        except (OSError, ValueError, AttributeError) as exc:
+            raise J.JobError("controls", f"custom ControlNet {path!r}: cannot read {CUSTOM_CARD}: {exc}") from None
+        if control not in PASS_FILES:
+            raise J.JobError("controls", f"custom ControlNet {path!r} was trained on {control!r}, not a control pass "
+                                         f"({', '.join(PASS_FILES)})")
+        return cls(control, scale, start, end, mode, model=folder)
+
+
+#: The card ``archviz train-controlnet`` writes into the ControlNet folder.
+CUSTOM_CARD = "archviz_card.json"
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 # Unit presets after the seed documents: weighted multi-control, and temporal scheduling
@@ -66,8 +113,8 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
         except OSError as exc:
             raise J.JobError(f"controls[{i}].image", f"cannot read {path}: {exc.strerror}") from None
         control = {"type": unit.type, "image": J.encode_png(png)}
-        for key in ("scale", "start", "end", "mode"):
-            if getattr(unit, key) is not None:
+        for key in ("scale", "start", "end", "mode", "model"):
+            if getattr(unit, key, None) is not None:
                 control[key] = getattr(unit, key)
         controls.append(control)
     job = {"model": model if isinstance(model, dict) else {"family": model}, "controls": controls,
