@@ -130,17 +130,17 @@ def _aim(cam_obj, yaw, pitch):
     cam_obj.rotation_euler = (math.pi / 2 + pitch, 0.0, yaw)
 
 
-def place_camera(scene, view_layer, cam_obj, rng, bounds, interior_share, rooms_exist=True):
+def place_camera(scene, view_layer, cam_obj, rng, bounds, interior, rooms_exist=True):
     """Put ``cam_obj`` at a view drawn from ``rng``: inside a room (floor and ceiling
-    around it) with probability ``interior_share``, else around the building. Returns
+    around it) when ``interior``, else around the building. Returns
     (kind, tries). CaptureError after MAX_TRIES draws without a good view."""
     lo, hi = bounds
     depsgraph = _depsgraph(scene, view_layer)
     centre = (lo + hi) / 2
     size = hi - lo
     reasons = {}
+    interior = interior and rooms_exist
     for tries in range(1, MAX_TRIES + 1):
-        interior = rooms_exist and rng.random() < interior_share
         if interior:
             x = rng.uniform(lo[0] + CLEARANCE, hi[0] - CLEARANCE)
             y = rng.uniform(lo[1] + CLEARANCE, hi[1] - CLEARANCE)
@@ -248,7 +248,8 @@ def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, contro
     its metadata row (files are in place before the row exists)."""
     vseed = D.view_seed(seed, scene_key, view)
     rng = np.random.default_rng(vseed)
-    kind, _tries = place_camera(scene, view_layer, cam_obj, rng, bounds, interior_share, rooms_exist)
+    interior = D.interior_draw(seed, scene_key, view) < interior_share
+    kind, _tries = place_camera(scene, view_layer, cam_obj, rng, bounds, interior, rooms_exist)
     name = D.view_name(scene_key, view)
     work = os.path.join(out_dir, ".work", name)
     shutil.rmtree(work, ignore_errors=True)

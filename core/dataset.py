@@ -66,6 +66,14 @@ def view_seed(seed, scene, view):
     return zlib.crc32(f"{int(seed)}:{scene}:{int(view)}".encode()) & 0x7FFFFFFF
 
 
+def interior_draw(seed, scene, view):
+    """A number in [0, 1) per view; the view is inside a room when it is below the
+    interior share. Golden-ratio steps from a per-scene start spread the draws evenly, so
+    any run of views holds close to the asked share of interiors."""
+    start = view_seed(seed, scene, -1) / 2**31
+    return (start + int(view) * 0.6180339887498949) % 1.0
+
+
 def view_name(scene, view):
     return f"{scene}_{int(view):05d}"
 
