@@ -41,8 +41,6 @@ class ControlUnit:
             while len(parts) > 2 and len(nums) < 3 and _is_number(parts[-1]):
                 nums.insert(0, float(parts.pop()))
             path = ":".join(parts[1:])
-            if not path:
-                raise J.JobError("controls", f"{text!r}: give the ControlNet folder, custom:PATH")
             return cls.custom(path, *(nums + [None] * (3 - len(nums))))
         if parts[0] not in PASS_FILES:
             raise J.JobError("controls", f"unknown control pass {parts[0]!r} (choose from {', '.join(PASS_FILES)}, "

@@ -186,6 +186,23 @@ def test_trained_folder_loads_through_the_model_path_and_changes_images(trained,
     assert np.abs(steered.astype(float) - unsteered.astype(float)).mean() > 1e-3
 
 
+def test_a_sweep_uses_the_trained_controlnet(trained, data):
+    """The whole loop on the example interior: dataset -> train-controlnet -> archviz sweep
+    with --controls custom:PATH, which starts its own backend allowed to read the folder."""
+    from backend_support import base_env
+
+    out = data.parent / "sweep"
+    env = base_env()
+    proc = subprocess.run([sys.executable, "-m", "archviz_controlnet.cli", "sweep", str(data.parent / "interior.blend"),
+                           "--model", "tiny", "--controls", f"custom:{trained['out']}:1.0", "--styles", "modern",
+                           "--seeds", "0", "--steps", "2", "--long-side", "64", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "Camera_manifest.json").read_text())
+    assert manifest["state"] == "done" and manifest["model"]["controlnets"] == [str(trained["out"])]
+    assert (out / "Camera_modern_s0.png").is_file()
+
+
 def test_resume_continues_from_the_saved_step_with_the_same_optimizer_state(data, tmp_path):
     whole = T.Trainer(config(data, tmp_path / "whole", steps=4, checkpoint_every=2)).setup()
     whole.train(progress=False)
