@@ -283,3 +283,21 @@ def test_precision_and_optimizer_are_chosen_from_the_machine_and_said():
     with pytest.raises(T.TrainError, match="adamw8bit"):
         T.choose_optimizer("adamw8bit", "cpu", True)
     assert T.choose_optimizer("adamw", "cuda", True, (9, 0))[0] == "adamw"
+
+
+def test_sdxl_with_checkpointing_and_accumulation(data, tmp_path):
+    """The SDXL path (two text encoders, pooled embeddings and time ids), gradient
+    checkpointing and accumulation over two micro-batches."""
+    trainer = T.Trainer(config(data, tmp_path / "xl", base="tiny-sdxl", steps=2, batch=2, grad_accum=2,
+                               gradient_checkpointing=True)).setup()
+    assert trainer.arch == "sdxl" and trainer.controlnet.is_gradient_checkpointing
+    assert "accumulation: 2 step(s) per update" in " ".join(trainer.notes)
+    frozen = state_digest(trainer.comps["unet"])
+    result = trainer.train(progress=False)
+    assert len(result.losses) == 2 and all(np.isfinite([loss for _s, loss in result.losses]))
+    assert state_digest(trainer.comps["unet"]) == frozen
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_pretrained(str(tmp_path / "xl"))
+    assert net.config.addition_embed_type == "text_time"
+    assert json.loads((tmp_path / "xl" / "archviz_card.json").read_text())["arch"] == "sdxl"
