@@ -69,7 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     empty_prompt_fraction: float = 0.0  # train some steps without captions (the ControlNet paper uses 0.5)
-    workers: int = 0
+    init: str = ""  # start from an existing ControlNet (folder or hub id) instead of the UNet's encoder
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,8 +381,21 @@ class Trainer:
             if name in comps:
                 comps[name].requires_grad_(False).eval()
         self.noise_scheduler = DDPMScheduler.from_config(comps["scheduler_config"])
-        # The trainable copy of the UNet's encoder; zero convolutions start at zero.
-        controlnet = ControlNetModel.from_unet(comps["unet"], conditioning_channels=3)
+        if cfg.init:  # a smaller fine-tune: from a ControlNet that already reads a similar control
+            try:
+                folder = models.local_folder(cfg.init, None, "ControlNet", torch.float32)
+                controlnet = ControlNetModel.from_pretrained(str(folder), torch_dtype=torch.float32,
+                                                             use_safetensors=True)
+            except (models.ModelNotFoundError, OSError, ValueError) as exc:
+                raise TrainError(f"--init {cfg.init!r}: {str(exc).splitlines()[0]}") from None
+            if controlnet.config.cross_attention_dim != comps["unet"].config.cross_attention_dim:
+                raise TrainError(f"--init {cfg.init!r} was made for another base (cross-attention "
+                                 f"{controlnet.config.cross_attention_dim}, the base has "
+                                 f"{comps['unet'].config.cross_attention_dim})")
+            self.notes.append(f"initialised from the ControlNet {cfg.init}")
+        else:
+            # The trainable copy of the UNet's encoder; zero convolutions start at zero.
+            controlnet = ControlNetModel.from_unet(comps["unet"], conditioning_channels=3)
         if cfg.gradient_checkpointing:
             controlnet.enable_gradient_checkpointing()
         controlnet.train()
@@ -552,6 +565,7 @@ class Trainer:
             "lr": self.cfg.lr,
             "optimizer": self.optimizer_name,
             "seed": self.cfg.seed,
+            "init": self.cfg.init or "base UNet encoder (zero convolutions at zero)",
             "loss_first": float(np.mean(losses[:k])) if k else None,
             "loss_last": float(np.mean(losses[-k:])) if k else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -669,6 +683,8 @@ def add_arguments(parser):
                         help=f"save a resumable checkpoint every K steps (default {d.checkpoint_every})")
     parser.add_argument("--empty-prompt-fraction", type=float, default=d.empty_prompt_fraction,
                         help="share of captions dropped, so the net learns from the control alone")
+    parser.add_argument("--init", default="", help="start from this ControlNet (folder or hub id) instead of the "
+                                                  "base UNet's encoder: a smaller fine-tune of a similar control")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, choices=("auto", "cuda", "mps", "cpu"))
 

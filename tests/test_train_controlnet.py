@@ -301,3 +301,17 @@ def test_sdxl_with_checkpointing_and_accumulation(data, tmp_path):
     net = ControlNetModel.from_pretrained(str(tmp_path / "xl"))
     assert net.config.addition_embed_type == "text_time"
     assert json.loads((tmp_path / "xl" / "archviz_card.json").read_text())["arch"] == "sdxl"
+
+
+def test_init_from_an_existing_controlnet(trained, data, tmp_path):
+    """--init: a smaller fine-tune starts from a ControlNet that already steers."""
+    trainer = T.Trainer(config(data, tmp_path / "ft", init=str(trained["out"]), steps=1)).setup()
+    start = trainer.controlnet.controlnet_mid_block.weight
+    done = trained["trainer"].accelerator.unwrap_model(trained["trainer"].controlnet).controlnet_mid_block.weight
+    assert torch.count_nonzero(start) > 0 and torch.equal(start, done.detach())
+    from archviz_controlnet.backend import tiny
+
+    with pytest.raises(T.TrainError, match="made for another base"):
+        T.Trainer(config(data, tmp_path / "ft2", init=str(tiny.tiny_path("sdxl", "controlnet-depth")))).setup()
+    with pytest.raises(T.TrainError, match="--init '/nonexistent/net'"):
+        T.Trainer(config(data, tmp_path / "ft3", init="/nonexistent/net")).setup()
