@@ -14,7 +14,7 @@ from .capture.render import CaptureOptions, render_controls
 from .core import jobs as J
 from .core.backend_setup import SETUP_HINT, missing_backend_message, missing_modules
 from .core.client import BackendError, BackendProcess, Client
-from .core.sweep import camera_job
+from .core.sweep import camera_job, check_custom_base
 
 _started = {}  # (python, device) -> BackendProcess started by this Blender/Python process
 
@@ -63,6 +63,7 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
 
     Returns [(camera name, job dict)]. ``share_disk``: the backend writes into ``out_dir``
     itself (a local backend); otherwise the images are downloaded."""
+    check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
     base = capture_options or CaptureOptions()
     out = []
     for cam in cameras:

@@ -553,6 +553,7 @@ class Trainer:
             "kind": "archviz-controlnet",
             "control": self.control,
             "base": self.cfg.base,
+            "family": self.cfg.base if self.cfg.base in ("sd15", "sdxl", "tiny", "tiny-sdxl") else None,
             "base_ref": self.base_ref,
             "arch": self.arch,
             "data": str(Path(self.cfg.data).resolve()),

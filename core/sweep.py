@@ -79,6 +79,27 @@ class ControlUnit:
 CUSTOM_CARD = "archviz_card.json"
 
 
+def check_custom_base(units, family):
+    """JobError when a custom unit's ControlNet was trained on another base than the one
+    this sweep uses (its residuals would not fit the UNet). ``family`` is a model family
+    name or a local SD 1.5 base folder."""
+    arch = "sdxl" if family in ("sdxl", "tiny-sdxl") else "sd15"
+    for i, unit in enumerate(units):
+        if not unit.model:
+            continue
+        try:
+            with open(os.path.join(unit.model, CUSTOM_CARD), encoding="utf-8") as fh:
+                card = json.load(fh)
+        except (OSError, ValueError):
+            continue  # ControlUnit.custom read it already; a later change shows up as the backend's error
+        trained = card.get("family")
+        if card.get("arch") and card["arch"] != arch or (trained and family in J.FAMILIES and trained != family):
+            raise J.JobError(f"controls[{i}]", f"custom ControlNet {unit.model!r} was trained on "
+                                               f"{trained or card.get('arch')} ({card.get('arch')}); this sweep "
+                                               f"uses {family}: train it on that base or sweep with "
+                                               f"--model {trained or card.get('arch')}")
+
+
 def _is_number(text):
     try:
         float(text)

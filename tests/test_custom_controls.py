@@ -8,7 +8,7 @@ import pytest
 
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.png import write_png
-from archviz_controlnet.core.sweep import CUSTOM_CARD, ControlUnit, camera_job
+from archviz_controlnet.core.sweep import CUSTOM_CARD, ControlUnit, camera_job, check_custom_base
 
 
 def _net(tmp_path, control="depth", name="mynet"):
@@ -38,6 +38,18 @@ def test_custom_unit_errors_name_the_folder(tmp_path):
         ControlUnit.parse(f"custom:{_net(tmp_path, 'albedo', 'odd')}")
     with pytest.raises(J.JobError, match="needs its ControlNet folder"):
         ControlUnit.parse("custom:")
+
+
+def test_a_custom_controlnet_must_fit_the_sweeps_base(tmp_path):
+    folder = _net(tmp_path)
+    (folder / CUSTOM_CARD).write_text(json.dumps({"control": "depth", "arch": "sd15", "family": "tiny"}))
+    units = [ControlUnit("lines"), ControlUnit.custom(str(folder))]
+    check_custom_base(units, "tiny")
+    check_custom_base(units, "/models/my-sd15-base")  # a local base folder: only the architecture is known
+    for family in ("sd15", "tiny-sdxl", "sdxl"):
+        with pytest.raises(J.JobError, match=rf"controls\[1\]: custom ControlNet .* was trained on tiny "
+                                             rf"\(sd15\); this sweep uses {family}"):
+            check_custom_base(units, family)
 
 
 def test_camera_job_sends_the_custom_model(tmp_path):
