@@ -227,6 +227,45 @@ def render_target(scene, view_layer, camera, size, path, samples=TARGET_SAMPLES,
 
 
 # ---------------------------------------------------------------------------------------
+# Variations: materials per class, light power
+# ---------------------------------------------------------------------------------------
+
+
+def check_variations(scene, view_layer, rules, scene_key):
+    """DatasetError naming a material a rule asks for that this scene does not have."""
+    for cls, names in rules.items():
+        for name in names:
+            if bpy.data.materials.get(name) is None:
+                have = ", ".join(sorted(m.name for m in bpy.data.materials)[:12])
+                raise D.DatasetError(f"--vary-material {cls}=...: scene {scene_key!r} has no material {name!r} "
+                                     f"(it has: {have})")
+
+
+def apply_variations(ov, scene, view_layer, rng, rules, light_scale):
+    """Draw this view's materials and light power from ``rng`` and set them through
+    ``ov`` (put back when the view is done). Returns what was drawn."""
+    drawn = {}
+    if rules:
+        objects = renderable_objects(scene, view_layer)
+        _mats, _pairs, sources = class_legend(scene, objects, CaptureOptions())
+        for cls, names in sorted(rules.items()):
+            mat = bpy.data.materials[names[int(rng.integers(len(names)))]]
+            drawn.setdefault("materials", {})[cls] = mat.name
+            for obj in objects:
+                if any(e["class"] == cls for e in sources.get(obj.name, ())):
+                    for slot in obj.material_slots:
+                        ov.set(slot, "material", mat)
+    if light_scale:
+        lo, hi = light_scale
+        factor = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        drawn["light_scale"] = round(factor, 5)
+        for obj in scene.objects:
+            if obj.type == "LIGHT":
+                ov.set(obj.data, "energy", obj.data.energy * factor)
+    return drawn
+
+
+# ---------------------------------------------------------------------------------------
 # One view
 # ---------------------------------------------------------------------------------------
 
@@ -243,7 +282,7 @@ def _materials_in_view(scene, view_layer, exr_path):
 
 
 def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, controls, long_side, interior_share,
-              samples, prompt, bounds, rooms_exist):
+              samples, prompt, bounds, rooms_exist, rules=None, light_scale=None):
     """Place the camera for one view, render its control passes and target, and return
     its metadata row (files are in place before the row exists)."""
     vseed = D.view_seed(seed, scene_key, view)
@@ -253,10 +292,14 @@ def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, contro
     name = D.view_name(scene_key, view)
     work = os.path.join(out_dir, ".work", name)
     shutil.rmtree(work, ignore_errors=True)
-    result = render_controls(scene, work, CaptureOptions(camera=cam_obj.name, long_side=long_side,
-                                                         passes=tuple(controls)))
-    size = tuple(result.info["resolution"])
-    materials = _materials_in_view(scene, view_layer, os.path.join(work, EXR_NAME))
+    with _overrides() as ov:
+        # Variations draw from their own stream, so adding them keeps every camera in place.
+        drawn = apply_variations(ov, scene, view_layer, np.random.default_rng([vseed, 1]), rules, light_scale)
+        result = render_controls(scene, work, CaptureOptions(camera=cam_obj.name, long_side=long_side,
+                                                             passes=tuple(controls)))
+        size = tuple(result.info["resolution"])
+        materials = _materials_in_view(scene, view_layer, os.path.join(work, EXR_NAME))
+        render_target(scene, view_layer, cam_obj, size, os.path.join(work, "target.png"), samples, vseed)
     files = {}
     for ctype in controls:
         rel = f"conditioning/{ctype}/{name}.png"
@@ -265,7 +308,6 @@ def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, contro
         files[ctype] = rel
     target_rel = f"images/{name}.png"
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    render_target(scene, view_layer, cam_obj, size, os.path.join(work, "target.png"), samples, vseed)
     os.replace(os.path.join(work, "target.png"), os.path.join(out_dir, target_rel))
     shutil.rmtree(work, ignore_errors=True)
     classes = [e["class"] for e in result.info["legend"] if e["in_view"]]
@@ -287,6 +329,7 @@ def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, contro
         "size": list(size),
         "classes": classes,
         "materials": [m.name for m in materials],
+        **({"variation": drawn} if drawn else {}),
     }
 
 
@@ -302,7 +345,7 @@ def _dataset_camera(scene):
 
 
 def make_dataset(scenes, out_dir, views, controls, long_side=512, seed=0, interior_share=0.7,
-                 samples=TARGET_SAMPLES, progress=True, log=print):
+                 samples=TARGET_SAMPLES, progress=True, log=print, materials=None, light_scale=None):
     """Render ``views`` pairs per scene into ``out_dir``; returns (rows, seconds, made now)."""
     from tqdm import tqdm
 
@@ -318,7 +361,7 @@ def make_dataset(scenes, out_dir, views, controls, long_side=512, seed=0, interi
     keys = [D.scene_key(s) for s in scenes]
     if len(set(keys)) != len(keys):
         raise D.DatasetError("two scenes have the same file name; views are named after it")
-    wanted = D.settings(scenes, views, controls, long_side, seed, interior_share, samples)
+    wanted = D.settings(scenes, views, controls, long_side, seed, interior_share, samples, materials, light_scale)
     os.makedirs(out_dir, exist_ok=True)
     done = D.check_resume(out_dir, wanted)
     atomic_write(os.path.join(out_dir, D.SETTINGS), json.dumps(wanted, indent=2).encode())
@@ -337,6 +380,7 @@ def make_dataset(scenes, out_dir, views, controls, long_side=512, seed=0, interi
             scene = bpy.context.scene
             view_layer = bpy.context.view_layer
             prompt = D.read_prompt_file(scene_path)
+            check_variations(scene, view_layer, materials or {}, key)
             cam_obj = _dataset_camera(scene)
             view_layer.update()
             bounds = scene_bounds(scene, view_layer)
@@ -345,7 +389,7 @@ def make_dataset(scenes, out_dir, views, controls, long_side=512, seed=0, interi
                 log(f"{key}: no room with a floor and a ceiling found; all views are around the building")
             for v in todo:
                 row = make_view(scene, view_layer, cam_obj, out_dir, key, v, seed, controls, long_side,
-                                interior_share, samples, prompt, bounds, rooms_exist)
+                                interior_share, samples, prompt, bounds, rooms_exist, materials, light_scale)
                 rows[row["name"]] = row
                 with open(meta_path, "a", encoding="utf-8") as fh:  # this view is done, even if the next fails
                     fh.write(json.dumps(row) + "\n")
@@ -389,6 +433,11 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (each view's own seed derives from it)")
     parser.add_argument("--interior-share", type=float, default=0.7,
                         help="share of views inside rooms; the rest are around the building (default 0.7)")
+    parser.add_argument("--vary-material", action="append", default=[], metavar="CLASS=MAT,MAT",
+                        help="per view, give objects of this ADE20K class one of these materials of the scene "
+                             "(repeatable)")
+    parser.add_argument("--light-scale", default="", metavar="LOW:HIGH",
+                        help="per view, multiply every light's power by a factor drawn from this range")
     parser.add_argument("--samples", type=int, default=TARGET_SAMPLES,
                         help=f"Cycles samples of the target image (default {TARGET_SAMPLES})")
 
@@ -401,9 +450,11 @@ def run(args):
         controls = D.parse_controls(args.controls)
         if args.samples < 1:
             raise D.DatasetError(f"--samples {args.samples}: at least 1")
+        rules = D.parse_material_rules(args.vary_material)
+        light_scale = D.parse_light_scale(args.light_scale)
         rows, seconds, made = make_dataset([os.path.abspath(s) for s in args.scenes], os.path.abspath(args.out),
                                            args.views, controls, args.long_side, args.seed, args.interior_share,
-                                           args.samples)
+                                           args.samples, materials=rules, light_scale=light_scale)
     except (D.DatasetError, CaptureError, PassError, ClassError) as exc:
         print(f"archviz dataset: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, D.DatasetError) else 3

@@ -54,6 +54,39 @@ def parse_controls(text):
     return controls
 
 
+def parse_material_rules(items):
+    """``--vary-material CLASS=MAT1,MAT2`` (repeatable) -> {class: [materials]}: per view,
+    objects of that class get one of these materials of the scene."""
+    from .classes import ClassError, check_class
+
+    rules = {}
+    for item in items or ():
+        cls, sep, mats = str(item).partition("=")
+        names = [m.strip() for m in mats.split(",") if m.strip()]
+        if not sep or not names:
+            raise DatasetError(f"--vary-material {item!r}: expected CLASS=MATERIAL,MATERIAL")
+        try:
+            cls = check_class(cls.strip(), what="--vary-material class")
+        except ClassError as exc:
+            raise DatasetError(str(exc)) from None
+        rules[cls] = names
+    return rules
+
+
+def parse_light_scale(text):
+    """``--light-scale LO:HI`` -> (lo, hi): every light's power is multiplied by a factor
+    drawn log-uniformly from that range per view. Empty -> None (lights as they are)."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in str(text).split(":"))
+    except ValueError:
+        raise DatasetError(f"--light-scale {text!r}: expected LOW:HIGH, e.g. 0.5:2") from None
+    if not (0 < lo <= hi < 1e6):
+        raise DatasetError(f"--light-scale {text!r}: need 0 < LOW <= HIGH")
+    return lo, hi
+
+
 def scene_key(path):
     """A file-name-safe name for a scene: its file name without ``.blend``."""
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -111,10 +144,11 @@ def read_prompt_file(scene_path):
         return " ".join(fh.read().split())
 
 
-def settings(scenes, views, controls, long_side, seed, interior_share, samples):
+def settings(scenes, views, controls, long_side, seed, interior_share, samples, materials=None, light_scale=None):
     return {"scenes": [os.path.basename(s) for s in scenes], "views": int(views), "controls": list(controls),
             "long_side": int(long_side), "seed": int(seed), "interior_share": float(interior_share),
-            "target_samples": int(samples)}
+            "target_samples": int(samples), "vary_materials": dict(materials or {}),
+            "light_scale": list(light_scale) if light_scale else None}
 
 
 def check_resume(out_dir, wanted):
@@ -129,7 +163,7 @@ def check_resume(out_dir, wanted):
         return {}
     with open(path, encoding="utf-8") as fh:
         old = json.load(fh)
-    for key in ("controls", "long_side", "seed", "interior_share", "target_samples"):
+    for key in ("controls", "long_side", "seed", "interior_share", "target_samples", "vary_materials", "light_scale"):
         if old.get(key) != wanted.get(key):
             raise DatasetError(f"--out {out_dir!r} was made with {key} {old.get(key)!r}, not {wanted.get(key)!r}: "
                                "use the same settings to resume, or another --out")

@@ -141,6 +141,33 @@ def test_resume_and_reproducible_views(made, blend, tmp_path):
         CD.make_dataset([str(blend)], str(out), VIEWS, CONTROLS, long_side=128, seed=5, samples=2, progress=False)
 
 
+def test_materials_and_lights_vary_per_view_and_cameras_stay(made, blend, tmp_path):
+    out, rows, _ = made
+    rules = {"floor": ["Terracotta", "Brushed_Steel"]}
+    varied, _s, _n = CD.make_dataset([str(blend)], str(tmp_path / "varied"), 3, CONTROLS, long_side=64, seed=5,
+                                     samples=2, progress=False, log=lambda *_: None, materials=rules,
+                                     light_scale=(0.25, 4.0))
+    changed = 0
+    for row, base in zip(varied, rows):
+        assert row["camera"] == base["camera"] and row["kind"] == base["kind"]
+        assert row["variation"]["materials"]["floor"] in rules["floor"]
+        assert 0.25 <= row["variation"]["light_scale"] <= 4.0
+        assert np.array_equal(read_png(tmp_path / "varied" / row["controls"]["depth"]),
+                              read_png(out / base["controls"]["depth"]))
+        changed += not np.array_equal(read_png(tmp_path / "varied" / row["file_name"]), read_png(out / base["file_name"]))
+        if "floor" in row["classes"]:
+            assert row["variation"]["materials"]["floor"] in row["materials"]
+            assert "Oak_Floor" not in row["materials"]
+    assert changed == 3
+    with pytest.raises(D.DatasetError, match="has no material 'Marble_Nero'"):
+        CD.make_dataset([str(blend)], str(tmp_path / "bad"), 1, CONTROLS, long_side=64, progress=False,
+                        materials={"floor": ["Marble_Nero"]})
+    with pytest.raises(D.DatasetError, match="'floorboards'"):
+        D.parse_material_rules(["floorboards=Oak_Floor"])
+    with pytest.raises(D.DatasetError, match="LOW:HIGH"):
+        D.parse_light_scale("2")
+
+
 def test_bad_input_gets_one_line_errors(blend, tmp_path):
     def run(*args):
         proc = subprocess.run([ARCHVIZ, "dataset", *args], capture_output=True, text=True, timeout=300)
