@@ -36,6 +36,7 @@ def build_parser(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    args._argv = argv  # as given, for a command that runs part of its work in a child
     return args._run(args)
 
 

@@ -1,6 +1,12 @@
 """``archviz sweep SCENE.blend --styles ... --seeds ... --out DIR``: a whole sweep from a
 terminal or a render box, with a progress bar. Re-running resumes: images already on
-disk with the same parameters are kept, not made again."""
+disk with the same parameters are kept, not made again (``--remake`` makes them again).
+
+Exit status: 0 done; 1 the sweep failed (the backend, a full disk, a timeout); 2 a bad
+argument or a file that cannot be read (not a .blend, empty, truncated, a folder; an
+``--out`` that is a file or not writable; a token the backend refuses); 3 the scene
+cannot give passes, or the renderer crashed on a camera; 130 cancelled (Ctrl+C).
+"""
 
 import os
 import sys
@@ -32,24 +38,61 @@ def add_arguments(parser):
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the style preset's)")
     parser.add_argument("--scheduler", default=None, help="unipc, dpmpp_2m_karras, euler_a or ddim (default: preset's)")
     parser.add_argument("--out", required=True, help="output folder (images, manifests, contact sheets, passes/)")
+    parser.add_argument("--remake", action="store_true",
+                        help="make every image again, also those already on disk with the same parameters "
+                             "(default: resume, keeping them)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="give up after S seconds: the jobs are cancelled on the backend (default: no limit)")
     from .distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md
 
     add_ray_arguments(parser)
 
 
+def _render_in_child(scene_path):
+    """prepare_jobs' ``render``: each camera's passes in a child process (capture/child.py),
+    so a renderer crash is a CaptureError naming the camera, not the end of the sweep."""
+    from .capture.child import RenderCrash, options_argv, run_passes_child
+    from .capture.render import CaptureError
+
+    def render(_scene, passes_dir, options):
+        try:
+            code, err = run_passes_child(options_argv(scene_path, passes_dir, options), scene_path,
+                                         capture_output=True)
+        except RenderCrash as exc:
+            raise CaptureError(str(exc)) from None
+        if code:
+            lines = [ln.removeprefix("archviz passes: ") for ln in (err or "").splitlines()
+                     if ln.startswith("archviz passes: ") and "warning:" not in ln]
+            raise CaptureError(lines[-1] if lines else f"rendering the passes of camera {options.camera!r} "
+                                                        f"failed (exit status {code})")
+    return render
+
+
 def run(args):
-    if not os.path.isfile(args.scene):
-        print(f"archviz sweep: no such .blend file: {args.scene}", file=sys.stderr)
+    from .capture.blendfile import BlendFileError, check_blend_file, check_out_dir
+
+    try:
+        check_blend_file(args.scene)
+    except BlendFileError as exc:
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    problem = check_out_dir(args.out)
+    if problem is None and args.timeout is not None and not args.timeout > 0:
+        problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
+    if problem:
+        print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from tqdm import tqdm
 
-    import bpy
+    import bpy  # noqa: F401 - Blender first, before the modules that use it
 
+    from .capture.blendfile import open_blend
     from .capture.render import CaptureError, CaptureOptions
     from .core import jobs as J
-    from .core.client import BackendError
+    from .core.client import BackendAuthError, BackendError
     from .core.passes import PassError
-    from .core.sweep import ControlUnit, SweepRunner
+    from .core.png import clean_stale_temps
+    from .core.sweep import ControlUnit, SweepGaveUp, SweepRunner
     from .sweeping import connect, contact_sheets, model_roots_of, prepare_jobs, resolve_cameras, variant_exr
 
     try:
@@ -75,8 +118,17 @@ def run(args):
         os.environ.update(ray_environment(args))  # the backend started below reads them (archviz serve --ray)
         print(f"sweeping on Ray ({args.ray or 'local'}): the local backend fans the images out to Ray actors")
     out_dir = os.path.abspath(args.out)
-    bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.scene))
+    try:
+        warning = open_blend(args.scene)
+    except BlendFileError as exc:
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if warning:
+        print(f"archviz sweep: {warning}", file=sys.stderr)
     scene = bpy.context.scene
+    scene_path = os.path.abspath(args.scene)
+    for folder in (out_dir, *(os.path.join(out_dir, "passes", d) for d in _subfolders(out_dir, "passes"))):
+        clean_stale_temps(folder)  # temporary files of a run that was killed while writing
     try:
         cameras = resolve_cameras(scene, args.cameras)
         print(f"rendering control passes for {len(cameras)} camera(s): {', '.join(c.name for c in cameras)}")
@@ -85,10 +137,14 @@ def run(args):
                                output_roots=[out_dir], model_roots=model_roots_of(model) + [u.model for u in units if u.model])
         camera_jobs = prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir,
                                    CaptureOptions(long_side=long_side), steps=args.steps, cfg=args.cfg,
-                                   scheduler=args.scheduler, share_disk=not args.backend)
+                                   scheduler=args.scheduler, share_disk=not args.backend,
+                                   render=_render_in_child(scene_path), skip_existing=not args.remake)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
+    except BackendAuthError as exc:
+        print(f"archviz sweep: {exc}; give the server's token with --token TOKEN or ARCHVIZ_TOKEN", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except BackendError as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -100,7 +156,7 @@ def run(args):
         device_warning = None  # the sweep below reports an unreachable backend itself
     if device_warning:
         print(f"archviz sweep: warning: {device_warning}", file=sys.stderr)
-    runner = SweepRunner(client, camera_jobs, out_dir)
+    runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout)
     total = len(cameras) * len(styles) * len(seeds)
     bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     counts = {"new": 0, "kept": 0}
@@ -145,9 +201,16 @@ def run(args):
     except KeyboardInterrupt:
         runner.cancel()
         state = "cancelled"
-    except BackendError as exc:
+    except BackendAuthError as exc:
         bar.close()
-        print(f"archviz sweep: {exc}\n{len(runner.images)} image(s) finished before that are in {out_dir}; "
+        print(f"archviz sweep: {exc}; give the server's token with --token TOKEN or ARCHVIZ_TOKEN", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (BackendError, OSError) as exc:
+        bar.close()
+        what = ("gave up: " if isinstance(exc, SweepGaveUp) else "") + str(exc)
+        stopped = "" if isinstance(exc, BackendError) and not isinstance(exc, SweepGaveUp) else \
+            "; its jobs were stopped on the backend"
+        print(f"archviz sweep: {what}{stopped}\n{runner.images_on_disk()} image(s) of this sweep are in {out_dir}; "
               "run the same command again to resume", file=sys.stderr)
         return EXIT_FAILED
     finally:
@@ -161,3 +224,10 @@ def run(args):
         print("archviz sweep: " + "; ".join(runner.errors), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_CANCELLED if state == "cancelled" else 0
+
+
+def _subfolders(folder, name):
+    try:
+        return [e.name for e in os.scandir(os.path.join(folder, name)) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []

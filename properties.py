@@ -14,6 +14,9 @@ def _class_items():
 
 
 _CLASS_ITEMS = _class_items()  # Blender needs the enum items kept alive
+# The fallback may also be a facing rule of core/class_table.toml.
+_FALLBACK_ITEMS = _CLASS_ITEMS + [("surface", "Surface by Facing",
+                                   "Floor where it faces up, ceiling where it faces down, wall otherwise")]
 
 
 def _is_camera(_self, obj):
@@ -70,22 +73,42 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
     use_seg: BoolProperty(name="Segmentation", default=True, description="ADE20K classes per object")
     depth_mode: EnumProperty(
         name="Depth Range",
-        items=[("SCENE", "Scene Bounds", "Same range for every camera and frame, from the scene's bounds"),
+        items=[("VIEW", "Fit View", "Robust percentiles of this view's inverse depth (what depth models were trained on)"),
+               ("SEQUENCE", "Sequence", "One range for this camera over the scene's frame range (no flicker)"),
+               ("SCENE", "Scene Bounds", "Same range for every camera and frame, from the scene's bounds"),
                ("MANUAL", "Manual", "Fixed near and far distances")],
-        default="SCENE")
+        default="VIEW")
     depth_near: FloatProperty(name="Near", default=1.0, min=0.001, unit="LENGTH",
                               description="Distance that maps to white")
     depth_far: FloatProperty(name="Far", default=20.0, min=0.002, unit="LENGTH",
                              description="Distance that maps to black")
+    line_style: EnumProperty(
+        name="Line Style", default="AUTO",
+        items=[("AUTO", "From Model", "Each control unit gets the style its ControlNet was trained on "
+                                      "(lines.png: lineart)"),
+               ("CANNY", "Canny", "Binary 1 px edges"),
+               ("LINEART", "Lineart", "Anti-aliased strokes, width scales with resolution"),
+               ("MLSD", "MLSD", "Straight segments only"),
+               ("SOFTEDGE", "Soft Edge", "Soft, wider edges (HED/PiDiNet-like)")],
+        description="Override the line style of every line control unit")
+    supersample: IntProperty(name="Supersample", default=2, min=1, max=4,
+                             description="Render the passes this many times finer so thin rails stay continuous "
+                                         "(time grows with its square)")
+    use_beauty: BoolProperty(name="Beauty Pass", default=False,
+                             description="Also render beauty.png with the scene's own materials and lights")
+    beauty_engine: EnumProperty(name="Beauty Engine", default="CYCLES",
+                                items=[("CYCLES", "Cycles", ""), ("EEVEE", "EEVEE", "")])
+    beauty_samples: IntProperty(name="Beauty Samples", default=16, min=1, max=4096)
     crease_angle: FloatProperty(name="Crease Angle", default=math.radians(30.0), min=math.radians(1.0),
                                 max=math.radians(179.0), subtype="ANGLE",
                                 description="Neighbouring faces turned more than this make a line")
     background_class: EnumProperty(name="Background", items=_CLASS_ITEMS, default=DEFAULT_BACKGROUND_CLASS,
                                    description="Class of pixels with no geometry (the world, seen through windows)")
-    fallback_class: EnumProperty(name="Unclassified", items=_CLASS_ITEMS, default=DEFAULT_FALLBACK_CLASS,
-                                 description="Class of objects that no property or name keyword classifies")
+    fallback_class: EnumProperty(name="Unclassified", items=_FALLBACK_ITEMS, default=DEFAULT_FALLBACK_CLASS,
+                                 description="Class of objects that no property, IFC class or name keyword classifies")
     class_table: StringProperty(name="Keyword Table", subtype="FILE_PATH", default="",
-                                description="JSON file of name keyword -> ADE20K class, tried before the built-in table")
+                                description="Class table (JSON keyword -> class, or TOML/JSON laid out like core/class_table.toml), "
+                                            "tried before the built-in table")
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="//archviz/",
                                description="Folder for control passes and generated images (// = next to the .blend)")
 

@@ -7,6 +7,7 @@ command, so the panel, ``blender -b`` and the terminal run the very same steps.
 import atexit
 import os
 import sys
+from dataclasses import replace
 
 import bpy
 
@@ -57,26 +58,81 @@ def model_spec(model):
     raise J.JobError("model", f"{model!r} is neither a family ({', '.join(J.FAMILIES)}) nor an existing path")
 
 
+def model_family(model):
+    """The model family a job's model runs on (a local base model is an SD 1.5 one)."""
+    spec = model_spec(model) if isinstance(model, str) else (model or {})
+    family = spec.get("family", "sd15")
+    return J.FAMILY_ALIASES.get(family, family)
+
+
+def _preset_controls(styles):
+    """The style presets' control defaults, first style first (presets that do not load
+    are left to the backend, which reports them)."""
+    from .core.presets import load_presets_tolerant
+
+    presets, _errors = load_presets_tolerant()
+    return [presets[name] for name in styles if name in presets]
+
+
+def control_choices(units, styles, model, base):
+    """(depth range mode, {unit index: line style}) for a sweep.
+
+    The capture options decide when set (the panel always sets a depth range; a line
+    style other than 'auto' overrides every line unit); else the first style preset that
+    says (``[controls.depth] range``, ``[controls.lines] line_style``); else the view
+    mode, and for each line unit the style its model wants (core.passes.MODEL_LINE_STYLES).
+    """
+    from .core import passes as core_passes
+
+    presets = _preset_controls(styles)
+    depth_range = base.depth_mode() if (base.depth_range or base.near or base.far) else ""
+    if not depth_range:
+        depth_range = next((p.control("depth").range for p in presets if p.control("depth").range), "") or "view"
+    family = model_family(model)
+    line_styles = {}
+    for i, unit in enumerate(units):
+        if unit.type not in J.LINE_TYPES:
+            continue
+        if unit.model:  # a custom ControlNet reads the lines it was trained on (its card says which)
+            line_styles[i] = core_passes.check_line_style(unit.line_style or core_passes.DEFAULT_LINE_STYLE)
+            continue
+        override = base.line_style
+        if override == "auto":
+            override = next((p.control(unit.type).line_style for p in presets
+                             if p.control(unit.type).line_style), "auto")
+        line_styles[i] = core_passes.line_style_for(unit.type, family, override)
+    return depth_range, line_styles
+
+
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
-                 scheduler=None, share_disk=True, max_batch=None):
+                 scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
+    Each line unit gets the line image its model was trained on (``lines_<style>.png``).
     Returns [(camera name, job dict)]. ``share_disk``: the backend writes into ``out_dir``
-    itself (a local backend); otherwise the images are downloaded."""
+    itself (a local backend); otherwise the images are downloaded. ``render(scene,
+    passes_dir, options)``: how to render (default: here, with render_controls; the
+    ``archviz sweep`` command renders in a child process that a renderer crash cannot take
+    down). ``skip_existing=False`` remakes images already on disk."""
     check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
+    render = render or render_controls
     base = capture_options or CaptureOptions()
+    depth_range, line_styles = control_choices(units, styles, model, base)
+    units = [replace(u, line_style=line_styles[i]) if i in line_styles else u for i, u in enumerate(units)]
     out = []
     for cam in cameras:
         passes_dir = os.path.join(out_dir, "passes", J.safe_name(cam.name))
         # Every pass the user wants (all four by default: they go into each variant's
         # EXR), plus whatever a control unit needs.
-        opts = CaptureOptions(**{**base.__dict__, "camera": cam.name,
-                                 "passes": tuple(sorted(set(base.passes) | {u.type for u in units}))})
-        render_controls(scene, passes_dir, opts)
+        opts = CaptureOptions(**{**base.__dict__, "camera": cam.name, "depth_range": depth_range,
+                                 "line_styles": tuple(sorted(set(base.line_styles) | set(line_styles.values()))),
+                                 "passes": tuple(sorted(set(base.passes) | {"lines" if u.type in J.LINE_TYPES
+                                                                            else u.type for u in units}))})
+        render(scene, passes_dir, opts)
         out.append((cam.name, camera_job(passes_dir, units, styles, seeds, model=model_spec(model),
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
                                          name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
-                                         max_batch=max_batch)))
+                                         max_batch=max_batch, skip_existing=skip_existing)))
     return out
 
 
@@ -121,7 +177,8 @@ def connect(url="", token="", python="", device="auto", log_path=None, output_ro
     run needs a folder the running one does not allow, it is restarted allowing both."""
     if url:
         client = Client(url, token=token)
-        client.health()  # raises BackendUnreachable with the URL in the message
+        client.health(retry_for=5)  # raises BackendUnreachable with the URL in the message
+        client.presets()  # a route behind the token: BackendAuthError now, not after the renders
         return client, None
     env = dict(os.environ if env is None else env)
     # A backend started with other settings in its environment (Ray, HF cache, offline)

@@ -47,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: safetensors only)")
     parser.add_argument("--max-body-mb", type=float, default=64.0,
                         help="largest request body in MiB (default 64; larger requests get 413)")
+    parser.add_argument("--max-queued", type=int, default=None, metavar="N",
+                        help="jobs that may wait in the queue (default 64); past it a submit gets 429 with Retry-After")
+    parser.add_argument("--max-connections", type=int, default=None, metavar="N",
+                        help="open connections at most (default 1000, or the open-file limit less 128); over it the "
+                             "oldest idle connection is closed, or the new one gets 503")
+    parser.add_argument("--header-timeout", type=float, default=None, metavar="S",
+                        help="seconds a connection may take to send a whole request head (default 10)")
+    parser.add_argument("--keep-alive", type=int, default=None, metavar="S",
+                        help="seconds an idle kept-alive connection stays open (default 5)")
     parser.add_argument("--simulate-oom-above", type=int, default=None, metavar="N",
                         help=argparse.SUPPRESS)  # test hook: torch.OutOfMemoryError for UNet batches > N images
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", dest="engine_options",
@@ -91,6 +100,28 @@ def run(args: argparse.Namespace) -> int:
     from .engine import Engine, EngineOptions
     from .server import create_app
 
+    from .connections import (BACKLOG, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE, check_max_connections,
+                              default_max_connections, guarded_protocol)
+    from .worker import DEFAULT_MAX_QUEUED
+
+    if args.token is not None and not args.token.strip():
+        print("archviz serve: the token is empty or only whitespace; no client can send it. Give a long random one: "
+              "--token \"$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\"", file=sys.stderr)
+        return 2
+    max_queued = DEFAULT_MAX_QUEUED if args.max_queued is None else args.max_queued
+    max_connections = default_max_connections() if args.max_connections is None else args.max_connections
+    header_timeout = DEFAULT_HEADER_TIMEOUT if args.header_timeout is None else args.header_timeout
+    keep_alive = DEFAULT_KEEP_ALIVE if args.keep_alive is None else args.keep_alive
+    problem = check_max_connections(max_connections)
+    if problem is None and max_queued < 1:
+        problem = f"--max-queued must be at least 1, got {max_queued}"
+    if problem is None and not 0 < header_timeout <= 3600:
+        problem = f"--header-timeout must be between 0 and 3600 seconds, got {header_timeout:g}"
+    if problem is None and not 0 < keep_alive <= 3600:
+        problem = f"--keep-alive must be between 1 and 3600 seconds, got {keep_alive}"
+    if problem:
+        print(f"archviz serve: {problem}", file=sys.stderr)
+        return 2
     if not is_loopback(args.host) and not args.token:
         print(f"archviz serve: refusing to listen on {args.host} without a token: anyone who could reach it "
               "could run jobs and write files. Give --token TOKEN (or set ARCHVIZ_TOKEN), or bind 127.0.0.1",
@@ -99,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     if args.token and len(args.token) < 16 and not is_loopback(args.host):
         print("archviz serve: warning: the token is shorter than 16 characters; use a long random one "
               "(python -c 'import secrets; print(secrets.token_urlsafe(32))')", file=sys.stderr)
+    if args.token and not is_loopback(args.host):
+        print(f"archviz serve: warning: listening on {args.host} over plain HTTP: the token and the images travel "
+              "unencrypted. Put a TLS proxy in front (e.g. Caddy: caddy reverse-proxy --from gpu.example.com "
+              f"--to 127.0.0.1:{args.port}, and serve on 127.0.0.1) when the network is not trusted", file=sys.stderr)
     if args.allow_pickle:
         os.environ["ARCHVIZ_ALLOW_PICKLE"] = os.pathsep.join(
             filter(None, [os.environ.get("ARCHVIZ_ALLOW_PICKLE", ""), *args.allow_pickle]))
@@ -126,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("archviz.backend").warning("simulating out-of-memory for batches over %d images", oom_above)
     app = create_app(engine, args.presets, token=args.token,
                      output_roots=[*env_list("ARCHVIZ_OUTPUT_ROOTS"), *args.output_root],
-                     model_dirs=args.model_root, max_body_bytes=int(args.max_body_mb * 2**20))
+                     model_dirs=args.model_root, max_body_bytes=int(args.max_body_mb * 2**20),
+                     max_queued=max_queued)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -140,8 +176,13 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
         return 2
     host, port = sock.getsockname()[:2]
+    # uvicorn's own limits (keep-alive timeout; 503 past limit_concurrency requests in
+    # flight) plus a request-head timeout and an idle-eviction connection cap
+    # (backend/connections.py) that uvicorn does not have.
     config = uvicorn.Config(app, log_level=args.log_level if args.log_level != "info" else "warning",
-                            access_log=False, timeout_graceful_shutdown=2)
+                            access_log=False, timeout_graceful_shutdown=2, timeout_keep_alive=keep_alive,
+                            limit_concurrency=max_connections + 1, backlog=BACKLOG,
+                            http=guarded_protocol(max_connections, header_timeout))
     server = uvicorn.Server(config)
 
     def announce() -> None:

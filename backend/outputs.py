@@ -14,19 +14,66 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import stat
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from ..core.jobs import JobError
+from ..core.png import WriteError, clean_stale_temps
+from ..core.png import atomic_write as _atomic_write
 from .sweep import PlannedImage, SweepPlan
 
 
-class OutputWriteError(OSError):
+class OutputWriteError(WriteError):
     """A result file could not be written (disk full, file size limit, permissions)."""
+
+
+#: Deepest output folder accepted, in folders below the root of the file system.
+MAX_FOLDER_DEPTH = 64
+#: Longest path (bytes) and folder name (bytes) the usual Linux, macOS and Windows file
+#: systems take.
+MAX_PATH_BYTES, MAX_NAME_BYTES = 4000, 255
+
+
+def check_folder_name(text: str, field: str = "output_dir") -> None:
+    """JobError naming ``field`` for a folder path no file system takes: too long, a
+    name over 255 bytes, too deep."""
+    raw = os.fsencode(text)
+    parts = [p for p in raw.split(b"/") if p]
+    if len(parts) > MAX_FOLDER_DEPTH:
+        raise JobError(field, f"is {len(parts)} folders deep; at most {MAX_FOLDER_DEPTH} are accepted")
+    if len(raw) > MAX_PATH_BYTES:
+        raise JobError(field, f"is {len(raw)} bytes long; paths can be at most {MAX_PATH_BYTES}")
+    longest = max(parts, key=len, default=b"")
+    if len(longest) > MAX_NAME_BYTES:
+        raise JobError(field, f"has a folder name {len(longest)} bytes long ({_short(os.fsdecode(longest), 40)}); "
+                              f"names can be at most {MAX_NAME_BYTES}")
+
+
+def check_folder_target(real: Path, field: str = "output_dir") -> None:
+    """JobError naming ``field`` when the folder or one above it exists but is not a
+    folder (a file, a FIFO, a device)."""
+    for path in (real, *real.parents):
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # missing, or below a file: the file above is named
+        except OSError as exc:
+            raise JobError(field, f"{path} cannot be used: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            kind = ("a file" if stat.S_ISREG(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or other special file")
+            raise JobError(field, f"{path} is {kind}, not a folder")
+        return  # the nearest existing one is a folder
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def _real(path: str | os.PathLike) -> Path:
@@ -46,12 +93,15 @@ class OutputRoots:
         """The real folder for a job's ``output_dir``; JobError when it is outside the roots."""
         if not requested:
             return self.default / job_id
+        check_folder_name(requested)
         path = Path(requested).expanduser()
         real = _real(path if path.is_absolute() else self.default / path)
         if not any(real == root or root in real.parents for root in self.roots):
-            raise JobError("output_dir", f"{requested!r} is outside the server's output roots "
+            raise JobError("output_dir", f"{_short(requested)} is outside the server's output roots "
                                          f"({', '.join(map(str, self.roots))}); the server operator can add one "
                                          "with archviz serve --output-root DIR")
+        check_folder_name(str(real))
+        check_folder_target(real)
         return real
 
     def covers(self, path: str | os.PathLike) -> bool:
@@ -63,37 +113,11 @@ METADATA_KEYS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, rename. On any failure
-    the temporary file is removed and ``path`` is as it was; an OS error becomes an
-    :class:`OutputWriteError` that names the file and says what went wrong."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        hint = {28: "the disk is full", 27: "the file is larger than the size limit (ulimit -f) or the disk is full",
-                122: "the disk quota is exceeded", 13: "permission denied", 30: "the file system is read-only"}
-        reason = hint.get(exc.errno, exc.strerror or str(exc))
-        raise OutputWriteError(exc.errno, f"cannot write {path} ({len(data)} bytes): {reason}; "
-                                          "the files finished before it are kept") from exc
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(tmp: str | None) -> None:
-    if tmp and os.path.exists(tmp):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    """Write ``data`` to a temporary file next to ``path``, fsync, rename (core.png does
+    it for both sides). On any failure the temporary file is removed and ``path`` is as it
+    was; an OS error becomes an :class:`OutputWriteError` in one line: "disk full while
+    writing /out/x.png (13012 bytes); the files finished before it are kept"."""
+    _atomic_write(path, data, error=OutputWriteError)
 
 
 def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | None = None) -> dict[str, str]:
@@ -148,6 +172,9 @@ def existing_matches(path: str | os.PathLike, params_sha256: str) -> bool:
     return os.path.isfile(path) and read_png_text(path).get("params_sha256") == params_sha256
 
 
+_FOLDER_LOCK = threading.RLock()
+
+
 class Manifest:
     """``manifest.json``: what the job is, and per image whether it is done or missing."""
 
@@ -171,7 +198,8 @@ class Manifest:
                                 "steps": s.steps, "cfg": s.cfg, "scheduler": s.scheduler,
                                 "controls": [u.__dict__ for u in s.units]} for s in plan.styles],
             "images": [{"index": i.index, "file": i.file, "style": plan.styles[i.style].name, "seed": i.seed,
-                        "params_sha256": i.params_sha256, "status": "missing"} for i in plan.images],
+                        "params_sha256": i.params_sha256, "status": "missing", "job_id": job_id}
+                       for i in plan.images],
             "done": [],
             "missing": [i.file for i in plan.images],
             "contact_sheet": None,
@@ -193,6 +221,58 @@ class Manifest:
         self.data["missing"] = [e["file"] for e in imgs if e["status"] not in ("done", "skipped")]
 
     def write(self, state: str | None = None, error: dict | None = None, contact_sheet: str | None = None) -> None:
+        with self.locked():
+            self._write(state, error, contact_sheet)
+
+    def finish(self, state: str, error: dict | None, contact_sheet_of) -> str | None:
+        """The last write of a job, under the lock: ``contact_sheet_of(others)`` draws the
+        sheet from this job's images and the other jobs' ones still on disk."""
+        with self.locked():
+            sheet = contact_sheet_of(self.others())
+            self._write(state, error, sheet)
+            return sheet
+
+    @contextmanager
+    def locked(self):
+        """An exclusive lock on the manifest's folder (``flock`` on the folder itself, so
+        no lock file is left behind), held while the manifest is read, merged and
+        replaced: jobs writing into one folder at once never drop each other's images.
+        Where ``fcntl`` does not exist (Windows), jobs of this process still queue on a
+        lock of their own."""
+        with _FOLDER_LOCK:
+            try:
+                import fcntl
+            except ImportError:
+                yield
+                return
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+    def others(self) -> list[dict]:
+        """Entries of the manifest on disk that other jobs made (another seed or style into
+        the same folder and prefix) and whose image is still on disk with its parameters."""
+        try:
+            old = json.loads(self.path.read_text(encoding="utf-8"))
+            entries = old.get("images", []) if isinstance(old, dict) else []
+        except (OSError, ValueError):
+            return []
+        ours = {e["file"] for e in self.data["images"]}
+        out = []
+        for e in entries:
+            if not isinstance(e, dict) or not isinstance(e.get("file"), str) or e["file"] in ours:
+                continue
+            if "/" in e["file"] or e["file"].startswith("."):
+                continue
+            if existing_matches(self.path.parent / e["file"], str(e.get("params_sha256", ""))):
+                out.append({**e, "status": "done" if e.get("status") != "skipped" else "skipped",
+                            "job_id": e.get("job_id", old.get("job_id"))})
+        return out
+
+    def _write(self, state: str | None, error: dict | None, contact_sheet: str | None) -> None:
         if state:
             self.data["state"] = state
         if error is not None:
@@ -200,7 +280,13 @@ class Manifest:
         if contact_sheet is not None:
             self.data["contact_sheet"] = contact_sheet
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write(self.path, json.dumps(self.data, indent=2).encode())
+        others = self.others()
+        data = dict(self.data)
+        if others:
+            data["images"] = self.data["images"] + others
+            data["done"] = self.data["done"] + [e["file"] for e in others]
+            data["other_jobs"] = sorted({str(e["job_id"]) for e in others if e.get("job_id")})
+        atomic_write(self.path, json.dumps(data, indent=2).encode())
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,27 +339,37 @@ def contact_sheet(rows: list[str], cols: list[int], tiles: dict[tuple[int, int],
     return sheet, boxes
 
 
-def write_contact_sheet(plan: SweepPlan, output_dir: Path, name: str) -> str:
-    """Contact sheet of whatever images of the plan exist on disk now."""
+def write_contact_sheet(plan: SweepPlan, output_dir: Path, name: str, others: list[dict] | None = None) -> str:
+    """Contact sheet of whatever images of the plan exist on disk now, plus ``others``
+    (manifest entries of other jobs into the same folder: file, style, seed,
+    params_sha256), each in its style's row and seed's column."""
+    rows = [s.name for s in plan.styles]
+    cols = list(plan.job.seeds)
+    cells = [(item.style, cols.index(item.seed), item.file, item.params_sha256) for item in plan.images]
+    for e in others or []:
+        style, seed = str(e.get("style")), e.get("seed")
+        if style not in rows:
+            rows.append(style)
+        if seed not in cols:
+            cols.append(seed)
+        cells.append((rows.index(style), cols.index(seed), e["file"], str(e.get("params_sha256", ""))))
     tiles = {}
-    for item in plan.images:
-        path = output_dir / item.file
-        r, c = item.style, plan.job.seeds.index(item.seed)
-        if existing_matches(path, item.params_sha256):
+    for r, c, file, sha in cells:
+        path = output_dir / file
+        if existing_matches(path, sha):
             with Image.open(path) as im:
                 tiles[(r, c)] = im.convert("RGB")
         else:
-            tiles[(r, c)] = None
+            tiles.setdefault((r, c), None)
     title = f"{plan.job.name_prefix + ' - ' if plan.job.name_prefix else ''}{plan.models.family}, " \
             f"{plan.width}x{plan.height}"
-    sheet, boxes = contact_sheet([s.name for s in plan.styles], list(plan.job.seeds), tiles, plan.width,
-                                 plan.height, title)
+    sheet, boxes = contact_sheet(rows, cols, tiles, plan.width, plan.height, title)
     # Where each variant sits, so a viewer (or a test) can map a click back to its file.
-    layout = {item.file: boxes[(item.style, plan.job.seeds.index(item.seed))] for item in plan.images}
+    layout = {file: boxes[(r, c)] for r, c, file, _sha in cells}
     info = PngImagePlugin.PngInfo()
     info.add_text("archviz_tiles", json.dumps(layout))
-    info.add_text("archviz_rows", json.dumps([s.name for s in plan.styles]))
-    info.add_text("archviz_columns", json.dumps(list(plan.job.seeds)))
+    info.add_text("archviz_rows", json.dumps(rows))
+    info.add_text("archviz_columns", json.dumps(cols))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", pnginfo=info)
     atomic_write(output_dir / name, buf.getvalue())

@@ -48,7 +48,8 @@ from .models import check_job_models, model_roots
 from .outputs import OutputRoots
 from .preprocess import PreprocessorError, run_preprocessor
 from .sweep import build_plan, decode_control_image
-from .worker import Worker, default_output_root
+from .outputs import existing_matches
+from .worker import DEFAULT_MAX_QUEUED, QueueFull, Worker, default_output_root
 
 #: Largest request body accepted (8 controls of a few MiB of base64 PNG each fit easily).
 MAX_BODY_BYTES = 64 * 2**20
@@ -147,14 +148,14 @@ def _is_authorized(request: Request, token: str) -> bool:
 
 def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str | None = None, *,
                output_roots: list[str] | None = None, model_dirs: list[str] | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, max_queued: int = DEFAULT_MAX_QUEUED) -> FastAPI:
     """The API over ``engine``. With ``token``, every route but health and the docs needs
     ``Authorization: Bearer <token>`` (a studio server shared by several Blender seats).
     ``output_roots``: folders besides the default output folder that jobs may write into;
     ``model_dirs``: folders besides the HF cache and tiny models that jobs may load from."""
     roots = OutputRoots(default_output_root(), output_roots)
     allowed_models = model_roots(model_dirs)
-    worker = Worker(engine, roots)
+    worker = Worker(engine, roots, max_queued=max_queued)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -195,6 +196,12 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
     async def _job_error(_: Request, exc: J.JobError):
         return _error(422, "ValidationError", str(exc), exc.field)
 
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_: Request, exc: QueueFull):
+        response = _error(429, "QueueFull", str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def _request_error(_: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
@@ -204,14 +211,15 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException):
-        kind = {404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 413: "RequestTooLarge"}.get(
+        kind = {404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 410: "Gone",
+                413: "RequestTooLarge"}.get(
             exc.status_code, "HTTPError")
         return _error(exc.status_code, kind, str(exc.detail))
 
     def _record(job_id: str):
         record = worker.get(job_id)
         if record is None:
-            raise HTTPException(404, f"job {job_id!r} not found")
+            raise HTTPException(404, f"job {J._short(job_id, 40)} not found")
         return record
 
     # -- endpoints --------------------------------------------------------------------------
@@ -284,6 +292,14 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         info = record.images.get(n)
         if info is None:
             raise HTTPException(404, f"image {n} of job {job_id} is not done (state {record.state})")
+        # The file may have been replaced since (another job into the same folder with
+        # other parameters): serve this job's image or say why not, never another's.
+        if not os.path.isfile(info["path"]):
+            raise HTTPException(410, f"image {n} of job {job_id} ({info['file']}) is no longer on disk")
+        if not existing_matches(info["path"], info["params_sha256"]):
+            raise HTTPException(409, f"image {n} of job {job_id} ({info['file']}) was replaced on disk by an image "
+                                     "made with other parameters (another job into the same folder); submit this "
+                                     "job again to make it again")
         return FileResponse(info["path"], media_type="image/png", filename=info["file"])
 
     @app.get("/v1/jobs/{job_id}/contact_sheet", response_class=FileResponse,
@@ -295,9 +311,11 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         return FileResponse(record.output_dir / record.contact_sheet_file, media_type="image/png")
 
     @app.delete("/v1/jobs/{job_id}")
-    def cancel(job_id: str) -> dict:
+    def cancel(job_id: str, reason: str | None = None) -> dict:
+        """Cancel. ``?reason=TEXT``: a client that gave up (disk full on its side, a
+        timeout) says why, and the job ends ``failed`` with that reason instead."""
         _record(job_id)
-        record = worker.cancel(job_id)
+        record = worker.cancel(job_id, reason=reason[:500] if reason else None)
         return record.status(worker.queue_position(job_id))
 
     @app.post("/v1/unload", response_model=UnloadResult)

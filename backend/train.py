@@ -331,6 +331,13 @@ class Trainer:
         pairs, self.control = read_pairs(cfg.data, cfg.control)
         self.train_pairs, self.val_pairs = split_pairs(pairs, cfg.val_views)
         self.size = training_size(pairs, cfg.resolution)
+        self.line_style = None
+        settings = Path(cfg.data) / "dataset.json"
+        if self.control == "lines" and settings.is_file():
+            try:
+                self.line_style = json.loads(settings.read_text()).get("line_style")
+            except ValueError:
+                raise TrainError(f"{settings} is not JSON") from None
         self.base_ref, self.vae_ref, self.arch = resolve_base(cfg.base)
         existing = checkpoints(self.out)
         if existing and not cfg.resume:
@@ -553,6 +560,7 @@ class Trainer:
             "kind": "archviz-controlnet",
             "control": self.control,
             "base": self.cfg.base,
+            "line_style": self.line_style,
             "family": self.cfg.base if self.cfg.base in ("sd15", "sdxl", "tiny", "tiny-sdxl") else None,
             "base_ref": self.base_ref,
             "arch": self.arch,

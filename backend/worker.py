@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.jobs import JobError, sidecar_filename
+from ..core.png import clean_stale_temps
 from .engine import Cancelled, Engine, to_uint8
 from .hub import DownloadCancelled
 from .outputs import (Manifest, OutputRoots, atomic_write, existing_matches, image_metadata, png_bytes,
@@ -29,7 +30,18 @@ log = logging.getLogger("archviz.backend")
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
+#: Finished jobs kept for status and image URLs; the oldest go first. A finished record
+#: keeps no control image (they are dropped when the job ends), only its plan's
+#: parameters and one small dict per image: a few KB per job, about 1 MB per 100 images.
 MAX_RECORDS = 500
+#: Jobs waiting to run (``archviz serve --max-queued``); past it a submit gets 429.
+DEFAULT_MAX_QUEUED = 64
+
+
+class QueueFull(RuntimeError):
+    def __init__(self, limit: int, retry_after: int):
+        super().__init__(f"the queue is full ({limit} jobs waiting); try again in {retry_after} s")
+        self.limit, self.retry_after = limit, retry_after
 
 
 def default_output_root() -> Path:
@@ -64,6 +76,7 @@ class JobRecord:
     images: dict[int, dict] = field(default_factory=dict)  # sweep index -> image info
     error: dict | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str | None = None  # a client that gave up says why; the job then fails with it
     lock: threading.Lock = field(default_factory=threading.Lock)
     manifest_file: str = ""
     contact_sheet_file: str | None = None
@@ -141,9 +154,11 @@ class JobRecord:
 class Worker:
     """A locked FIFO of jobs and the single thread that runs them."""
 
-    def __init__(self, engine: Engine, roots: OutputRoots | None = None):
+    def __init__(self, engine: Engine, roots: OutputRoots | None = None, max_queued: int = DEFAULT_MAX_QUEUED):
         self.engine = engine
         self.roots = roots or OutputRoots(default_output_root())
+        self.max_queued = max_queued
+        self._durations: list[float] = []  # seconds of the last finished jobs (Retry-After)
         self.records: dict[str, JobRecord] = {}
         self._order: list[str] = []  # queued ids, FIFO
         self._queue: "queue.Queue[str | None]" = queue.Queue()
@@ -167,6 +182,9 @@ class Worker:
         record = JobRecord(id=job_id, plan=plan, output_dir=out)
         record.manifest_file = sidecar_filename(plan.job.name_prefix, "manifest.json")
         with self._lock:
+            if len(self._order) >= self.max_queued:
+                release_inputs(plan)
+                raise QueueFull(self.max_queued, self.retry_after())
             self.records[job_id] = record
             self._order.append(job_id)
             self._prune()
@@ -180,17 +198,29 @@ class Worker:
         with self._lock:
             return self._order.index(job_id) if job_id in self._order else None
 
-    def cancel(self, job_id: str) -> JobRecord | None:
+    def retry_after(self) -> int:
+        """Seconds a client should wait before submitting again: the mean of the last jobs'
+        run times (1..300), 10 before any job finished."""
+        recent = self._durations[-10:]
+        return max(1, min(300, round(sum(recent) / len(recent)))) if recent else 10
+
+    def cancel(self, job_id: str, reason: str | None = None) -> JobRecord | None:
+        """Cancel a job. With ``reason`` (a client that gave up says why) the job ends
+        ``failed`` with that reason in its status and manifest instead of ``cancelled``."""
         record = self.records.get(job_id)
         if record is None:
             return None
+        with record.lock:
+            if reason and record.state not in FINISHED:
+                record.cancel_reason = reason
         record.cancel_event.set()
         with self._lock:
-            if job_id in self._order:  # not started yet: cancelled right away
+            if job_id in self._order:  # not started yet: ended right away
                 self._order.remove(job_id)
                 with record.lock:
-                    record.state = "cancelled"
+                    record.state, record.error = _cancelled_state(record)
                     record.finished = time.time()
+                release_inputs(record.plan)
         return record
 
     def queued(self) -> int:
@@ -213,11 +243,15 @@ class Worker:
                     continue  # cancelled while queued
                 self._order.remove(job_id)
                 self.current = job_id
+            record = self.records[job_id]
             try:
-                self.run(self.records[job_id])
+                self.run(record)
             except BaseException:  # noqa: BLE001 - the worker must outlive any job
                 log.exception("job %s crashed the runner", job_id)
             finally:
+                release_inputs(record.plan)
+                if record.started and record.finished:
+                    self._durations = (self._durations + [record.finished - record.started])[-10:]
                 self.current = None
                 self.jobs_run += 1
 
@@ -229,6 +263,9 @@ class Worker:
         manifest = None
         try:
             out.mkdir(parents=True, exist_ok=True)
+            removed = clean_stale_temps(out)  # left by a process killed while writing
+            if removed:
+                log.info("job %s: removed %d stale temporary file(s) in %s", record.id, len(removed), out)
             manifest = Manifest(plan, record.id, out, record.manifest_file)
             todo = []
             for item in plan.images:
@@ -260,16 +297,20 @@ class Worker:
                 raise Cancelled()
             final, error = "done", None
         except (Cancelled, DownloadCancelled):
-            final, error = "cancelled", None
+            final, error = _cancelled_state(record)
         except Exception as exc:  # noqa: BLE001 - errors are data
             log.error("job %s failed: %s\n%s", record.id, exc, traceback.format_exc())
             final, error = "failed", error_data(exc)
         sheet = None
         if manifest is not None:
             try:
-                if plan.job.contact_sheet and record.images:
-                    sheet = write_contact_sheet(plan, out, sidecar_filename(plan.job.name_prefix, "contact_sheet.png"))
-                manifest.write(final, error, sheet)
+                def sheet_of(others):  # under the manifest's lock: the images of every job in this folder
+                    if plan.job.contact_sheet and (record.images or others):
+                        return write_contact_sheet(plan, out, sidecar_filename(plan.job.name_prefix,
+                                                                               "contact_sheet.png"), others)
+                    return None
+
+                sheet = manifest.finish(final, error, sheet_of)
             except Exception as exc:  # noqa: BLE001 - keep the first error, report this one if none
                 log.error("job %s: writing manifest/contact sheet failed: %s", record.id, exc)
                 if error is None:
@@ -293,6 +334,32 @@ class Worker:
                                    "bytes_fetched": result["bytes_fetched"], "files_fetched": result["files_fetched"]}
             log.info("job %s: fetched %d file(s), %d bytes from the hub", record.id, result["files_fetched"],
                      result["bytes_fetched"])
+
+
+def _cancelled_state(record: JobRecord) -> tuple[str, dict | None]:
+    if record.cancel_reason:
+        return "failed", {"type": "ClientGaveUp", "message": record.cancel_reason}
+    return "cancelled", None
+
+
+def release_inputs(plan: SweepPlan) -> None:
+    """Drop a job's control images (decoded pixels and the base64 PNGs of the request)
+    once it can no longer run: status and resume need only the plan's parameters and
+    hashes. Then hand freed heap back to the OS (glibc keeps it otherwise)."""
+    for control in plan.controls:
+        control.image = None
+    for control in plan.job.controls:
+        control.image = ""
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:

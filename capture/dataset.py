@@ -27,8 +27,8 @@ from ..core import dataset as D
 from ..core import passes as core_passes
 from ..core.exr import read_exr
 from ..core.png import atomic_write
-from .render import (EXR_NAME, CaptureError, CaptureOptions, _bounds_corners, _depsgraph, _overrides, class_legend,
-                     render_controls, renderable_objects)
+from .render import (EXR_NAME, CaptureError, CaptureOptions, _bounds_corners, _depsgraph, _overrides, beauty_engine,
+                     class_legend, render_controls, renderable_objects)
 
 CAMERA_NAME = "ArchVizDatasetCamera"
 EYE_HEIGHT = (1.2, 1.8)  # metres above the floor
@@ -186,47 +186,6 @@ def place_camera(scene, view_layer, cam_obj, rng, bounds, interior, rooms_exist=
 
 
 # ---------------------------------------------------------------------------------------
-# The target image
-# ---------------------------------------------------------------------------------------
-
-
-def render_target(scene, view_layer, camera, size, path, samples=TARGET_SAMPLES, seed=0):
-    """The training target: the scene from ``camera`` with its own materials, lights and
-    colour management, Cycles at ``samples`` samples, at exactly the control size.
-
-    This is the one place the target is made; the capture's beauty pass can take its place."""
-    with _overrides() as ov:
-        render = scene.render
-        ov.set(scene, "camera", camera)
-        ov.set(render, "engine", "CYCLES")
-        ov.set(render, "resolution_x", size[0])
-        ov.set(render, "resolution_y", size[1])
-        ov.set(render, "resolution_percentage", 100)
-        ov.set(render, "pixel_aspect_x", 1.0)
-        ov.set(render, "pixel_aspect_y", 1.0)
-        ov.set(render, "use_border", False)
-        ov.set(render, "film_transparent", False)
-        ov.set(render, "filepath", path)
-        ov.set(render, "use_file_extension", False)
-        cycles = scene.cycles
-        ov.set(cycles, "samples", int(samples))
-        ov.set(cycles, "use_adaptive_sampling", False)
-        ov.set(cycles, "use_denoising", False)
-        ov.set(cycles, "seed", int(seed) % (2**31))
-        ov.set(cycles, "use_animated_seed", False)
-        settings = render.image_settings
-        ov.set(settings, "media_type", "IMAGE")
-        ov.set(settings, "file_format", "PNG")
-        ov.set(settings, "color_mode", "RGB")
-        ov.set(settings, "color_depth", "8")
-        for layer in scene.view_layers:
-            ov.set(layer, "use", layer == view_layer)
-        bpy.ops.render.render(write_still=True, scene=scene.name, layer=view_layer.name)
-    if not os.path.exists(path):
-        raise CaptureError(f"Cycles did not write the target image {path}")
-
-
-# ---------------------------------------------------------------------------------------
 # Variations: materials per class, light power
 # ---------------------------------------------------------------------------------------
 
@@ -247,12 +206,15 @@ def apply_variations(ov, scene, view_layer, rng, rules, light_scale):
     drawn = {}
     if rules:
         objects = renderable_objects(scene, view_layer)
-        _mats, _pairs, sources = class_legend(scene, objects, CaptureOptions())
+        _mats, pairs, _table = class_legend(scene, objects, CaptureOptions())
+        classes_of = {}
+        for (oi, _mi), res in pairs.items():
+            classes_of.setdefault(oi, set()).add(res.cls)
         for cls, names in sorted(rules.items()):
             mat = bpy.data.materials[names[int(rng.integers(len(names)))]]
             drawn.setdefault("materials", {})[cls] = mat.name
-            for obj in objects:
-                if any(e["class"] == cls for e in sources.get(obj.name, ())):
+            for oi, obj in enumerate(objects, start=1):
+                if cls in classes_of.get(oi, ()):
                     for slot in obj.material_slots:
                         ov.set(slot, "material", mat)
     if light_scale:
@@ -282,7 +244,7 @@ def _materials_in_view(scene, view_layer, exr_path):
 
 
 def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, controls, long_side, interior_share,
-              samples, prompt, bounds, rooms_exist, rules=None, light_scale=None):
+              samples, prompt, bounds, rooms_exist, rules=None, light_scale=None, engine="CYCLES"):
     """Place the camera for one view, render its control passes and target, and return
     its metadata row (files are in place before the row exists)."""
     vseed = D.view_seed(seed, scene_key, view)
@@ -295,11 +257,13 @@ def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, contro
     with _overrides() as ov:
         # Variations draw from their own stream, so adding them keeps every camera in place.
         drawn = apply_variations(ov, scene, view_layer, np.random.default_rng([vseed, 1]), rules, light_scale)
+        # The target is the capture's beauty pass: same camera, same size, the scene's own
+        # materials and lights.
         result = render_controls(scene, work, CaptureOptions(camera=cam_obj.name, long_side=long_side,
-                                                             passes=tuple(controls)))
+                                                             passes=tuple(controls), beauty=True,
+                                                             beauty_engine=engine, beauty_samples=samples))
         size = tuple(result.info["resolution"])
         materials = _materials_in_view(scene, view_layer, os.path.join(work, EXR_NAME))
-        render_target(scene, view_layer, cam_obj, size, os.path.join(work, "target.png"), samples, vseed)
     files = {}
     for ctype in controls:
         rel = f"conditioning/{ctype}/{name}.png"
@@ -308,7 +272,7 @@ def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, contro
         files[ctype] = rel
     target_rel = f"images/{name}.png"
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    os.replace(os.path.join(work, "target.png"), os.path.join(out_dir, target_rel))
+    os.replace(result.files["beauty"], os.path.join(out_dir, target_rel))
     shutil.rmtree(work, ignore_errors=True)
     classes = [e["class"] for e in result.info["legend"] if e["in_view"]]
     tags = D.style_tags([m.name for m in materials], [m.get("archviz_style", "") for m in materials])
@@ -323,9 +287,9 @@ def make_view(scene, view_layer, cam_obj, out_dir, scene_key, view, seed, contro
         "view": view,
         "seed": vseed,
         "kind": kind,
-        "camera": {"location": [round(v, 5) for v in cam_obj.location],
-                   "rotation_euler": [round(v, 6) for v in cam_obj.rotation_euler],
-                   "lens_mm": round(cam_obj.data.lens, 4), "sensor_width_mm": cam_obj.data.sensor_width},
+        # Full precision: the view can be rendered again from these numbers exactly.
+        "camera": {"location": list(cam_obj.location), "rotation_euler": list(cam_obj.rotation_euler),
+                   "lens_mm": cam_obj.data.lens, "sensor_width_mm": cam_obj.data.sensor_width},
         "size": list(size),
         "classes": classes,
         "materials": [m.name for m in materials],
@@ -345,7 +309,8 @@ def _dataset_camera(scene):
 
 
 def make_dataset(scenes, out_dir, views, controls, long_side=512, seed=0, interior_share=0.7,
-                 samples=TARGET_SAMPLES, progress=True, log=print, materials=None, light_scale=None):
+                 samples=TARGET_SAMPLES, progress=True, log=print, materials=None, light_scale=None,
+                 engine="CYCLES"):
     """Render ``views`` pairs per scene into ``out_dir``; returns (rows, seconds, made now)."""
     from tqdm import tqdm
 
@@ -361,7 +326,9 @@ def make_dataset(scenes, out_dir, views, controls, long_side=512, seed=0, interi
     keys = [D.scene_key(s) for s in scenes]
     if len(set(keys)) != len(keys):
         raise D.DatasetError("two scenes have the same file name; views are named after it")
-    wanted = D.settings(scenes, views, controls, long_side, seed, interior_share, samples, materials, light_scale)
+    beauty_engine(engine)  # CaptureError naming it when unknown
+    wanted = D.settings(scenes, views, controls, long_side, seed, interior_share, samples, materials, light_scale,
+                        engine)
     os.makedirs(out_dir, exist_ok=True)
     done = D.check_resume(out_dir, wanted)
     atomic_write(os.path.join(out_dir, D.SETTINGS), json.dumps(wanted, indent=2).encode())
@@ -389,7 +356,8 @@ def make_dataset(scenes, out_dir, views, controls, long_side=512, seed=0, interi
                 log(f"{key}: no room with a floor and a ceiling found; all views are around the building")
             for v in todo:
                 row = make_view(scene, view_layer, cam_obj, out_dir, key, v, seed, controls, long_side,
-                                interior_share, samples, prompt, bounds, rooms_exist, materials, light_scale)
+                                interior_share, samples, prompt, bounds, rooms_exist, materials, light_scale,
+                                engine)
                 rows[row["name"]] = row
                 with open(meta_path, "a", encoding="utf-8") as fh:  # this view is done, even if the next fails
                     fh.write(json.dumps(row) + "\n")
@@ -439,7 +407,8 @@ def add_arguments(parser):
     parser.add_argument("--light-scale", default="", metavar="LOW:HIGH",
                         help="per view, multiply every light's power by a factor drawn from this range")
     parser.add_argument("--samples", type=int, default=TARGET_SAMPLES,
-                        help=f"Cycles samples of the target image (default {TARGET_SAMPLES})")
+                        help=f"samples of the target image, the capture's beauty pass (default {TARGET_SAMPLES})")
+    parser.add_argument("--engine", default="CYCLES", help="engine of the target image: CYCLES (default) or EEVEE")
 
 
 def run(args):
@@ -454,7 +423,8 @@ def run(args):
         light_scale = D.parse_light_scale(args.light_scale)
         rows, seconds, made = make_dataset([os.path.abspath(s) for s in args.scenes], os.path.abspath(args.out),
                                            args.views, controls, args.long_side, args.seed, args.interior_share,
-                                           args.samples, materials=rules, light_scale=light_scale)
+                                           args.samples, materials=rules, light_scale=light_scale,
+                                           engine=args.engine)
     except (D.DatasetError, CaptureError, PassError, ClassError) as exc:
         print(f"archviz dataset: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, D.DatasetError) else 3

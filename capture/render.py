@@ -35,13 +35,30 @@ class CaptureOptions:
     long_side: int = 512
     frame: int | None = None
     passes: tuple = PASS_NAMES
-    near: float = 0.0  # 0 = from the scene bounds
+    # view | sequence | scene | manual; empty: manual when near/far are given, else view
+    depth_range: str = ""
+    near: float = 0.0  # manual range
     far: float = 0.0
-    near_ratio: float = 0.15
+    near_ratio: float = 0.15  # scene mode
+    depth_percentiles: tuple = core_passes.VIEW_PERCENTILES  # view and sequence modes
+    sequence_samples: int = 24  # frames sampled by the sequence mode
     crease_angle: float = 30.0
+    # lines.png: "auto" (the style of the default SD 1.5 lines model) or one of LINE_STYLES;
+    # each style in line_styles is (also) written as lines_<style>.png
+    line_style: str = "auto"
+    line_styles: tuple = ()
+    supersample: int = 2  # passes rendered this many times finer, reduced to the nearest sample
     background_class: str = core_classes.DEFAULT_BACKGROUND_CLASS
     fallback_class: str = core_classes.DEFAULT_FALLBACK_CLASS
-    class_table: str = ""  # JSON file of keyword -> class, before the defaults
+    class_table: str = ""  # JSON or TOML class table, before the built-in one
+    beauty: bool = False  # also render beauty.png with the scene's materials and lights
+    beauty_engine: str = "CYCLES"  # CYCLES | EEVEE
+    beauty_samples: int = 16
+
+    def depth_mode(self):
+        if self.depth_range:
+            return core_passes.check_depth_mode(self.depth_range)
+        return "manual" if (self.near or self.far) else core_passes.DEFAULT_DEPTH_MODE
 
 
 @dataclass
@@ -154,7 +171,8 @@ def _in_reach(corners, cams, clip_ends):
 
 
 def scene_depth_range(scene, view_layer, options):
-    if options.near or options.far:
+    """The range of the ``scene`` mode (or ``manual`` when near/far are given)."""
+    if options.depth_mode() == "manual" or options.near or options.far:
         return core_passes.user_depth_range(options.near, options.far)
     depsgraph = _depsgraph(scene, view_layer)
     cam_objs = [o for o in scene.objects if o.type == "CAMERA"]
@@ -169,6 +187,82 @@ def scene_depth_range(scene, view_layer, options):
             boxes.append(c)
     corners = np.concatenate(boxes) if boxes else np.zeros((0, 3))
     return core_passes.depth_range_from_bounds(corners, np.array(cams), near_ratio=options.near_ratio)
+
+
+def _camera_rays_world(scene, camera, depsgraph, grid):
+    """Origins and unit directions (world space) of a grid of pixel-centre rays, and the
+    camera's forward axis."""
+    mw = np.array(camera.evaluated_get(depsgraph).matrix_world, dtype=np.float64)
+    rot = mw[:3, :3] / np.linalg.norm(mw[:3, :3], axis=0)
+    frame = [tuple(v) for v in camera.data.view_frame(scene=scene)]
+    ortho = camera.data.type == "ORTHO"
+    dirs_cam = core_passes.pixel_rays(grid, frame, orthographic=ortho).reshape(-1, 3)
+    if ortho:
+        f = np.asarray(frame)
+        w, h = grid
+        xs = f[:, 0].min() + (np.arange(w) + 0.5) / w * (f[:, 0].max() - f[:, 0].min())
+        ys = f[:, 1].max() - (np.arange(h) + 0.5) / h * (f[:, 1].max() - f[:, 1].min())
+        local = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+        origins = mw[:3, 3] + local[:, :1] * rot[:, 0] + local[:, 1:] * rot[:, 1]
+    else:
+        origins = np.broadcast_to(mw[:3, 3], dirs_cam.shape)
+    dirs = dirs_cam @ rot.T
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return origins, dirs, -rot[:, 2]
+
+
+def sample_depths(scene, view_layer, camera, renderable, grid=(64, 48)):
+    """Z depths (along the camera axis) seen by a grid of rays, from Blender's ray cast
+    against what renders (hidden-from-render objects are looked through)."""
+    from mathutils import Vector
+
+    depsgraph = _depsgraph(scene, view_layer)
+    origins, dirs, forward = _camera_rays_world(scene, camera, depsgraph, grid)
+    clip_start, clip_end = camera.data.clip_start, camera.data.clip_end
+    out = []
+    for o, d in zip(origins, dirs):
+        start, travelled = Vector(o), 0.0
+        direction = Vector(d)
+        for _ in range(8):
+            hit, loc, _n, _i, obj, _m = scene.ray_cast(depsgraph, start, direction, distance=clip_end - travelled)
+            if not hit:
+                break
+            z = float(np.dot(np.array(loc) - o, forward))
+            if obj is not None and obj.original in renderable and z >= clip_start:
+                out.append(z)
+                break
+            step = (loc - start).length + 1e-4
+            travelled += step
+            start = loc + direction * 1e-4
+    return np.array(out)
+
+
+def sequence_depth_range(scene, view_layer, camera, options):
+    """One range for one camera over the scene's frame range: the view mode's percentiles
+    over ray-cast samples of up to ``options.sequence_samples`` frames spread evenly over
+    frame_start..frame_end (the same frames whatever frame is rendered, so the range
+    does not change from frame to frame)."""
+    first, last = scene.frame_start, scene.frame_end
+    if last < first:
+        raise CaptureError(f"scene {scene.name!r} frame range {first}..{last} is empty")
+    if options.sequence_samples < 1:
+        raise CaptureError(f"sequence samples must be at least 1, got {options.sequence_samples!r}")
+    count = min(options.sequence_samples, last - first + 1)
+    frames = sorted({int(round(f)) for f in np.linspace(first, last, count)})
+    renderable = set(renderable_objects(scene, view_layer))
+    current = scene.frame_current
+    samples = []
+    try:
+        for f in frames:
+            scene.frame_set(f)
+            samples.append(sample_depths(scene, view_layer, camera, renderable))
+    finally:
+        scene.frame_set(current)
+    z = np.concatenate(samples) if samples else np.zeros(0)
+    if z.size == 0:
+        raise CaptureError(f"camera {camera.name!r} sees no geometry in any sampled frame of {first}..{last}")
+    return core_passes.inverse_depth_range(1.0 / z, options.depth_percentiles, source="sequence", mode="sequence",
+                                           extra={"frames": [first, last], "frames_sampled": len(frames)})
 
 
 def check_scene_numbers(scene, view_layer, camera):
@@ -193,17 +287,31 @@ def check_scene_numbers(scene, view_layer, camera):
                            "scale or vertices that are not finite numbers (NaN or infinity): fix or delete them")
 
 
-def _camera_inside_object(camera, objects, obj_id, hit, depsgraph):
-    """The object the camera sits inside when every pixel sees only that one object."""
+def _camera_inside_object(camera, objects, obj_id, hit, depsgraph, scene):
+    """The object the camera sits inside: every pixel sees that one object, the camera is
+    within its bounds, and rays from the camera meet its faces from behind (the Normal
+    pass turns normals toward the viewer, so Blender's ray cast tells). A real model in
+    one mesh (Sponza) filling the view from the front is not inside anything."""
     ids = np.unique(obj_id[hit])
     if not hit.all() or len(ids) != 1 or not 1 <= ids[0] <= len(objects):
         return None
     obj = objects[int(ids[0]) - 1]
     corners = _bounds_corners([obj], depsgraph)
     pos = np.array(camera.matrix_world.translation, dtype=np.float64)
-    if len(corners) and (corners.min(axis=0) <= pos).all() and (pos <= corners.max(axis=0)).all():
-        return obj
-    return None
+    if not (len(corners) and (corners.min(axis=0) <= pos).all() and (pos <= corners.max(axis=0)).all()):
+        return None
+    from mathutils import Vector
+
+    origins, dirs, _ = _camera_rays_world(scene, camera, depsgraph, (5, 5))
+    back = front = 0
+    for o, d in zip(origins, dirs):
+        ok, _loc, normal, _i, _obj, _m = scene.ray_cast(depsgraph, Vector(o), Vector(d))
+        if ok:
+            if float(np.dot(np.array(normal), d)) > 0:
+                back += 1
+            else:
+                front += 1
+    return obj if back > front else None
 
 
 def _custom_class(idblock):
@@ -218,33 +326,45 @@ def _collection_of(obj, scene):
     return obj.users_collection[0] if obj.users_collection else scene.collection
 
 
-def class_legend(scene, objects, options):
-    """Class per (object index, material index) and the legend for passes.json.
+def _predefined_type(obj):
+    """The IFC PredefinedType of an object, when a custom property carries it."""
+    for key in ("PredefinedType", "ifc_predefined", "predefined_type"):
+        value = obj.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return ""
+
+
+def class_table(options):
+    return (core_classes.KeywordTable.from_file(options.class_table) if options.class_table
+            else core_classes.KeywordTable())
+
+
+def class_legend(scene, objects, options, table=None):
+    """Class per (object index, material index) and what passes.json says about it.
 
     Object i gets pass_index i + 1 and material j gets pass_index j + 1 during the
-    render; 0 is "no material". Returns (labels lookup, class list, legend dict).
+    render; 0 is "no material". Returns (materials, {(oi, mi): Resolution}, table).
+    A resolution's class may be a facing rule, decided per pixel later.
     """
-    table = (core_classes.KeywordTable.from_file(options.class_table) if options.class_table
-             else core_classes.KeywordTable())
+    table = table or class_table(options)
+    table.check(options.fallback_class, what="fallback class")
     materials = []
     for obj in objects:
         for slot in obj.material_slots:
             if slot.material is not None and slot.material not in materials:
                 materials.append(slot.material)
-    pair_class = {}  # (object index, material index) -> class name
-    sources = {}
+    pairs = {}  # (object index, material index) -> Resolution
     for oi, obj in enumerate(objects, start=1):
         coll = _collection_of(obj, scene)
         obj_mats = [s.material for s in obj.material_slots if s.material is not None] or [None]
         for mat in obj_mats:
             mi = materials.index(mat) + 1 if mat is not None else 0
-            cls, how = core_classes.resolve_class(
+            pairs[(oi, mi)] = core_classes.classify(
                 (_custom_class(obj), _custom_class(mat), _custom_class(coll)),
                 (obj.name, mat.name if mat else "", coll.name if coll is not scene.collection else ""),
-                table, fallback=options.fallback_class)
-            pair_class[(oi, mi)] = cls
-            sources.setdefault(obj.name, []).append({"material": mat.name if mat else None, "class": cls, "from": how})
-    return materials, pair_class, sources
+                table, fallback=options.fallback_class, predefined=_predefined_type(obj))
+    return materials, pairs, table
 
 
 # ---------------------------------------------------------------- render
@@ -293,19 +413,49 @@ def _find_channel(channels, suffix):
     raise CaptureError(f"the render did not write a {suffix!r} pass (channels: {', '.join(sorted(channels))})")
 
 
-def render_controls(scene, out_dir, options=None):
-    """Render the control passes of ``scene`` into ``out_dir``; return a CaptureResult.
-
-    Raises CaptureError for scenes that cannot give passes (no camera, nothing in view).
-    """
-    options = options or CaptureOptions()
+def _check_options(options):
     wanted = tuple(options.passes)
     unknown = [p for p in wanted if p not in PASS_NAMES]
     if unknown or not wanted:
         raise CaptureError(f"unknown pass {unknown[0]!r}; choose from {', '.join(PASS_NAMES)}" if unknown
                            else "no passes chosen")
     core_classes.check_class(options.background_class, what="background class")
-    core_classes.check_class(options.fallback_class, what="fallback class")
+    options.depth_mode()  # raises PassError naming a bad mode
+    if options.line_style != "auto":
+        core_passes.check_line_style(options.line_style)
+    for style in options.line_styles:
+        core_passes.check_line_style(style)
+    if isinstance(options.supersample, bool) or not isinstance(options.supersample, int) \
+            or not 1 <= options.supersample <= 4:
+        raise CaptureError(f"supersample must be 1, 2, 3 or 4, got {options.supersample!r}")
+    if options.beauty:
+        beauty_engine(options.beauty_engine)
+        if isinstance(options.beauty_samples, bool) or not isinstance(options.beauty_samples, int) \
+                or not 1 <= options.beauty_samples <= 4096:
+            raise CaptureError(f"beauty samples must be a whole number from 1 to 4096, got {options.beauty_samples!r}")
+    return wanted
+
+
+def beauty_engine(name):
+    """Blender's render engine id for CYCLES or EEVEE."""
+    key = str(name).strip().upper()
+    engines = [i.identifier for i in bpy.types.RenderSettings.bl_rna.properties["engine"].enum_items]
+    if key == "CYCLES":
+        return "CYCLES"
+    if key in ("EEVEE", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT"):
+        for ident in ("BLENDER_EEVEE_NEXT", "BLENDER_EEVEE"):
+            if ident in engines:
+                return ident
+    raise CaptureError(f"unknown beauty engine {name!r}; choose CYCLES or EEVEE")
+
+
+def render_controls(scene, out_dir, options=None):
+    """Render the control passes of ``scene`` into ``out_dir``; return a CaptureResult.
+
+    Raises CaptureError for scenes that cannot give passes (no camera, nothing in view).
+    """
+    options = options or CaptureOptions()
+    wanted = _check_options(options)
     camera = resolve_camera(scene, options.camera)
     if camera.data.type == "PANO":
         raise CaptureError(f"camera {camera.name!r} is panoramic; control passes need a perspective or orthographic camera")
@@ -320,6 +470,7 @@ def render_controls(scene, out_dir, options=None):
     frame_before = scene.frame_current
     if options.frame is not None:
         scene.frame_set(options.frame)
+    timings = {}
     try:
         view_layer = bpy.context.view_layer if bpy.context.scene == scene else scene.view_layers[0]
         size = core_passes.control_resolution(
@@ -332,78 +483,203 @@ def render_controls(scene, out_dir, options=None):
             raise CaptureError(f"scene {scene.name!r} has no visible geometry to render"
                                + (f": {', '.join(repr(n) for n in faceless[:5])} have no faces (points and edges "
                                   "do not render)" if faceless else ""))
-        depth_range = scene_depth_range(scene, view_layer, options)
-        materials, pair_class, sources = class_legend(scene, objects, options)
+        mode = options.depth_mode()
+        t0 = time.perf_counter()
+        if mode in ("scene", "manual"):
+            depth_range = scene_depth_range(scene, view_layer, options)
+        elif mode == "sequence":
+            depth_range = sequence_depth_range(scene, view_layer, camera, options)
+        else:
+            depth_range = None  # fitted to the rendered view
+        timings["depth_range"] = time.perf_counter() - t0
+        materials, pairs, table = class_legend(scene, objects, options)
+        factor = options.supersample
         exr_path = os.path.join(os.path.abspath(out_dir), EXR_NAME)
+        t0 = time.perf_counter()
         with _overrides() as ov:
             for i, obj in enumerate(objects, start=1):
                 ov.set(obj, "pass_index", i)
             for j, mat in enumerate(materials, start=1):
                 ov.set(mat, "pass_index", j)
-            _configure_render(ov, scene, view_layer, camera, size, exr_path)
+            _configure_render(ov, scene, view_layer, camera, (size[0] * factor, size[1] * factor), exr_path)
             bpy.ops.render.render(write_still=True, scene=scene.name, layer=view_layer.name)
             rot = np.array(camera.matrix_world.to_3x3().normalized(), dtype=np.float64)
+            frame = [tuple(v) for v in camera.data.view_frame(scene=scene)]
+        timings["render"] = time.perf_counter() - t0
         if not os.path.exists(exr_path):
             raise CaptureError(f"Cycles did not write {exr_path}")
+        t0 = time.perf_counter()
         channels = read_exr(exr_path)
-        result = _write_controls(channels, out_dir, wanted, options, size, depth_range, rot,
-                                 camera, scene, objects, materials, pair_class, sources)
+        result = _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, frame,
+                                 camera, scene, objects, materials, pairs, table)
+        timings["images"] = time.perf_counter() - t0
+        if options.beauty:
+            result.files["beauty"] = os.path.join(out_dir, "beauty.png")
+            result.info["beauty"] = render_beauty(scene, view_layer, camera, size, result.files["beauty"], options)
+            result.info["files"]["beauty"] = "beauty.png"
     finally:
         if options.frame is not None:
             scene.frame_set(frame_before)
     result.seconds = time.perf_counter() - started
     result.info["seconds"] = round(result.seconds, 3)
+    result.info["timings"] = {k: round(v, 3) for k, v in timings.items()}
     atomic_write(os.path.join(out_dir, "passes.json"), json.dumps(result.info, indent=2).encode())
     result.files["json"] = os.path.join(out_dir, "passes.json")
     return result
 
 
-def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, camera, scene,
-                    objects, materials, pair_class, sources):
-    z = _find_channel(channels, "Depth.Z")
+def render_beauty(scene, view_layer, camera, size, path, options):
+    """beauty.png: the scene from the same camera at the control size, with its own
+    materials, lights and colour management, EEVEE or Cycles at ``options.beauty_samples``.
+    Returns what passes.json records (engine, samples, seconds)."""
+    engine = beauty_engine(options.beauty_engine)
+    started = time.perf_counter()
+    with _overrides() as ov:
+        render = scene.render
+        ov.set(scene, "camera", camera)
+        ov.set(render, "engine", engine)
+        ov.set(render, "resolution_x", size[0])
+        ov.set(render, "resolution_y", size[1])
+        ov.set(render, "resolution_percentage", 100)
+        ov.set(render, "pixel_aspect_x", 1.0)
+        ov.set(render, "pixel_aspect_y", 1.0)
+        ov.set(render, "use_border", False)
+        ov.set(render, "use_compositing", False)
+        ov.set(render, "use_sequencer", False)
+        ov.set(render, "filepath", path)
+        ov.set(render, "use_file_extension", False)
+        settings = render.image_settings
+        ov.set(settings, "media_type", "IMAGE")
+        ov.set(settings, "file_format", "PNG")
+        ov.set(settings, "color_mode", "RGB")
+        ov.set(settings, "color_depth", "8")
+        if engine == "CYCLES":
+            ov.set(scene.cycles, "samples", options.beauty_samples)
+            ov.set(scene.cycles, "use_adaptive_sampling", False)
+        else:
+            ov.set(scene.eevee, "taa_render_samples", options.beauty_samples)
+        for layer in scene.view_layers:
+            ov.set(layer, "use", layer == view_layer)
+        bpy.ops.render.render(write_still=True, scene=scene.name, layer=view_layer.name)
+    if not os.path.exists(path):
+        raise CaptureError(f"{engine} did not write {path}")
+    return {"engine": engine, "samples": options.beauty_samples, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _labels(obj_id, mat_id, hit, facing_nz, pairs, table, fallback):
+    """Per-pixel class index into ``class_names``, the names, and per-pixel fallback mask."""
+    fallback = table.check(fallback, what="fallback class")
+    names = set()
+    for res in pairs.values():
+        names.update(table.classes_of(res.cls))
+    names.update(table.classes_of(fallback))
+    class_names = sorted(names)
+    index = {n: i for i, n in enumerate(class_names)}
+    labels = np.zeros(obj_id.shape, dtype=np.int64)
+    fell_back = hit.copy()
+    # Pixels of pairs nothing names (objects rendered with another material index) fall back.
+    todo = [((None, None), core_classes.Resolution(fallback, "fallback", "fallback"), hit)]
+    todo += [(key, res, hit & (obj_id == key[0]) & (mat_id == key[1])) for key, res in pairs.items()]
+    for _key, res, sel in todo:
+        if not sel.any():
+            continue
+        fell_back[sel] = res.rule == "fallback"
+        if table.is_facing(res.cls):
+            f = table.facing[res.cls]
+            nz = facing_nz[sel]
+            labels[sel] = np.where(nz >= f.min_cos, index[f.up], np.where(nz <= -f.min_cos, index[f.down], index[f.side]))
+        else:
+            labels[sel] = index[res.cls]
+    return labels, class_names, fell_back & hit
+
+
+def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, frame, camera, scene,
+                    objects, materials, pairs, table):
+    factor = options.supersample
+    z_fine = _find_channel(channels, "Depth.Z")
+    world_fine = np.stack([_find_channel(channels, f"Normal.{c}") for c in "XYZ"], axis=-1)
+    obj_fine = np.rint(_find_channel(channels, "Object Index.X")).astype(np.int64)
+    mat_fine = np.rint(_find_channel(channels, "Material Index.X")).astype(np.int64)
+    # Flush coplanar objects (z-fighting) would speckle lines and seg: settle them first.
+    keys = core_passes.settle_coplanar_ids(z_fine, world_fine, obj_fine * 65536 + mat_fine)
+    obj_fine, mat_fine = keys // 65536, keys % 65536
+    z, world_n, obj_id, mat_id = core_passes.reduce_nearest(z_fine, factor, world_fine, obj_fine, mat_fine)
     hit = core_passes.geometry_mask(z)
     if not hit.any():
         raise CaptureError(f"nothing in view of camera {camera.name!r}: every pixel sees the world background "
                            "(check where the camera points, its clip range and hidden objects)")
-    world_n = np.stack([_find_channel(channels, f"Normal.{c}") for c in "XYZ"], axis=-1)
     cam_n = core_passes.camera_space_normals(world_n, rot)
-    obj_id = np.rint(_find_channel(channels, "Object Index.X")).astype(np.int64)
-    mat_id = np.rint(_find_channel(channels, "Material Index.X")).astype(np.int64)
+    orthographic = camera.data.type == "ORTHO"
+    rays = core_passes.pixel_rays(size, frame, orthographic=orthographic)
     inside = _camera_inside_object(camera, objects, obj_id, hit, _depsgraph(scene, scene.view_layers[0])
-                                   if bpy.context.scene != scene else bpy.context.evaluated_depsgraph_get())
+                                   if bpy.context.scene != scene else bpy.context.evaluated_depsgraph_get(), scene)
     if inside is not None:
         raise CaptureError(f"camera {camera.name!r} is inside object {inside.name!r} and sees nothing but its inside "
                            "faces: move the camera out of it or hide it from renders (a room shell needs its "
                            "contents, or a camera outside it)")
-    orthographic = camera.data.type == "ORTHO"
+    if depth_range is None:
+        depth_range = core_passes.view_depth_range(z, options.depth_percentiles)
 
     files = {}
+    depth_u8 = core_passes.depth_image(z, depth_range)
     if "depth" in wanted:
         files["depth"] = os.path.join(out_dir, "depth.png")
-        write_png(files["depth"], core_passes.depth_image(z, depth_range))
+        write_png(files["depth"], depth_u8)
         files["depth_raw"] = os.path.join(out_dir, "depth.npy")
         raw = np.where(hit, z, np.inf).astype(np.float32)
         with open(files["depth_raw"] + ".tmp", "wb") as fh:
             np.save(fh, raw)
         os.replace(files["depth_raw"] + ".tmp", files["depth_raw"])
+    geo = depth_u8[hit]
+    depth_stats = {"levels_used": int(len(np.unique(geo))),
+                   "clipped_near": round(float((geo == 255).mean()), 4),
+                   "clipped_far": round(float((geo == 0).mean()), 4)}
+
+    line_info = {"crease_angle_deg": options.crease_angle}
     if "lines" in wanted:
-        files["lines"] = os.path.join(out_dir, "lines.png")
-        write_png(files["lines"], core_passes.line_image(z, cam_n, ids=(obj_id, mat_id), orthographic=orthographic,
-                                                         crease_angle=options.crease_angle))
+        primary = core_passes.line_style_for("lines", "sd15", options.line_style)
+        styles = [primary] + [st for st in dict.fromkeys(options.line_styles) if st != primary]
+        # Lines are found on the fine passes (the nearest-sample reduction moves each
+        # pixel's sample inside its block, so depth is not affine there) and the canny
+        # and mlsd masks are the blocks any fine line crosses.
+        # Creases compare neighbouring normals only, which any rotation keeps: the world
+        # normals serve as they are.
+        mask_fine = core_passes.line_mask(z_fine, world_fine, ids=(obj_fine, mat_fine), orthographic=orthographic,
+                                          crease_angle=options.crease_angle)
+        mask = core_passes.thin(core_passes.block_any(mask_fine, factor)) if factor > 1 else mask_fine
+        line_files = {}
+        for style in styles:
+            img = core_passes.styled_lines(style, mask, mask_fine, factor, max(size))
+            if style == primary:
+                files["lines"] = os.path.join(out_dir, "lines.png")
+                write_png(files["lines"], img)
+                line_files[style] = "lines.png"
+            if style in options.line_styles:  # asked for by name (a control unit's model)
+                files[f"lines_{style}"] = os.path.join(out_dir, f"lines_{style}.png")
+                write_png(files[f"lines_{style}"], img)
+                line_files[style] = f"lines_{style}.png"
+        line_info.update({"style": primary, "styles": line_files,
+                          "override": options.line_style if options.line_style != "auto" else None})
     if "normal" in wanted:
         files["normal"] = os.path.join(out_dir, "normal.png")
         write_png(files["normal"], core_passes.normal_image(cam_n, hit))
 
-    class_names = sorted(set(pair_class.values()) | {options.fallback_class})
-    labels = np.full(z.shape, class_names.index(core_classes.check_class(options.fallback_class)), dtype=np.int64)
-    for (oi, mi), cls in pair_class.items():
-        labels[(obj_id == oi) & (mat_id == mi)] = class_names.index(cls)
+    facing_nz = core_passes.toward_viewer(world_n, rot, rays)[..., 2]
+    labels, class_names, fell_back = _labels(obj_id, mat_id, hit, facing_nz, pairs, table, options.fallback_class)
     if "seg" in wanted:
         files["seg"] = os.path.join(out_dir, "seg.png")
         background = core_classes.ADE20K[core_classes.check_class(options.background_class)][1]
         write_png(files["seg"], core_passes.seg_image(labels, core_classes.palette_lut(class_names), hit, background))
 
-    seen = set(np.unique(labels[hit]).tolist())
+    n_hit = max(1, int(hit.sum()))
+    shares = np.bincount(labels[hit], minlength=len(class_names)) / n_hit
+    sources = {}
+    for (oi, mi), res in pairs.items():
+        obj = objects[oi - 1]
+        entry = {"material": materials[mi - 1].name if mi else None, **res.as_dict(table)}
+        sel = hit & (obj_id == oi) & (mat_id == mi)
+        entry["pixels"] = round(float(sel.sum()) / n_hit, 5)
+        sources.setdefault(obj.name, []).append(entry)
     data = camera.data
     info = {
         "camera": camera.name,
@@ -412,20 +688,23 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
                  "ortho_scale": data.ortho_scale, "clip_start": data.clip_start, "clip_end": data.clip_end},
         "camera_matrix_world": [list(row) for row in camera.matrix_world],
         "resolution": list(size),
+        "supersample": factor,
         "frame": scene.frame_current,
         "depth_range": depth_range.as_dict(),
+        "depth_stats": depth_stats,
         "depth_encoding": "inverse depth: (1/z - 1/far) / (1/near - 1/far), near = white, background black",
         "normal_encoding": "camera space, R = (1 - x)/2, G = (1 + y)/2, B = (1 + z)/2",
-        "lines": {"crease_angle_deg": options.crease_angle},
+        "lines": line_info,
         "background_class": core_classes.check_class(options.background_class),
-        "fallback_class": core_classes.check_class(options.fallback_class),
+        "fallback_class": table.check(options.fallback_class, what="fallback class"),
+        "fallback_share": round(float(fell_back.sum()) / n_hit, 5),
         "legend": [
             {"class": name, "ade20k_index": core_classes.ADE20K[name][0], "color": list(core_classes.ADE20K[name][1]),
-             "in_view": i in seen}
-            for i, name in enumerate(class_names) if name in pair_class.values()
+             "in_view": bool(shares[i] > 0), "pixels": round(float(shares[i]), 5)}
+            for i, name in enumerate(class_names)
         ],
         "objects": sources,
-        "unclassified": sorted(n for n, entries in sources.items() if any(e["from"] == "fallback" for e in entries)),
+        "unclassified": sorted(n for n, entries in sources.items() if any(e["rule"] == "fallback" for e in entries)),
         "files": {k: os.path.basename(v) for k, v in files.items()} | {"exr": EXR_NAME},
         "blender": bpy.app.version_string,
     }

@@ -1,8 +1,18 @@
 """Semantic classes for the seg control image: the ADE20K palette and how an object's
-class is found (custom property, then keyword table over names, then a fallback)."""
+class is found: custom property, then the IFC class of a Bonsai-style name, then keywords
+(English, German, French, Spanish, Italian, Dutch) over names, then a fallback. A class
+may be a facing rule (floor where a surface faces up, ceiling where it faces down),
+decided per pixel from the normal pass.
+
+The rules live in one editable file, ``class_table.toml`` beside this module.
+"""
 
 import json
+import os
 import re
+import tomllib
+import unicodedata
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,135 +83,84 @@ ADE20K = {
 # What geometry-less pixels (the world, seen outside or through a window) are by default.
 DEFAULT_BACKGROUND_CLASS = "sky"
 # What an object is when nothing names its class. "wall" keeps an unnamed object part of
-# the architecture rather than inventing furniture; passes.json lists such objects.
+# the architecture rather than inventing furniture; passes.json lists such objects. A
+# facing rule such as "surface" (floor / ceiling / wall by facing) may be given instead.
 DEFAULT_FALLBACK_CLASS = "wall"
 
-# Keyword -> class, tried in this order against the words of the object's, then the
-# material's, then the collection's name. The first word of a name that matches decides
-# ("Window_Frame" is a window, "Table_Lamp" a table); at one word, longer phrases come
-# before the words they contain ("coffee table" before "table"). A keyword matches the
-# word itself or its plural ("Chairs", "Windows.001"); several words must follow each other.
-DEFAULT_KEYWORDS = (
-    ("coffee table", "coffee table"),
-    ("kitchen island", "kitchen island"),
-    ("swimming pool", "swimming pool"),
-    ("street light", "streetlight"),
-    ("streetlight", "streetlight"),
-    ("countertop", "countertop"),
-    ("worktop", "countertop"),
-    ("bookcase", "bookcase"),
-    ("bookshelf", "bookcase"),
-    ("window", "windowpane"),
-    ("glass", "windowpane"),
-    ("glazing", "windowpane"),
-    ("pane", "windowpane"),
-    ("door", "door"),
-    ("floor", "floor"),
-    ("parquet", "floor"),
-    ("ceiling", "ceiling"),
-    ("wall", "wall"),
-    ("facade", "building"),
-    ("building", "building"),
-    ("roof", "building"),
-    ("armchair", "chair"),
-    ("chair", "chair"),
-    ("stool", "stool"),
-    ("ottoman", "ottoman"),
-    ("sofa", "sofa"),
-    ("couch", "sofa"),
-    ("cushion", "cushion"),
-    ("pillow", "cushion"),
-    ("bed", "bed"),
-    ("wardrobe", "wardrobe"),
-    ("closet", "wardrobe"),
-    ("cabinet", "cabinet"),
-    ("cupboard", "cabinet"),
-    ("drawer", "cabinet"),
-    ("dresser", "cabinet"),
-    ("sideboard", "cabinet"),
-    ("shelf", "shelf"),
-    ("shelves", "shelf"),
-    ("desk", "desk"),
-    ("table", "table"),
-    ("counter", "counter"),
-    ("chandelier", "chandelier"),
-    ("sconce", "sconce"),
-    ("pendant", "lamp"),
-    ("lamp", "lamp"),
-    ("light", "light"),
-    ("plant", "plant"),
-    ("leaf", "plant"),
-    ("leaves", "plant"),
-    ("flower", "flower"),
-    ("tree", "tree"),
-    ("grass", "grass"),
-    ("lawn", "grass"),
-    ("rug", "rug"),
-    ("carpet", "rug"),
-    ("curtain", "curtain"),
-    ("drape", "curtain"),
-    ("blind", "blind"),
-    ("stairway", "stairway"),
-    ("staircase", "stairs"),
-    ("stair", "stairs"),
-    ("step", "step"),
-    ("railing", "railing"),
-    ("handrail", "railing"),
-    ("balustrade", "railing"),
-    ("banister", "railing"),
-    ("column", "column"),
-    ("pillar", "column"),
-    ("fireplace", "fireplace"),
-    ("radiator", "radiator"),
-    ("mirror", "mirror"),
-    ("painting", "painting"),
-    ("picture", "painting"),
-    ("poster", "painting"),
-    ("sink", "sink"),
-    ("basin", "sink"),
-    ("bathtub", "bathtub"),
-    ("bath", "bathtub"),
-    ("toilet", "toilet"),
-    ("stove", "stove"),
-    ("oven", "stove"),
-    ("cooktop", "stove"),
-    ("fridge", "refrigerator"),
-    ("refrigerator", "refrigerator"),
-    ("fence", "fence"),
-    ("awning", "awning"),
-    ("road", "road"),
-    ("sidewalk", "sidewalk"),
-    ("pavement", "sidewalk"),
-    ("path", "path"),
-    ("water", "water"),
-    ("pool", "swimming pool"),
-    ("car", "car"),
-    ("terrain", "earth"),
-    ("ground", "earth"),
-)
+TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "class_table.toml")
+LANGUAGES = ("en", "de", "fr", "es", "it", "nl")
 
-_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+")
+#: Bonsai names spatial containers like elements ("IfcBuildingStorey/Erdgeschoss"); their
+#: names never decide the class of what they hold.
+SPATIAL_IFC_CLASSES = ("IfcProject", "IfcSite", "IfcBuilding", "IfcBuildingStorey", "IfcSpace", "IfcZone",
+                       "IfcSpatialZone", "IfcExternalSpatialElement", "IfcFacility", "IfcFacilityPart")
+
+#: Rules that can give a class, in the words passes.json uses.
+RULES = ("property", "ifc", "keyword", "facing", "fallback")
+
+_IFC_NAME = re.compile(r"^(Ifc[A-Za-z]+)/(.*)$", re.S)
+_SUFFIXES = ("", "s", "es", "en", "e", "n", "i")
 
 
 class ClassError(ValueError):
-    """A class name or keyword table entry is not usable; the message names it."""
+    """A class name or class table entry is not usable; the message names it."""
+
+
+@dataclass(frozen=True)
+class Facing:
+    """A class decided per pixel: ``up`` where the visible surface faces up, ``down``
+    where it faces down, ``side`` in between (|world normal z| < ``min_cos``)."""
+
+    name: str
+    up: str
+    down: str
+    side: str
+    min_cos: float = 0.5
+
+    def as_dict(self):
+        return {"up": self.up, "down": self.down, "side": self.side, "min_cos": self.min_cos}
 
 
 def check_class(name, what="class"):
-    """Return the canonical class name, or raise naming the bad value and the choices."""
+    """Return the canonical ADE20K class name, or raise naming the bad value and the choices."""
     key = str(name).strip().lower().replace("_", " ")
     if key not in ADE20K:
         raise ClassError(f"unknown {what} {name!r}; use an ADE20K name such as " + ", ".join(sorted(ADE20K)[:12]) + ", ...")
     return key
 
 
+def fold(text):
+    """Lower case, no accents, ß -> ss: 'AußenTür' -> 'aussentur'."""
+    text = unicodedata.normalize("NFKD", str(text).casefold())
+    return "".join(c for c in text if not unicodedata.combining(c))
+
+
 def words(name):
-    """Lower-case words of an object/material/collection name: 'Chair_1' -> ['chair']."""
-    return [w.lower() for w in _WORD.findall(name or "")]
+    """Folded words of an object/material/collection name: 'Chair_1' -> ['chair'],
+    'CoffeeTable' -> ['coffee', 'table'], 'Außenwand-EG' -> ['aussenwand', 'eg']."""
+    out = []
+    for chunk in re.findall(r"[^\W\d_]+", name or ""):
+        # camelCase and ACRONYMWord boundaries
+        parts = re.findall(r"[^\W\d_a-zß-ÿ]+(?=[^\W\d_a-zß-ÿ][a-zß-ÿ])"
+                           r"|[^\W\d_a-zß-ÿ]?[a-zß-ÿ]+|[^\W\d_]+", chunk)
+        out.extend(fold(p) for p in parts if p)
+    return [w for w in out if w]
 
 
-def _word_matches(keyword, word):
-    return word == keyword or word == keyword + "s" or word == keyword + "es"
+def _word_matches(pattern, word):
+    if pattern.startswith("*"):
+        stem = pattern[1:]
+        return any(word.endswith(stem + s) for s in _SUFFIXES) and len(word) > len(stem)
+    if pattern.endswith("*"):
+        return word.startswith(pattern[:-1])
+    return any(word == pattern + s for s in _SUFFIXES)
+
+
+def _keyword_words(keyword):
+    kw = fold(keyword).replace("-", " ").split()
+    if not kw:
+        raise ClassError(f"empty keyword {keyword!r} in the class table")
+    return kw
 
 
 def _match_at(keyword_words, name_words, i):
@@ -209,32 +168,90 @@ def _match_at(keyword_words, name_words, i):
     return i + n <= len(name_words) and all(_word_matches(k, w) for k, w in zip(keyword_words, name_words[i:i + n]))
 
 
+def parse_ifc_name(name):
+    """('IfcWallStandardCase', 'Wand-Ext-ERDG-1') for a Bonsai-style name, else (None, name).
+    Blender's '.001' suffix is dropped from the class."""
+    m = _IFC_NAME.match(name or "")
+    if not m:
+        return None, name or ""
+    return m.group(1), m.group(2)
+
+
+def is_spatial_container(name):
+    ifc_class, _ = parse_ifc_name(name)
+    return ifc_class in SPATIAL_IFC_CLASSES
+
+
 class KeywordTable:
-    """Ordered keyword -> class table. User entries come first, then the defaults."""
+    """The class table: facing rules, IFC classes and ordered keywords.
 
-    def __init__(self, entries=DEFAULT_KEYWORDS):
-        self.entries = []
-        for keyword, cls in entries:
-            kw_words = words(keyword) or [str(keyword).lower()]
-            self.entries.append((kw_words, check_class(cls, what=f"class for keyword {keyword!r}")))
+    A user table comes first: its keywords are tried before the built-in ones, its IFC
+    entries and facing rules replace built-in entries of the same name.
+    """
 
-    @classmethod
-    def with_user_entries(cls, user_entries):
-        return cls(tuple(user_entries) + DEFAULT_KEYWORDS)
+    def __init__(self, entries=None, ifc=None, facing=None, builtin=True):
+        """``entries``: (keyword, class) pairs tried before the built-in keywords;
+        ``ifc`` and ``facing``: entries that replace built-in ones of the same name.
+        ``builtin=False`` leaves the built-in table out."""
+        base = _builtin_data() if builtin else {}
+        self.facing = {}
+        for name, spec in {**base.get("facing", {}), **(facing or {})}.items():
+            self.facing[str(name).strip().lower()] = self._facing(name, spec)
+        self.ifc = {}
+        for key, spec in {**base.get("ifc", {}), **(ifc or {})}.items():
+            self.ifc[str(key)] = self._ifc(key, spec)
+        pairs = list(entries or [])
+        for block in base.get("keyword", []):
+            pairs.extend(_keyword_block(block))
+        self.entries = [(_keyword_words(k), self.check(c, what=f"class for keyword {k!r}")) for k, c in pairs]
 
-    @classmethod
-    def from_file(cls, path):
-        """A JSON file {"keyword": "class", ...}; its entries take priority over the defaults."""
+    # ------------------------------------------------------------ building
+    def _facing(self, name, spec):
+        if not isinstance(spec, dict) or not {"up", "down"} <= set(spec):
+            raise ClassError(f"facing rule {name!r} needs 'up' and 'down' classes (and optionally 'side', 'min_cos')")
+        up = check_class(spec["up"], what=f"'up' class of facing rule {name!r}")
+        down = check_class(spec["down"], what=f"'down' class of facing rule {name!r}")
+        side = check_class(spec.get("side", spec["up"]), what=f"'side' class of facing rule {name!r}")
+        min_cos = spec.get("min_cos", 0.5)
+        if isinstance(min_cos, bool) or not isinstance(min_cos, (int, float)) or not 0.0 < min_cos <= 1.0:
+            raise ClassError(f"facing rule {name!r}: min_cos must be a number in (0, 1], got {min_cos!r}")
+        if str(name).strip().lower() in ADE20K:
+            raise ClassError(f"facing rule {name!r} has the name of an ADE20K class; pick another name")
+        return Facing(str(name).strip().lower(), up, down, side, float(min_cos))
+
+    def _ifc(self, key, spec):
+        if isinstance(spec, str):
+            cls, materials = spec, False
+        elif isinstance(spec, dict) and "class" in spec:
+            cls, materials = spec["class"], bool(spec.get("materials", False))
+        else:
+            raise ClassError(f"IFC entry {key!r} must be a class name or {{class = ..., materials = true}}, got {spec!r}")
+        if str(cls).strip().lower() == "keyword":
+            return ("keyword", materials)
+        return (self.check(cls, what=f"class for IFC entry {key!r}"), materials)
+
+    # ------------------------------------------------------------ queries
+    def check(self, name, what="class"):
+        """An ADE20K class name or the name of a facing rule."""
+        key = str(name).strip().lower().replace("_", " ")
+        if key in self.facing:
+            return key
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except OSError as exc:
-            raise ClassError(f"cannot read class table {path}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise ClassError(f"class table {path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-            raise ClassError(f"class table {path} must be a JSON object of keyword -> class name strings")
-        return cls.with_user_entries(data.items())
+            return check_class(name, what=what)
+        except ClassError:
+            raise ClassError(f"unknown {what} {name!r}; use an ADE20K name such as "
+                             + ", ".join(sorted(ADE20K)[:12]) + ", ... or a facing rule ("
+                             + ", ".join(sorted(self.facing)) + ")") from None
+
+    def is_facing(self, cls):
+        return cls in self.facing
+
+    def classes_of(self, cls):
+        """The ADE20K classes a class or facing rule can give."""
+        if cls in self.facing:
+            f = self.facing[cls]
+            return [f.up, f.down, f.side]
+        return [cls]
 
     def lookup(self, name):
         name_words = words(name)
@@ -244,22 +261,156 @@ class KeywordTable:
                     return cls
         return None
 
+    def ifc_lookup(self, ifc_class, predefined=""):
+        """(class or "keyword", materials decide first) for an IFC class and predefined
+        type, or None when the table has no entry."""
+        if not ifc_class:
+            return None
+        if predefined:
+            hit = self.ifc.get(f"{ifc_class}.{str(predefined).upper()}")
+            if hit:
+                return hit
+        return self.ifc.get(ifc_class)
 
-def resolve_class(props, names, table, fallback=DEFAULT_FALLBACK_CLASS):
-    """Find one object's class.
+    # ------------------------------------------------------------ files
+    @classmethod
+    def with_user_entries(cls, user_entries, ifc=None, facing=None):
+        return cls(entries=list(user_entries), ifc=ifc, facing=facing)
 
-    ``props``: the ``archviz_class`` custom property values of the object, its material and
-    its collection, in that order (None where unset). ``names``: the object's, material's
-    and collection's names, in that order. Returns (class name, how it was found).
+    @classmethod
+    def from_file(cls, path):
+        """A user table, TOML or JSON: either a flat object {"keyword": "class"} or the
+        layout of class_table.toml (keyword blocks, [ifc], [facing]). Its entries come
+        before the built-in ones."""
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise ClassError(f"cannot read class table {path}: {exc.strerror}") from exc
+        if str(path).lower().endswith(".toml"):
+            try:
+                data = tomllib.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise ClassError(f"class table {path} is not valid TOML: {exc}") from exc
+        else:
+            try:
+                data = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ClassError(f"class table {path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ClassError(f"class table {path} must be an object of keyword -> class, or keyword/ifc/facing tables")
+        structured = set(data) & {"keyword", "ifc", "facing"}
+        if not structured:
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+                raise ClassError(f"class table {path} must be a JSON object of keyword -> class name strings")
+            return cls.with_user_entries(data.items())
+        unknown = set(data) - {"keyword", "ifc", "facing"}
+        if unknown:
+            raise ClassError(f"class table {path}: unknown section {sorted(unknown)[0]!r} (known: keyword, ifc, facing)")
+        pairs = []
+        blocks = data.get("keyword", [])
+        if not isinstance(blocks, list):
+            raise ClassError(f"class table {path}: 'keyword' must be a list of {{class = ..., en = [...]}} blocks")
+        for block in blocks:
+            pairs.extend(_keyword_block(block))
+        for section in ("ifc", "facing"):
+            if not isinstance(data.get(section, {}), dict):
+                raise ClassError(f"class table {path}: '{section}' must be a table")
+        return cls.with_user_entries(pairs, ifc=data.get("ifc"), facing=data.get("facing"))
+
+
+def _keyword_block(block):
+    if not isinstance(block, dict) or "class" not in block:
+        raise ClassError(f"keyword block {block!r} needs a 'class'")
+    pairs = []
+    for lang, kws in block.items():
+        if lang == "class":
+            continue
+        if lang not in LANGUAGES:
+            raise ClassError(f"keyword block for {block['class']!r}: unknown language {lang!r} "
+                             f"(known: {', '.join(LANGUAGES)})")
+        if not isinstance(kws, list) or not all(isinstance(k, str) for k in kws):
+            raise ClassError(f"keyword block for {block['class']!r}: {lang} must be a list of strings")
+        pairs.extend((k, block["class"]) for k in kws)
+    return pairs
+
+
+_BUILTIN = None
+
+
+def _builtin_data():
+    global _BUILTIN
+    if _BUILTIN is None:
+        try:
+            with open(TABLE_PATH, "rb") as fh:
+                _BUILTIN = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ClassError(f"cannot read the built-in class table {TABLE_PATH}: {exc}") from exc
+    return _BUILTIN
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How one (object, material) got its class: ``cls`` is an ADE20K name or a facing
+    rule, ``rule`` one of RULES, ``source`` the detail ("object name", "IfcSlab.FLOOR")."""
+
+    cls: str
+    rule: str
+    source: str
+
+    def as_dict(self, table):
+        out = {"class": self.cls, "rule": "facing" if table.is_facing(self.cls) else self.rule,
+               "from": self.source}
+        if table.is_facing(self.cls):
+            out["decided_by"] = self.rule
+            out["facing"] = table.facing[self.cls].as_dict()
+        return out
+
+
+def classify(props, names, table, fallback=DEFAULT_FALLBACK_CLASS, predefined=""):
+    """One object's (and one of its materials') class.
+
+    ``props``: ``archviz_class`` custom property values of the object, its material and
+    its collection (None where unset). ``names``: the object's, material's and
+    collection's names. ``predefined``: the IFC PredefinedType if known.
+    Order: property, IFC class of a Bonsai-style object name, keywords of the object's
+    own name, material name, collection name (skipped for spatial containers), fallback.
     """
     for source, value in zip(("object property", "material property", "collection property"), props):
         if value not in (None, ""):
-            return check_class(value, what=f"archviz_class on the {source.split()[0]}"), source
-    for source, name in zip(("object name", "material name", "collection name"), names):
+            return Resolution(table.check(value, what=f"archviz_class on the {source.split()[0]}"), "property", source)
+    obj_name, mat_name, coll_name = (list(names) + ["", "", ""])[:3]
+    ifc_class, own_name = parse_ifc_name(obj_name)
+    if coll_name and is_spatial_container(coll_name):
+        coll_name = ""
+    ifc = table.ifc_lookup(ifc_class, predefined)
+    if ifc is not None:
+        cls, materials_first = ifc
+        if cls != "keyword":
+            if materials_first and mat_name:
+                found = table.lookup(mat_name)
+                if found:
+                    return Resolution(found, "ifc", f"{ifc_class} + material name")
+            return Resolution(cls, "ifc", f"{ifc_class}.{predefined.upper()}"
+                              if predefined and f"{ifc_class}.{predefined.upper()}" in table.ifc else ifc_class)
+    for source, name in zip(("object name", "material name", "collection name"), (own_name, mat_name, coll_name)):
         cls = table.lookup(name) if name else None
         if cls:
-            return cls, source
-    return check_class(fallback, what="fallback class"), "fallback"
+            return Resolution(cls, "keyword", source)
+    return Resolution(table.check(fallback, what="fallback class"), "fallback", "fallback")
+
+
+def resolve_class(props, names, table, fallback=DEFAULT_FALLBACK_CLASS):
+    """(class, source) for one object: see :func:`classify`."""
+    res = classify(props, names, table, fallback)
+    return res.cls, res.source
+
+
+def facing_labels(world_nz, facing):
+    """Per-pixel ADE20K class names for the normals' z (turned toward the camera) under
+    one facing rule: ``up`` at z >= min_cos, ``down`` at z <= -min_cos, else ``side``."""
+    nz = np.asarray(world_nz, dtype=np.float64)
+    return np.where(nz >= facing.min_cos, facing.up, np.where(nz <= -facing.min_cos, facing.down, facing.side))
 
 
 def palette_lut(class_names):

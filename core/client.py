@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 LISTENING_PREFIX = "archviz backend listening on "
@@ -28,13 +29,42 @@ class BackendUnreachable(BackendError):
     pass
 
 
+class BackendAuthError(BackendError):
+    """The backend refused the token (401): none was given, or the wrong one."""
+
+
+#: HTTP answers that mean "not now" (queue full, too many connections, a proxy's hiccup).
+RETRY_STATUSES = (429, 502, 503, 504)
+
+
 class Client:
-    def __init__(self, url, token="", timeout=30.0):
+    """``retry_for``: seconds within which a transient failure (connection refused or
+    reset, a timeout, 429/503 with Retry-After) is retried with growing pauses (0.25 s
+    doubling to 4 s) before the error is raised. A submit is retried only when it cannot
+    have reached the server (refused connection, 429, 503), so a job is never sent twice."""
+
+    def __init__(self, url, token="", timeout=30.0, retry_for=30.0):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.retry_for = retry_for
+        self.retries = 0  # transient failures met and retried (shown by tests and logs)
 
-    def _request(self, method, path, body=None, raw=False):
+    def _request(self, method, path, body=None, raw=False, retry_for=None):
+        deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
+        pause = 0.25
+        while True:
+            try:
+                return self._request_once(method, path, body, raw)
+            except BackendError as exc:
+                wait = _retry_wait(exc, method, pause)
+                if wait is None or time.monotonic() + wait > deadline:
+                    raise
+                self.retries += 1
+                time.sleep(wait)
+                pause = min(4.0, pause * 2)
+
+    def _request_once(self, method, path, body=None, raw=False):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
@@ -45,14 +75,23 @@ class Client:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
-            raise BackendError(f"{method} {path}: {exc.code} {_error_text(exc.read())}", status=exc.code) from None
+            text = _error_text(exc.read())
+            if exc.code == 401:
+                raise BackendAuthError(f"the backend at {self.url} refused the token (401 unauthorized): "
+                                       + ("none was given" if not self.token else "it is not the server's"),
+                                       status=401) from None
+            error = BackendError(f"{method} {path}: {exc.code} {text}", status=exc.code)
+            error.retry_after = _retry_after(exc.headers.get("Retry-After"))
+            raise error from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise BackendUnreachable(f"backend at {self.url} is not reachable ({reason})") from None
+            error = BackendUnreachable(f"backend at {self.url} is not reachable ({reason})")
+            error.refused = isinstance(reason, ConnectionRefusedError)
+            raise error from None
         return payload if raw else json.loads(payload or b"null")
 
-    def health(self):
-        return self._request("GET", "/v1/health")
+    def health(self, retry_for=None):
+        return self._request("GET", "/v1/health", retry_for=retry_for)
 
     def presets(self):
         return self._request("GET", "/v1/presets")
@@ -66,15 +105,37 @@ class Client:
     def image(self, job_id, index):
         return self._request("GET", f"/v1/jobs/{job_id}/images/{index}", raw=True)
 
-    def cancel(self, job_id):
-        return self._request("DELETE", f"/v1/jobs/{job_id}")
+    def cancel(self, job_id, reason=None, retry_for=None):
+        """Cancel a job; with ``reason`` (this client gives up) it ends ``failed`` with it."""
+        query = "?" + urllib.parse.urlencode({"reason": reason}) if reason else ""
+        return self._request("DELETE", f"/v1/jobs/{job_id}{query}", retry_for=retry_for)
 
     def is_up(self):
         try:
-            self.health()
+            self.health(retry_for=0)
             return True
         except BackendError:
             return False
+
+
+def _retry_after(value):
+    try:
+        return max(0.0, min(300.0, float(value)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _retry_wait(exc, method, pause):
+    """Seconds to wait before trying ``exc``'s request again, or None when it must not be
+    retried (a real answer, or a POST that may have reached the server)."""
+    if isinstance(exc, BackendUnreachable):
+        if method == "POST" and not getattr(exc, "refused", False):
+            return None  # reset or timed out: the job may have been queued already
+        return pause
+    if exc.status in RETRY_STATUSES and (method != "POST" or exc.status in (429, 503)):
+        after = getattr(exc, "retry_after", None)
+        return pause if after is None else max(pause, after)
+    return None
 
 
 def _error_text(payload):

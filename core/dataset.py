@@ -144,11 +144,20 @@ def read_prompt_file(scene_path):
         return " ".join(fh.read().split())
 
 
-def settings(scenes, views, controls, long_side, seed, interior_share, samples, materials=None, light_scale=None):
+def settings(scenes, views, controls, long_side, seed, interior_share, samples, materials=None, light_scale=None,
+             engine="CYCLES"):
     return {"scenes": [os.path.basename(s) for s in scenes], "views": int(views), "controls": list(controls),
             "long_side": int(long_side), "seed": int(seed), "interior_share": float(interior_share),
-            "target_samples": int(samples), "vary_materials": dict(materials or {}),
-            "light_scale": list(light_scale) if light_scale else None}
+            "target_samples": int(samples), "target_engine": str(engine).upper(), "vary_materials": dict(materials or {}),
+            "light_scale": list(light_scale) if light_scale else None, "line_style": line_style()}
+
+
+def line_style():
+    """The style of the dataset's line images: the capture's ``lines.png`` by default (the
+    style of the default SD 1.5 lines model); a custom ControlNet reads the same."""
+    from .passes import line_style_for
+
+    return line_style_for("lines", "sd15", "auto")
 
 
 def check_resume(out_dir, wanted):
@@ -163,7 +172,8 @@ def check_resume(out_dir, wanted):
         return {}
     with open(path, encoding="utf-8") as fh:
         old = json.load(fh)
-    for key in ("controls", "long_side", "seed", "interior_share", "target_samples", "vary_materials", "light_scale"):
+    for key in ("controls", "long_side", "seed", "interior_share", "target_samples", "target_engine", "vary_materials",
+                "light_scale"):
         if old.get(key) != wanted.get(key):
             raise DatasetError(f"--out {out_dir!r} was made with {key} {old.get(key)!r}, not {wanted.get(key)!r}: "
                                "use the same settings to resume, or another --out")

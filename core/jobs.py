@@ -382,7 +382,7 @@ class Job:
     scheduler: str | None = None
     output_dir: str | None = None  # None: the backend's own output folder
     name_prefix: str = ""  # e.g. the camera name: <prefix>_<style>_s<seed>.png
-    skip_existing: bool = False  # resume: keep PNGs already made with the same parameters
+    skip_existing: bool = True  # resume: keep PNGs already made with the same parameters (False: remake all)
     max_batch: int | None = None  # cap on images per UNet batch (None: by memory)
     contact_sheet: bool = True
 

@@ -45,14 +45,89 @@ def control_resolution(width, height, long_side=512, pixel_aspect=(1.0, 1.0)):
     return w, h
 
 
+#: How the depth image's near (white) and far (black) are chosen.
+#: view: from this image's own geometry pixels (robust percentiles of inverse depth);
+#: sequence: one range for one camera over the scene's frame range; scene: one range for
+#: every camera and frame, from the scene's bounds; manual: fixed near and far.
+DEPTH_MODES = ("view", "sequence", "scene", "manual")
+DEFAULT_DEPTH_MODE = "view"
+#: Percentiles of inverse depth (over the geometry pixels) that become far and near.
+VIEW_PERCENTILES = (0.5, 99.5)
+
+
 @dataclass(frozen=True)
 class DepthRange:
     near: float
     far: float
-    source: str  # "scene bounds" or "user"
+    source: str  # "view", "sequence", "scene bounds" or "user"
+    mode: str = ""
+    detail: dict | None = None
 
     def as_dict(self):
-        return {"near": self.near, "far": self.far, "source": self.source}
+        out = {"near": self.near, "far": self.far, "source": self.source}
+        if self.mode:
+            out["mode"] = self.mode
+        if self.detail:
+            out.update(self.detail)
+        return out
+
+
+def check_depth_mode(mode):
+    key = str(mode).strip().lower()
+    if key not in DEPTH_MODES:
+        raise PassError(f"unknown depth range {mode!r}; choose from {', '.join(DEPTH_MODES)}")
+    return key
+
+
+def _weighted_percentile(values, weights, q):
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    cum = np.cumsum(w)
+    target = cum[-1] * q / 100.0
+    return float(v[min(np.searchsorted(cum, target, side="left"), len(v) - 1)])
+
+
+#: Samples are weighted by inverse depth to this power when the percentiles are taken.
+WEIGHT_POWER = 1.0
+
+
+def inverse_depth_range(inv, percentiles=VIEW_PERCENTILES, source="view", mode="view", extra=None,
+                        power=None):
+    """A DepthRange from samples of inverse depth (1/z, > 0).
+
+    far = the ``percentiles[0]`` percentile with each sample weighted by its inverse depth
+    (WEIGHT_POWER), near = the plain ``percentiles[1]`` percentile. The weighting keeps the band of pixels
+    a huge ground plane fills toward the horizon from deciding the far end (on the IFC
+    house a 20 km plane moves the building by about 3 of 256 levels against a 100 m
+    one), while far walls still get levels of their own (about 2% of an interior view is
+    clipped at either end). One near pixel (or 0.5% of them) cannot set the near end.
+    """
+    inv = np.asarray(inv, dtype=np.float64).ravel()
+    inv = inv[np.isfinite(inv) & (inv > 0.0)]
+    if inv.size == 0:
+        raise PassError("no geometry in view to fit the depth range to")
+    lo, hi = percentiles
+    if not 0.0 <= lo < hi <= 100.0:
+        raise PassError(f"depth percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
+    power = WEIGHT_POWER if power is None else power
+    # Far end weighted (a huge ground plane's far band weighs little), near end not (a
+    # speck at the lens weighs as one pixel, not as its large inverse depth).
+    inv_near = float(np.percentile(inv, hi))
+    inv_far = _weighted_percentile(inv, np.minimum(inv, inv_near) ** power, lo)
+    if inv_near <= inv_far * (1.0 + 1e-6):  # one flat distance: put it mid-grey-to-white
+        inv_near, inv_far = inv_near * 1.25, inv_near * 0.5
+    detail = {"percentiles": [lo, hi], "far_weighting": f"inverse depth ** {power:g}"}
+    detail.update(extra or {})
+    return DepthRange(near=1.0 / inv_near, far=1.0 / inv_far, source=source, mode=mode, detail=detail)
+
+
+def view_depth_range(z, percentiles=VIEW_PERCENTILES):
+    """The range fitted to one view: robust percentiles over its geometry pixels."""
+    z = np.asarray(z, dtype=np.float64)
+    hit = geometry_mask(z)
+    if not hit.any():
+        raise PassError("no geometry in view to fit the depth range to")
+    return inverse_depth_range(1.0 / np.maximum(z[hit], 1e-12), percentiles)
 
 
 def depth_range_from_bounds(corners, viewpoints, near_ratio=0.15):
@@ -82,13 +157,13 @@ def depth_range_from_bounds(corners, viewpoints, near_ratio=0.15):
     outside = np.maximum(lo - viewpoints, 0.0) + np.maximum(viewpoints - hi, 0.0)
     to_box = float(np.linalg.norm(outside, axis=1).min())
     near = min(max(to_box, far * near_ratio), far * 0.9)
-    return DepthRange(near=near, far=far, source="scene bounds")
+    return DepthRange(near=near, far=far, source="scene bounds", mode="scene")
 
 
 def user_depth_range(near, far):
     if not (math.isfinite(near) and math.isfinite(far)) or near <= 0.0 or far <= near:
         raise PassError(f"depth range needs 0 < near < far, got near={near!r}, far={far!r}")
-    return DepthRange(near=float(near), far=float(far), source="user")
+    return DepthRange(near=float(near), far=float(far), source="user", mode="manual")
 
 
 # ---------------------------------------------------------------- depth
@@ -178,11 +253,11 @@ def _pair_edges(w, z, n, ids, hit, axis, crease_cos, depth_tolerance):
     return edge, a_nearer
 
 
-def line_image(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0, depth_tolerance=0.02):
-    """uint8 (h, w): white 1-px lines on black at silhouettes, depth jumps, creases
-    sharper than ``crease_angle`` degrees and boundaries between ``ids`` (object and
-    material id passes). Each line is drawn on the nearer side of the edge, so it
-    follows the outline of the object in front; flat faces stay black."""
+def line_mask(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0, depth_tolerance=0.02):
+    """bool (h, w): 1-px lines at silhouettes, depth jumps, creases sharper than
+    ``crease_angle`` degrees and boundaries between ``ids`` (object and material id
+    passes). Each line is drawn on the nearer side of the edge, so it follows the outline
+    of the object in front; flat faces stay empty."""
     if not 0.0 < crease_angle < 180.0:
         raise PassError(f"crease angle must be between 0 and 180 degrees, got {crease_angle!r}")
     z = np.asarray(z, dtype=np.float64)
@@ -203,7 +278,397 @@ def line_image(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0,
         else:
             lines[:, :-1] |= mark_a
             lines[:, 1:] |= mark_b
-    return lines.astype(np.uint8) * 255
+    return lines
+
+
+def line_image(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0, depth_tolerance=0.02):
+    """uint8 (h, w): white 1-px lines on black (canny style), see :func:`line_mask`."""
+    return line_mask(z, camera_normals, ids, orthographic, crease_angle, depth_tolerance).astype(np.uint8) * 255
+
+
+# ---------------------------------------------------------------- line styles
+
+#: How each ControlNet family was trained to see lines (CONVENTIONS.md):
+#: canny: binary 1-px edges; lineart: anti-aliased strokes about 1.5 px wide at 512 px
+#: (width scales with resolution); mlsd: 1-px straight segments only; softedge: soft,
+#: wider edges (HED/PiDiNet-like).
+LINE_STYLES = ("canny", "lineart", "mlsd", "softedge")
+LINEART_WIDTH_AT_512 = 1.5
+SOFTEDGE_SIGMA_AT_512 = 1.6
+MLSD_MIN_LENGTH_AT_512 = 20  # as MLSD annotators drop shorter segments
+
+
+#: The line style each family's ControlNet for each line control type was trained on
+#: (backend/models.py has the model ids): SD 1.5 'lines' and 'lineart' use the lineart
+#: ControlNet, 'canny' and 'mlsd' their own; every SDXL line type runs the canny SDXL
+#: ControlNet (or the union's canny mode).
+MODEL_LINE_STYLES = {
+    "sd15": {"lines": "lineart", "lineart": "lineart", "canny": "canny", "mlsd": "mlsd"},
+    "sdxl": {"lines": "canny", "lineart": "canny", "canny": "canny", "mlsd": "canny"},
+}
+MODEL_LINE_STYLES["tiny"] = MODEL_LINE_STYLES["sd15"]
+MODEL_LINE_STYLES["tiny-sdxl"] = MODEL_LINE_STYLES["sdxl"]
+#: The style of lines.png when no model is known (the default SD 1.5 'lines' unit).
+DEFAULT_LINE_STYLE = "lineart"
+
+
+def line_style_for(control_type, family="sd15", override="auto"):
+    """The line style a control unit's model wants, or ``override`` unless it is 'auto'."""
+    if override and override != "auto":
+        return check_line_style(override)
+    return MODEL_LINE_STYLES.get(family, MODEL_LINE_STYLES["sd15"]).get(control_type, DEFAULT_LINE_STYLE)
+
+
+def check_line_style(style):
+    key = str(style).strip().lower()
+    if key not in LINE_STYLES:
+        raise PassError(f"unknown line style {style!r}; choose from {', '.join(LINE_STYLES)}")
+    return key
+
+
+def box_reduce(a, factor):
+    """Mean over ``factor`` x ``factor`` blocks (the sides must divide)."""
+    a = np.asarray(a, dtype=np.float64)
+    if factor == 1:
+        return a
+    h, w = a.shape[0] // factor, a.shape[1] // factor
+    return a.reshape(h, factor, w, factor, *a.shape[2:]).mean(axis=(1, 3))
+
+
+def block_any(mask, factor):
+    """True where any pixel of a ``factor`` x ``factor`` block is."""
+    mask = np.asarray(mask, dtype=bool)
+    if factor == 1:
+        return mask
+    h, w = mask.shape[0] // factor, mask.shape[1] // factor
+    return mask[:h * factor, :w * factor].reshape(h, factor, w, factor).any(axis=(1, 3))
+
+
+def thin(mask, max_rounds=20):
+    """Zhang-Suen thinning: lines one pixel wide, connectivity kept (a canny edge is one
+    pixel wide; a fine line reduced by blocks can touch two)."""
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    for _ in range(max_rounds):
+        changed = False
+        for step in (0, 1):
+            p2, p3, p4, p5 = m[:-2, 1:-1], m[:-2, 2:], m[1:-1, 2:], m[2:, 2:]
+            p6, p7, p8, p9 = m[2:, 1:-1], m[2:, :-2], m[1:-1, :-2], m[:-2, :-2]
+            ring = [p2, p3, p4, p5, p6, p7, p8, p9, p2]
+            b = sum(r.astype(np.int8) for r in ring[:8])
+            a = sum((~ring[i] & ring[i + 1]).astype(np.int8) for i in range(8))
+            if step == 0:
+                c, d = ~(p2 & p4 & p6), ~(p4 & p6 & p8)
+            else:
+                c, d = ~(p2 & p4 & p8), ~(p2 & p6 & p8)
+            centre = m[1:-1, 1:-1]
+            kill = centre & (b >= 2) & (b <= 6) & (a == 1) & c & d
+            if kill.any():
+                changed = True
+                centre &= ~kill
+        if not changed:
+            break
+    return m[1:-1, 1:-1].copy()
+
+
+def _shift(a, dy, dx, fill=0):
+    out = np.full_like(a, fill)
+    h, w = a.shape[:2]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = a[ys, xs]
+    return out
+
+
+def dilate(mask, radius):
+    """Binary dilation by a disc of ``radius`` pixels (0 = unchanged)."""
+    mask = np.asarray(mask, dtype=bool)
+    r = int(math.floor(radius))
+    out = mask.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if (dy or dx) and dy * dy + dx * dx <= radius * radius + 1e-9:
+                out |= _shift(mask, dy, dx, False)
+    return out
+
+
+def gaussian_blur(a, sigma):
+    """Separable Gaussian blur (edges padded with zeros)."""
+    a = np.asarray(a, dtype=np.float64)
+    if sigma <= 0:
+        return a
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    out = np.zeros_like(a)
+    for i, wgt in enumerate(k):
+        out += wgt * _shift(a, i - r, 0, 0.0)
+    a, out = out, np.zeros_like(a)
+    for i, wgt in enumerate(k):
+        out += wgt * _shift(a, 0, i - r, 0.0)
+    return out
+
+
+def lineart_image(mask_fine, factor, long_side):
+    """Anti-aliased strokes from a line mask rendered ``factor`` times finer than the
+    output: each line is widened to LINEART_WIDTH_AT_512 * long_side / 512 output pixels
+    and averaged down, so stroke edges are grey. With ``factor`` 1 a light blur gives the
+    anti-aliasing instead."""
+    width = LINEART_WIDTH_AT_512 * long_side / 512.0
+    fine = dilate(mask_fine, max(0.0, (width * factor - 1.0) / 2.0)).astype(np.float64)
+    if factor == 1:
+        fine = np.maximum(fine, gaussian_blur(fine, 0.5) * 1.5)
+    return _to_uint8(np.clip(box_reduce(fine, factor), 0.0, 1.0))
+
+
+def softedge_image(mask_fine, factor, long_side):
+    """Soft, wide edges: the lines blurred with a Gaussian of SOFTEDGE_SIGMA_AT_512 *
+    long_side / 512 output pixels, scaled so an isolated straight line peaks at white."""
+    sigma_out = SOFTEDGE_SIGMA_AT_512 * long_side / 512.0
+    fine = gaussian_blur(np.asarray(mask_fine, dtype=np.float64), sigma_out * factor)
+    out = box_reduce(fine, factor)
+    # Peak of an isolated straight line one fine pixel wide after the blur; the square
+    # root widens the soft falloff the way HED edges fade.
+    peak = 1.0 / (math.sqrt(2.0 * math.pi) * sigma_out * factor)
+    return _to_uint8(np.sqrt(np.clip(out / peak, 0.0, 1.0)))
+
+
+def _components(mask):
+    """8-connected components of a bool mask as lists of (row, col) index arrays."""
+    h, w = mask.shape
+    flat = mask.ravel()
+    seen = np.zeros(flat.shape, dtype=bool)
+    comps = []
+    for start in np.flatnonzero(flat):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, members = [int(start)], []
+        while stack:
+            p = stack.pop()
+            members.append(p)
+            r, c = divmod(p, w)
+            for dr in (-1, 0, 1):
+                rr = r + dr
+                if rr < 0 or rr >= h:
+                    continue
+                for dc in (-1, 0, 1):
+                    cc = c + dc
+                    if 0 <= cc < w:
+                        q = rr * w + cc
+                        if flat[q] and not seen[q]:
+                            seen[q] = True
+                            stack.append(q)
+        comps.append(np.array(members))
+    return comps
+
+
+def _draw_runs(centre, direction, t, min_length, out, max_gap=7.0):
+    """Draw the straight line ``centre + t * direction`` over the runs of ``t`` (pixel
+    positions along it) that have no gap over ``max_gap`` and are ``min_length`` long."""
+    t = np.sort(t)
+    breaks = np.flatnonzero(np.diff(t) > max_gap)
+    for lo, hi in zip(np.r_[0, breaks + 1], np.r_[breaks, len(t) - 1]):
+        if t[hi] - t[lo] + 1.0 < min_length:
+            continue
+        steps = np.arange(t[lo], t[hi] + 0.25, 0.25)
+        xy = centre + steps[:, None] * direction
+        x = np.clip(np.rint(xy[:, 0]).astype(int), 0, out.shape[1] - 1)
+        y = np.clip(np.rint(xy[:, 1]).astype(int), 0, out.shape[0] - 1)
+        out[y, x] = True
+
+
+def _pca(pts):
+    centre = pts.mean(axis=0)
+    _, _, vt = np.linalg.svd(pts - centre, full_matrices=False)
+    return centre, vt[0], vt[1]
+
+
+def _fit_segments(rows, cols, min_length, max_dev, out, depth=0):
+    """Draw straight segments through one run of edge pixels of one orientation.
+
+    A straight run is drawn along its fitted line. A run holding several parallel lines
+    (the two edges of a rafter touch where the stair-stepping meets) is split by its
+    offset across the common direction; a curve is split in halves until the pieces are
+    straight or too short to keep."""
+    if len(rows) < min_length or depth > 12:
+        return
+    pts = np.stack([cols, rows], axis=1).astype(np.float64)
+    centre, direction, normal = _pca(pts)
+    t = (pts - centre) @ direction
+    rho = (pts - centre) @ normal
+    if t.max() - t.min() + 1.0 < min_length:
+        return
+    if np.abs(rho).max() <= max_dev:
+        _draw_runs(centre, direction, t, min_length, out)
+        return
+    # Parallel lines: peaks of the offset histogram.
+    bins = np.rint(rho).astype(int)
+    counts = np.bincount(bins - bins.min())
+    used = np.zeros(len(rows), dtype=bool)
+    for peak in np.argsort(counts)[::-1]:
+        if counts[peak] < min_length:
+            break
+        offset = peak + bins.min()
+        sel = ~used & (np.abs(rho - offset) <= 1.0)
+        if sel.sum() < min_length:
+            continue
+        c2, d2, n2 = _pca(pts[sel])
+        if np.abs((pts[sel] - c2) @ n2).max() <= max_dev:
+            _draw_runs(c2, d2, (pts[sel] - c2) @ d2, min_length, out)
+            used |= sel
+    if used.any():
+        rest = ~used
+        if rest.sum() >= min_length:
+            _fit_segments(rows[rest], cols[rest], min_length, max_dev, out, depth + 1)
+        return
+    if len(rows) < 2 * min_length:
+        return
+    cut = np.median(t)
+    for side in (t <= cut, t > cut):
+        _fit_segments(rows[side], cols[side], min_length, max_dev, out, depth + 1)
+
+
+def mlsd_image(mask, long_side, min_length=None, bins=12):
+    """Straight segments only, 1 px wide (what MLSD detectors give): the edge pixels are
+    grouped by local orientation (structure tensor), each connected run of one
+    orientation is fitted with straight segments, runs shorter than ``min_length``
+    (MLSD_MIN_LENGTH_AT_512 scaled to ``long_side``) and curves are dropped."""
+    mask = np.asarray(mask, dtype=bool)
+    min_length = min_length or max(4, int(round(MLSD_MIN_LENGTH_AT_512 * long_side / 512.0)))
+    m = gaussian_blur(mask.astype(np.float64), 1.0)
+    gy, gx = np.gradient(m)
+    jxx, jxy, jyy = (gaussian_blur(a, 2.0) for a in (gx * gx, gx * gy, gy * gy))
+    # Direction of the line = perpendicular to the dominant gradient.
+    theta = (0.5 * np.arctan2(2.0 * jxy, jxx - jyy) + np.pi / 2.0) % np.pi
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4.0 * jxy ** 2) / (jxx + jyy + 1e-12)
+    straight = mask & (coherence > 0.6)
+    out = np.zeros(mask.shape, dtype=bool)
+    width = np.pi / bins
+    for b in range(bins):
+        centre = b * width
+        diff = np.abs((theta - centre + np.pi / 2.0) % np.pi - np.pi / 2.0)
+        sel = straight & (diff <= width * 0.75)
+        for comp in _components(sel):
+            rows, cols = np.divmod(comp, mask.shape[1])
+            _fit_segments(rows, cols, min_length, 1.0, out)
+    return out.astype(np.uint8) * 255
+
+
+def styled_lines(style, mask, mask_fine, factor, long_side):
+    """uint8 line image in ``style`` from the output-resolution mask and the mask
+    rendered ``factor`` times finer."""
+    style = check_line_style(style)
+    if style == "canny":
+        return mask.astype(np.uint8) * 255
+    if style == "lineart":
+        return lineart_image(mask_fine, factor, long_side)
+    if style == "softedge":
+        return softedge_image(mask_fine, factor, long_side)
+    return mlsd_image(mask, long_side)
+
+
+# ---------------------------------------------------------------- supersampling
+
+def settle_coplanar_ids(z, world_normals, keys, radius=2, rounds=2, depth_rel=0.002, normal_cos=0.999):
+    """Settle z-fighting in an id pass: where two objects share a surface (a rafter
+    flush with a roof slab, real BIM models are full of them) each ray picks one at
+    random, which speckles lines and seg. A pixel whose id differs from a neighbour on
+    the same surface (depth within ``depth_rel``, normals within ``normal_cos``) takes
+    the most common id of its (2 * radius + 1)^2 neighbours on that surface (its own id
+    wins ties). Boundaries between flush objects (a door in its wall) stay where they
+    are, up to corners rounded by ``radius`` pixels of the fine pass.
+    Returns the settled keys (same shape, same dtype)."""
+    z = np.asarray(z)
+    n = np.asarray(world_normals)
+    keys = np.array(keys, copy=True)
+    hit = geometry_mask(z)
+    h, w = z.shape
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    for _ in range(rounds):
+        # Pixels whose right or lower neighbour has another id on the same surface (and
+        # that neighbour): cheap id comparisons first, geometry only where ids differ.
+        cand = np.zeros(z.shape, dtype=bool)
+        for dy, dx in ((0, 1), (1, 0)):
+            a = (slice(0, h - dy), slice(0, w - dx))
+            b = (slice(dy, h), slice(dx, w))
+            r, c = np.nonzero(hit[a] & hit[b] & (keys[a] != keys[b]))
+            r2, c2 = r + dy, c + dx
+            za, zb = z[r, c].astype(np.float64), z[r2, c2].astype(np.float64)
+            same = (np.abs(za - zb) <= depth_rel * np.minimum(za, zb)) \
+                & (np.sum(n[r, c].astype(np.float64) * n[r2, c2], axis=-1) >= normal_cos)
+            cand[r[same], c[same]] = True
+            cand[r2[same], c2[same]] = True
+        rows, cols = np.nonzero(cand)
+        if rows.size == 0:
+            break
+        votes_k = np.empty((rows.size, len(offsets)), dtype=keys.dtype)
+        valid = np.empty((rows.size, len(offsets)), dtype=bool)
+        zc, nc = z[rows, cols].astype(np.float64), n[rows, cols].astype(np.float64)
+        for j, (dy, dx) in enumerate(offsets):
+            rr, cc = np.clip(rows + dy, 0, h - 1), np.clip(cols + dx, 0, w - 1)
+            inside = (rows + dy >= 0) & (rows + dy < h) & (cols + dx >= 0) & (cols + dx < w)
+            votes_k[:, j] = keys[rr, cc]
+            valid[:, j] = inside & hit[rr, cc] & (np.abs(z[rr, cc] - zc) <= 2 * depth_rel * zc) \
+                & (np.sum(n[rr, cc] * nc, axis=-1) >= normal_cos)
+        own = keys[rows, cols]
+        best = np.empty_like(own)
+        for lo in range(0, rows.size, 20000):  # bounded memory: (chunk, k, k) votes
+            vk, va, ow = votes_k[lo:lo + 20000], valid[lo:lo + 20000], own[lo:lo + 20000]
+            counts = ((vk[:, :, None] == vk[:, None, :]) & va[:, None, :]).sum(axis=2) \
+                + np.where(vk == ow[:, None], 0.5, 0.0)
+            counts[~va] = -1
+            best[lo:lo + 20000] = vk[np.arange(len(vk)), np.argmax(counts, axis=1)]
+        if np.array_equal(best, own):
+            break
+        keys[rows, cols] = best
+    return keys
+
+
+def reduce_nearest(z, factor, *others):
+    """Reduce passes rendered ``factor`` times finer to the output size, keeping in each
+    block the sample nearest the camera (any geometry beats the background): a rail
+    thinner than a pixel still owns the pixels it crosses, in depth, ids and normals
+    alike. Returns (z, *others) at the output size."""
+    z = np.asarray(z)
+    if factor == 1:
+        return (z, *others)
+    h, w = z.shape[0] // factor, z.shape[1] // factor
+    blocks = z[:h * factor, :w * factor].reshape(h, factor, w, factor).transpose(0, 2, 1, 3).reshape(h, w, -1)
+    zz = np.where(geometry_mask(blocks), blocks, np.inf)
+    pick = np.argmin(zz, axis=-1)
+    rows = np.arange(h)[:, None] * factor + pick // factor
+    cols = np.arange(w)[None, :] * factor + pick % factor
+    return (z[rows, cols], *(np.asarray(o)[rows, cols] for o in others))
+
+
+def toward_viewer(world_normals, camera_rotation, ray_dirs_camera):
+    """World normals flipped where they point away from the camera (the back of a
+    single-sided plane), so 'facing up' means the visible side faces up.
+    ``ray_dirs_camera``: (h, w, 3) or (3,) directions of the pixel rays in camera space."""
+    rot = np.asarray(camera_rotation, dtype=np.float64).reshape(3, 3)
+    n = np.asarray(world_normals, dtype=np.float64)
+    ray_world = np.asarray(ray_dirs_camera, dtype=np.float64) @ rot.T
+    away = np.sum(n * ray_world, axis=-1) > 0.0
+    return np.where(away[..., None], -n, n)
+
+
+def pixel_rays(size, frame, orthographic=False):
+    """(h, w, 3) camera-space ray directions through pixel centres. ``frame``: the
+    camera's view frame corners (x, y, z) in camera space (Blender's view_frame)."""
+    w, h = size
+    f = np.asarray(frame, dtype=np.float64)
+    if orthographic:
+        return np.broadcast_to(np.array([0.0, 0.0, -1.0]), (h, w, 3)).copy()
+    d = -f[:, 2].mean()
+    x0, x1 = f[:, 0].min() / d, f[:, 0].max() / d
+    y0, y1 = f[:, 1].min() / d, f[:, 1].max() / d
+    xs = x0 + (np.arange(w) + 0.5) / w * (x1 - x0)
+    ys = y1 - (np.arange(h) + 0.5) / h * (y1 - y0)
+    out = np.empty((h, w, 3))
+    out[..., 0] = xs[None, :]
+    out[..., 1] = ys[:, None]
+    out[..., 2] = -1.0
+    return out
 
 
 # ---------------------------------------------------------------- segmentation

@@ -5,9 +5,12 @@ passed through Blender's colour management. Blender's Python has no image librar
 PNG encoding is a few lines over zlib, which the standard library has.
 """
 
+import errno
 import os
+import re
 import struct
 import tempfile
+import time
 import zlib
 
 import numpy as np
@@ -49,19 +52,177 @@ def encode_png(image, text=None, level=6):
     return b"".join(parts)
 
 
-def atomic_write(path, data):
-    """Write bytes to ``path`` through a temporary file in the same folder and a rename,
-    so a reader never sees a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+class WriteError(OSError):
+    """A file could not be written (disk full, file size limit, permissions). The message
+    names the file and says what went wrong in one line."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
+
+
+_REASONS = {  # errno -> (what happened, a detail for the parenthesis)
+    errno.ENOSPC: ("disk full while writing {path}", ""),
+    errno.EFBIG: ("disk full while writing {path}", "the file size limit, ulimit -f, was reached"),
+    errno.EDQUOT: ("disk full while writing {path}", "the disk quota is exceeded"),
+    errno.EACCES: ("permission denied while writing {path}", ""),
+    errno.EROFS: ("cannot write {path}: the file system is read-only", ""),
+}
+
+#: Our temporary files: ``.NAME.PID.RANDOM.tmp`` next to the file they become.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+#: Temporary files of older versions (no pid in the name): ``.NAME.RANDOM.tmp`` and ``.tmp-RANDOM``.
+_OLD_TEMP = re.compile(r"^(\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp|\.tmp-[A-Za-z0-9_]{8})$")
+#: An old-style temporary file is stale once it is this old (no live writer takes so long).
+OLD_TEMP_AGE_S = 600
+
+
+def current_umask():
+    """The process umask, read without changing it where Linux tells it (/proc)."""
     try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-and-restore
+    os.umask(mask)
+    return mask
+
+
+def write_error(exc, path, size=None):
+    """A one-line :class:`WriteError` for an OSError met while writing ``path``."""
+    template, detail = _REASONS.get(exc.errno, (None, ""))
+    text = template.format(path=path) if template else f"cannot write {path}: {exc.strerror or exc}"
+    notes = "; ".join(filter(None, [f"{size} bytes" if size is not None else "", detail]))
+    return WriteError(exc.errno, f"{text}{f' ({notes})' if notes else ''}; the files finished before it are kept")
+
+
+def looks_full(path, free_bytes=1 << 20):
+    """True when a short file at ``path`` was most likely cut by a full disk or the file
+    size limit (for files that native code, such as Blender's EXR writer, writes without
+    telling us): its size reached RLIMIT_FSIZE, or its disk has less than ``free_bytes``."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY and os.path.getsize(path) >= soft:
+            return True
+    except (ImportError, OSError):
+        pass
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        return st.f_bavail * st.f_frsize < free_bytes
+    except (OSError, AttributeError):
+        return False
+
+
+def atomic_write(path, data, error=WriteError):
+    """Write bytes to ``path`` through a temporary file in the same folder, fsync and a
+    rename, so a reader never sees a half-written file. The file gets the mode any
+    program's new file gets (0666 less the umask: 0644 under umask 022). On failure the
+    temporary file is removed, ``path`` is as it was, and ``error`` (a :class:`WriteError`
+    subclass) names the file: "disk full while writing PATH (N bytes); ..."."""
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # POSIX; Windows has no mode bits to speak of
+                os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        if isinstance(exc, WriteError):
+            raise
+        err = write_error(exc, path, len(data))
+        raise error(err.errno, err.strerror) from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp):
+    if tmp and os.path.exists(tmp):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid):
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: judged by age instead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def clean_stale_temps(folder):
+    """Remove our temporary files in ``folder`` that no live process is writing: those of
+    a process that is gone (killed while writing), and old-style ones older than
+    :data:`OLD_TEMP_AGE_S`. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m and os.name != "nt":
+            stale = int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
+        elif m or _OLD_TEMP.match(entry.name):
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE_S
+            except OSError:
+                stale = False
+        else:
+            continue
+        if stale and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                pass
+    return removed
+
+
+def read_text(path):
+    """The tEXt chunks of a PNG file as a dict ({} when it is not a readable PNG)."""
+    out = {}
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _SIGNATURE:
+                return out
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return out
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IDAT" or kind == b"IEND":
+                    return out
+                body = fh.read(length)
+                fh.read(4)
+                if kind == b"tEXt" and b"\0" in body:
+                    key, value = body.split(b"\0", 1)
+                    out[key.decode("latin-1")] = value.decode("latin-1")
+                elif kind == b"iTXt" and b"\0" in body:
+                    key, rest = body.split(b"\0", 1)
+                    parts = rest[2:].split(b"\0", 2)
+                    if len(parts) == 3 and rest[:1] == b"\0":
+                        out[key.decode("latin-1")] = parts[2].decode("utf-8", "replace")
+    except OSError:
+        return out
 
 
 def write_png(path, image, text=None):

@@ -14,10 +14,12 @@ A preset file ``<name>.toml`` (the file name is the preset name)::
 
     [controls.depth]               # per control type: scale, start, end, mode
     scale = 0.9
+    range = "view"                 # depth only: view | sequence | scene | manual
     [controls.lines]               # canny/mlsd/lineart fall back to "lines"
     scale = 0.6
     start = 0.0
     end = 1.0
+    line_style = "lineart"         # line types only: auto | canny | lineart | mlsd | softedge
 
     [sdxl]                         # optional overrides for the SDXL families
     cfg = 6.0
@@ -45,7 +47,9 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler", "controls", "sdxl")
 SDXL_KEYS = ("cfg", "steps", "scheduler", "controls", "prompt", "negative")
-CONTROL_KEYS = ("scale", "start", "end", "mode")
+CONTROL_KEYS = ("scale", "start", "end", "mode", "range", "line_style")
+DEPTH_RANGES = ("view", "sequence", "scene", "manual")  # core.passes.DEPTH_MODES
+LINE_STYLE_CHOICES = ("auto", "canny", "lineart", "mlsd", "softedge")  # core.passes.LINE_STYLES + auto
 
 
 class PresetError(ValueError):
@@ -63,10 +67,13 @@ class ControlDefaults:
     start: float | None = None
     end: float | None = None
     mode: str | None = None
+    range: str | None = None  # depth: how the depth image's near/far are chosen
+    line_style: str | None = None  # line types: the line image's style
 
     def to_dict(self) -> dict:
         return {k: v for k, v in (("scale", self.scale), ("start", self.start), ("end", self.end),
-                                  ("mode", self.mode)) if v is not None}
+                                  ("mode", self.mode), ("range", self.range), ("line_style", self.line_style))
+                if v is not None}
 
 
 @dataclass(frozen=True)
@@ -192,7 +199,23 @@ def _controls(table, path, prefix) -> dict[str, ControlDefaults]:
             mode = _text(values["mode"], path, f"{key}.mode")
             if mode not in CONTROL_MODES:
                 raise PresetError(path, f"{key}.mode", f"unknown mode {mode!r} (expected one of {', '.join(CONTROL_MODES)})")
-        out[ctype] = ControlDefaults(scale=scale, start=start, end=end, mode=mode)
+        depth_range = line_style = None
+        if "range" in values:
+            if ctype != "depth":
+                raise PresetError(path, f"{key}.range", "only the depth control has a range")
+            depth_range = _text(values["range"], path, f"{key}.range")
+            if depth_range not in DEPTH_RANGES:
+                raise PresetError(path, f"{key}.range",
+                                  f"unknown depth range {depth_range!r} (expected one of {', '.join(DEPTH_RANGES)})")
+        if "line_style" in values:
+            if ctype not in LINE_TYPES:
+                raise PresetError(path, f"{key}.line_style", f"only line controls ({', '.join(LINE_TYPES)}) have a style")
+            line_style = _text(values["line_style"], path, f"{key}.line_style")
+            if line_style not in LINE_STYLE_CHOICES:
+                raise PresetError(path, f"{key}.line_style", f"unknown line style {line_style!r} "
+                                                             f"(expected one of {', '.join(LINE_STYLE_CHOICES)})")
+        out[ctype] = ControlDefaults(scale=scale, start=start, end=end, mode=mode, range=depth_range,
+                                     line_style=line_style)
     return out
 
 

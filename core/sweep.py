@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from . import jobs as J
 from .client import TERMINAL_STATES, BackendError, BackendUnreachable
-from .png import atomic_write
+from .png import atomic_write, read_text
 
 PASS_FILES = {"depth": "depth.png", "lines": "lines.png", "normal": "normal.png", "seg": "seg.png"}
 
@@ -28,6 +28,7 @@ class ControlUnit:
     start: float | None = None
     end: float | None = None
     mode: str | None = None
+    line_style: str | None = None  # line units: read lines_<style>.png instead of lines.png
     model: str | None = None  # a ControlNet folder of its own (custom units), else the family's
 
     @classmethod
@@ -63,7 +64,8 @@ class ControlUnit:
             raise J.JobError("controls", f"custom ControlNet {path!r} is not a folder")
         try:
             with open(card, encoding="utf-8") as fh:
-                control = json.load(fh).get("control")
+                data = json.load(fh)
+            control = data.get("control")
         except FileNotFoundError:
             raise J.JobError("controls", f"custom ControlNet {path!r} has no {CUSTOM_CARD} (make one with archviz "
                                          "train-controlnet)") from None
@@ -72,7 +74,8 @@ class ControlUnit:
         if control not in PASS_FILES:
             raise J.JobError("controls", f"custom ControlNet {path!r} was trained on {control!r}, not a control pass "
                                          f"({', '.join(PASS_FILES)})")
-        return cls(control, scale, start, end, mode, model=folder)
+        line_style = data.get("line_style") if control in J.LINE_TYPES else None
+        return cls(control, scale, start, end, mode, line_style=line_style, model=folder)
 
 
 #: The card ``archviz train-controlnet`` writes into the ControlNet folder.
@@ -125,7 +128,10 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
     so a bad value is reported before anything is sent."""
     controls = []
     for i, unit in enumerate(units):
-        path = os.path.join(passes_dir, PASS_FILES.get(unit.type, f"{unit.type}.png"))
+        if unit.line_style and unit.type in J.LINE_TYPES:
+            path = os.path.join(passes_dir, f"lines_{unit.line_style}.png")
+        else:
+            path = os.path.join(passes_dir, PASS_FILES.get(unit.type, f"{unit.type}.png"))
         try:
             with open(path, "rb") as fh:
                 png = fh.read()
@@ -205,16 +211,29 @@ class _Tracked:
     downloaded: bool = False  # the end of the job's model download was reported
 
 
+#: Seconds a client that gave up on an unreachable backend still tries to cancel its jobs.
+UNREACHABLE_CANCEL_S = 5.0
+
+
+class SweepGaveUp(BackendError):
+    """The sweep ran past its time limit; its jobs were cancelled on the backend."""
+
+
 class SweepRunner:
     """Runs per-camera jobs on one backend and reports through ``emit(SweepEvent)``.
 
     ``run()`` blocks until every job ended. Images are written to ``out_dir`` (the
     backend's own file when it shares this disk, a download otherwise) before they are
     announced, so nothing announced can be lost. ``cancel()`` may be called from any thread.
+
+    A transient failure of one poll is retried by the client (``Client.retry_for``); when
+    the runner gives up (the backend stays unreachable, a local write fails, or ``timeout``
+    seconds passed), it cancels its jobs on the backend, saying why, before it raises.
     """
 
-    def __init__(self, client, camera_jobs, out_dir, poll_interval=0.25):
+    def __init__(self, client, camera_jobs, out_dir, poll_interval=0.25, timeout=None):
         self.client = client
+        self.timeout = timeout
         self.tracked = [_Tracked(camera, job, total_images=len(job["styles"]) * len(job["seeds"]))
                         for camera, job in camera_jobs]
         self.out_dir = out_dir
@@ -223,14 +242,45 @@ class SweepRunner:
         self.images = []  # every image event's payload, in arrival order
         self.errors = []
 
-    def cancel(self):
+    def cancel(self, reason=None, retry_for=2.0):
+        """Cancel every job still running. With ``reason`` (this client gives up) the jobs
+        end ``failed`` with it on the backend and in their manifests. ``retry_for``: how
+        long a briefly unreachable backend is given to take it (short for a user's cancel)."""
         self._cancel.set()
         for t in self.tracked:
             if t.job_id and t.state not in TERMINAL_STATES:
                 try:
-                    self.client.cancel(t.job_id)
+                    self.client.cancel(t.job_id, reason=reason, retry_for=retry_for)
                 except BackendError:
                     pass  # the job ended meanwhile or the backend is gone; run() reports it
+
+    def give_up(self, reason, retry_for=None):
+        """Cancel the jobs on the backend because this client stops following them; the
+        backend gets ``retry_for`` seconds (default the client's) to take the cancel."""
+        self.cancel(reason=reason, retry_for=self.client.retry_for if retry_for is None else retry_for)
+
+    def images_on_disk(self):
+        """How many of this sweep's images are in ``out_dir`` now, with this sweep's
+        parameters: counted from the files (the manifests name them and their parameter
+        hashes), not from what the backend had reported, which a killed backend cuts short."""
+        count = 0
+        seen = set()
+        for t in self.tracked:
+            manifest = os.path.join(self.out_dir, J.sidecar_filename(t.job.get("name_prefix", ""), "manifest.json"))
+            try:
+                with open(manifest, encoding="utf-8") as fh:
+                    entries = json.load(fh).get("images", [])
+            except (OSError, ValueError, AttributeError):
+                entries = []
+            for e in entries:
+                file = e.get("file") if isinstance(e, dict) else None
+                if not isinstance(file, str) or file in seen or os.sep in file:
+                    continue
+                if read_text(os.path.join(self.out_dir, file)).get("params_sha256") == e.get("params_sha256"):
+                    seen.add(file)
+                    count += 1
+        downloaded = {os.path.basename(i["path"]) for i in self.images}
+        return count + len(downloaded - seen)
 
     @property
     def cancelled(self):
@@ -244,18 +294,17 @@ class SweepRunner:
 
     def run(self, emit):
         os.makedirs(self.out_dir, exist_ok=True)
-        for t in self.tracked:
-            if self.cancelled:
-                break
-            t.job_id = self.client.submit(t.job)
-            t.state = "queued"
-        while not self.cancelled and any(t.state not in TERMINAL_STATES for t in self.tracked if t.job_id):
-            for t in self.tracked:
-                if t.job_id and t.state not in TERMINAL_STATES:
-                    self._poll(t, emit)
-            fraction, done, total = self._totals()
-            emit(SweepEvent("progress", fraction=fraction, images_done=done, images_total=total))
-            time.sleep(self.poll_interval)
+        try:
+            self._follow(emit)
+        except BackendError as exc:
+            if not getattr(exc, "status", None) == 401:
+                # An unreachable backend had its chance (Client.retry_for): a short try only.
+                self.give_up(f"the client gave up: {exc}",
+                             retry_for=UNREACHABLE_CANCEL_S if isinstance(exc, BackendUnreachable) else None)
+            raise
+        except OSError as exc:  # a local write (a download, an EXR next to it) failed: disk full
+            self.give_up(f"the client gave up: {exc}")
+            raise
         if self.cancelled:
             for t in self.tracked:  # pick up what finished before the cancel landed
                 if t.job_id:
@@ -268,6 +317,22 @@ class SweepRunner:
         emit(SweepEvent("done", message=state, fraction=fraction, images_done=done, images_total=total))
         return state
 
+    def _follow(self, emit):
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        for t in self.tracked:
+            if self.cancelled:
+                break
+            t.job_id = self.client.submit(t.job)
+            t.state = "queued"
+        while not self.cancelled and any(t.state not in TERMINAL_STATES for t in self.tracked if t.job_id):
+            if deadline is not None and time.monotonic() > deadline:
+                raise SweepGaveUp(f"the sweep did not finish within {self.timeout:g} s")
+            for t in self.tracked:
+                if t.job_id and t.state not in TERMINAL_STATES:
+                    self._poll(t, emit)
+            fraction, done, total = self._totals()
+            emit(SweepEvent("progress", fraction=fraction, images_done=done, images_total=total))
+            time.sleep(self.poll_interval)
     def _poll(self, t, emit):
         status = self.client.job(t.job_id)
         t.state = status["state"]

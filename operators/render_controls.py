@@ -13,14 +13,20 @@ from .common import output_root
 IMAGE_PREFIX = "archviz_"
 
 
-def capture_options(settings):
+def capture_options(settings, beauty=None):
     manual = settings.depth_mode == "MANUAL"
     return CaptureOptions(
         camera=settings.camera.name if settings.camera else "",
         long_side=settings.long_side,
         passes=settings.passes(),
+        depth_range=settings.depth_mode.lower(),
         near=settings.depth_near if manual else 0.0,
         far=settings.depth_far if manual else 0.0,
+        line_style=settings.line_style.lower(),
+        supersample=settings.supersample,
+        beauty=settings.use_beauty if beauty is None else beauty,
+        beauty_engine=settings.beauty_engine,
+        beauty_samples=settings.beauty_samples,
         crease_angle=math.degrees(settings.crease_angle),
         background_class=settings.background_class,
         fallback_class=settings.fallback_class,
@@ -32,10 +38,11 @@ def show_images(context, files):
     """Load the control images as datablocks (replacing older ones) and show the first in
     an Image Editor when the window has one."""
     images = []
-    for name in ("depth", "lines", "normal", "seg"):
+    for name in ("depth", "lines", "normal", "seg", "beauty"):
         if name in files:
             image = results.load_image(IMAGE_PREFIX + name, files[name])
-            image.colorspace_settings.name = "Non-Color"
+            # Control images are data; the beauty pass is a picture in the display space.
+            image.colorspace_settings.name = "sRGB" if name == "beauty" else "Non-Color"
             images.append(image)
     if images:
         results.show_in_image_editor(context, images[0])

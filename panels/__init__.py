@@ -62,7 +62,13 @@ class VIEW3D_PT_archviz_depth_lines(ArchVizPanel, bpy.types.Panel):
         if settings.depth_mode == "MANUAL":
             layout.prop(settings, "depth_near")
             layout.prop(settings, "depth_far")
+        layout.prop(settings, "line_style")
         layout.prop(settings, "crease_angle")
+        layout.prop(settings, "supersample")
+        layout.prop(settings, "use_beauty")
+        if settings.use_beauty:
+            layout.prop(settings, "beauty_engine")
+            layout.prop(settings, "beauty_samples")
 
 
 class VIEW3D_PT_archviz_classes(ArchVizPanel, bpy.types.Panel):

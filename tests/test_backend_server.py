@@ -294,7 +294,7 @@ def test_preprocess_endpoint_and_preprocessed_control(server, out_root):
 
 
 def test_unload_then_warm_vs_cold(server, out_root):
-    job = sweep_job(out_root / "timing", seeds=[0, 1, 2, 3], styles=["modern"])
+    job = sweep_job(out_root / "timing", seeds=[0, 1, 2, 3], styles=["modern"], skip_existing=False)  # remake each time
     server.wait(server.submit(job))
     assert server.get("/v1/health").json()["loaded_models"]
     unloaded = server.post("/v1/unload").json()

@@ -32,7 +32,7 @@ def test_depth_is_inverse_monotonic_exact_and_background_black(tmp_path):
     scene = fresh_scene(256, 256)
     boxes = [box(f"Box{i}", (x, y, 0), (1, 1, 1)) for i, (x, y) in enumerate([(-1.5, 0), (0, 3), (1.5, 6)])]
     cam = camera(location=(0, -6, 0), target=(0, 0, 0), lens=30)
-    out, result = capture(tmp_path)
+    out, result = capture(tmp_path, depth_range="scene")
     z = np.load(os.path.join(out, "depth.npy"))
     depth = load(out, "depth.png")
     assert depth.shape == (256, 256) and z.shape == (256, 256)
@@ -47,18 +47,25 @@ def test_depth_is_inverse_monotonic_exact_and_background_black(tmp_path):
     assert background.any() and (depth[background] == 0).all()
     rng = result.info["depth_range"]
     assert rng["source"] == "scene bounds" and rng["near"] == pytest.approx(5.5) and rng["far"] > 12.0
+    assert rng["mode"] == "scene"
 
 
-def test_depth_range_is_the_same_for_every_camera_of_a_scene(tmp_path):
+def test_scene_depth_range_is_the_same_for_every_camera_of_a_scene(tmp_path):
     fresh_scene(128, 128)
     box("Box", (0, 0, 0), (1, 1, 1))
     camera("A", location=(0, -6, 0))
     camera("B", location=(4, -4, 2), make_active=False)
-    _, ra = capture(tmp_path / "a")
-    _, rb = capture(tmp_path / "b", camera="B")
+    _, ra = capture(tmp_path / "a", depth_range="scene")
+    _, rb = capture(tmp_path / "b", camera="B", depth_range="scene")
     assert ra.info["depth_range"] == rb.info["depth_range"]
+    # The default fits each view: the two cameras get their own ranges.
+    _, va = capture(tmp_path / "va")
+    _, vb = capture(tmp_path / "vb", camera="B")
+    assert va.info["depth_range"]["mode"] == "view" and va.info["depth_range"] != vb.info["depth_range"]
     _, ru = capture(tmp_path / "u", near=2.0, far=9.0)
-    assert ru.info["depth_range"] == {"near": 2.0, "far": 9.0, "source": "user"}
+    assert ru.info["depth_range"] == {"near": 2.0, "far": 9.0, "source": "user", "mode": "manual"}
+    _, rm = capture(tmp_path / "m", near=2.0, far=9.0, depth_range="manual")
+    assert rm.info["depth_range"] == ru.info["depth_range"]
 
 
 @pytest.mark.parametrize("rotation,expected", [
@@ -93,7 +100,7 @@ def test_lines_on_box_silhouettes_and_creases_not_inside_faces(tmp_path):
     scene = fresh_scene(256, 256)
     cube = box("Cube", (0, 0, 0), (2, 2, 2))
     cam = camera(location=(3.5, -6, 2.8), target=(0, 0, 0), lens=35)
-    out, _ = capture(tmp_path, passes=("lines",))
+    out, _ = capture(tmp_path, passes=("lines",), line_style="canny")
     lines = load(out, "lines.png")
     assert set(np.unique(lines)) == {0, 255}
     corners = np.array(box_corners(cube))
@@ -162,7 +169,10 @@ def test_seg_classes_exact_palette_and_sky(tmp_path):
     info = json.loads((tmp_path / "passes" / "passes.json").read_text())
     assert info["unclassified"] == ["Blob"]
     assert {e["class"] for e in info["legend"]} >= set(objs)
-    assert info["objects"]["Box_B"][0] == {"material": "Fabric", "class": "sofa", "from": "material property"}
+    entry = info["objects"]["Box_B"][0]
+    assert {k: entry[k] for k in ("material", "class", "rule", "from")} == {
+        "material": "Fabric", "class": "sofa", "rule": "property", "from": "material property"}
+    assert info["objects"]["Blob"][0]["rule"] == "fallback" and 0 < info["fallback_share"] < 1
     assert result.info["objects"]["Box_C"][0]["from"] == "collection property"
 
 

@@ -84,5 +84,15 @@ def test_panel_custom_unit(tmp_path):
         assert got.type == "seg" and got.model == unit.model_path and got.scale == 0.5
         job = {"model": {"family": "tiny"}, "controls": [{"type": "seg", "model": got.model}]}
         assert sweeping.job_model_roots(job) == [got.model]
+        # A custom lines unit reads the line style its dataset had, whatever the family's own.
+        lines_net = _net(tmp_path, "lines", "linesnet")
+        (lines_net / CUSTOM_CARD).write_text(json.dumps({"control": "lines", "line_style": "lineart"}))
+        custom = ControlUnit.parse(f"custom:{lines_net}")
+        assert custom.line_style == "lineart"
+        from archviz_controlnet.capture.render import CaptureOptions
+
+        _depth, styles = sweeping.control_choices([ControlUnit("lines"), custom], ["modern"], "sdxl",
+                                                  CaptureOptions())
+        assert styles == {0: "canny", 1: "lineart"}
     finally:
         archviz_controlnet.unregister()

@@ -56,6 +56,7 @@ def test_layout_is_imagefolder_with_metadata_jsonl(made):
     assert [r["name"] for r in rows] == [f"interior_{v:05d}" for v in range(VIEWS)]
     settings = json.loads((out / "dataset.json").read_text())
     assert settings["controls"] == list(CONTROLS) and settings["long_side"] == 64 and settings["views"] == VIEWS
+    assert settings["line_style"] == "lineart" and settings["target_engine"] == "CYCLES"
     for row in rows:
         assert row["file_name"] == f"images/{row['name']}.png"
         assert row["conditioning_image_file_name"] == row["controls"]["depth"] == f"conditioning/depth/{row['name']}.png"

@@ -20,7 +20,7 @@ def test_extension_builds_with_blender_tooling(tmp_path):
     (zip_path,) = tmp_path.glob("archviz_controlnet-*.zip")
     names = set(zipfile.ZipFile(zip_path).namelist())
     assert {"blender_manifest.toml", "LICENSE", "__init__.py", "properties.py", "operators/__init__.py",
-            "panels/__init__.py", "capture/render.py", "core/passes.py"} <= names
+            "panels/__init__.py", "capture/render.py", "core/passes.py", "core/class_table.toml"} <= names
     assert not any(n.startswith(("tests/", ".venv/", ".ci/", "bench/")) or "__pycache__" in n for n in names)
 
 

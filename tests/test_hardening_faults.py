@@ -79,7 +79,7 @@ def test_disk_full_while_writing_is_a_clear_error_and_leaves_no_corrupt_file(tmp
         status = server.wait(server.submit(job(out, seeds=[0, 1])))
         assert status["state"] == "failed" and status["error"]["type"] == "OutputWriteError"
         message = status["error"]["message"]
-        assert f"cannot write {out / 'modern_s0.png'}" in message and "size limit" in message, message
+        assert f"disk full while writing {out / 'modern_s0.png'}" in message and "size limit" in message, message
         assert (out / "modern_s0.png").read_bytes() == b"an older file that must survive"  # untouched
         assert not list(out.glob(".*.tmp"))  # no half-written temporary file left
         manifest = json.loads((out / "manifest.json").read_text())  # the manifest is whole and says what happened

@@ -66,7 +66,7 @@ def test_far_stray_object_and_faceless_helpers_do_not_spoil_the_depth_range(tmp_
     box("Stray", (1e30, 0, 0), (1, 1, 1))  # beyond every clip end: not rendered, not in the range
     _faceless()
     camera()
-    result = capture(tmp_path)
+    result = capture(tmp_path, depth_range="scene")
     assert result.info["depth_range"]["far"] < 10
     depth = np.array(Image.open(result.files["depth"]))
     assert depth.max() > 200 and depth.min() == 0  # the chair is bright, the background black

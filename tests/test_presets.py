@@ -26,6 +26,17 @@ def test_builtin_presets_are_complete():
     assert found["modern"].control("depth").scale == 0.9 and found["modern"].control("lines").scale == 0.6
 
 
+def test_depth_range_and_line_style_in_presets(tmp_path):
+    (tmp_path / "drawn.toml").write_text('prompt = "x"\n[controls.depth]\nrange = "sequence"\n'
+                                         '[controls.lines]\nline_style = "softedge"\n')
+    p = P.load_presets([tmp_path], include_user=False)["drawn"]
+    assert p.control("depth").range == "sequence" and p.control("mlsd").line_style == "softedge"
+    assert p.to_dict()["controls"]["depth"] == {"range": "sequence"}
+    for mode in ("view", "sequence", "scene", "manual"):
+        (tmp_path / "drawn.toml").write_text(f'prompt = "x"\n[controls.depth]\nrange = "{mode}"\n')
+        assert P.load_presets([tmp_path], include_user=False)["drawn"].control("depth").range == mode
+
+
 def test_line_types_fall_back_to_lines():
     p = P.load_presets(include_user=False)["japandi"]
     assert p.control("canny") == p.control("lines") == p.control("mlsd")
@@ -71,6 +82,10 @@ def test_user_folder_adds_and_overrides(tmp_path, monkeypatch):
     ('prompt = "x"\nsdxl = "no"\n', "sdxl"),
     ('prompt = "x"\n[sdxl]\nlabel = "y"\n', "sdxl.label"),
     ('prompt = "x"\n[controls]\ndepth = 1\n', "controls.depth"),
+    ('prompt = "x"\n[controls.depth]\nrange = "flat"\n', "controls.depth.range"),
+    ('prompt = "x"\n[controls.lines]\nrange = "view"\n', "controls.lines.range"),
+    ('prompt = "x"\n[controls.lines]\nline_style = "pencil"\n', "controls.lines.line_style"),
+    ('prompt = "x"\n[controls.depth]\nline_style = "canny"\n', "controls.depth.line_style"),
 ])
 def test_errors_name_file_and_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"
