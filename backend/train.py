@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -200,7 +199,8 @@ def choose_optimizer(requested: str, device_type: str, bnb_available: bool,
     elif not bnb_available:
         why_not = "the 8-bit AdamW needs the bitsandbytes package (pip install bitsandbytes)"
     elif capability is not None and capability < (7, 0):
-        why_not = f"the 8-bit AdamW needs a GPU of compute capability 7.0 or newer (this one is {capability[0]}.{capability[1]})"
+        why_not = ("the 8-bit AdamW needs a GPU of compute capability 7.0 or newer "
+                   f"(this one is {capability[0]}.{capability[1]})")
     if requested == "adamw8bit" and why_not:
         raise TrainError(f"--optimizer adamw8bit: {why_not}")
     if requested == "adamw" or why_not:
@@ -679,7 +679,8 @@ def add_arguments(parser):
     parser.add_argument("--control", default="", help="which control of the dataset (default: its first)")
     parser.add_argument("--resolution", type=int, default=0, help="long side to train at (default: the dataset's)")
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="steps of gradients per update")
-    parser.add_argument("--mixed-precision", default=d.mixed_precision, help="auto (bf16/fp16 on a GPU), no, fp16, bf16")
+    parser.add_argument("--mixed-precision", default=d.mixed_precision,
+                        help="auto (bf16/fp16 on a GPU), no, fp16, bf16")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="less memory, about 20%% slower")
     parser.add_argument("--optimizer", default=d.optimizer, help="auto (8-bit AdamW on a CUDA GPU with bitsandbytes), "
                                                                  "adamw, adamw8bit")

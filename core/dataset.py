@@ -148,7 +148,8 @@ def settings(scenes, views, controls, long_side, seed, interior_share, samples, 
              engine="CYCLES"):
     return {"scenes": [os.path.basename(s) for s in scenes], "views": int(views), "controls": list(controls),
             "long_side": int(long_side), "seed": int(seed), "interior_share": float(interior_share),
-            "target_samples": int(samples), "target_engine": str(engine).upper(), "vary_materials": dict(materials or {}),
+            "target_samples": int(samples), "target_engine": str(engine).upper(),
+            "vary_materials": dict(materials or {}),
             "light_scale": list(light_scale) if light_scale else None, "line_style": line_style()}
 
 

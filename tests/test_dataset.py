@@ -59,7 +59,8 @@ def test_layout_is_imagefolder_with_metadata_jsonl(made):
     assert settings["line_style"] == "lineart" and settings["target_engine"] == "CYCLES"
     for row in rows:
         assert row["file_name"] == f"images/{row['name']}.png"
-        assert row["conditioning_image_file_name"] == row["controls"]["depth"] == f"conditioning/depth/{row['name']}.png"
+        first = f"conditioning/depth/{row['name']}.png"
+        assert row["conditioning_image_file_name"] == row["controls"]["depth"] == first
         assert set(row["controls"]) == set(CONTROLS)
         target = read_png(out / row["file_name"])
         assert target.shape == (row["size"][1], row["size"][0], 3) == (32, 64, 3)
@@ -155,7 +156,8 @@ def test_materials_and_lights_vary_per_view_and_cameras_stay(made, blend, tmp_pa
         assert 0.25 <= row["variation"]["light_scale"] <= 4.0
         assert np.array_equal(read_png(tmp_path / "varied" / row["controls"]["depth"]),
                               read_png(out / base["controls"]["depth"]))
-        changed += not np.array_equal(read_png(tmp_path / "varied" / row["file_name"]), read_png(out / base["file_name"]))
+        target = read_png(tmp_path / "varied" / row["file_name"])
+        changed += not np.array_equal(target, read_png(out / base["file_name"]))
         if "floor" in row["classes"]:
             assert row["variation"]["materials"]["floor"] in row["materials"]
             assert "Oak_Floor" not in row["materials"]

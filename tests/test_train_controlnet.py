@@ -157,7 +157,8 @@ def test_output_folder_card_and_validation_sheet(trained):
     with Image.open(sheet) as im:
         assert im.width > 100 and im.height > 100
     shots = sorted(p.name for p in (out / "training" / "validation").glob("*.png"))
-    assert len(shots) == 4 and shots[0].startswith(f"step-{STEPS // 2:07d}") and shots[-1].startswith(f"step-{STEPS:07d}")
+    assert len(shots) == 4
+    assert shots[0].startswith(f"step-{STEPS // 2:07d}") and shots[-1].startswith(f"step-{STEPS:07d}")
 
 
 def test_trained_folder_loads_through_the_model_path_and_changes_images(trained, data):
