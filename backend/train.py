@@ -403,6 +403,9 @@ class Trainer:
         else:
             # The trainable copy of the UNet's encoder; zero convolutions start at zero.
             controlnet = ControlNetModel.from_unet(comps["unet"], conditioning_channels=3)
+        # Trainable weights stay in float32 (mixed precision runs the maths in fp16/bf16
+        # and scales the loss); the frozen base is held in the compute dtype.
+        controlnet.to(dtype=torch.float32)
         if cfg.gradient_checkpointing:
             controlnet.enable_gradient_checkpointing()
         controlnet.train()
