@@ -316,3 +316,18 @@ def test_init_from_an_existing_controlnet(trained, data, tmp_path):
         T.Trainer(config(data, tmp_path / "ft2", init=str(tiny.tiny_path("sdxl", "controlnet-depth")))).setup()
     with pytest.raises(T.TrainError, match="--init '/nonexistent/net'"):
         T.Trainer(config(data, tmp_path / "ft3", init="/nonexistent/net")).setup()
+
+
+def test_cli_says_which_optimizer_and_where_the_net_is(data, tmp_path, capsys):
+    from archviz_controlnet.cli import main
+
+    out = tmp_path / "cli-net"
+    code = main(["train-controlnet", "--data", str(data), "--base", "tiny", "--out", str(out), "--steps", "2",
+                 "--batch", "2", "--val-views", "1", "--val-steps", "1", "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert ("optimizer: AdamW (torch, 32-bit states); the 8-bit AdamW (bitsandbytes) needs a CUDA GPU and this "
+            "run is on cpu") in text
+    assert "device: cpu, mixed precision: no" in text
+    assert f"ControlNet (depth): {out}" in text and f"--controls custom:{out}" in text
+    assert (out / "training" / "validation.png").is_file()
