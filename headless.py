@@ -134,7 +134,8 @@ def run(args):
         print(f"rendering control passes for {len(cameras)} camera(s): {', '.join(c.name for c in cameras)}")
         client, proc = connect(url=args.backend, token=args.token, device=args.device,
                                log_path=os.path.join(out_dir, "backend.log") if not args.backend else None,
-                               output_roots=[out_dir], model_roots=model_roots_of(model) + [u.model for u in units if u.model])
+                               output_roots=[out_dir],
+                               model_roots=model_roots_of(model) + [u.model for u in units if u.model])
         camera_jobs = prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir,
                                    CaptureOptions(long_side=long_side), steps=args.steps, cfg=args.cfg,
                                    scheduler=args.scheduler, share_disk=not args.backend,
