@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: setup test demo passes serve extension clean
+.PHONY: setup test demo train-demo passes serve extension clean
 
 # The venv is rebuilt only when the pins or the package layout change; pip's own
 # cache (~/.cache/pip) makes a rebuild cheap on a machine that has done it once.
@@ -28,6 +28,16 @@ examples/interior.blend: examples/build_interior.py $(STAMP)
 
 demo: setup examples/interior.blend
 	$(BIN)/python examples/demo.py examples/interior.blend $(OUT)/demo
+
+# Train your own ControlNet, offline: pairs from the example interior, a tiny ControlNet on
+# the tiny base (random weights: it proves the loop, not image quality), then a sweep with it.
+train-demo: setup examples/interior.blend
+	$(BIN)/archviz dataset examples/interior.blend --views 16 --long-side 128 --out $(OUT)/train-demo/data
+	rm -rf $(OUT)/train-demo/net
+	$(BIN)/archviz train-controlnet --data $(OUT)/train-demo/data --base tiny --out $(OUT)/train-demo/net \
+		--steps 100 --batch 4 --lr 1e-3 --validate-every 50 --val-steps 4
+	$(BIN)/archviz sweep examples/interior.blend --model tiny --controls custom:$(OUT)/train-demo/net \
+		--styles modern --seeds 0-1 --long-side 128 --out $(OUT)/train-demo/sweep
 
 # Installable extension zip, built by Blender's own `extension build`
 # (the bpy module carries the same command line as the Blender binary).

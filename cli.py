@@ -15,6 +15,8 @@ COMMANDS = {
     "bench": ("archviz_controlnet.bench.cli", "time our engine against the plain diffusers loop, side by side"),
     "doctor": ("archviz_controlnet.core.doctor", "can a real generation run here? torch, GPU, models, cache, and fixes"),
     "models": ("archviz_controlnet.backend.cli_models", "list, download, verify or remove hub models (HF cache)"),
+    "dataset": ("archviz_controlnet.capture.dataset", "render paired ControlNet training data (target + controls per view) from .blend scenes"),
+    "train-controlnet": ("archviz_controlnet.backend.train", "train a ControlNet on pairs from archviz dataset (frozen base, zero convs)"),
 }
 
 

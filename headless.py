@@ -26,7 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, tiny, tiny-sdxl, tiny-flux, or a local model folder")
     parser.add_argument("--controls", default="depth,lines",
                         help="control units type[:scale[:start[:end]]], comma-separated (default depth,lines; "
-                             "values left out come from the style preset)")
+                             "values left out come from the style preset); custom:PATH[:scale...] uses a ControlNet "
+                             "folder made by archviz train-controlnet")
     parser.add_argument("--backend", default=os.environ.get("ARCHVIZ_BACKEND_URL", ""),
                         help="URL of a running backend (default: start a local one for this run)")
     parser.add_argument("--token", default=os.environ.get("ARCHVIZ_TOKEN", ""), help="backend access token")
@@ -133,7 +134,8 @@ def run(args):
         print(f"rendering control passes for {len(cameras)} camera(s): {', '.join(c.name for c in cameras)}")
         client, proc = connect(url=args.backend, token=args.token, device=args.device,
                                log_path=os.path.join(out_dir, "backend.log") if not args.backend else None,
-                               output_roots=[out_dir], model_roots=model_roots_of(model))
+                               output_roots=[out_dir],
+                               model_roots=model_roots_of(model) + [u.model for u in units if u.model])
         camera_jobs = prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir,
                                    CaptureOptions(long_side=long_side, multiple=size_multiple(model)),
                                    steps=args.steps, cfg=args.cfg,

@@ -40,7 +40,9 @@ def _preset_items(_self, _context):
 
 
 CONTROL_TYPE_ITEMS = [("depth", "Depth", "Inverse depth pass"), ("lines", "Lines", "Line pass"),
-                      ("normal", "Normal", "Normal pass"), ("seg", "Segmentation", "ADE20K segmentation pass")]
+                      ("normal", "Normal", "Normal pass"), ("seg", "Segmentation", "ADE20K segmentation pass"),
+                      ("custom", "Custom", "A ControlNet folder made by archviz train-controlnet (reads the pass "
+                                           "its card names)")]
 MODE_ITEMS = [("balanced", "Balanced", "Control and prompt weigh the same"),
               ("prompt", "Prompt More Important", "Control residuals fade toward the deep layers"),
               ("controlnet", "ControlNet More Important", "Control applies to the conditional half of guidance only")]
@@ -54,6 +56,8 @@ class ARCHVIZ_PG_control_unit(bpy.types.PropertyGroup):
     end: FloatProperty(name="End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
                        description="Fraction of the steps where this unit stops")
     mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="balanced")
+    model_path: StringProperty(name="ControlNet", subtype="DIR_PATH",
+                               description="Folder of a ControlNet trained with archviz train-controlnet (Custom units)")
 
 
 class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):

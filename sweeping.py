@@ -15,7 +15,7 @@ from .capture.render import CaptureOptions, render_controls
 from .core import jobs as J
 from .core.backend_setup import SETUP_HINT, missing_backend_message, missing_modules
 from .core.client import BackendError, BackendProcess, Client
-from .core.sweep import camera_job
+from .core.sweep import camera_job, check_custom_base
 
 _started = {}  # (python, device) -> BackendProcess started by this Blender/Python process
 
@@ -93,6 +93,9 @@ def control_choices(units, styles, model, base):
     for i, unit in enumerate(units):
         if unit.type not in J.LINE_TYPES:
             continue
+        if unit.model:  # a custom ControlNet reads the lines it was trained on (its card says which)
+            line_styles[i] = core_passes.check_line_style(unit.line_style or core_passes.DEFAULT_LINE_STYLE)
+            continue
         override = base.line_style
         if override == "auto":
             override = next((p.control(unit.type).line_style for p in presets
@@ -111,6 +114,7 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     passes_dir, options)``: how to render (default: here, with render_controls; the
     ``archviz sweep`` command renders in a child process that a renderer crash cannot take
     down). ``skip_existing=False`` remakes images already on disk."""
+    check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
     render = render or render_controls
     base = capture_options or CaptureOptions()
     depth_range, line_styles = control_choices(units, styles, model, base)
@@ -155,6 +159,13 @@ def model_roots_of(model):
     spec = model_spec(model) if isinstance(model, str) else (model or {})
     refs = [spec.get("base"), spec.get("vae"), *(spec.get("controlnets") or {}).values()]
     return [r for r in refs if r and os.path.isabs(r)]
+
+
+def job_model_roots(job):
+    """Local model folders a job dict names: its model spec and its units' own ControlNets
+    (``custom:PATH`` units)."""
+    return model_roots_of(job.get("model")) + [c["model"] for c in job.get("controls", [])
+                                               if c.get("model") and os.path.isabs(c["model"])]
 
 
 def connect(url="", token="", python="", device="auto", log_path=None, output_roots=(), model_roots=(), env=None):

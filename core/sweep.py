@@ -29,18 +29,86 @@ class ControlUnit:
     end: float | None = None
     mode: str | None = None
     line_style: str | None = None  # line units: read lines_<style>.png instead of lines.png
+    model: str | None = None  # a ControlNet folder of its own (custom units), else the family's
 
     @classmethod
     def parse(cls, text):
-        """``depth``, ``depth:0.9`` or ``lines:0.6:0.2:1.0`` (type:scale:start:end)."""
+        """``depth``, ``depth:0.9``, ``lines:0.6:0.2:1.0`` (type:scale:start:end), or
+        ``custom:PATH[:scale[:start[:end]]]`` for a ControlNet made by ``archviz
+        train-controlnet`` (its card names the pass it was trained on)."""
         parts = text.strip().split(":")
+        if parts[0] == "custom":
+            nums = []
+            while len(parts) > 2 and len(nums) < 3 and _is_number(parts[-1]):
+                nums.insert(0, float(parts.pop()))
+            path = ":".join(parts[1:])
+            return cls.custom(path, *(nums + [None] * (3 - len(nums))))
         if parts[0] not in PASS_FILES:
-            raise J.JobError("controls", f"unknown control pass {parts[0]!r} (choose from {', '.join(PASS_FILES)})")
+            raise J.JobError("controls", f"unknown control pass {parts[0]!r} (choose from {', '.join(PASS_FILES)}, "
+                                         "or custom:PATH)")
         try:
             nums = [float(p) for p in parts[1:4]]
         except ValueError:
             raise J.JobError("controls", f"{text!r}: expected type:scale:start:end numbers") from None
         return cls(parts[0], *(nums + [None] * (3 - len(nums))))
+
+    @classmethod
+    def custom(cls, path, scale=None, start=None, end=None, mode=None):
+        """A unit for a ControlNet folder made by ``archviz train-controlnet``: its card
+        (``archviz_card.json``) says which control pass it reads."""
+        if not path:
+            raise J.JobError("controls", "a custom unit needs its ControlNet folder (custom:PATH)")
+        folder = os.path.abspath(os.path.expanduser(path))
+        card = os.path.join(folder, CUSTOM_CARD)
+        if not os.path.isdir(folder):
+            raise J.JobError("controls", f"custom ControlNet {path!r} is not a folder")
+        try:
+            with open(card, encoding="utf-8") as fh:
+                data = json.load(fh)
+            control = data.get("control")
+        except FileNotFoundError:
+            raise J.JobError("controls", f"custom ControlNet {path!r} has no {CUSTOM_CARD} (make one with archviz "
+                                         "train-controlnet)") from None
+        except (OSError, ValueError, AttributeError) as exc:
+            raise J.JobError("controls", f"custom ControlNet {path!r}: cannot read {CUSTOM_CARD}: {exc}") from None
+        if control not in PASS_FILES:
+            raise J.JobError("controls", f"custom ControlNet {path!r} was trained on {control!r}, not a control pass "
+                                         f"({', '.join(PASS_FILES)})")
+        line_style = data.get("line_style") if control in J.LINE_TYPES else None
+        return cls(control, scale, start, end, mode, line_style=line_style, model=folder)
+
+
+#: The card ``archviz train-controlnet`` writes into the ControlNet folder.
+CUSTOM_CARD = "archviz_card.json"
+
+
+def check_custom_base(units, family):
+    """JobError when a custom unit's ControlNet was trained on another base than the one
+    this sweep uses (its residuals would not fit the UNet). ``family`` is a model family
+    name or a local SD 1.5 base folder."""
+    arch = "sdxl" if family in ("sdxl", "tiny-sdxl") else "sd15"
+    for i, unit in enumerate(units):
+        if not unit.model:
+            continue
+        try:
+            with open(os.path.join(unit.model, CUSTOM_CARD), encoding="utf-8") as fh:
+                card = json.load(fh)
+        except (OSError, ValueError):
+            continue  # ControlUnit.custom read it already; a later change shows up as the backend's error
+        trained = card.get("family")
+        if card.get("arch") and card["arch"] != arch or (trained and family in J.FAMILIES and trained != family):
+            raise J.JobError(f"controls[{i}]", f"custom ControlNet {unit.model!r} was trained on "
+                                               f"{trained or card.get('arch')} ({card.get('arch')}); this sweep "
+                                               f"uses {family}: train it on that base or sweep with "
+                                               f"--model {trained or card.get('arch')}")
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 # Unit presets after the seed documents: weighted multi-control, and temporal scheduling
@@ -70,8 +138,8 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
         except OSError as exc:
             raise J.JobError(f"controls[{i}].image", f"cannot read {path}: {exc.strerror}") from None
         control = {"type": unit.type, "image": J.encode_png(png)}
-        for key in ("scale", "start", "end", "mode"):
-            if getattr(unit, key) is not None:
+        for key in ("scale", "start", "end", "mode", "model"):
+            if getattr(unit, key, None) is not None:
                 control[key] = getattr(unit, key)
         controls.append(control)
     job = {"model": model if isinstance(model, dict) else {"family": model}, "controls": controls,

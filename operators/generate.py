@@ -101,8 +101,12 @@ def default_python(venv_dir):
 
 
 def units_of(settings):
+    """The sweep's control units; a Custom unit reads its ControlNet folder's card (JobError
+    when the folder is not one made by archviz train-controlnet)."""
     if len(settings.units):
-        return [ControlUnit(u.type, u.scale, u.start, u.end, u.mode) for u in settings.units]
+        return [ControlUnit.custom(bpy.path.abspath(u.model_path) if u.model_path else "", u.scale, u.start, u.end,
+                                   u.mode) if u.type == "custom"
+                else ControlUnit(u.type, u.scale, u.start, u.end, u.mode) for u in settings.units]
     return list(UNIT_PRESETS["depth_lines"])
 
 
@@ -143,7 +147,7 @@ class Task:
                                              env=self.backend.backend_env(),
                                              output_roots=[self.out_dir],
                                              model_roots=[r for _, job in self.camera_jobs
-                                                          for r in sweeping.model_roots_of(job.get("model"))])
+                                                          for r in sweeping.job_model_roots(job)])
             warning = client.health().get("device_warning")
             if warning:  # a GPU the backend does not use: shown in the panel until the next run
                 self.events.put(("warning", warning))

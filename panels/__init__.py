@@ -179,6 +179,8 @@ class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
             unit = settings.units[settings.active_unit]
             col = layout.column()
             col.use_property_split = True
+            if unit.type == "custom":
+                col.prop(unit, "model_path")
             col.prop(unit, "mode")
         col = layout.column()
         col.use_property_split = True
