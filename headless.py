@@ -38,6 +38,9 @@ def add_arguments(parser):
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the style preset's)")
     parser.add_argument("--scheduler", default=None, help="unipc, dpmpp_2m_karras, euler_a or ddim (default: preset's)")
     parser.add_argument("--out", required=True, help="output folder (images, manifests, contact sheets, passes/)")
+    from .capture.cli import add_image_arguments
+
+    add_image_arguments(parser)  # --depth-range, --near/--far, --line-style, --supersample
     parser.add_argument("--remake", action="store_true",
                         help="make every image again, also those already on disk with the same parameters "
                              "(default: resume, keeping them)")
@@ -137,7 +140,9 @@ def run(args):
                                output_roots=[out_dir],
                                model_roots=model_roots_of(model) + [u.model for u in units if u.model])
         camera_jobs = prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir,
-                                   CaptureOptions(long_side=long_side, multiple=size_multiple(model)),
+                                   CaptureOptions(long_side=long_side, multiple=size_multiple(model),
+                                                  depth_range=args.depth_range, near=args.near, far=args.far,
+                                                  line_style=args.line_style, supersample=args.supersample),
                                    steps=args.steps, cfg=args.cfg,
                                    scheduler=args.scheduler, share_disk=not args.backend,
                                    render=_render_in_child(scene_path), skip_existing=not args.remake)

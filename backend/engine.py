@@ -66,7 +66,10 @@ def mps_available() -> bool:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda, then mps, then cpu (:func:`..core.devices.choose_device` with torch's view)."""
+    """``auto``: cuda, then mps, then cpu (:func:`..core.devices.choose_device` with torch's view).
+    ``meta`` (shapes only, no memory) is for the bench's full-size FLOP counts."""
+    if name == "meta":
+        return torch.device("meta")
     try:
         device, _dtype = choose_device(name, torch.cuda.is_available(), mps_available())
     except ValueError as exc:

@@ -17,6 +17,21 @@ def _pass_list(text):
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def add_image_arguments(parser):
+    """How the control images are made: options ``archviz passes`` and ``archviz sweep`` share."""
+    parser.add_argument("--near", type=float, default=0.0, help="fixed depth range near (with --far; implies manual)")
+    parser.add_argument("--far", type=float, default=0.0, help="fixed depth range far")
+    parser.add_argument("--depth-range", choices=("view", "sequence", "scene", "manual"), default="",
+                        help="how near (white) and far (black) are chosen: view (default: robust percentiles of "
+                             "this view), sequence (one range over the scene's frame range), scene (the scene's "
+                             "bounds, same for every camera), manual (--near/--far)")
+    parser.add_argument("--line-style", choices=("auto", "canny", "lineart", "mlsd", "softedge"), default="auto",
+                        help="line style (auto: what the line unit's model was trained on; lineart for lines.png "
+                             "without a model)")
+    parser.add_argument("--supersample", type=int, default=2,
+                        help="render the passes this many times finer (1-4) so thin geometry stays continuous")
+
+
 def add_arguments(parser):
     parser.add_argument("scene", help="the .blend file")
     parser.add_argument("--out", required=True, help="folder for depth.png, lines.png, normal.png, seg.png, passes.json")
@@ -27,18 +42,9 @@ def add_arguments(parser):
     parser.add_argument("--frame", type=int, default=None, help="frame to render (default: the saved current frame)")
     parser.add_argument("--passes", type=_pass_list, default=("depth", "lines", "normal", "seg"),
                         help="comma-separated subset of depth,lines,normal,seg")
-    parser.add_argument("--near", type=float, default=0.0, help="fixed depth range near (with --far; implies manual)")
-    parser.add_argument("--far", type=float, default=0.0, help="fixed depth range far")
-    parser.add_argument("--depth-range", choices=("view", "sequence", "scene", "manual"), default="",
-                        help="how near (white) and far (black) are chosen: view (default: robust percentiles of "
-                             "this view), sequence (one range over the scene's frame range), scene (the scene's "
-                             "bounds, same for every camera), manual (--near/--far)")
-    parser.add_argument("--line-style", choices=("auto", "canny", "lineart", "mlsd", "softedge"), default="auto",
-                        help="style of lines.png (auto: lineart, what the default SD 1.5 lines model wants)")
+    add_image_arguments(parser)
     parser.add_argument("--line-styles", type=_pass_list, default=(),
                         help="also write lines_<style>.png for each of these comma-separated styles")
-    parser.add_argument("--supersample", type=int, default=2,
-                        help="render the passes this many times finer (1-4) so thin geometry stays continuous")
     parser.add_argument("--beauty", action="store_true",
                         help="also render beauty.png with the scene's own materials and lights")
     parser.add_argument("--beauty-engine", choices=("CYCLES", "EEVEE"), default="CYCLES", type=str.upper,

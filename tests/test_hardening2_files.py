@@ -159,10 +159,12 @@ def test_sweep_resume_remake_full_disk_and_refused_token(files, tmp_path):
                 f"archviz sweep: the backend at {server.url} refused the token (401 unauthorized): {words}; give the "
                 "server's token with --token TOKEN or ARCHVIZ_TOKEN"]
 
-        # The images (downloaded, ~10 KB) and the passes (largest: passes.exr, ~15 KB) fit; the
-        # multilayer EXR of the first variant (AI image + passes, ~43 KB) does not.
+        # The images (downloaded, ~10 KB) and the passes (largest: passes.exr, ~15 KB rendered
+        # without supersampling) fit; the multilayer EXR of the first variant (AI image +
+        # passes, ~43 KB) does not.
         full = tmp_path / "full"
         longer = [("0-7" if a == "0,1" else "20" if a == "1" else a) for a in common]  # 8 seeds, 20 steps
+        longer += ["--supersample", "1"]
         proc = run("sweep", files / "room.blend", "--out", full, *longer, "--backend", server.url,
                    env=env, limit_fsize=FULL_LIMIT)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

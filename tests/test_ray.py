@@ -98,8 +98,14 @@ def assert_same_files(a, b):
     assert np.array_equal(sheet_a, sheet_b)
     ma, mb = (json.load(open(os.path.join(d, "Cam_manifest.json"))) for d in (a, b))
     assert ma["state"] == mb["state"] == "done"
-    for key in ("images", "done", "missing", "model", "dtype", "styles", "seeds", "style_settings"):
+    for key in ("done", "missing", "model", "dtype", "styles", "seeds", "style_settings"):
         assert ma[key] == mb[key], key
+
+    def images(m):  # each entry names the job that made it: two runs, two job ids
+        assert all(e["job_id"] == m["job_id"] for e in m["images"])
+        return [{k: v for k, v in e.items() if k != "job_id"} for e in m["images"]]
+
+    assert images(ma) == images(mb)
     assert {e["status"] for e in mb["images"]} == {"done"}
     assert all(len(e["params_sha256"]) == 64 for e in mb["images"])
 

@@ -302,7 +302,9 @@ def test_write_variant_exr_layers_and_values(scene_with_passes, tmp_path):
     seg = results.read_image_bytes(passes.files["seg"])
     assert np.array_equal(channels["ArchViz.Seg.G"], seg[:, :, 1].astype(np.float32) / np.float32(255))
     lines = channels["ArchViz.Lines.V"]
-    assert set(np.unique(lines).tolist()) == {0.0, 1.0}  # white 1 px lines on black
+    line_png = results.read_image_bytes(passes.files["lines"])  # lineart strokes by default: anti-aliased
+    assert np.array_equal(lines, line_png[:, :, 0].astype(np.float32) / np.float32(255))
+    assert lines.min() == 0.0 and lines.max() == 1.0  # white lines on black
 
     # Blender reads it as a multilayer image with the layer's passes.
     image = bpy.data.images.load(str(exr))
