@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 
 def _submodules():
-    from . import operators, panels, properties
+    from . import operators, panels
+    from .blender import properties
 
     return (properties, operators, panels)
 

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
 
     import bpy
 
-    from ..capture.render import CaptureOptions, render_controls
+    from ..blender.capture.render import CaptureOptions, render_controls
 
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="archviz-bench-capture-") as tmp:

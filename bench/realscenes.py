@@ -215,7 +215,7 @@ def measure(scene, cameras, sizes, out_dir, repeats=1, **options):
     return rows of figures."""
     import statistics
 
-    from ..capture.render import CaptureOptions, render_controls
+    from ..blender.capture.render import CaptureOptions, render_controls
 
     rows = []
     for cam in cameras:

@@ -16,8 +16,8 @@ import time
 import bpy
 from bpy.props import EnumProperty
 
-from .. import sweeping
-from ..capture.render import CaptureError
+from ..blender import sweeping
+from ..blender.capture.render import CaptureError
 from ..core import jobs as J
 from ..core.client import BackendError
 from ..core.passes import PassError, size_multiple
@@ -35,7 +35,7 @@ class BackendSettings:
     add-on is registered by a script without being enabled in Blender's preferences."""
 
     def __init__(self, context):
-        from ..properties import preferences
+        from ..blender.properties import preferences
 
         prefs = preferences(context)
         env = os.environ
@@ -200,7 +200,7 @@ class Task:
         return self.state == "running"
 
     def _apply(self, event):
-        from .. import results
+        from ..blender import results
 
         if event.kind == "download":
             self.download = {} if event.download.get("finished") else dict(event.download)
@@ -224,7 +224,7 @@ class Task:
 
     def _open_contact_sheets(self):
         """The comparison view: each camera's contact sheet as an image (last one shown)."""
-        from .. import results
+        from ..blender import results
 
         for path in sweeping.contact_sheets(self.out_dir, [camera for camera, _ in self.camera_jobs]):
             image = results.load_image("ArchViz Contact Sheet " + os.path.basename(path), path)

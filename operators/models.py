@@ -106,7 +106,7 @@ def _start(args, context):
 
 def offline_reason(context):
     """Why the add-on may not download now ('' when it may)."""
-    from ..properties import preferences
+    from ..blender.properties import preferences
 
     prefs = preferences(context)
     if prefs is not None and prefs.offline:

@@ -4,8 +4,8 @@ import os
 import bpy
 from bpy.props import StringProperty
 
-from .. import results
-from ..capture.render import CaptureError, CaptureOptions, render_controls
+from ..blender import results
+from ..blender.capture.render import CaptureError, CaptureOptions, render_controls
 from ..core.classes import ClassError
 from ..core.passes import PassError
 from .common import output_root

@@ -6,7 +6,7 @@ Thin: they pick the images, camera and objects from the context and call ``resul
 import bpy
 from bpy.props import IntProperty, StringProperty
 
-from .. import results
+from ..blender import results
 
 
 def _shown_image(context):

@@ -35,7 +35,7 @@ class ARCHVIZ_OT_setup_backend(bpy.types.Operator):
 
     def execute(self, context):
         global current
-        from ..properties import preferences
+        from ..blender.properties import preferences
 
         prefs = preferences(context)
         venv_dir = backend_venv_dir(prefs.venv_dir if prefs else "")
@@ -94,7 +94,7 @@ class ARCHVIZ_OT_doctor(bpy.types.Operator):
 
     def execute(self, context):
         global doctor
-        from ..properties import preferences
+        from ..blender.properties import preferences
 
         prefs = preferences(context)
         backend = BackendSettings(context)

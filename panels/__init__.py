@@ -156,7 +156,7 @@ class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
 
     def draw(self, context):
         from ..core.jobs import control_types_for
-        from ..properties import preferences
+        from ..blender.properties import preferences
 
         layout = self.layout
         settings = context.scene.archviz
@@ -196,7 +196,7 @@ class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        from ..results import result_images
+        from ..blender.results import result_images
 
         layout = self.layout
         results = result_images()

@@ -26,7 +26,8 @@ def test_register_unregister_leaves_nothing_behind():
     fresh_scene()
     before = _registered_names()
     assert not hasattr(bpy.types.Scene, "archviz")
-    from archviz_controlnet import operators, panels, properties
+    from archviz_controlnet import operators, panels
+    from archviz_controlnet.blender import properties
 
     ours = properties.classes + operators.classes + panels.classes
     for _ in range(2):  # twice: a second cycle must work as well as the first
@@ -139,7 +140,8 @@ def test_panels_draw_without_error(addon, tmp_path):
 def test_preferences_draw_when_enabled_as_an_addon():
     import addon_utils
 
-    from archviz_controlnet import panels, properties
+    from archviz_controlnet import panels
+    from archviz_controlnet.blender import properties
 
     fresh_scene()
     addon_utils.enable("archviz_controlnet", default_set=True)

@@ -88,7 +88,7 @@ def test_setup_operator_reports_failure_through_blender(tmp_path, monkeypatch):
     bpy = pytest.importorskip("bpy")
     import addon_utils
 
-    from archviz_controlnet import properties
+    from archviz_controlnet.blender import properties
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon_utils.enable("archviz_controlnet", default_set=True)
@@ -259,7 +259,7 @@ def package_path(tmp_path):
 
 
 def test_a_backend_python_without_the_backend_points_at_set_up(bare_python, package_path, tmp_path):
-    from archviz_controlnet import sweeping
+    from archviz_controlnet.blender import sweeping
     from archviz_controlnet.core.client import BackendError
 
     env = dict(os.environ, PYTHONPATH=package_path)
@@ -297,7 +297,8 @@ def test_preferences_show_the_check_and_a_gpu_torch_will_not_use(tmp_path):
     bpy = pytest.importorskip("bpy")
     import addon_utils
 
-    from archviz_controlnet import panels, properties
+    from archviz_controlnet import panels
+    from archviz_controlnet.blender import properties
     from archviz_controlnet.operators import setup as setup_op
 
     check = S.check_torch(sys.executable)  # the real check of this machine's CPU torch

@@ -11,7 +11,7 @@ bpy = pytest.importorskip("bpy")
 
 from blender_support import box, box_corners, camera, deg, fresh_scene, material, plane, project  # noqa: E402
 
-from archviz_controlnet.capture.render import CaptureError, CaptureOptions, render_controls  # noqa: E402
+from archviz_controlnet.blender.capture.render import CaptureError, CaptureOptions, render_controls  # noqa: E402
 from archviz_controlnet.core.classes import ADE20K  # noqa: E402
 
 

@@ -93,9 +93,9 @@ def test_a_sweeps_child_render_gets_every_capture_option(options):
     builds (child.options_argv) must come back as the very same CaptureOptions."""
     import argparse
 
-    from archviz_controlnet.capture import cli as passes_cli
-    from archviz_controlnet.capture.child import options_argv
-    from archviz_controlnet.capture.render import CaptureOptions
+    from archviz_controlnet.blender.capture import cli as passes_cli
+    from archviz_controlnet.blender.capture.child import options_argv
+    from archviz_controlnet.blender.capture.render import CaptureOptions
 
     want = CaptureOptions(**options)
     parser = argparse.ArgumentParser()

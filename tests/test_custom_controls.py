@@ -67,7 +67,7 @@ def test_panel_custom_unit(tmp_path):
     bpy = pytest.importorskip("bpy")
     import archviz_controlnet
 
-    from archviz_controlnet import sweeping
+    from archviz_controlnet.blender import sweeping
     from archviz_controlnet.operators.generate import units_of
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -97,7 +97,7 @@ def test_panel_custom_unit(tmp_path):
         (lines_net / CUSTOM_CARD).write_text(json.dumps({"control": "lines", "line_style": "lineart"}))
         custom = ControlUnit.parse(f"custom:{lines_net}")
         assert custom.line_style == "lineart"
-        from archviz_controlnet.capture.render import CaptureOptions
+        from archviz_controlnet.blender.capture.render import CaptureOptions
 
         _depth, styles = sweeping.control_choices([ControlUnit("lines"), custom], ["modern"], "sdxl",
                                                   CaptureOptions())

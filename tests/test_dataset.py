@@ -13,8 +13,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 import mathutils  # noqa: E402
 
-from archviz_controlnet.capture import dataset as CD  # noqa: E402
-from archviz_controlnet.capture.render import CaptureOptions, render_controls  # noqa: E402
+from archviz_controlnet.blender.capture import dataset as CD  # noqa: E402
+from archviz_controlnet.blender.capture.render import CaptureOptions, render_controls  # noqa: E402
 from archviz_controlnet.core import dataset as D  # noqa: E402
 from archviz_controlnet.core.exr import read_exr  # noqa: E402
 

@@ -103,7 +103,8 @@ def test_cli_sweep_prints_the_warning(small_blend, gpu_path, tmp_path):
 def test_panel_shows_the_warning(small_blend, gpu_path, tmp_path, monkeypatch):
     bpy = pytest.importorskip("bpy")
     import archviz_controlnet
-    from archviz_controlnet import panels, sweeping
+    from archviz_controlnet import panels
+    from archviz_controlnet.blender import sweeping
     from archviz_controlnet.operators import generate as gen
 
     monkeypatch.setenv("PATH", gpu_path)

@@ -188,7 +188,8 @@ def test_preferences_doctor_button_runs_the_same_report(tmp_path, monkeypatch):
     bpy = pytest.importorskip("bpy")
     import addon_utils
 
-    from archviz_controlnet import panels, properties
+    from archviz_controlnet import panels
+    from archviz_controlnet.blender import properties
     from archviz_controlnet.operators import setup
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))

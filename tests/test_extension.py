@@ -19,8 +19,8 @@ def test_extension_builds_with_blender_tooling(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (zip_path,) = tmp_path.glob("archviz_controlnet-*.zip")
     names = set(zipfile.ZipFile(zip_path).namelist())
-    assert {"blender_manifest.toml", "LICENSE", "__init__.py", "properties.py", "operators/__init__.py",
-            "panels/__init__.py", "capture/render.py", "core/passes.py", "core/class_table.toml"} <= names
+    assert {"blender_manifest.toml", "LICENSE", "__init__.py", "blender/properties.py", "operators/__init__.py",
+            "panels/__init__.py", "blender/capture/render.py", "core/passes.py", "core/class_table.toml"} <= names
     assert not any(n.startswith(("tests/", ".venv/", ".ci/", "bench/")) or "__pycache__" in n for n in names)
 
 
@@ -47,7 +47,7 @@ def test_remote_url_default_is_the_port_archviz_serve_listens_on():
     import argparse
     import urllib.parse
 
-    from archviz_controlnet import properties
+    from archviz_controlnet.blender import properties
     from archviz_controlnet.backend import cli_serve
 
     parser = argparse.ArgumentParser()

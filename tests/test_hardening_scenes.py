@@ -13,7 +13,7 @@ bpy = pytest.importorskip("bpy")
 
 from blender_support import box, camera, fresh_scene, material  # noqa: E402
 
-from archviz_controlnet.capture.render import CaptureError, CaptureOptions, render_controls  # noqa: E402
+from archviz_controlnet.blender.capture.render import CaptureError, CaptureOptions, render_controls  # noqa: E402
 
 CHAIR = [204, 70, 3]  # ADE20K chair
 
@@ -134,7 +134,7 @@ def test_unsaved_blend_goes_to_the_temp_folder_with_a_warning(tmp_path, monkeypa
 
 
 def test_a_local_backend_is_restarted_when_a_run_needs_another_output_folder(tmp_path, monkeypatch):
-    from archviz_controlnet import sweeping
+    from archviz_controlnet.blender import sweeping
     from backend_support import TEST_HOME
 
     monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))

@@ -397,7 +397,8 @@ def test_add_on_passes_token_and_blender_offline_and_shows_download(repos, tmp_p
     bpy = pytest.importorskip("bpy")
     import addon_utils
 
-    from archviz_controlnet import panels, properties
+    from archviz_controlnet import panels
+    from archviz_controlnet.blender import properties
     from archviz_controlnet.core.sweep import SweepEvent
     from archviz_controlnet.operators import generate as gen
     from archviz_controlnet.operators import models as ops_models

@@ -14,7 +14,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import archviz_controlnet  # noqa: E402
-from archviz_controlnet import sweeping  # noqa: E402
+from archviz_controlnet.blender import sweeping  # noqa: E402
 from archviz_controlnet.core.exr import read_exr  # noqa: E402
 from archviz_controlnet.operators import generate as gen  # noqa: E402
 from backend_support import TEST_HOME  # noqa: E402
@@ -51,7 +51,7 @@ def addon(example_blend, tmp_path, monkeypatch):
 
 
 def _images():
-    from archviz_controlnet.results import result_images
+    from archviz_controlnet.blender.results import result_images
 
     return sorted(img.name for img in result_images())
 

@@ -13,7 +13,7 @@ from PIL import Image
 bpy = pytest.importorskip("bpy")
 
 from archviz_controlnet.bench import realscenes as R  # noqa: E402
-from archviz_controlnet.capture.render import CaptureOptions, render_controls  # noqa: E402
+from archviz_controlnet.blender.capture.render import CaptureOptions, render_controls  # noqa: E402
 from archviz_controlnet.core import passes as P  # noqa: E402
 from archviz_controlnet.core.classes import ADE20K  # noqa: E402
 

@@ -11,8 +11,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import archviz_controlnet  # noqa: E402
-from archviz_controlnet import results  # noqa: E402
-from archviz_controlnet.capture.render import CaptureOptions, render_controls  # noqa: E402
+from archviz_controlnet.blender import results  # noqa: E402
+from archviz_controlnet.blender.capture.render import CaptureOptions, render_controls  # noqa: E402
 from archviz_controlnet.core.exr import read_exr  # noqa: E402
 from archviz_controlnet.core.png import write_png  # noqa: E402
 from archviz_controlnet.operators import results as result_ops  # noqa: E402

@@ -15,7 +15,7 @@ import bmesh  # noqa: E402  (after bpy)
 
 from blender_support import box, camera, fresh_scene, material, plane, project  # noqa: E402
 
-from archviz_controlnet.capture.render import CaptureError, CaptureOptions, render_controls  # noqa: E402
+from archviz_controlnet.blender.capture.render import CaptureError, CaptureOptions, render_controls  # noqa: E402
 from archviz_controlnet.core.classes import ADE20K  # noqa: E402
 
 
@@ -280,7 +280,7 @@ def test_beauty_pass_optional_timed_and_from_the_same_camera(tmp_path):
 # ---------------------------------------------------------------- sweeps
 
 def test_each_line_unit_gets_the_style_of_its_model(tmp_path, monkeypatch):
-    from archviz_controlnet import sweeping
+    from archviz_controlnet.blender import sweeping
     from archviz_controlnet.core.sweep import ControlUnit
 
     units = [ControlUnit("depth", 0.9), ControlUnit("lines", 0.6), ControlUnit("canny", 0.5)]

@@ -46,7 +46,7 @@ def add_arguments(parser):
                              "(default: resume, keeping them)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="give up after S seconds: the jobs are cancelled on the backend (default: no limit)")
-    from .distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md
+    from ..distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md
 
     add_ray_arguments(parser)
 
@@ -91,11 +91,11 @@ def run(args):
 
     from .capture.blendfile import open_blend
     from .capture.render import CaptureError, CaptureOptions
-    from .core import jobs as J
-    from .core.client import BackendAuthError, BackendError
-    from .core.passes import PassError, size_multiple
-    from .core.png import clean_stale_temps
-    from .core.sweep import ControlUnit, SweepGaveUp, SweepRunner
+    from ..core import jobs as J
+    from ..core.client import BackendAuthError, BackendError
+    from ..core.passes import PassError, size_multiple
+    from ..core.png import clean_stale_temps
+    from ..core.sweep import ControlUnit, SweepGaveUp, SweepRunner
     from .sweeping import connect, contact_sheets, model_roots_of, prepare_jobs, resolve_cameras, variant_exr
 
     try:
@@ -110,8 +110,8 @@ def run(args):
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from .distributed import ENV_ADDRESS
-    from .distributed.options import environment as ray_environment
+    from ..distributed import ENV_ADDRESS
+    from ..distributed.options import environment as ray_environment
 
     if args.backend and args.ray is not None and not os.environ.get(ENV_ADDRESS):
         print("archviz sweep: --ray spreads the work of a backend this command starts; a running backend "
@@ -182,7 +182,7 @@ def run(args):
             tqdm.write(f"error ({event.camera}): {event.message}")
 
     def show_download(d):
-        from .core.sweep import human_bytes
+        from ..core.sweep import human_bytes
 
         dl = downloads.get("bar")
         if d.get("finished"):

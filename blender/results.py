@@ -14,7 +14,7 @@ import time
 import bpy
 import numpy as np
 
-from .core.exr import write_exr
+from ..core.exr import write_exr
 
 # Names other code and tests rely on.
 UV_MAP_NAME = "ArchViz Projection"

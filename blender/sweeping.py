@@ -12,10 +12,10 @@ from dataclasses import replace
 import bpy
 
 from .capture.render import CaptureOptions, render_controls
-from .core import jobs as J
-from .core.backend_setup import SETUP_HINT, missing_backend_message, missing_modules
-from .core.client import BackendError, BackendProcess, Client
-from .core.sweep import camera_job, check_custom_base
+from ..core import jobs as J
+from ..core.backend_setup import SETUP_HINT, missing_backend_message, missing_modules
+from ..core.client import BackendError, BackendProcess, Client
+from ..core.sweep import camera_job, check_custom_base
 
 _started = {}  # (python, device) -> BackendProcess started by this Blender/Python process
 
@@ -68,7 +68,7 @@ def model_family(model):
 def _preset_controls(styles):
     """The style presets' control defaults, first style first (presets that do not load
     are left to the backend, which reports them)."""
-    from .core.presets import load_presets_tolerant
+    from ..core.presets import load_presets_tolerant
 
     presets, _errors = load_presets_tolerant()
     return [presets[name] for name in styles if name in presets]
@@ -82,7 +82,7 @@ def control_choices(units, styles, model, base):
     says (``[controls.depth] range``, ``[controls.lines] line_style``); else the view
     mode, and for each line unit the style its model wants (core.passes.MODEL_LINE_STYLES).
     """
-    from .core import passes as core_passes
+    from ..core import passes as core_passes
 
     presets = _preset_controls(styles)
     depth_range = base.depth_mode() if (base.depth_range or base.near or base.far) else ""

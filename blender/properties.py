@@ -6,7 +6,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from .core.classes import ADE20K, DEFAULT_BACKGROUND_CLASS, DEFAULT_FALLBACK_CLASS
+from ..core.classes import ADE20K, DEFAULT_BACKGROUND_CLASS, DEFAULT_FALLBACK_CLASS
 
 
 def _class_items():
@@ -28,7 +28,7 @@ _PRESET_ITEMS = []
 
 def _preset_items(_self, _context):
     """Style presets for the enum: built-in and user presets, read from their TOML files."""
-    from .core.presets import PresetError, load_presets
+    from ..core.presets import PresetError, load_presets
 
     try:
         presets = load_presets()
@@ -138,12 +138,13 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
         return tuple(name for name in ("depth", "lines", "normal", "seg") if getattr(self, f"use_{name}"))
 
 
-def _addon_package():
-    return __package__
+# The add-on's own package (``archviz_controlnet``, or ``bl_ext.<repo>.archviz_controlnet``
+# when installed as an extension): the parent of this one. Preferences are keyed by it.
+ADDON_PACKAGE = __package__.rpartition(".")[0]
 
 
 class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
-    bl_idname = __package__
+    bl_idname = ADDON_PACKAGE
 
     backend_mode: EnumProperty(
         name="Backend", default="LOCAL",
@@ -188,7 +189,7 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                                          "first); passed to the backend as HF_TOKEN, never logged")
 
     def draw(self, context):
-        from .panels import draw_preferences
+        from ..panels import draw_preferences
 
         draw_preferences(self, context, self.layout)
 
@@ -197,7 +198,7 @@ def preferences(context=None):
     """The add-on preferences, or None when the add-on is used without being enabled in
     Blender's preferences (e.g. registered by hand in a bpy-module script)."""
     context = context or bpy.context
-    addon = context.preferences.addons.get(__package__)
+    addon = context.preferences.addons.get(ADDON_PACKAGE)
     return addon.preferences if addon else None
 
 

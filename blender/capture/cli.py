@@ -106,9 +106,9 @@ def _run_parent(args):
 def _run_child(args):
     import bpy
 
-    from ..core.classes import ClassError
-    from ..core.exr import ExrError
-    from ..core.passes import PassError
+    from ...core.classes import ClassError
+    from ...core.exr import ExrError
+    from ...core.passes import PassError
     from .blendfile import BlendFileError, open_blend
     from .child import crash_for_test, write_status
     from .render import CaptureError, render_controls, resolve_camera
@@ -130,7 +130,7 @@ def _run_child(args):
         print(f"archviz passes: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
     except ExrError as exc:  # Blender writes the EXR itself and does not say when it is cut short
-        from ..core.png import looks_full
+        from ...core.png import looks_full
 
         exr = os.path.join(os.path.abspath(args.out), "passes.exr")
         if looks_full(exr):
@@ -142,7 +142,7 @@ def _run_child(args):
             print(f"archviz passes: the renderer wrote a damaged {exr}: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
     except OSError as exc:  # a pass file could not be written: disk full, permissions
-        from ..core.png import WriteError, write_error
+        from ...core.png import WriteError, write_error
 
         if not isinstance(exc, WriteError):
             exc = write_error(exc, exc.filename or os.path.abspath(args.out))

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from ..core import classes as core_classes
-from ..core import passes as core_passes
-from ..core.exr import read_exr
-from ..core.png import atomic_write, write_png
+from ...core import classes as core_classes
+from ...core import passes as core_passes
+from ...core.exr import read_exr
+from ...core.png import atomic_write, write_png
 
 PASS_NAMES = ("depth", "lines", "normal", "seg")
 EXR_NAME = "passes.exr"

@@ -23,10 +23,10 @@ import bpy
 import numpy as np
 from mathutils import Vector
 
-from ..core import dataset as D
-from ..core import passes as core_passes
-from ..core.exr import read_exr
-from ..core.png import atomic_write
+from ...core import dataset as D
+from ...core import passes as core_passes
+from ...core.exr import read_exr
+from ...core.png import atomic_write
 from .render import (EXR_NAME, CaptureError, CaptureOptions, _bounds_corners, _depsgraph, _overrides, beauty_engine,
                      class_legend, render_controls, renderable_objects)
 
@@ -412,8 +412,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..core.classes import ClassError
-    from ..core.passes import PassError
+    from ...core.classes import ClassError
+    from ...core.passes import PassError
 
     try:
         controls = D.parse_controls(args.controls)
