@@ -89,14 +89,16 @@ def run(args):
 
     import bpy  # noqa: F401 - Blender first, before the modules that use it
 
-    from .capture.blendfile import open_blend
-    from .capture.render import CaptureError, CaptureOptions
     from ..core import jobs as J
     from ..core.client import BackendAuthError, BackendError
     from ..core.passes import PassError, size_multiple
     from ..core.png import clean_stale_temps
     from ..core.sweep import ControlUnit, SweepGaveUp, SweepRunner
-    from .sweeping import connect, contact_sheets, model_roots_of, prepare_jobs, resolve_cameras, variant_exr
+    from .backend import connect
+    from .capture.blendfile import open_blend
+    from .capture.render import CaptureError, CaptureOptions
+    from .results import contact_sheets, variant_exr
+    from .sweeping import model_roots_of, prepare_jobs, resolve_cameras
 
     try:
         seeds = J.parse_seeds(args.seeds)

@@ -1,12 +1,19 @@
-"""Scene settings (one PointerProperty: ``Scene.archviz``) and add-on preferences."""
+"""Scene settings (one PointerProperty: ``Scene.archviz``), registered with the add-on
+preferences (``preferences``), and what the operators read from them: capture options,
+control units, the output folder."""
 
 import math
+import os
+import tempfile
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
 from ..core.classes import ADE20K, DEFAULT_BACKGROUND_CLASS, DEFAULT_FALLBACK_CLASS
+from ..core.sweep import UNIT_PRESETS, ControlUnit
+from .capture.render import CaptureOptions
+from .preferences import ARCHVIZ_AP_preferences, preferences  # noqa: F401 - registered here; preferences() for callers
 
 
 def _class_items():
@@ -138,68 +145,47 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
         return tuple(name for name in ("depth", "lines", "normal", "seg") if getattr(self, f"use_{name}"))
 
 
-# The add-on's own package (``archviz_controlnet``, or ``bl_ext.<repo>.archviz_controlnet``
-# when installed as an extension): the parent of this one. Preferences are keyed by it.
-ADDON_PACKAGE = __package__.rpartition(".")[0]
+# ---------------------------------------------------------------- reading the settings
+
+def capture_options(settings, beauty=None):
+    """The CaptureOptions the settings give (``beauty``: instead of the Beauty Pass setting)."""
+    manual = settings.depth_mode == "MANUAL"
+    return CaptureOptions(
+        camera=settings.camera.name if settings.camera else "",
+        long_side=settings.long_side,
+        passes=settings.passes(),
+        depth_range=settings.depth_mode.lower(),
+        near=settings.depth_near if manual else 0.0,
+        far=settings.depth_far if manual else 0.0,
+        line_style=settings.line_style.lower(),
+        supersample=settings.supersample,
+        beauty=settings.use_beauty if beauty is None else beauty,
+        beauty_engine=settings.beauty_engine,
+        beauty_samples=settings.beauty_samples,
+        crease_angle=math.degrees(settings.crease_angle),
+        background_class=settings.background_class,
+        fallback_class=settings.fallback_class,
+        class_table=bpy.path.abspath(settings.class_table) if settings.class_table else "",
+    )
 
 
-class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
-    bl_idname = ADDON_PACKAGE
-
-    backend_mode: EnumProperty(
-        name="Backend", default="LOCAL",
-        items=[("LOCAL", "Local", "Start a backend process with a local Python interpreter that has torch"),
-               ("REMOTE", "Remote", "Use a backend server at a URL (a GPU box shared by several seats)")])
-    python: StringProperty(name="Python", subtype="FILE_PATH", default="",
-                           description="Interpreter with torch and diffusers (empty: the venv made by Set up backend)")
-    venv_dir: StringProperty(name="Backend Venv", subtype="DIR_PATH", default="",
-                             description="Where Set up backend creates the venv (empty: the user data folder shared "
-                                         "by every Blender version, so it survives an upgrade)")
-    pip_args: StringProperty(name="Extra pip Arguments", default="",
-                             description="Added to pip install by Set up backend (e.g. --index-url of a mirror)")
-    torch_index_url: StringProperty(name="Torch Index URL", default="",
-                                    description="Where Set up Backend gets torch (empty: chosen for this machine: "
-                                                "the PyTorch CUDA index the NVIDIA driver supports, the registry on "
-                                                "Apple Silicon, else the CPU index)")
-    url: StringProperty(name="URL", default="http://127.0.0.1:7860", description="Remote backend URL")
-    token: StringProperty(name="Token", subtype="PASSWORD", default="", description="Remote backend access token")
-    device: EnumProperty(name="Device", default="auto",
-                         items=[("auto", "Auto", "CUDA when torch sees an NVIDIA GPU, then MPS (Apple Silicon), "
-                                                 "then the CPU"),
-                                ("cuda", "CUDA", ""), ("mps", "MPS", "Apple Silicon GPU"), ("cpu", "CPU", "")])
-    model: EnumProperty(name="Model", default="sd15",
-                        items=[("sd15", "SD 1.5", ""), ("sdxl", "SDXL", ""),
-                               ("flux", "FLUX.1-dev", "Gated, non-commercial licence: accept it on the hub and set "
-                                                      "the Hugging Face token. Depth and lines units, 1024 px"),
-                               ("tiny", "Tiny (offline test)", "Random weights: noise that proves the plumbing"),
-                               ("tiny-sdxl", "Tiny SDXL (offline test)", ""),
-                               ("tiny-flux", "Tiny FLUX (offline test)", "")])
-    model_path: StringProperty(name="Base Model Override", subtype="DIR_PATH", default="",
-                               description="Local folder or file used instead of the family's base model")
-    output_dir: StringProperty(name="Default Output", subtype="DIR_PATH", default="",
-                               description="Used when a scene's output folder is empty")
-    hf_cache: StringProperty(name="HF Cache", subtype="DIR_PATH", default="",
-                             description="Hugging Face cache folder for the backend (HF_HOME)")
-    ray_address: StringProperty(name="Ray", default="",
-                                description="Spread sweeps over Ray actors: 'local', 'auto' or ray://host:port "
-                                            "(empty: one local engine)")
-    offline: BoolProperty(name="Offline", default=False, description="Never reach the Hugging Face hub (HF_HUB_OFFLINE)")
-    hf_token: StringProperty(name="Hugging Face Token", subtype="PASSWORD", default="",
-                             description="Access token for gated models (accept the licence on the model's page "
-                                         "first); passed to the backend as HF_TOKEN, never logged")
-
-    def draw(self, context):
-        from ..panels import draw_preferences
-
-        draw_preferences(self, context, self.layout)
+def units_of(settings):
+    """The sweep's control units; a Custom unit reads its ControlNet folder's card (JobError
+    when the folder is not one made by archviz train-controlnet)."""
+    if len(settings.units):
+        return [ControlUnit.custom(bpy.path.abspath(u.model_path) if u.model_path else "", u.scale, u.start, u.end,
+                                   u.mode) if u.type == "custom"
+                else ControlUnit(u.type, u.scale, u.start, u.end, u.mode) for u in settings.units]
+    return list(UNIT_PRESETS["depth_lines"])
 
 
-def preferences(context=None):
-    """The add-on preferences, or None when the add-on is used without being enabled in
-    Blender's preferences (e.g. registered by hand in a bpy-module script)."""
-    context = context or bpy.context
-    addon = context.preferences.addons.get(ADDON_PACKAGE)
-    return addon.preferences if addon else None
+def output_root(settings, override=""):
+    """Absolute output folder. ``//`` paths are next to the .blend; an unsaved file has no
+    folder, so they go to the temporary folder and the caller reports where."""
+    path = override or settings.output_dir or "//archviz/"
+    if path.startswith("//") and not bpy.data.filepath:
+        return os.path.join(tempfile.gettempdir(), "archviz", path[2:]), True
+    return os.path.abspath(bpy.path.abspath(path)), False
 
 
 classes = (ARCHVIZ_PG_control_unit, ARCHVIZ_PG_settings, ARCHVIZ_AP_preferences)

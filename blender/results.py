@@ -1,6 +1,7 @@
-"""Generated images inside Blender: datablocks with their generation parameters, the
-Image Editor, "Apply as texture" (a camera-projected material), "Add to compositor"
-(a switch over the variants over the render layers) and the per-variant multilayer EXR.
+"""Images in Blender: the control passes as datablocks, generated images with their
+generation parameters, the contact sheets, the Image Editor, "Apply as texture" (a
+camera-projected material), "Add to compositor" (a switch over the variants over the
+render layers) and the per-variant multilayer EXR.
 
 Blender-side code: bpy, stdlib and numpy only. The PNGs stay on disk where the backend
 wrote them; nothing here packs or rewrites them.
@@ -15,8 +16,10 @@ import bpy
 import numpy as np
 
 from ..core.exr import write_exr
+from ..core.jobs import safe_name, sidecar_filename
 
 # Names other code and tests rely on.
+CONTROL_IMAGE_PREFIX = "archviz_"  # the control passes' datablocks: archviz_depth, archviz_lines, ...
 UV_MAP_NAME = "ArchViz Projection"
 MODIFIER_NAME = "ArchViz Projection"
 MATERIAL_PREFIX = "ArchViz "
@@ -137,6 +140,22 @@ def show_in_image_editor(context, image):
             area.tag_redraw()
             return True
     return False
+
+
+
+def show_control_images(context, files):
+    """Load the control images as datablocks (replacing older ones) and show the first in
+    an Image Editor when the window has one."""
+    images = []
+    for name in ("depth", "lines", "normal", "seg", "beauty"):
+        if name in files:
+            image = load_image(CONTROL_IMAGE_PREFIX + name, files[name])
+            # Control images are data; the beauty pass is a picture in the display space.
+            image.colorspace_settings.name = "sRGB" if name == "beauty" else "Non-Color"
+            images.append(image)
+    if images:
+        show_in_image_editor(context, images[0])
+    return images
 
 
 # ---------------------------------------------------------------- apply as texture
@@ -413,3 +432,18 @@ def write_variant_exr(path, image_png_path, passes_dir, compression="ZIP"):
     channels = variant_exr_channels(image_png_path, passes_dir)
     write_exr(path, channels, compression=compression)
     return sorted(channels)
+
+
+def variant_exr(image_info, out_dir):
+    """Write the multilayer EXR of one generated image: the AI image plus its camera's
+    passes as layers, next to the PNG. Returns its path."""
+    png = image_info["path"]
+    path = os.path.splitext(png)[0] + ".exr"
+    write_variant_exr(path, png, os.path.join(out_dir, "passes", safe_name(image_info["camera"])))
+    return path
+
+
+def contact_sheets(out_dir, camera_names):
+    """Paths of the contact sheets the backend wrote for these cameras."""
+    paths = [os.path.join(out_dir, sidecar_filename(name, "contact_sheet.png")) for name in camera_names]
+    return [p for p in paths if os.path.exists(p)]

@@ -1,23 +1,19 @@
-"""Blender side of a sweep: which cameras, their control passes, the jobs, the backend.
+"""Sweep planning from the scene: which cameras, their control passes, the jobs.
 
+The first half of a sweep's one-way flow, scene -> passes -> jobs; the client and the
+backend it talks to are ``backend``'s, the images in Blender ``results``'.
 Shared by the ``archviz.generate`` / ``archviz.sweep`` operators and the ``archviz sweep``
 command, so the panel, ``blender -b`` and the terminal run the very same steps.
 """
 
-import atexit
 import os
-import sys
 from dataclasses import replace
 
 import bpy
 
-from .capture.render import CaptureOptions, render_controls
 from ..core import jobs as J
-from ..core.backend_setup import SETUP_HINT, missing_backend_message, missing_modules
-from ..core.client import BackendError, BackendProcess, Client
 from ..core.sweep import camera_job, check_custom_base
-
-_started = {}  # (python, device) -> BackendProcess started by this Blender/Python process
+from .capture.render import CaptureOptions, render_controls
 
 
 def resolve_cameras(scene, spec="scene", selected=()):
@@ -136,23 +132,6 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     return out
 
 
-def variant_exr(image_info, out_dir):
-    """Write the multilayer EXR of one generated image: the AI image plus its camera's
-    passes as layers, next to the PNG. Returns its path."""
-    from . import results
-
-    png = image_info["path"]
-    path = os.path.splitext(png)[0] + ".exr"
-    results.write_variant_exr(path, png, os.path.join(out_dir, "passes", J.safe_name(image_info["camera"])))
-    return path
-
-
-def contact_sheets(out_dir, camera_names):
-    """Paths of the contact sheets the backend wrote for these cameras."""
-    paths = [os.path.join(out_dir, J.sidecar_filename(name, "contact_sheet.png")) for name in camera_names]
-    return [p for p in paths if os.path.exists(p)]
-
-
 def model_roots_of(model):
     """Local model files or folders a job's model spec points at (a local backend must be
     allowed to read them)."""
@@ -166,56 +145,3 @@ def job_model_roots(job):
     (``custom:PATH`` units)."""
     return model_roots_of(job.get("model")) + [c["model"] for c in job.get("controls", [])
                                                if c.get("model") and os.path.isabs(c["model"])]
-
-
-def connect(url="", token="", python="", device="auto", log_path=None, output_roots=(), model_roots=(), env=None):
-    """A client for ``url``, or for a local backend this process started (started now if
-    needed; it stops when this process exits). Returns (client, started process or None).
-
-    A local backend writes only into folders it was started with (``output_roots``, e.g.
-    the scene's output folder) and reads models only from its model roots; when a later
-    run needs a folder the running one does not allow, it is restarted allowing both."""
-    if url:
-        client = Client(url, token=token)
-        client.health(retry_for=5)  # raises BackendUnreachable with the URL in the message
-        client.presets()  # a route behind the token: BackendAuthError now, not after the renders
-        return client, None
-    env = dict(os.environ if env is None else env)
-    # A backend started with other settings in its environment (Ray, HF cache, offline)
-    # is a different backend.
-    key = (python or "", device, env.get("ARCHVIZ_RAY", ""), env.get("HF_HOME", ""), env.get("HF_HUB_OFFLINE", ""),
-           env.get("HF_TOKEN", ""))
-    proc = _started.get(key)
-    if proc is not None and proc.alive() and not proc.covers(output_roots, model_roots):
-        output_roots = [*proc.output_roots, *output_roots]
-        model_roots = [*proc.model_roots, *model_roots]
-        proc.stop()
-    if proc is None or not proc.alive():
-        lacking = missing_modules(python or None)
-        if lacking:  # this interpreter (Blender's own, before Set up Backend) cannot run the backend
-            raise BackendError(f"this Python ({python or sys.executable}) has no {', '.join(lacking)}: {SETUP_HINT}")
-        proc = BackendProcess(python=python or None, device=device, log_path=log_path,
-                              output_roots=output_roots, model_roots=model_roots, env=env)
-        try:
-            proc.start()
-        except BackendError as exc:
-            hint = missing_backend_message(proc.python, str(exc))
-            if hint:
-                raise BackendError(hint) from None
-            raise
-        _started[key] = proc
-    return Client(proc.url), proc
-
-
-def stop_started_backends():
-    for proc in list(_started.values()):
-        proc.stop()
-    _started.clear()
-
-
-def started_backend():
-    """The backend this process started and that is still running, if any."""
-    return next((p for p in _started.values() if p.alive()), None)
-
-
-atexit.register(stop_started_backends)

@@ -1,5 +1,5 @@
 """Paired training data for ControlNets, the parts that need no Blender: view seeds, the
-layout of a dataset folder, captions and the resume check. ``capture/dataset.py`` places
+layout of a dataset folder, captions and the resume check. ``blender/capture/dataset.py`` places
 the cameras and renders; ``backend/train.py`` reads what this layout describes.
 
 Layout (the ``imagefolder`` + ``metadata.jsonl`` convention that Hugging Face ``datasets``

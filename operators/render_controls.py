@@ -1,52 +1,16 @@
-import math
+"""``archviz.render_controls``: the control passes of the camera, shown as images."""
+
 import os
 
 import bpy
 from bpy.props import StringProperty
 
-from ..blender import results
-from ..blender.capture.render import CaptureError, CaptureOptions, render_controls
+from ..blender.capture.render import CaptureError, render_controls
+from ..blender.properties import capture_options, output_root
+from ..blender.results import show_control_images
 from ..core.classes import ClassError
 from ..core.passes import PassError
-from .common import output_root
 
-IMAGE_PREFIX = "archviz_"
-
-
-def capture_options(settings, beauty=None):
-    manual = settings.depth_mode == "MANUAL"
-    return CaptureOptions(
-        camera=settings.camera.name if settings.camera else "",
-        long_side=settings.long_side,
-        passes=settings.passes(),
-        depth_range=settings.depth_mode.lower(),
-        near=settings.depth_near if manual else 0.0,
-        far=settings.depth_far if manual else 0.0,
-        line_style=settings.line_style.lower(),
-        supersample=settings.supersample,
-        beauty=settings.use_beauty if beauty is None else beauty,
-        beauty_engine=settings.beauty_engine,
-        beauty_samples=settings.beauty_samples,
-        crease_angle=math.degrees(settings.crease_angle),
-        background_class=settings.background_class,
-        fallback_class=settings.fallback_class,
-        class_table=bpy.path.abspath(settings.class_table) if settings.class_table else "",
-    )
-
-
-def show_images(context, files):
-    """Load the control images as datablocks (replacing older ones) and show the first in
-    an Image Editor when the window has one."""
-    images = []
-    for name in ("depth", "lines", "normal", "seg", "beauty"):
-        if name in files:
-            image = results.load_image(IMAGE_PREFIX + name, files[name])
-            # Control images are data; the beauty pass is a picture in the display space.
-            image.colorspace_settings.name = "sRGB" if name == "beauty" else "Non-Color"
-            images.append(image)
-    if images:
-        results.show_in_image_editor(context, images[0])
-    return images
 
 
 class ARCHVIZ_OT_render_controls(bpy.types.Operator):
@@ -86,7 +50,7 @@ class ARCHVIZ_OT_render_controls(bpy.types.Operator):
         except (CaptureError, PassError, ClassError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        show_images(context, result.files)
+        show_control_images(context, result.files)
         w, h = result.info["resolution"]
         self.report({"INFO"}, f"Control passes {w}x{h} from {camera_name!r} in {result.seconds:.1f} s: {out_dir}")
         return {"FINISHED"}

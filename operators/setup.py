@@ -1,23 +1,12 @@
 """``archviz.setup_backend``: one click from the preferences to a backend venv;
-``archviz.doctor``: the ``archviz doctor`` report in the preferences."""
-
-import threading
+``archviz.doctor``: the ``archviz doctor`` report in the preferences. The runs are
+``blender.runs``'; these operators start them and report."""
 
 import bpy
 
-from ..core.backend_setup import BackendSetup
-from .generate import BackendSettings, backend_venv_dir
-
-current = None  # the BackendSetup shown in the preferences
-doctor = None  # the DoctorRun shown in the preferences
-
-
-def _poll_setup():
-    for window in bpy.context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type == "PREFERENCES":
-                area.tag_redraw()
-    return 0.5 if current is not None and current.state == "running" else None
+from ..blender import runs
+from ..blender.backend import BackendSettings, backend_venv_dir
+from ..blender.preferences import preferences
 
 
 class ARCHVIZ_OT_setup_backend(bpy.types.Operator):
@@ -28,54 +17,26 @@ class ARCHVIZ_OT_setup_backend(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if current is not None and current.state == "running":
+        if runs.setup is not None and runs.setup.state == "running":
             cls.poll_message_set("The backend is being set up")
             return False
         return True
 
     def execute(self, context):
-        global current
-        from ..blender.properties import preferences
-
         prefs = preferences(context)
         venv_dir = backend_venv_dir(prefs.venv_dir if prefs else "")
-        current = BackendSetup(venv_dir, pip_args=prefs.pip_args if prefs else "",
-                               torch_index=prefs.torch_index_url if prefs else "")
-        current.start()
+        setup = runs.start_setup(venv_dir, pip_args=prefs.pip_args if prefs else "",
+                                 torch_index=prefs.torch_index_url if prefs else "")
         if bpy.app.background:
-            current.thread.join()
-            if current.state != "done":
-                self.report({"ERROR"}, current.message)
+            if setup.state != "done":
+                self.report({"ERROR"}, setup.message)
                 return {"CANCELLED"}
-            self.report({"INFO"}, current.message)
-            if current.warning:
-                self.report({"WARNING"}, current.warning)
+            self.report({"INFO"}, setup.message)
+            if setup.warning:
+                self.report({"WARNING"}, setup.warning)
             return {"FINISHED"}
-        bpy.app.timers.register(_poll_setup, first_interval=0.5)
         self.report({"INFO"}, f"Setting up the backend in {venv_dir}; progress shows in the preferences")
         return {"FINISHED"}
-
-
-class DoctorRun:
-    """One ``archviz doctor`` check in a worker thread (it starts the backend's Python to
-    ask it about torch and the model cache). ``lines``: the report; ``can_generate``."""
-
-    def __init__(self, python, env, offline_switch, venv_dir, blender_online):
-        self.args = dict(python=python, env=env, offline_switch=offline_switch, venv_dir=venv_dir,
-                         blender_online=blender_online)
-        self.state, self.lines, self.can_generate = "running", ["checking..."], False
-        self.thread = threading.Thread(target=self.run, name="archviz-doctor", daemon=True)
-
-    def run(self):
-        from ..core import doctor as D
-
-        try:
-            facts = D.collect(**self.args)
-            findings, self.can_generate = D.diagnose(facts)
-            self.lines = D.report_lines(facts, findings, self.can_generate)
-            self.state = "done"
-        except Exception as exc:  # a bug in the check must reach the user, not die in a thread
-            self.lines, self.state = [f"the check failed: {type(exc).__name__}: {exc}"], "failed"
 
 
 class ARCHVIZ_OT_doctor(bpy.types.Operator):
@@ -87,33 +48,21 @@ class ARCHVIZ_OT_doctor(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if doctor is not None and doctor.state == "running":
+        if runs.doctor is not None and runs.doctor.state == "running":
             cls.poll_message_set("The check is running")
             return False
         return True
 
     def execute(self, context):
-        global doctor
-        from ..blender.properties import preferences
-
         prefs = preferences(context)
         backend = BackendSettings(context)
-        doctor = DoctorRun(backend.python, backend.backend_env(), backend.offline,
-                           backend_venv_dir(prefs.venv_dir if prefs else ""), bpy.app.online_access)
-        doctor.thread.start()
+        doctor = runs.start_doctor(backend.python, backend.backend_env(), backend.offline,
+                                   backend_venv_dir(prefs.venv_dir if prefs else ""), bpy.app.online_access)
         if bpy.app.background:
-            doctor.thread.join()
             for line in doctor.lines:
                 print(line)
             self.report({"INFO"} if doctor.can_generate else {"WARNING"}, doctor.lines[-1])
-            return {"FINISHED"}
-        bpy.app.timers.register(_poll_doctor, first_interval=0.5)
         return {"FINISHED"}
-
-
-def _poll_doctor():
-    _poll_setup()
-    return 0.5 if doctor is not None and doctor.state == "running" else None
 
 
 classes = (ARCHVIZ_OT_setup_backend, ARCHVIZ_OT_doctor)

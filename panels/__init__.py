@@ -1,10 +1,13 @@
-"""3D View sidebar tab "ArchViz": UI only."""
+"""3D View sidebar tab "ArchViz": UI only. Panels read the scene settings and the state
+of ``blender`` (the running task, the results) and name operators by their ids; they
+import no operator module. The preferences draw themselves (``blender.preferences``)."""
 
 import bpy
 
+from ..blender.results import CONTROL_IMAGE_PREFIX
+from ..blender.ui import draw_lines
 from ..core.passes import PassError, control_resolution
 from ..core.sweep import download_fraction, download_text
-from ..operators.render_controls import IMAGE_PREFIX
 
 
 class ArchVizPanel:
@@ -39,14 +42,14 @@ class VIEW3D_PT_archviz(ArchVizPanel, bpy.types.Panel):
             heading.prop(settings, name)
         layout.prop(settings, "output_dir")
         layout.operator("archviz.render_controls", icon="RENDER_STILL")
-        previews = [bpy.data.images.get(IMAGE_PREFIX + n) for n in ("depth", "lines", "normal", "seg")]
+        previews = [bpy.data.images.get(CONTROL_IMAGE_PREFIX + n) for n in ("depth", "lines", "normal", "seg")]
         previews = [img for img in previews if img is not None]
         if previews:
             grid = layout.grid_flow(columns=2, even_columns=True)
             for image in previews:
                 cell = grid.column()
                 cell.template_icon(icon_value=image.preview.icon_id if image.preview else 0, scale=5.0)
-                cell.label(text=image.name[len(IMAGE_PREFIX):].title())
+                cell.label(text=image.name[len(CONTROL_IMAGE_PREFIX):].title())
 
 
 class VIEW3D_PT_archviz_depth_lines(ArchVizPanel, bpy.types.Panel):
@@ -115,20 +118,12 @@ def draw_progress(layout, task):
         draw_lines(col.box(), task.device_warning, icon="ERROR")
 
 
-def draw_lines(layout, text, icon="NONE", width=90):
-    """A long message as several labels (Blender's labels do not wrap)."""
-    import textwrap
-
-    for i, line in enumerate(textwrap.wrap(text, width) or [""]):
-        layout.label(text=line, icon=icon if i == 0 else "BLANK1")
-
-
 class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
     bl_idname = "VIEW3D_PT_archviz_generate"
     bl_label = "Generate"
 
     def draw(self, context):
-        from ..operators.generate import Task
+        from ..blender.tasks import Task
 
         layout = self.layout
         settings = context.scene.archviz
@@ -155,8 +150,8 @@ class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
     bl_parent_id = "VIEW3D_PT_archviz_generate"
 
     def draw(self, context):
+        from ..blender.preferences import preferences
         from ..core.jobs import control_types_for
-        from ..blender.properties import preferences
 
         layout = self.layout
         settings = context.scene.archviz
@@ -209,49 +204,8 @@ class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
         layout.operator("archviz.add_to_compositor", icon="NODE_COMPOSITING")
 
 
-def draw_preferences(prefs, context, layout):
-    layout.prop(prefs, "backend_mode", expand=True)
-    if prefs.backend_mode == "LOCAL":
-        from ..operators import setup
-
-        layout.prop(prefs, "python")
-        layout.prop(prefs, "venv_dir")
-        layout.prop(prefs, "pip_args")
-        row = layout.row()
-        row.operator("archviz.setup_backend", icon="IMPORT")
-        layout.prop(prefs, "torch_index_url")
-        task = setup.current
-        if task is not None:
-            icon = {"failed": "ERROR", "done": "CHECKMARK"}.get(task.state, "TIME")
-            draw_lines(layout, task.message, icon=icon)
-            if task.warning:  # a GPU this torch will not use, and why
-                draw_lines(layout.box(), task.warning, icon="ERROR")
-        layout.prop(prefs, "device")
-        layout.prop(prefs, "ray_address")
-    else:
-        layout.prop(prefs, "url")
-        layout.prop(prefs, "token")
-    layout.prop(prefs, "model")
-    layout.prop(prefs, "model_path")
-    layout.prop(prefs, "output_dir")
-    layout.prop(prefs, "hf_cache")
-    layout.prop(prefs, "offline")
-    from ..operators import setup
-
-    layout.operator("archviz.doctor", icon="CHECKMARK")
-    report = setup.doctor
-    if report is not None:
-        box = layout.box()
-        for line in report.lines:
-            icon = "ERROR" if line.startswith(("ERROR", "WARNING")) else "NONE"
-            draw_lines(box, line, icon=icon, width=110)
-    from ..operators.models import draw_models_box
-
-    draw_models_box(prefs, context, layout)
-
-
 def draw_status(self, context):
-    from ..operators.generate import Task
+    from ..blender.tasks import Task
 
     task = Task.current
     if task is not None and task.state == "running" and task.download:

@@ -140,8 +140,7 @@ def test_panels_draw_without_error(addon, tmp_path):
 def test_preferences_draw_when_enabled_as_an_addon():
     import addon_utils
 
-    from archviz_controlnet import panels
-    from archviz_controlnet.blender import properties
+    from archviz_controlnet.blender import preferences, properties
 
     fresh_scene()
     addon_utils.enable("archviz_controlnet", default_set=True)
@@ -151,11 +150,11 @@ def test_preferences_draw_when_enabled_as_an_addon():
         for mode in ("LOCAL", "REMOTE"):
             prefs.backend_mode = mode
             calls = []
-            panels.draw_preferences(prefs, bpy.context, RecordingLayout(calls))
+            preferences.draw_preferences(prefs, bpy.context, RecordingLayout(calls))
             drawn = {c[1][1] for c in calls if c[0] == "prop"}
             assert ("url" in drawn) == (mode == "REMOTE") and ("python" in drawn) == (mode == "LOCAL")
         # What the preferences say reaches the environment of the backend Blender starts.
-        from archviz_controlnet.operators.generate import BackendSettings
+        from archviz_controlnet.blender.backend import BackendSettings
 
         prefs.backend_mode = "LOCAL"
         prefs.ray_address, prefs.hf_cache, prefs.offline, prefs.model = "local", "/tmp/hf", True, "tiny"

@@ -224,7 +224,7 @@ def test_a_previous_venv_whose_python_no_longer_runs_is_not_reused(tmp_path):
 def test_blender_uses_the_shared_venv_folder(tmp_path, monkeypatch):
     pytest.importorskip("bpy")
     import archviz_controlnet
-    from archviz_controlnet.operators.generate import backend_venv_dir
+    from archviz_controlnet.blender.backend import backend_venv_dir
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     archviz_controlnet.register()
@@ -259,12 +259,12 @@ def package_path(tmp_path):
 
 
 def test_a_backend_python_without_the_backend_points_at_set_up(bare_python, package_path, tmp_path):
-    from archviz_controlnet.blender import sweeping
+    from archviz_controlnet.blender import backend as blender_backend
     from archviz_controlnet.core.client import BackendError
 
     env = dict(os.environ, PYTHONPATH=package_path)
     with pytest.raises(BackendError) as err:
-        sweeping.connect(python=bare_python, log_path=str(tmp_path / "backend.log"), env=env)
+        blender_backend.connect(python=bare_python, log_path=str(tmp_path / "backend.log"), env=env)
     message = str(err.value)
     assert message.startswith(f"the backend's Python ({bare_python}) has no 'uvicorn' module")
     assert "Set up Backend" in message and "Traceback" not in message
@@ -297,9 +297,7 @@ def test_preferences_show_the_check_and_a_gpu_torch_will_not_use(tmp_path):
     bpy = pytest.importorskip("bpy")
     import addon_utils
 
-    from archviz_controlnet import panels
-    from archviz_controlnet.blender import properties
-    from archviz_controlnet.operators import setup as setup_op
+    from archviz_controlnet.blender import preferences, properties, runs
 
     check = S.check_torch(sys.executable)  # the real check of this machine's CPU torch
     rtx = D.NvidiaSmi(D.parse_nvidia_smi("NVIDIA GeForce RTX 4090, 572.83, 24564 MiB\n"))
@@ -309,7 +307,7 @@ def test_preferences_show_the_check_and_a_gpu_torch_will_not_use(tmp_path):
     done.warning = S.torch_warning(check, "Windows", "AMD64", rtx)  # as on a Windows PC with that GPU
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon_utils.enable("archviz_controlnet", default_set=True)
-    previous, setup_op.current = setup_op.current, done
+    previous, runs.setup = runs.setup, done
     try:
         labels = []
 
@@ -321,11 +319,11 @@ def test_preferences_show_the_check_and_a_gpu_torch_will_not_use(tmp_path):
                     return Layout()
                 return record
 
-        panels.draw_preferences(properties.preferences(), bpy.context, Layout())
+        preferences.draw_preferences(properties.preferences(), bpy.context, Layout())
         texts = " ".join(t for t, _ in labels)
         assert "device cpu" in texts and check.torch in texts
         red = [t for t, icon in labels if icon == "ERROR"]
         assert red and red[0].startswith("running on the CPU although this machine has NVIDIA GeForce RTX 4090")
     finally:
-        setup_op.current = previous
+        runs.setup = previous
         addon_utils.disable("archviz_controlnet", default_set=True)

@@ -68,7 +68,7 @@ def test_panel_custom_unit(tmp_path):
     import archviz_controlnet
 
     from archviz_controlnet.blender import sweeping
-    from archviz_controlnet.operators.generate import units_of
+    from archviz_controlnet.blender.properties import units_of
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     archviz_controlnet.register()

@@ -104,14 +104,14 @@ def test_panel_shows_the_warning(small_blend, gpu_path, tmp_path, monkeypatch):
     bpy = pytest.importorskip("bpy")
     import archviz_controlnet
     from archviz_controlnet import panels
-    from archviz_controlnet.blender import sweeping
+    from archviz_controlnet.blender import backend as blender_backend
     from archviz_controlnet.operators import generate as gen
 
     monkeypatch.setenv("PATH", gpu_path)
     monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
     monkeypatch.setenv("ARCHVIZ_MODEL", "tiny")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    sweeping.stop_started_backends()  # a backend started before without this PATH
+    blender_backend.stop_started_backends()  # a backend started before without this PATH
     bpy.ops.wm.open_mainfile(filepath=small_blend)
     archviz_controlnet.register()
     try:
@@ -138,5 +138,5 @@ def test_panel_shows_the_warning(small_blend, gpu_path, tmp_path, monkeypatch):
         assert shown == task.device_warning  # the whole warning, wrapped over labels
     finally:
         gen.Task.current = None
-        sweeping.stop_started_backends()
+        blender_backend.stop_started_backends()
         archviz_controlnet.unregister()

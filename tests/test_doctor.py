@@ -188,9 +188,8 @@ def test_preferences_doctor_button_runs_the_same_report(tmp_path, monkeypatch):
     bpy = pytest.importorskip("bpy")
     import addon_utils
 
-    from archviz_controlnet import panels
-    from archviz_controlnet.blender import properties
-    from archviz_controlnet.operators import setup
+    from archviz_controlnet.blender import preferences, properties
+    from archviz_controlnet.blender import runs as setup
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -217,7 +216,7 @@ def test_preferences_doctor_button_runs_the_same_report(tmp_path, monkeypatch):
                     return Layout()
                 return record
 
-        panels.draw_preferences(prefs, bpy.context, Layout())
+        preferences.draw_preferences(prefs, bpy.context, Layout())
         assert "verdict: a real generation cannot run here yet; --model tiny works offline" in labels
     finally:
         addon_utils.disable("archviz_controlnet", default_set=True)

@@ -21,7 +21,16 @@ def test_extension_builds_with_blender_tooling(tmp_path):
     names = set(zipfile.ZipFile(zip_path).namelist())
     assert {"blender_manifest.toml", "LICENSE", "__init__.py", "blender/properties.py", "operators/__init__.py",
             "panels/__init__.py", "blender/capture/render.py", "core/passes.py", "core/class_table.toml"} <= names
-    assert not any(n.startswith(("tests/", ".venv/", ".ci/", "bench/")) or "__pycache__" in n for n in names)
+    assert not any(n.startswith(("tests/", ".venv/", ".ci/", "bench/", ".git")) or "__pycache__" in n for n in names)
+    # The backend the add-on starts runs from the extension's own files: archviz serve reads
+    # its --ray options from distributed/ and the tiny families (a preference) from backend/tiny.py.
+    assert {"blender/tasks.py", "distributed/options.py", "backend/tiny.py", "backend/cli_serve.py"} <= names
+    # Every file the shipped README links to (images, docs) is shipped with it.
+    import re
+
+    readme = zipfile.ZipFile(zip_path).read("README.md").decode("utf-8")
+    links = {m for m in re.findall(r"\]\(([^)#\s]+)\)", readme) if "://" not in m}
+    assert "docs/passes_example.png" in links and links <= names, sorted(links - names)
 
 
 def test_license_matches_the_manifest():

@@ -121,7 +121,7 @@ def test_unsaved_blend_goes_to_the_temp_folder_with_a_warning(tmp_path, monkeypa
     import tempfile
 
     import archviz_controlnet
-    from archviz_controlnet.operators.common import output_root
+    from archviz_controlnet.blender.properties import output_root
 
     bpy.ops.wm.read_homefile(use_empty=True)
     assert bpy.data.filepath == ""
@@ -134,20 +134,20 @@ def test_unsaved_blend_goes_to_the_temp_folder_with_a_warning(tmp_path, monkeypa
 
 
 def test_a_local_backend_is_restarted_when_a_run_needs_another_output_folder(tmp_path, monkeypatch):
-    from archviz_controlnet.blender import sweeping
+    from archviz_controlnet.blender import backend as blender_backend
     from backend_support import TEST_HOME
 
     monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     a, b = tmp_path / "scene-a", tmp_path / "scene-b"
     try:
-        _client, first = sweeping.connect(device="cpu", output_roots=[str(a)])
+        _client, first = blender_backend.connect(device="cpu", output_roots=[str(a)])
         assert "--output-root" in first.command() and str(a) in first.command()
-        _client, same = sweeping.connect(device="cpu", output_roots=[str(a / "sub")])
+        _client, same = blender_backend.connect(device="cpu", output_roots=[str(a / "sub")])
         assert same is first  # already allowed: reused
-        client, second = sweeping.connect(device="cpu", output_roots=[str(b)])
+        client, second = blender_backend.connect(device="cpu", output_roots=[str(b)])
         assert second is not first and not first.alive()
         assert second.covers([str(a), str(b)])  # both folders allowed now
         client.health()
     finally:
-        sweeping.stop_started_backends()
+        blender_backend.stop_started_backends()

@@ -398,10 +398,10 @@ def test_add_on_passes_token_and_blender_offline_and_shows_download(repos, tmp_p
     import addon_utils
 
     from archviz_controlnet import panels
-    from archviz_controlnet.blender import properties
+    from archviz_controlnet.blender import preferences, properties
+    from archviz_controlnet.blender import runs as ops_models
     from archviz_controlnet.core.sweep import SweepEvent
     from archviz_controlnet.operators import generate as gen
-    from archviz_controlnet.operators import models as ops_models
     from test_addon import RecordingLayout
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -457,7 +457,7 @@ def test_add_on_passes_token_and_blender_offline_and_shows_download(repos, tmp_p
         rows = {r["name"]: r for r in ops_models.listing.result["models"]}
         assert rows["sd15-depth"]["complete"] and not rows["sd15-base"]["complete"]
         calls = []
-        panels.draw_preferences(prefs, bpy.context, RecordingLayout(calls))
+        preferences.draw_preferences(prefs, bpy.context, RecordingLayout(calls))
         labels = [c[2].get("text", "") for c in calls if c[0] == "label"]
         assert any(DEPTH in t and "cached" in t for t in labels), labels
         assert any("downloads are off" in t for t in labels)

@@ -14,7 +14,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import archviz_controlnet  # noqa: E402
-from archviz_controlnet.blender import sweeping  # noqa: E402
+from archviz_controlnet.blender import backend as blender_backend  # noqa: E402
+from archviz_controlnet.blender import tasks  # noqa: E402
 from archviz_controlnet.core.exr import read_exr  # noqa: E402
 from archviz_controlnet.operators import generate as gen  # noqa: E402
 from backend_support import TEST_HOME  # noqa: E402
@@ -111,7 +112,7 @@ def test_timer_callback_brings_results_onto_the_main_thread(addon):
     gen.Task.current = task
     task.start_thread()
     deadline = time.monotonic() + 120
-    while gen._timer() is not None:  # what bpy.app.timers would call every 0.2 s
+    while tasks._timer() is not None:  # what bpy.app.timers would call every 0.2 s
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert task.thread.name == "archviz-sweep" and task.state == "done"
@@ -137,7 +138,7 @@ def test_cancel_keeps_finished_images(addon, tmp_path):
     task.start_thread()
     _run_until_first_image(task)
     assert bpy.ops.archviz.cancel() == {"FINISHED"}
-    gen.run_until_done(task)
+    tasks.run_until_done(task)
     assert task.state == "cancelled" and "cancelled" in task.message
     kept = _images()
     assert 1 <= len(kept) < 8
@@ -155,8 +156,8 @@ def test_backend_killed_mid_sweep_keeps_images_and_next_run_resumes(addon, tmp_p
     gen.Task.current = task
     task.start_thread()
     _run_until_first_image(task)
-    sweeping.started_backend().proc.kill()
-    gen.run_until_done(task)
+    blender_backend.started_backend().proc.kill()
+    tasks.run_until_done(task)
     assert task.state == "failed" and "not reachable" in task.error
     finished = list(task.images)
     assert finished and all(os.path.exists(bpy.data.images[n]["archviz_path"]) for n in finished)
