@@ -41,6 +41,12 @@ def add_arguments(parser):
     from .capture.cli import add_image_arguments
 
     add_image_arguments(parser)  # --depth-range, --near/--far, --line-style, --supersample
+    parser.add_argument("--init", default=None, metavar="beauty|PATH",
+                        help="restyle: start from the scene's own render (beauty: the beauty pass is rendered "
+                             "too) or a PNG, with the controls still applied (README: Restyle)")
+    parser.add_argument("--strength", default=None, metavar="S",
+                        help="restyle strength, 0 (precise) to 1 (creative), or precise, faithful, balanced, "
+                             "creative, free (default: balanced, 0.6)")
     parser.add_argument("--remake", action="store_true",
                         help="make every image again, also those already on disk with the same parameters "
                              "(default: resume, keeping them)")
@@ -82,6 +88,10 @@ def run(args):
     problem = check_out_dir(args.out)
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
+    if problem is None:
+        from .core.restyle import restyle_problem
+
+        problem = restyle_problem(args)
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -145,7 +155,8 @@ def run(args):
                                                   line_style=args.line_style, supersample=args.supersample),
                                    steps=args.steps, cfg=args.cfg,
                                    scheduler=args.scheduler, share_disk=not args.backend,
-                                   render=_render_in_child(scene_path), skip_existing=not args.remake)
+                                   render=_render_in_child(scene_path), skip_existing=not args.remake,
+                                   init=args.init, strength=args.strength)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR

@@ -105,7 +105,8 @@ def control_choices(units, styles, model, base):
 
 
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
-                 scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True):
+                 scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True, init=None,
+                 strength=None):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
     Each line unit gets the line image its model was trained on (``lines_<style>.png``).
@@ -113,10 +114,13 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     itself (a local backend); otherwise the images are downloaded. ``render(scene,
     passes_dir, options)``: how to render (default: here, with render_controls; the
     ``archviz sweep`` command renders in a child process that a renderer crash cannot take
-    down). ``skip_existing=False`` remakes images already on disk."""
+    down). ``skip_existing=False`` remakes images already on disk. ``init``/``strength``:
+    restyle from ``"beauty"`` (the beauty pass is rendered too) or a PNG (core/restyle.py)."""
     check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
     render = render or render_controls
     base = capture_options or CaptureOptions()
+    if init == "beauty" and not base.beauty:
+        base = replace(base, beauty=True)
     depth_range, line_styles = control_choices(units, styles, model, base)
     units = [replace(u, line_style=line_styles[i]) if i in line_styles else u for i, u in enumerate(units)]
     out = []
@@ -132,7 +136,8 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
         out.append((cam.name, camera_job(passes_dir, units, styles, seeds, model=model_spec(model),
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
                                          name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
-                                         max_batch=max_batch, skip_existing=skip_existing)))
+                                         max_batch=max_batch, skip_existing=skip_existing, init=init,
+                                         strength=strength)))
     return out
 
 

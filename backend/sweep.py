@@ -77,6 +77,15 @@ class ControlImage:
 
 
 @dataclass
+class InitImage:
+    """The picture a restyle starts from (img2img), and how far it may move away."""
+
+    image: object  # PIL.Image (RGB), resized to the job's size by the family's image processor
+    sha256: str
+    strength: float
+
+
+@dataclass
 class SweepPlan:
     job: J.Job
     models: ModelPlan
@@ -89,11 +98,14 @@ class SweepPlan:
     # The engine options in force that change images (EngineOptions.image_changes): part of
     # the parameters only when set, so the exact engine's hashes stay as they were.
     engine_options: dict = field(default_factory=dict)
+    init: InitImage | None = None  # restyle (img2img); None: text-to-image with the controls
 
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
         style = self.styles[image.style]
         extra = {"engine_options": dict(self.engine_options)} if self.engine_options else {}
+        if self.init is not None:  # only when set: plain sweeps keep their hashes
+            extra["init"] = {"image_sha256": self.init.sha256, "strength": self.init.strength}
         return {
             "engine": ENGINE_VERSION,
             "model": self.models.ids(),
@@ -166,6 +178,13 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         for name in ("width", "height"):
             if getattr(job, name) % 16:
                 raise J.JobError(name, f"{getattr(job, name)} px: FLUX.1 needs a multiple of 16")
+    init = None
+    if job.init_image is not None:
+        if flux:
+            raise J.JobError("init_image", "restyle (img2img) runs with the SD 1.5 and SDXL families; "
+                                           "FLUX.1 does not take an init image yet")
+        image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
+        init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))
     controls = []
     for i, c in enumerate(job.controls):
         image = decode_control_image(c.png_bytes(), f"controls[{i}].image")
@@ -213,7 +232,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         ))
 
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,
-                     controls=controls, styles=styles, images=[], engine_options=dict(engine_options or {}))
+                     controls=controls, styles=styles, images=[], engine_options=dict(engine_options or {}), init=init)
     for item in job.items():
         si = next(i for i, s in enumerate(styles) if s.name == item.style)
         draft = PlannedImage(item.index, si, item.seed, item.file, "")

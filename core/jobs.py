@@ -17,7 +17,8 @@ Wire format (JSON)::
       "styles": ["modern", {"name": "mine", "prompt": "a loft", "negative": "blurry"}],
       "seeds": [0, 1, 2],
       "width": 512, "height": 512, "steps": 30, "cfg": 7.0, "scheduler": "unipc",
-      "output_dir": "/abs/out", "name_prefix": "Camera", "skip_existing": true
+      "output_dir": "/abs/out", "name_prefix": "Camera", "skip_existing": true,
+      "init_image": "<base64 PNG>", "strength": 0.6           # restyle (optional, core/restyle.py)
     }
 
 Fields left out (or ``null``) take the style preset's value, then the built-in default.
@@ -406,10 +407,14 @@ class Job:
     skip_existing: bool = True  # resume: keep PNGs already made with the same parameters (False: remake all)
     max_batch: int | None = None  # cap on images per UNet batch (None: by memory)
     contact_sheet: bool = True
+    # Restyle (img2img, core/restyle.py): the picture to start from (base64 PNG, resized to
+    # the job's size by the backend) and how far to move away from it (0 precise .. 1 creative).
+    init_image: str | None = None
+    strength: float | None = None  # None: DEFAULT_STRENGTH when init_image is set
 
     FIELDS = ("controls", "styles", "seeds", "model", "width", "height", "steps", "cfg",
               "scheduler", "output_dir", "name_prefix", "skip_existing", "max_batch",
-              "contact_sheet")
+              "contact_sheet", "init_image", "strength")
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -492,6 +497,15 @@ class Job:
         self.skip_existing = _bool(self.skip_existing, "skip_existing")
         self.max_batch = _int(self.max_batch, "max_batch", 1, MAX_BATCH, optional=True)
         self.contact_sheet = _bool(self.contact_sheet, "contact_sheet")
+        self.strength = _float(self.strength, "strength", 0.0, 1.0, optional=True)
+        if self.init_image is not None:
+            decode_png(self.init_image, "init_image")
+            if self.strength is None:
+                from .restyle import DEFAULT_STRENGTH
+
+                self.strength = DEFAULT_STRENGTH
+        elif self.strength is not None:
+            raise JobError("strength", f"{self.strength:g} given without an init_image to restyle")
         return self
 
     def _check_sizes(self) -> None:

@@ -123,9 +123,10 @@ UNIT_PRESETS = {
 
 
 def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
-               cfg=None, scheduler=None, skip_existing=True, max_batch=None):
+               cfg=None, scheduler=None, skip_existing=True, max_batch=None, init=None, strength=None):
     """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
-    so a bad value is reported before anything is sent."""
+    so a bad value is reported before anything is sent. ``init``: restyle from ``"beauty"``
+    (the folder's beauty.png) or a PNG's path, at ``strength`` (core/restyle.py)."""
     controls = []
     for i, unit in enumerate(units):
         if unit.line_style and unit.type in J.LINE_TYPES:
@@ -148,6 +149,17 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
                        ("max_batch", max_batch)):
         if value is not None:
             job[key] = value
+    if init is not None:
+        from .restyle import BEAUTY
+
+        path = os.path.join(passes_dir, "beauty.png") if init == BEAUTY else init
+        try:
+            with open(path, "rb") as fh:
+                job["init_image"] = J.encode_png(fh.read())
+        except OSError as exc:
+            raise J.JobError("init_image", f"cannot read {path}: {exc.strerror}") from None
+        if strength is not None:
+            job["strength"] = strength
     J.Job.from_dict(json.loads(json.dumps(job)))  # raises JobError naming the field
     return job
 

@@ -294,7 +294,9 @@ class _GenerateBase:
             scene, cameras, units_of(settings), styles, seeds, backend.model, root, opts,
             steps=settings.steps or None, cfg=settings.cfg or None,
             scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
-            max_batch=settings.max_batch or None)
+            max_batch=settings.max_batch or None,
+            init="beauty" if settings.use_restyle else None,
+            strength=settings.restyle_strength if settings.use_restyle else None)
         return Task(scene.name, camera_jobs, root, backend)
 
     def execute(self, context):

@@ -163,8 +163,36 @@ class StableDiffusion(Family):
             out.append(Control(t, cond))
         return out
 
+    # 2b. Restyle: the init image as StableDiffusion(XL)ControlNetImg2ImgPipeline prepares
+    #     it (image processor at the job's size, then the VAE encoder), once per job.
+    @torch.no_grad()
+    def prepare_init(self, engine, plan, pipe, comps):
+        vae = comps["vae"]
+        image = pipe.image_processor.preprocess(plan.init.image, height=plan.height, width=plan.width)
+        image = image.to(dtype=torch.float32).to(device=engine.device, dtype=engine.dtype)
+        if self.sdxl and vae.config.force_upcast and vae.dtype != torch.float32:
+            with _upcast(vae):
+                return vae.encode(image.float()).latent_dist
+        return vae.encode(image).latent_dist
+
+    def _init_latents(self, comps, dist, generators, dtype):
+        """Each seed's own sample of the init image's latent distribution (its generator
+        first draws this, then its noise: the img2img pipelines' order), scaled."""
+        vae = comps["vae"]
+        z = torch.cat([dist.sample(generator=g) for g in generators]).to(dtype)
+        mean = getattr(vae.config, "latents_mean", None) if self.sdxl else None
+        std = getattr(vae.config, "latents_std", None) if self.sdxl else None
+        if mean is not None and std is not None:
+            m = torch.tensor(mean).view(1, 4, 1, 1).to(z.device, dtype)
+            d = torch.tensor(std).view(1, 4, 1, 1).to(z.device, dtype)
+            return (z - m) * vae.config.scaling_factor / d
+        return vae.config.scaling_factor * z
+
     # 3. Latents: the job's sampler, one generator per seed, CFG rows of the embeddings.
-    def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units) -> Denoising:
+    #    Restyle (``init``): the timesteps start at the strength, the latents are each seed's
+    #    init latents noised to the first of them (diffusers' img2img get_timesteps / prepare_latents).
+    def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
+                        init=None) -> Denoising:
         from diffusers.utils.torch_utils import randn_tensor
 
         unet = comps["unet"]
@@ -188,8 +216,23 @@ class StableDiffusion(Family):
         scheduler.set_timesteps(style.steps, device=engine.device)
         shape = (b, unet.config.in_channels, plan.height // pipe.vae_scale_factor,
                  plan.width // pipe.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generators, device=engine.device, dtype=prompt_embeds.dtype)
-        latents = latents * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        if init is None:
+            latents = randn_tensor(shape, generator=generators, device=engine.device, dtype=prompt_embeds.dtype)
+            latents = latents * scheduler.init_noise_sigma
+        else:
+            from ...core.restyle import denoising_steps
+
+            init_latents = self._init_latents(comps, init, generators, prompt_embeds.dtype)
+            t_start = style.steps - denoising_steps(style.steps, plan.init.strength)
+            timesteps = scheduler.timesteps[t_start * scheduler.order:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start * scheduler.order)
+            noise = randn_tensor(init_latents.shape, generator=generators, device=engine.device,
+                                 dtype=prompt_embeds.dtype)
+            # strength 0: no step runs and the init latents are decoded as they are
+            latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(b)) if len(timesteps) \
+                else init_latents
         step_params = inspect.signature(scheduler.step).parameters
         extra = {}
         if "eta" in step_params:
@@ -197,7 +240,7 @@ class StableDiffusion(Family):
         if "generator" in step_params:
             extra["generator"] = generators
         opts = engine.options
-        return Denoising(latents, scheduler.timesteps, scheduler, dict(
+        return Denoising(latents, timesteps, scheduler, dict(
             b=b, do_cfg=do_cfg, cfg=style.cfg, prompt_embeds=prompt_embeds, added=added, extra=extra,
             unet=engine._runtime(unet),
             memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format))
