@@ -368,6 +368,8 @@ class SweepRunner:
             for key in ("steps", "cfg", "scheduler", "width", "height"):
                 if status.get(key, t.job.get(key)) is not None:
                     params[key] = status.get(key, t.job.get(key))
+            if t.job.get("init_image") is not None:  # a restyle: its strength on the result too
+                params["strength"] = t.job.get("strength", status.get("strength"))
             payload = {"path": path, "camera": t.camera, "style": entry.get("style"), "seed": entry.get("seed"),
                        "params": params, "skipped": bool(entry.get("skipped"))}
             self.images.append(payload)

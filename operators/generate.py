@@ -296,7 +296,7 @@ class _GenerateBase:
             scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
             max_batch=settings.max_batch or None,
             init="beauty" if settings.use_restyle else None,
-            strength=settings.restyle_strength if settings.use_restyle else None)
+            strength=round(settings.restyle_strength, 3) if settings.use_restyle else None)  # float32 slider
         return Task(scene.name, camera_jobs, root, backend)
 
     def execute(self, context):

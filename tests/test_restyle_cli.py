@@ -44,6 +44,8 @@ def test_restyle_from_the_beauty_pass_records_and_resumes(interior, tmp_path):
     pixels, meta = read_png(str(out / images[0]))
     params = json.loads(meta["archviz"])["params"]
     assert params["init"]["strength"] == 0.5 and len(params["init"]["image_sha256"]) == 64
+    assert meta["strength"] == "0.5" and meta["init_sha256"] == params["init"]["image_sha256"]
+    assert "Denoising strength: 0.5" in meta["parameters"]
     assert pixels.shape == beauty.shape
     again = sweep(interior, out, "--init", "beauty", "--strength", "0.5")
     assert again.returncode == 0 and "0 new image(s), 1 already on disk" in again.stdout
@@ -70,3 +72,34 @@ def test_bad_restyle_arguments_are_one_line_errors(interior, tmp_path, extra, me
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_restyle_box_in_blender_generates_from_the_beauty_pass(interior, tmp_path, monkeypatch):
+    bpy = pytest.importorskip("bpy")
+    import archviz_controlnet
+    from archviz_controlnet import sweeping
+    from archviz_controlnet.operators import generate as gen
+
+    monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
+    monkeypatch.setenv("ARCHVIZ_MODEL", "tiny")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    bpy.ops.wm.open_mainfile(filepath=interior)
+    archviz_controlnet.register()
+    try:
+        settings = bpy.context.scene.archviz
+        settings.long_side, settings.steps, settings.supersample = 64, 4, 1
+        settings.output_dir = str(tmp_path / "out")
+        settings.use_restyle, settings.restyle_strength = True, 0.45
+        assert bpy.ops.archviz.generate() == {"FINISHED"}
+        made = [i for i in bpy.data.images if "archviz_style" in i]
+        assert len(made) == 1
+        assert made[0]["strength"] == 0.45  # the restyle's strength on the image datablock
+        _pixels, meta = read_png(made[0]["archviz_path"])
+        assert meta["strength"] == "0.45" and meta["params_sha256"] == made[0]["params_sha256"]
+        assert json.loads(meta["archviz"])["params"]["init"]["strength"] == 0.45
+        camera = made[0]["archviz_camera"]
+        assert os.path.isfile(tmp_path / "out" / "passes" / camera / "beauty.png")
+    finally:
+        gen.Task.current = None
+        sweeping.stop_started_backends()
+        archviz_controlnet.unregister()
