@@ -47,6 +47,11 @@ def add_arguments(parser):
     parser.add_argument("--strength", default=None, metavar="S",
                         help="restyle strength, 0 (precise) to 1 (creative), or precise, faithful, balanced, "
                              "creative, free (default: balanced, 0.6)")
+    parser.add_argument("--region", default=None, metavar="CLASS[,CLASS...]",
+                        help="region edit: regenerate only these ADE20K classes of the init image (default init: "
+                             "beauty, strength 1); README: Region edits")
+    parser.add_argument("--region-objects", default=None, metavar="NAME[,NAME...]",
+                        help="region edit: regenerate only these objects of the init image")
     parser.add_argument("--remake", action="store_true",
                         help="make every image again, also those already on disk with the same parameters "
                              "(default: resume, keeping them)")
@@ -156,7 +161,8 @@ def run(args):
                                    steps=args.steps, cfg=args.cfg,
                                    scheduler=args.scheduler, share_disk=not args.backend,
                                    render=_render_in_child(scene_path), skip_existing=not args.remake,
-                                   init=args.init, strength=args.strength)
+                                   init=args.init, strength=args.strength, region=args.region,
+                                   region_objects=args.region_objects)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR

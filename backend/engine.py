@@ -412,6 +412,10 @@ class Engine:
                 out = self._run_batch_with_retry(plan, pipe, comps, style, units, batch, embeds,
                                                  on_step, cancelled)
                 for item, array in zip(batch, out):
+                    if plan.region is not None:  # the source's own pixels outside the feather band
+                        from ..core.region import blend
+
+                        array = blend(plan.region.source, array, plan.region.alpha)
                     results[item.index] = array
                     if on_image:
                         on_image(item, array)

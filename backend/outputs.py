@@ -109,7 +109,8 @@ class OutputRoots:
         return any(real == root or root in real.parents for root in self.roots)
 
 METADATA_KEYS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height", "style",
-                 "model", "controls", "params_sha256", "archviz", "parameters", "strength", "init_sha256")
+                 "model", "controls", "params_sha256", "archviz", "parameters", "strength", "init_sha256",
+                 "region_coverage", "mask_sha256")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -134,6 +135,8 @@ def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | No
     if plan.init is not None:  # img2img: the init image's pixel hash and the strength
         a1111 += f", Denoising strength: {plan.init.strength:g}"
         restyle = {"strength": f"{plan.init.strength:g}", "init_sha256": plan.init.sha256}
+    if plan.region is not None:  # region edit: the share of pixels it may change, and which mask
+        restyle.update(region_coverage=f"{plan.region.coverage:g}", mask_sha256=plan.region.sha256)
     return {
         "prompt": style.prompt,
         "negative_prompt": style.negative,

@@ -56,6 +56,25 @@ def restyle_problem(args) -> str | None:
     one-line problem, or None. Turns ``args.strength`` into a number."""
     import os
 
+    region = getattr(args, "region", None) is not None or getattr(args, "region_objects", None) is not None
+    if region:
+        if args.region is not None and args.region_objects is not None:
+            return "give --region CLASSES or --region-objects NAMES, not both"
+        names = args.region if args.region is not None else args.region_objects
+        if not [n for n in names.split(",") if n.strip()]:
+            return f"--region{'' if args.region is not None else '-objects'} {names!r}: no names given"
+        if args.region is not None:
+            from .classes import ClassError, check_class
+
+            for name in (n for n in args.region.split(",") if n.strip()):
+                try:
+                    check_class(name, "region class")
+                except ClassError as exc:
+                    return f"--region: {exc}"
+        if args.init is None:
+            args.init = BEAUTY  # a region edit of the scene's own render
+        if args.strength is None:
+            args.strength = "1"  # the region is made anew (inpainting)
     if args.init is None:
         return f"--strength {args.strength} needs --init beauty|PATH" if args.strength is not None else None
     if args.init != BEAUTY:

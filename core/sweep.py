@@ -123,10 +123,12 @@ UNIT_PRESETS = {
 
 
 def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
-               cfg=None, scheduler=None, skip_existing=True, max_batch=None, init=None, strength=None):
+               cfg=None, scheduler=None, skip_existing=True, max_batch=None, init=None, strength=None,
+               mask=None):
     """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
     so a bad value is reported before anything is sent. ``init``: restyle from ``"beauty"``
-    (the folder's beauty.png) or a PNG's path, at ``strength`` (core/restyle.py)."""
+    (the folder's beauty.png) or a PNG's path, at ``strength`` (core/restyle.py); ``mask``:
+    a region edit's 8-bit alpha (core/region.py)."""
     controls = []
     for i, unit in enumerate(units):
         if unit.line_style and unit.type in J.LINE_TYPES:
@@ -160,6 +162,10 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
             raise J.JobError("init_image", f"cannot read {path}: {exc.strerror}") from None
         if strength is not None:
             job["strength"] = strength
+        if mask is not None:
+            from .png import encode_png
+
+            job["mask_image"] = J.encode_png(encode_png(mask))
     J.Job.from_dict(json.loads(json.dumps(job)))  # raises JobError naming the field
     return job
 

@@ -103,3 +103,66 @@ def test_restyle_box_in_blender_generates_from_the_beauty_pass(interior, tmp_pat
         gen.Task.current = None
         sweeping.stop_started_backends()
         archviz_controlnet.unregister()
+
+
+# ---------------------------------------------------------------- region edits
+
+def test_region_edit_of_the_floor_keeps_every_other_pixel_of_the_beauty_pass(interior, tmp_path):
+    import numpy as np
+
+    from archviz_controlnet.core import region as R
+
+    out = tmp_path / "out"
+    proc = sweep(interior, out, "--region", "floor,rug")
+    assert proc.returncode == 0, proc.stderr
+    cam = os.listdir(out / "passes")[0]
+    passes = out / "passes" / cam
+    beauty, _ = read_png(str(passes / "beauty.png"))
+    mask, _ = read_png(str(out / f"{cam}_region_mask.png"))
+    alpha = mask[..., 0] / 255.0
+    exact = R.region_mask(str(passes), classes="floor,rug")
+    assert np.array_equal(alpha > 0, R.feathered_alpha(exact) > 0) and (alpha[exact] == 1).all()
+    image = next(p for p in os.listdir(out) if p.endswith("_s0.png"))
+    pixels, meta = read_png(str(out / image))
+    assert np.array_equal(pixels[alpha == 0], beauty[alpha == 0])  # outside: the source, exactly
+    assert np.abs(pixels[alpha == 1].astype(int) - beauty[alpha == 1]).mean() > 5  # inside: made anew
+    assert float(meta["region_coverage"]) == R.coverage(alpha) > 0.1
+    params = json.loads(meta["archviz"])["params"]
+    assert params["init"]["strength"] == 1.0 and len(params["region"]["mask_sha256"]) == 64
+    again = sweep(interior, out, "--region", "floor,rug")
+    assert again.returncode == 0 and "0 new image(s), 1 already on disk" in again.stdout
+    other = sweep(interior, out, "--region", "floor")
+    assert other.returncode == 0 and "1 new image(s)" in other.stdout  # another mask: another image
+
+
+def test_region_objects_mask_is_exactly_their_pixels_in_the_object_pass(interior, tmp_path):
+    import numpy as np
+
+    from archviz_controlnet.core import region as R
+
+    out = tmp_path / "out"
+    proc = sweep(interior, out, "--region-objects", "Sofa,Rug", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    passes = out / "passes" / os.listdir(out / "passes")[0]
+    info = json.loads((passes / "passes.json").read_text())
+    ids = np.load(passes / "object_ids.npy")
+    mask = R.region_mask(str(passes), objects=["Sofa", "Rug"])
+    expected = (ids == info["object_index"]["Sofa"]) | (ids == info["object_index"]["Rug"])
+    assert mask.any() and np.array_equal(mask, expected)
+    # the object pass agrees with the class pass: the sofa's pixels are the sofa class's
+    sofa_class = np.load(passes / "class_ids.npy") == 23
+    assert np.array_equal(ids == info["object_index"]["Sofa"], sofa_class)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--region", "marble"], "archviz sweep: --region: unknown region class 'marble'"),
+    (["--region", "bathtub"], "archviz sweep: region: 'bathtub': no pixel of that class in view of camera"),
+    (["--region-objects", "Shelf"], "archviz sweep: region-objects: 'Shelf' is not in view of camera"),
+    (["--region-objects", "Ghost"], "archviz sweep: region-objects: 'Ghost': no such renderable object"),
+    (["--region", "floor", "--region-objects", "Sofa"], "archviz sweep: give --region CLASSES or --region-objects"),
+])
+def test_bad_regions_are_one_line_errors(interior, tmp_path, extra, message):
+    proc = sweep(interior, tmp_path / "bad", *extra)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
