@@ -52,6 +52,9 @@ def add_arguments(parser):
                              "beauty, strength 1); README: Region edits")
     parser.add_argument("--region-objects", default=None, metavar="NAME[,NAME...]",
                         help="region edit: regenerate only these objects of the init image")
+    parser.add_argument("--upscale", type=int, choices=(2, 4), default=None,
+                        help="then upscale every image of the sweep 2x or 4x (archviz upscale: passes re-rendered "
+                             "at the target size, refined tile by tile)")
     parser.add_argument("--remake", action="store_true",
                         help="make every image again, also those already on disk with the same parameters "
                              "(default: resume, keeping them)")
@@ -247,6 +250,18 @@ def run(args):
     if state == "failed":
         print("archviz sweep: " + "; ".join(runner.errors), file=sys.stderr)
         return EXIT_FAILED
+    if args.upscale and state != "cancelled":
+        import subprocess
+
+        from .core.tiles import upscale_argv
+
+        for image in runner.images:  # each in its own process: the engine runs there, not next to bpy
+            code = subprocess.call([sys.executable, "-m", "archviz_controlnet.cli",
+                                    *upscale_argv(image["path"], args.upscale, scene_path, image["camera"])])
+            if code:
+                print(f"archviz sweep: upscaling {image['path']} failed (exit status {code}); the sweep's "
+                      "images are kept", file=sys.stderr)
+                return EXIT_FAILED
     return EXIT_CANCELLED if state == "cancelled" else 0
 
 

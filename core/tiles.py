@@ -69,3 +69,9 @@ class Canvas:
         if not (self.weight > 0).all():
             raise ValueError("the tiles do not cover the image")
         return self.sum / self.weight[..., None]
+
+
+def upscale_argv(image_path: str, scale: int, scene_path: str, camera: str = "") -> list[str]:
+    """``archviz upscale`` arguments for one result of a sweep (``archviz sweep --upscale``)."""
+    argv = ["upscale", image_path, "--scale", str(scale), "--scene", scene_path]
+    return argv + (["--camera", camera] if camera else [])

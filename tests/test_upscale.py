@@ -172,3 +172,10 @@ def test_archviz_upscale_rerenders_the_passes_and_refines_by_tiles(tmp_path):
     no_meta = run_cli("upscale", plain, "--scale", "2", "--scene", scene)
     assert no_meta.returncode == 2 and "has no archviz metadata" in no_meta.stderr
     assert len(no_meta.stderr.strip().splitlines()) == 1
+    # archviz sweep --upscale 2: the sweep's images, then each one upscaled the same way
+    swept = run_cli("sweep", scene, "--styles", "modern", "--seeds", "4", "--model", "tiny", "--long-side", "64",
+                    "--steps", "3", "--out", tmp_path / "out2", "--upscale", "2")
+    assert swept.returncode == 0, swept.stderr
+    twice = next(p for p in (tmp_path / "out2").iterdir() if p.name.endswith("_s4_x2.png"))
+    pixels2, meta2 = read_png(str(twice))
+    assert pixels2.shape == big.shape and json.loads(meta2["archviz"])["params"]["tile"] == 512
