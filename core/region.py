@@ -157,3 +157,27 @@ def mask_for_job(passes_dir: str, out_dir: str, camera: str, classes=None, objec
         raise J.JobError("region-objects" if objects else "region", str(exc)) from None
     write_png(os.path.join(out_dir, f"{J.safe_name(camera)}_region_mask.png"), mask)
     return mask
+
+
+def edit_options(use_restyle: bool, strength: float, region_mode: str = "NONE", region_classes: str = "",
+                 selected=()) -> dict:
+    """The panel's Restyle box as ``prepare_jobs`` keywords (init, strength, region,
+    region_objects): a region edit starts from the beauty pass at strength 1 unless Restyle
+    sets the strength; JobError naming the value when the region is empty."""
+    from . import jobs as J
+
+    out = {"init": None, "strength": None, "region": None, "region_objects": None}
+    if use_restyle:
+        out.update(init="beauty", strength=round(float(strength), 3))  # float32 slider
+    if region_mode == "SELECTED":
+        names = [n for n in selected]
+        if not names:
+            raise J.JobError("region-objects", "Selected Objects: no objects are selected")
+        out["region_objects"] = names
+    elif region_mode == "CLASSES":
+        if not _split(region_classes or ""):
+            raise J.JobError("region", "Classes: no class names given (e.g. floor,rug)")
+        out["region"] = region_classes
+    if region_mode in ("SELECTED", "CLASSES") and not use_restyle:
+        out.update(init="beauty", strength=1.0)
+    return out

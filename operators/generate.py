@@ -21,6 +21,7 @@ from ..capture.render import CaptureError
 from ..core import jobs as J
 from ..core.client import BackendError
 from ..core.passes import PassError, size_multiple
+from ..core.region import edit_options
 from ..core.sweep import UNIT_PRESETS, ControlUnit, SweepRunner
 from .common import output_root
 from .render_controls import capture_options
@@ -295,8 +296,8 @@ class _GenerateBase:
             steps=settings.steps or None, cfg=settings.cfg or None,
             scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
             max_batch=settings.max_batch or None,
-            init="beauty" if settings.use_restyle else None,
-            strength=round(settings.restyle_strength, 3) if settings.use_restyle else None)  # float32 slider
+            **edit_options(settings.use_restyle, settings.restyle_strength, settings.region_mode,
+                           settings.region_classes, [o.name for o in context.selected_objects if o.type != "CAMERA"]))
         return Task(scene.name, camera_jobs, root, backend)
 
     def execute(self, context):

@@ -99,6 +99,27 @@ def test_restyle_box_in_blender_generates_from_the_beauty_pass(interior, tmp_pat
         assert json.loads(meta["archviz"])["params"]["init"]["strength"] == 0.45
         camera = made[0]["archviz_camera"]
         assert os.path.isfile(tmp_path / "out" / "passes" / camera / "beauty.png")
+        # a region edit of the selected objects from the Restyle box
+        import numpy as np
+
+        settings.use_restyle, settings.region_mode = False, "SELECTED"
+        settings.output_dir = str(tmp_path / "region")
+        for obj in bpy.context.view_layer.objects:
+            obj.select_set(obj.name == "Sofa")
+        assert bpy.ops.archviz.generate() == {"FINISHED"}
+        edited = max((i for i in bpy.data.images if "archviz_style" in i), key=lambda i: i["archviz_loaded_at"])
+        assert edited["strength"] == 1.0
+        pixels, meta = read_png(edited["archviz_path"])
+        beauty, _ = read_png(str(tmp_path / "region" / "passes" / camera / "beauty.png"))
+        mask, _ = read_png(str(tmp_path / "region" / f"{camera}_region_mask.png"))
+        outside = mask[..., 0] == 0
+        assert outside.any() and (~outside).any() and float(meta["region_coverage"]) > 0
+        assert np.array_equal(pixels[outside], beauty[outside])
+        settings.region_mode = "SELECTED"
+        for obj in bpy.context.view_layer.objects:
+            obj.select_set(False)
+        with pytest.raises(RuntimeError, match="region-objects: Selected Objects: no objects are selected"):
+            bpy.ops.archviz.generate()  # the operator's one-line error report
     finally:
         gen.Task.current = None
         sweeping.stop_started_backends()
