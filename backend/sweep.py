@@ -204,8 +204,8 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
 
         from ..core import region as R
 
-        if models.arch != "sd15":
-            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5 family; "
+        if models.arch not in ("sd15", "sdxl"):
+            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5 and SDXL families; "
                                            f"{job.model.family} does not take a mask yet")
         mask = decode_control_image(J.decode_png(job.mask_image, "mask_image"), "mask_image")
         alpha = np.asarray(mask.convert("L"), np.float32) / 255.0

@@ -94,7 +94,7 @@ def region_plan(strength=None, seeds=(3,), scheduler="unipc", family="tiny"):
 
 
 def inpaint_reference(engine, plan, seed):
-    from diffusers import StableDiffusionControlNetInpaintPipeline
+    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionXLControlNetInpaintPipeline
     from PIL import Image
 
     from archviz_controlnet.backend.engine import make_scheduler
@@ -102,10 +102,17 @@ def inpaint_reference(engine, plan, seed):
     base, nets = engine.load(plan.models)
     engine.restore_models([base.value["unet"], *[n.value for n in nets]])
     c, style = base.value, plan.styles[0]
-    pipe = StableDiffusionControlNetInpaintPipeline(
-        vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet"],
-        controlnet=[n.value for n in nets], scheduler=make_scheduler(style.scheduler, c["scheduler_config"]),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler = make_scheduler(style.scheduler, c["scheduler_config"])
+    if plan.models.arch == "sdxl":
+        pipe = StableDiffusionXLControlNetInpaintPipeline(
+            vae=c["vae"], text_encoder=c["text_encoder"], text_encoder_2=c["text_encoder_2"],
+            tokenizer=c["tokenizer"], tokenizer_2=c["tokenizer_2"], unet=c["unet"],
+            controlnet=[n.value for n in nets], scheduler=scheduler, add_watermarker=False)
+    else:
+        pipe = StableDiffusionControlNetInpaintPipeline(
+            vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet"],
+            controlnet=[n.value for n in nets], scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     cover = R.latent_cover(plan.region.alpha > 0, 8)
     out = pipe(style.prompt, negative_prompt=style.negative or None, image=plan.init.image,
@@ -119,11 +126,12 @@ def inpaint_reference(engine, plan, seed):
     return out.images[0]
 
 
-@pytest.mark.parametrize("strength, scheduler", [(None, "unipc"), (0.7, "euler_a")])
-def test_region_edit_is_diffusers_inpainting_blended_into_the_source(engine, strength, scheduler):
+@pytest.mark.parametrize("family, strength, scheduler", [
+    ("tiny", None, "unipc"), ("tiny", 0.7, "euler_a"), ("tiny-sdxl", None, "unipc"), ("tiny-sdxl", 0.6, "unipc")])
+def test_region_edit_is_diffusers_inpainting_blended_into_the_source(engine, family, strength, scheduler):
     from archviz_controlnet.backend.engine import to_uint8
 
-    plan = region_plan(strength, seeds=(3, 8), scheduler=scheduler)
+    plan = region_plan(strength, seeds=(3, 8), scheduler=scheduler, family=family)
     assert plan.init.strength == (1.0 if strength is None else strength)  # a region is made anew by default
     ours = engine.generate(plan, plan.images)
     source = np.asarray(plan.init.image)
@@ -164,6 +172,6 @@ def test_region_parameters_metadata_and_errors(engine):
                              "mask_image": J.encode_png(encode_png(np.zeros((64, 64), np.uint8)))})
     with pytest.raises(J.JobError, match=r"^mask_image: the mask is empty"):
         build_plan(empty, load_presets(include_user=False))
-    sdxl = J.Job.from_dict({**base, "model": "tiny-sdxl", "init_image": init, "mask_image": mask})
-    with pytest.raises(J.JobError, match=r"^mask_image: region edits \(inpainting\) run with the SD 1.5 family"):
-        build_plan(sdxl, load_presets(include_user=False))
+    flux = J.Job.from_dict({**base, "model": "tiny-flux", "init_image": init, "mask_image": mask})
+    with pytest.raises(J.JobError, match=r"^init_image: restyle \(img2img\) runs with the SD 1.5 and SDXL"):
+        build_plan(flux, load_presets(include_user=False))

@@ -181,10 +181,14 @@ class StableDiffusion(Family):
         vae = comps["vae"]
         image = pipe.image_processor.preprocess(plan.init.image, height=plan.height, width=plan.width)
         image = image.to(dtype=torch.float32)
-        if self.sdxl and vae.config.force_upcast and vae.dtype != torch.float32:
-            with _upcast(vae):
-                return InitLatents(vae.encode(image.to(engine.device)).latent_dist)
-        init = InitLatents(vae.encode(image.to(device=engine.device, dtype=engine.dtype)).latent_dist)
+
+        def encode(x):  # SDXL: an fp16 VAE that asks for it encodes in fp32, as its pipelines do
+            if self.sdxl and vae.config.force_upcast and vae.dtype != torch.float32:
+                with _upcast(vae):
+                    return vae.encode(x.to(engine.device)).latent_dist
+            return vae.encode(x.to(device=engine.device, dtype=engine.dtype)).latent_dist
+
+        init = InitLatents(encode(image))
         if plan.region is not None:
             from diffusers.image_processor import VaeImageProcessor
             from PIL import Image
@@ -197,8 +201,7 @@ class StableDiffusion(Family):
                                           do_convert_grayscale=True)
             mask = processor.preprocess(Image.fromarray(cover.astype(np.uint8) * 255), height=plan.height,
                                         width=plan.width)
-            masked = (image * (mask < 0.5)).to(device=engine.device, dtype=engine.dtype)
-            init.masked = vae.encode(masked).latent_dist
+            init.masked = encode(image * (mask < 0.5))
             init.mask = torch.nn.functional.interpolate(mask, size=(plan.height // factor, plan.width // factor))
             init.mask = init.mask.to(device=engine.device, dtype=engine.dtype)
         return init
@@ -208,8 +211,11 @@ class StableDiffusion(Family):
         first draws this, then its noise: the img2img pipelines' order), scaled."""
         vae = comps["vae"]
         z = torch.cat([dist.dist.sample(generator=g) for g in generators]).to(dtype)
-        mean = getattr(vae.config, "latents_mean", None) if self.sdxl else None
-        std = getattr(vae.config, "latents_std", None) if self.sdxl else None
+        # SDXL img2img normalises by the VAE's latents mean/std when it has them; its
+        # inpainting pipeline (and SD 1.5's) scales only
+        plain = not self.sdxl or dist.mask is not None
+        mean = None if plain else getattr(vae.config, "latents_mean", None)
+        std = None if plain else getattr(vae.config, "latents_std", None)
         if mean is not None and std is not None:
             m = torch.tensor(mean).view(1, 4, 1, 1).to(z.device, dtype)
             d = torch.tensor(std).view(1, 4, 1, 1).to(z.device, dtype)
