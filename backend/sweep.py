@@ -193,9 +193,6 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 raise J.JobError(name, f"{getattr(job, name)} px: FLUX.1 needs a multiple of 16")
     init = None
     if job.init_image is not None:
-        if flux:
-            raise J.JobError("init_image", "restyle (img2img) runs with the SD 1.5 and SDXL families; "
-                                           "FLUX.1 does not take an init image yet")
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
         init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))
     region = None

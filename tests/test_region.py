@@ -173,5 +173,6 @@ def test_region_parameters_metadata_and_errors(engine):
     with pytest.raises(J.JobError, match=r"^mask_image: the mask is empty"):
         build_plan(empty, load_presets(include_user=False))
     flux = J.Job.from_dict({**base, "model": "tiny-flux", "init_image": init, "mask_image": mask})
-    with pytest.raises(J.JobError, match=r"^init_image: restyle \(img2img\) runs with the SD 1.5 and SDXL"):
+    with pytest.raises(J.JobError, match=r"^mask_image: region edits \(inpainting\) run with the SD 1.5 and SDXL "
+                                         r"families; tiny-flux does not take a mask yet$"):
         build_plan(flux, load_presets(include_user=False))

@@ -152,13 +152,35 @@ def test_bad_restyle_values_are_one_line_errors():
         J.Job.from_dict({**base, "init_image": "@@@"})
     job = J.Job.from_dict({**base, "init_image": init})
     assert job.strength == STRENGTH_STEPS["balanced"][0]
-    with pytest.raises(J.JobError, match=r"^init_image: restyle \(img2img\) runs with the SD 1.5 and SDXL"):
-        from archviz_controlnet.backend.sweep import build_plan
-        from archviz_controlnet.core.presets import load_presets
-
-        flux = J.Job.from_dict({**base, "model": "tiny-flux", "init_image": init, "strength": 0.4})
-        build_plan(flux, load_presets(include_user=False))
     assert parse_strength("precise") == 0.25 and parse_strength("0.7") == 0.7
     for bad in ("1.2", "-0.1", "nan", "wild"):
         with pytest.raises(ValueError, match=f"--strength '{bad}'"):
             parse_strength(bad)
+
+
+def test_flux_restyle_matches_diffusers_flux_controlnet_img2img(engine):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlNetImg2ImgPipeline, FluxMultiControlNetModel
+
+    controls = [{"type": "depth", "image": b64(depth_image()), "scale": 0.9},
+                {"type": "canny", "image": b64(lines_image()), "scale": 0.6, "start": 0.2}]
+    plan = plan_for(0.6, family="tiny-flux", seeds=(3, 11), controls=controls, scheduler=None, cfg=3.5)
+    ours = engine.generate(plan, plan.images)
+    base, nets = engine.load(plan.models)
+    engine.restore_models([base.value["transformer"], *[n.value for n in nets]])
+    c, style = base.value, plan.styles[0]
+    pipe = FluxControlNetImg2ImgPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(c["scheduler_config"]), vae=c["vae"],
+        text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], text_encoder_2=c["text_encoder_2"],
+        tokenizer_2=c["tokenizer_2"], transformer=c["transformer"],
+        controlnet=FluxMultiControlNetModel([n.value for n in nets]))
+    pipe.set_progress_bar_config(disable=True)
+    for item in plan.images:
+        ref = pipe(style.prompt, image=plan.init.image, control_image=[ci.image for ci in plan.controls],
+                   strength=0.6, num_inference_steps=style.steps, guidance_scale=style.cfg, height=64, width=64,
+                   controlnet_conditioning_scale=[u.scale for u in style.units],
+                   control_guidance_start=[u.start for u in style.units],
+                   control_guidance_end=[u.end for u in style.units],
+                   control_mode=[r.union_mode for r in plan.models.controlnets], max_sequence_length=32,
+                   generator=torch.Generator("cpu").manual_seed(item.seed), output_type="np").images[0]
+        assert np.abs(ours[item.index] - ref).max() < 1e-4, item.seed
+    assert np.abs(ours[0] - ours[1]).max() > 0.01
