@@ -269,6 +269,7 @@ class Engine:
         # seconds per phase (CUDA synchronised at phase ends), for the benchmark's FLOP rate.
         self.stats: Counter = Counter()
         self.timings: Counter = Counter()
+        self._init = None  # the running job's encoded init image (restyle), see Family.prepare_init
 
     @property
     def dtype_name(self) -> str:
@@ -376,6 +377,7 @@ class Engine:
             return self._generate(plan, images, profile, on_step, on_image, cancelled or (lambda: False))
         finally:
             self.options = saved
+            self._init = None
 
     def _generate(self, plan, images, profile: MemoryProfile, on_step, on_image, cancelled):
         opts = self.options
@@ -390,6 +392,9 @@ class Engine:
             self._apply_profile(profile, family, comps, nets)
             pipe = family.pipeline(comps, nets[0])
             controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
+            # Restyle: the init image through the VAE encoder once per job (each seed then
+            # samples its own latent from it and noises it with its own generator).
+            self._init = family.prepare_init(self, plan, pipe, comps) if plan.init is not None else None
             embeds: dict[int, object] = {}
             for batch in self.batches(plan, images):
                 style = plan.styles[batch[0].style]
@@ -407,6 +412,10 @@ class Engine:
                 out = self._run_batch_with_retry(plan, pipe, comps, style, units, batch, embeds,
                                                  on_step, cancelled)
                 for item, array in zip(batch, out):
+                    if plan.region is not None:  # the source's own pixels outside the feather band
+                        from ..core.region import blend
+
+                        array = blend(plan.region.source, array, plan.region.alpha)
                     results[item.index] = array
                     if on_image:
                         on_image(item, array)
@@ -461,8 +470,9 @@ class Engine:
         family = family_for(plan.models.arch)
         opts = self.options
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+        init = {"init": self._init} if plan.init is not None else {}
         state = family.prepare_latents(self, plan, pipe, comps, style, batch,
-                                       [embeds[item.style] for item in batch], generators, units)
+                                       [embeds[item.style] for item in batch], generators, units, **init)
         n = len(state.timesteps)
         t0 = self._clock()
         with self._sdpa():

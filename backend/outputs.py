@@ -109,7 +109,8 @@ class OutputRoots:
         return any(real == root or root in real.parents for root in self.roots)
 
 METADATA_KEYS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height", "style",
-                 "model", "controls", "params_sha256", "archviz", "parameters")
+                 "model", "controls", "params_sha256", "archviz", "parameters", "strength", "init_sha256",
+                 "region_coverage", "mask_sha256")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -130,6 +131,12 @@ def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | No
     a1111 = (f"{style.prompt}\nNegative prompt: {style.negative}\nSteps: {style.steps}, Sampler: {style.scheduler}, "
              f"CFG scale: {style.cfg:g}, Seed: {item.seed}, Size: {plan.width}x{plan.height}, "
              f"Model: {plan.models.base}")
+    restyle = {}
+    if plan.init is not None:  # img2img: the init image's pixel hash and the strength
+        a1111 += f", Denoising strength: {plan.init.strength:g}"
+        restyle = {"strength": f"{plan.init.strength:g}", "init_sha256": plan.init.sha256}
+    if plan.region is not None:  # region edit: the share of pixels it may change, and which mask
+        restyle.update(region_coverage=f"{plan.region.coverage:g}", mask_sha256=plan.region.sha256)
     return {
         "prompt": style.prompt,
         "negative_prompt": style.negative,
@@ -146,6 +153,7 @@ def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | No
         "archviz": json.dumps({"params": params, "style": style.name, "preset": style.preset,
                                "file": item.file, "index": item.index}),
         "parameters": a1111,  # what other tools (A1111, ComfyUI loaders) show
+        **restyle,
         **({"warnings": json.dumps(warnings)} if warnings else {}),
     }
 

@@ -77,6 +77,25 @@ class ControlImage:
 
 
 @dataclass
+class InitImage:
+    """The picture a restyle starts from (img2img), and how far it may move away."""
+
+    image: object  # PIL.Image (RGB), resized to the job's size by the family's image processor
+    sha256: str
+    strength: float
+
+
+@dataclass
+class RegionMask:
+    """A region edit: the feathered alpha (core/region.py) over the init image."""
+
+    alpha: object  # float32 HxW in [0, 1]
+    sha256: str
+    coverage: float  # share of pixels with alpha > 0
+    source: object  # uint8 HxWx3: the init image's pixels, blended back outside the region
+
+
+@dataclass
 class SweepPlan:
     job: J.Job
     models: ModelPlan
@@ -89,11 +108,17 @@ class SweepPlan:
     # The engine options in force that change images (EngineOptions.image_changes): part of
     # the parameters only when set, so the exact engine's hashes stay as they were.
     engine_options: dict = field(default_factory=dict)
+    init: InitImage | None = None  # restyle (img2img); None: text-to-image with the controls
+    region: RegionMask | None = None  # region edit (inpainting of init); None: the whole image
 
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
         style = self.styles[image.style]
         extra = {"engine_options": dict(self.engine_options)} if self.engine_options else {}
+        if self.init is not None:  # only when set: plain sweeps keep their hashes
+            extra["init"] = {"image_sha256": self.init.sha256, "strength": self.init.strength}
+        if self.region is not None:
+            extra["region"] = {"mask_sha256": self.region.sha256}
         return {
             "engine": ENGINE_VERSION,
             "model": self.models.ids(),
@@ -166,6 +191,25 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         for name in ("width", "height"):
             if getattr(job, name) % 16:
                 raise J.JobError(name, f"{getattr(job, name)} px: FLUX.1 needs a multiple of 16")
+    init = None
+    if job.init_image is not None:
+        image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
+        init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))
+    region = None
+    if job.mask_image is not None:
+        import numpy as np
+
+        from ..core import region as R
+
+        if models.arch not in ("sd15", "sdxl"):
+            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5 and SDXL families; "
+                                           f"{job.model.family} does not take a mask yet")
+        mask = decode_control_image(J.decode_png(job.mask_image, "mask_image"), "mask_image")
+        alpha = np.asarray(mask.convert("L"), np.float32) / 255.0
+        if not (alpha > 0).any():
+            raise J.JobError("mask_image", "the mask is empty (no pixel above 0): nothing to edit")
+        region = RegionMask(alpha=alpha, sha256=pixels_sha256(mask), coverage=R.coverage(alpha),
+                            source=np.asarray(init.image, np.uint8))
     controls = []
     for i, c in enumerate(job.controls):
         image = decode_control_image(c.png_bytes(), f"controls[{i}].image")
@@ -213,7 +257,8 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         ))
 
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,
-                     controls=controls, styles=styles, images=[], engine_options=dict(engine_options or {}))
+                     controls=controls, styles=styles, images=[], engine_options=dict(engine_options or {}), init=init,
+                     region=region)
     for item in job.items():
         si = next(i for i, s in enumerate(styles) if s.name == item.style)
         draft = PlannedImage(item.index, si, item.seed, item.file, "")

@@ -41,6 +41,20 @@ def add_arguments(parser):
     from .capture.cli import add_image_arguments
 
     add_image_arguments(parser)  # --depth-range, --near/--far, --line-style, --supersample
+    parser.add_argument("--init", default=None, metavar="beauty|PATH",
+                        help="restyle: start from the scene's own render (beauty: the beauty pass is rendered "
+                             "too) or a PNG, with the controls still applied (README: Restyle)")
+    parser.add_argument("--strength", default=None, metavar="S",
+                        help="restyle strength, 0 (precise) to 1 (creative), or precise, faithful, balanced, "
+                             "creative, free (default: balanced, 0.6)")
+    parser.add_argument("--region", default=None, metavar="CLASS[,CLASS...]",
+                        help="region edit: regenerate only these ADE20K classes of the init image (default init: "
+                             "beauty, strength 1); README: Region edits")
+    parser.add_argument("--region-objects", default=None, metavar="NAME[,NAME...]",
+                        help="region edit: regenerate only these objects of the init image")
+    parser.add_argument("--upscale", type=int, choices=(2, 4), default=None,
+                        help="then upscale every image of the sweep 2x or 4x (archviz upscale: passes re-rendered "
+                             "at the target size, refined tile by tile)")
     parser.add_argument("--remake", action="store_true",
                         help="make every image again, also those already on disk with the same parameters "
                              "(default: resume, keeping them)")
@@ -52,9 +66,9 @@ def add_arguments(parser):
 
 
 def _render_in_child(scene_path):
-    """prepare_jobs' ``render``: each camera's passes in a child process (capture/child.py),
+    """prepare_jobs' ``render``: each camera's passes in a child process (core/render_child.py),
     so a renderer crash is a CaptureError naming the camera, not the end of the sweep."""
-    from .capture.child import RenderCrash, options_argv, run_passes_child
+    from ..core.render_child import RenderCrash, options_argv, run_passes_child
     from .capture.render import CaptureError
 
     def render(_scene, passes_dir, options):
@@ -82,6 +96,10 @@ def run(args):
     problem = check_out_dir(args.out)
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
+    if problem is None:
+        from ..core.restyle import restyle_problem
+
+        problem = restyle_problem(args)
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -147,7 +165,9 @@ def run(args):
                                                   line_style=args.line_style, supersample=args.supersample),
                                    steps=args.steps, cfg=args.cfg,
                                    scheduler=args.scheduler, share_disk=not args.backend,
-                                   render=_render_in_child(scene_path), skip_existing=not args.remake)
+                                   render=_render_in_child(scene_path), skip_existing=not args.remake,
+                                   init=args.init, strength=args.strength, region=args.region,
+                                   region_objects=args.region_objects)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
@@ -232,6 +252,18 @@ def run(args):
     if state == "failed":
         print("archviz sweep: " + "; ".join(runner.errors), file=sys.stderr)
         return EXIT_FAILED
+    if args.upscale and state != "cancelled":
+        import subprocess
+
+        from ..core.tiles import upscale_argv
+
+        for image in runner.images:  # each in its own process: the engine runs there, not next to bpy
+            code = subprocess.call([sys.executable, "-m", "archviz_controlnet.cli",
+                                    *upscale_argv(image["path"], args.upscale, scene_path, image["camera"])])
+            if code:
+                print(f"archviz sweep: upscaling {image['path']} failed (exit status {code}); the sweep's "
+                      "images are kept", file=sys.stderr)
+                return EXIT_FAILED
     return EXIT_CANCELLED if state == "cancelled" else 0
 
 

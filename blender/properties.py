@@ -106,6 +106,20 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
     beauty_engine: EnumProperty(name="Beauty Engine", default="CYCLES",
                                 items=[("CYCLES", "Cycles", ""), ("EEVEE", "EEVEE", "")])
     beauty_samples: IntProperty(name="Beauty Samples", default=16, min=1, max=4096)
+    use_restyle: BoolProperty(name="Restyle", default=False,
+                              description="Start from the scene's own render (the beauty pass) instead of noise; "
+                                          "the control units still hold the geometry")
+    restyle_strength: FloatProperty(name="Precise <-> Creative", default=0.6, min=0.0, max=1.0, subtype="FACTOR",
+                                    description="0.25 precise: materials and light change a little; 0.45 faithful; "
+                                                "0.6 balanced; 0.8 creative: only the composition is kept; "
+                                                "1 free: the render is all but ignored")
+    region_mode: EnumProperty(name="Region", default="NONE",
+                              items=[("NONE", "Whole Image", "Generate the whole image"),
+                                     ("SELECTED", "Selected Objects", "Regenerate only the selected objects' pixels "
+                                                                      "of the beauty pass"),
+                                     ("CLASSES", "Classes", "Regenerate only these ADE20K classes")])
+    region_classes: StringProperty(name="Classes", default="floor",
+                                   description="Comma-separated ADE20K classes, e.g. floor,rug")
     crease_angle: FloatProperty(name="Crease Angle", default=math.radians(30.0), min=math.radians(1.0),
                                 max=math.radians(179.0), subtype="ANGLE",
                                 description="Neighbouring faces turned more than this make a line")

@@ -101,7 +101,8 @@ def control_choices(units, styles, model, base):
 
 
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
-                 scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True):
+                 scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True, init=None,
+                 strength=None, region=None, region_objects=None):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
     Each line unit gets the line image its model was trained on (``lines_<style>.png``).
@@ -109,10 +110,15 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     itself (a local backend); otherwise the images are downloaded. ``render(scene,
     passes_dir, options)``: how to render (default: here, with render_controls; the
     ``archviz sweep`` command renders in a child process that a renderer crash cannot take
-    down). ``skip_existing=False`` remakes images already on disk."""
+    down). ``skip_existing=False`` remakes images already on disk. ``init``/``strength``:
+    restyle from ``"beauty"`` (the beauty pass is rendered too) or a PNG (core/restyle.py);
+    ``region``/``region_objects``: edit only those classes/objects (core/region.py; the mask
+    is saved as ``<camera>_region_mask.png``)."""
     check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
     render = render or render_controls
     base = capture_options or CaptureOptions()
+    if init == "beauty" and not base.beauty:
+        base = replace(base, beauty=True)
     depth_range, line_styles = control_choices(units, styles, model, base)
     units = [replace(u, line_style=line_styles[i]) if i in line_styles else u for i, u in enumerate(units)]
     out = []
@@ -125,10 +131,16 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
                                  "passes": tuple(sorted(set(base.passes) | {"lines" if u.type in J.LINE_TYPES
                                                                             else u.type for u in units}))})
         render(scene, passes_dir, opts)
+        mask = None
+        if region or region_objects:
+            from ..core.region import mask_for_job
+
+            mask = mask_for_job(passes_dir, out_dir, cam.name, region, region_objects)
         out.append((cam.name, camera_job(passes_dir, units, styles, seeds, model=model_spec(model),
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
                                          name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
-                                         max_batch=max_batch, skip_existing=skip_existing)))
+                                         max_batch=max_batch, skip_existing=skip_existing, init=init,
+                                         strength=strength, mask=mask)))
     return out
 
 

@@ -17,7 +17,9 @@ Wire format (JSON)::
       "styles": ["modern", {"name": "mine", "prompt": "a loft", "negative": "blurry"}],
       "seeds": [0, 1, 2],
       "width": 512, "height": 512, "steps": 30, "cfg": 7.0, "scheduler": "unipc",
-      "output_dir": "/abs/out", "name_prefix": "Camera", "skip_existing": true
+      "output_dir": "/abs/out", "name_prefix": "Camera", "skip_existing": true,
+      "init_image": "<base64 PNG>", "strength": 0.6,          # restyle (optional, core/restyle.py)
+      "mask_image": "<base64 gray PNG>"                       # region edit of init_image (core/region.py)
     }
 
 Fields left out (or ``null``) take the style preset's value, then the built-in default.
@@ -406,10 +408,17 @@ class Job:
     skip_existing: bool = True  # resume: keep PNGs already made with the same parameters (False: remake all)
     max_batch: int | None = None  # cap on images per UNet batch (None: by memory)
     contact_sheet: bool = True
+    # Restyle (img2img, core/restyle.py): the picture to start from (base64 PNG, resized to
+    # the job's size by the backend) and how far to move away from it (0 precise .. 1 creative).
+    init_image: str | None = None
+    strength: float | None = None  # None: DEFAULT_STRENGTH when init_image is set (1 with a mask_image)
+    # Region edit (core/region.py): the feathered alpha as an 8-bit gray PNG of the job's size;
+    # only where it is > 0 is init_image regenerated, and blended back by it.
+    mask_image: str | None = None
 
     FIELDS = ("controls", "styles", "seeds", "model", "width", "height", "steps", "cfg",
               "scheduler", "output_dir", "name_prefix", "skip_existing", "max_batch",
-              "contact_sheet")
+              "contact_sheet", "init_image", "strength", "mask_image")
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -492,6 +501,25 @@ class Job:
         self.skip_existing = _bool(self.skip_existing, "skip_existing")
         self.max_batch = _int(self.max_batch, "max_batch", 1, MAX_BATCH, optional=True)
         self.contact_sheet = _bool(self.contact_sheet, "contact_sheet")
+        self.strength = _float(self.strength, "strength", 0.0, 1.0, optional=True)
+        if self.mask_image is not None:
+            if self.init_image is None:
+                raise JobError("mask_image", "a region edit needs the init_image it edits")
+            for name in ("mask_image", "init_image"):
+                size = png_size(decode_png(getattr(self, name), name), name)
+                if size != (self.width, self.height):
+                    raise JobError(name, f"is {size[0]}x{size[1]}; a region edit needs the job's size "
+                                         f"{self.width}x{self.height}")
+            if self.strength is None:
+                self.strength = 1.0
+        if self.init_image is not None:
+            decode_png(self.init_image, "init_image")
+            if self.strength is None:
+                from .restyle import DEFAULT_STRENGTH
+
+                self.strength = DEFAULT_STRENGTH
+        elif self.strength is not None:
+            raise JobError("strength", f"{self.strength:g} given without an init_image to restyle")
         return self
 
     def _check_sizes(self) -> None:

@@ -123,9 +123,12 @@ UNIT_PRESETS = {
 
 
 def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
-               cfg=None, scheduler=None, skip_existing=True, max_batch=None):
+               cfg=None, scheduler=None, skip_existing=True, max_batch=None, init=None, strength=None,
+               mask=None):
     """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
-    so a bad value is reported before anything is sent."""
+    so a bad value is reported before anything is sent. ``init``: restyle from ``"beauty"``
+    (the folder's beauty.png) or a PNG's path, at ``strength`` (core/restyle.py); ``mask``:
+    a region edit's 8-bit alpha (core/region.py)."""
     controls = []
     for i, unit in enumerate(units):
         if unit.line_style and unit.type in J.LINE_TYPES:
@@ -148,6 +151,21 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
                        ("max_batch", max_batch)):
         if value is not None:
             job[key] = value
+    if init is not None:
+        from .restyle import BEAUTY
+
+        path = os.path.join(passes_dir, "beauty.png") if init == BEAUTY else init
+        try:
+            with open(path, "rb") as fh:
+                job["init_image"] = J.encode_png(fh.read())
+        except OSError as exc:
+            raise J.JobError("init_image", f"cannot read {path}: {exc.strerror}") from None
+        if strength is not None:
+            job["strength"] = strength
+        if mask is not None:
+            from .png import encode_png
+
+            job["mask_image"] = J.encode_png(encode_png(mask))
     J.Job.from_dict(json.loads(json.dumps(job)))  # raises JobError naming the field
     return job
 
@@ -356,6 +374,8 @@ class SweepRunner:
             for key in ("steps", "cfg", "scheduler", "width", "height"):
                 if status.get(key, t.job.get(key)) is not None:
                     params[key] = status.get(key, t.job.get(key))
+            if t.job.get("init_image") is not None:  # a restyle: its strength on the result too
+                params["strength"] = t.job.get("strength", status.get("strength"))
             payload = {"path": path, "camera": t.camera, "style": entry.get("style"), "seed": entry.get("seed"),
                        "params": params, "skipped": bool(entry.get("skipped"))}
             self.images.append(payload)

@@ -18,6 +18,7 @@ from ..blender.tasks import Task
 from ..core import jobs as J
 from ..core.client import BackendError
 from ..core.passes import PassError, size_multiple
+from ..core.region import edit_options
 from ..core.sweep import UNIT_PRESETS
 
 
@@ -52,7 +53,9 @@ class _GenerateBase:
             scene, cameras, units_of(settings), styles, seeds, backend.model, root, opts,
             steps=settings.steps or None, cfg=settings.cfg or None,
             scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
-            max_batch=settings.max_batch or None)
+            max_batch=settings.max_batch or None,
+            **edit_options(settings.use_restyle, settings.restyle_strength, settings.region_mode,
+                           settings.region_classes, [o.name for o in context.selected_objects if o.type != "CAMERA"]))
         return Task(scene.name, camera_jobs, root, backend)
 
     def execute(self, context):

@@ -139,6 +139,16 @@ class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
         if settings.sweep_cameras == "COLLECTION":
             box.prop(settings, "camera_collection")
         box.operator("archviz.sweep", icon="RENDERLAYERS")
+        box = layout.box()
+        box.prop(settings, "use_restyle")
+        if settings.use_restyle:
+            from ..core.restyle import strength_name
+
+            box.prop(settings, "restyle_strength", slider=True)
+            box.label(text=f"{strength_name(settings.restyle_strength).capitalize()}, from the beauty pass")
+        box.prop(settings, "region_mode")
+        if settings.region_mode == "CLASSES":
+            box.prop(settings, "region_classes")
         draw_progress(layout, Task.current)
         row = layout.row(align=True)
         row.operator("archviz.backend_start", icon="PLAY")

@@ -94,7 +94,7 @@ def test_a_sweeps_child_render_gets_every_capture_option(options):
     import argparse
 
     from archviz_controlnet.blender.capture import cli as passes_cli
-    from archviz_controlnet.blender.capture.child import options_argv
+    from archviz_controlnet.core.render_child import options_argv
     from archviz_controlnet.blender.capture.render import CaptureOptions
 
     want = CaptureOptions(**options)

@@ -82,10 +82,16 @@ class Family:
     def prepare_controls(self, engine, plan, pipe, nets: list) -> list:
         raise NotImplementedError
 
+    def prepare_init(self, engine, plan, pipe, comps: dict):
+        """Restyle: ``plan.init``'s image made ready once per job (SD: the VAE's latent
+        distribution of it); given to :meth:`prepare_latents` as ``init``."""
+        raise RuntimeError(f"restyle (an init image) is not supported for the {self.arch} family")
+
     def prepare_latents(self, engine, plan, pipe, comps: dict, style, batch: list, embeds: list,
                         generators: list, units: list[Unit]) -> Denoising:
         """``embeds``: one style's embeddings per image; ``generators``: one per image
-        (its seed); ``units``: the job's units in control order."""
+        (its seed); ``units``: the job's units in control order. A restyle passes
+        ``init=`` (what :meth:`prepare_init` made) as well."""
         raise NotImplementedError
 
     def step(self, engine, state: Denoising, i: int, t, units: list) -> None:

@@ -95,7 +95,16 @@ class Flux(Family):
 
     # 3. Latents: per image, each control's latent sample, then the initial noise, from the
     #    image's own generator in diffusers' order; packed 2x2 patches; flow-matching sigmas.
-    def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units) -> Denoising:
+    # 2b. Restyle: the init image as FluxControlNetImg2ImgPipeline prepares it (image
+    #     processor at the job's size, the VAE encoder), once per job.
+    @torch.no_grad()
+    def prepare_init(self, engine, plan, pipe, comps):
+        vae = comps["vae"]
+        image = pipe.image_processor.preprocess(plan.init.image, height=plan.height, width=plan.width)
+        return vae.encode(image.to(dtype=torch.float32).to(device=engine.device, dtype=vae.dtype)).latent_dist
+
+    def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
+                        init=None) -> Denoising:
         from diffusers import FlowMatchEulerDiscreteScheduler
         from diffusers.pipelines.flux.pipeline_flux_controlnet import calculate_shift, retrieve_timesteps
         from diffusers.utils.torch_utils import randn_tensor
@@ -118,15 +127,33 @@ class Flux(Family):
             z = (z - vae.config.shift_factor) * vae.config.scaling_factor
             controls.append(pipe._pack_latents(z, b, channels, z.shape[2], z.shape[3]))
 
-        latents, image_ids = pipe.prepare_latents(b, channels, plan.height, plan.width, prompt_embeds.dtype,
-                                                  engine.device, generators)
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(comps["scheduler_config"])
         n = style.steps
         sigmas = np.linspace(1.0, 1 / n, n)
         cfg = scheduler.config
-        mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        timesteps, _ = retrieve_timesteps(scheduler, n, engine.device, sigmas=sigmas, mu=mu)
+        h2, w2 = 2 * (plan.height // (pipe.vae_scale_factor * 2)), 2 * (plan.width // (pipe.vae_scale_factor * 2))
+        mu = calculate_shift((h2 // 2) * (w2 // 2), cfg.get("base_image_seq_len", 256),
+                             cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        if init is None:
+            latents, image_ids = pipe.prepare_latents(b, channels, plan.height, plan.width, prompt_embeds.dtype,
+                                                      engine.device, generators)
+            timesteps, _ = retrieve_timesteps(scheduler, n, engine.device, sigmas=sigmas, mu=mu)
+        else:
+            # Restyle: FLUX's img2img rule (t_start = int(n - n * strength), so it runs
+            # n - t_start steps), each seed's init latent sample, then its noise, blended by
+            # the first sigma that runs (flow matching's scale_noise).
+            timesteps, _ = retrieve_timesteps(scheduler, n, engine.device, sigmas=sigmas, mu=mu)
+            t_start = int(max(n - n * plan.init.strength, 0))
+            timesteps = scheduler.timesteps[t_start * scheduler.order:]
+            scheduler.set_begin_index(t_start * scheduler.order)
+            z = torch.cat([init.sample(generator=g) for g in generators]).to(prompt_embeds.dtype)
+            z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+            noise = randn_tensor((b, channels, h2, w2), generator=generators, device=engine.device,
+                                 dtype=prompt_embeds.dtype)
+            if len(timesteps):
+                z = scheduler.scale_noise(z, timesteps[:1].repeat(b), noise)
+            latents = pipe._pack_latents(z, b, channels, h2, w2)
+            image_ids = pipe._prepare_latent_image_ids(b, h2 // 2, w2 // 2, engine.device, prompt_embeds.dtype)
         guidance = torch.tensor([style.cfg], device=engine.device).expand(b)
         return Denoising(latents, timesteps, scheduler, dict(
             prompt_embeds=prompt_embeds, pooled=pooled, text_ids=text_ids, image_ids=image_ids, controls=controls,

@@ -82,6 +82,15 @@ class StyleEmbeds:
 
 
 @dataclass
+class InitLatents:
+    """A restyle's init image through the VAE encoder (once per job)."""
+
+    dist: object  # its latent distribution; each seed samples it with its own generator
+    masked: object = None  # region edit: the masked image's latent distribution
+    mask: torch.Tensor | None = None  # region edit: (1, 1, h, w) binarized mask at latent size
+
+
+@dataclass
 class Control:
     image: torch.Tensor  # (1, 3, H, W) in [0, 1], device/dtype of the net
     cond: torch.Tensor | None = None  # precomputed conditioning embedding (1, C, h, w), else None
@@ -163,8 +172,61 @@ class StableDiffusion(Family):
             out.append(Control(t, cond))
         return out
 
+    # 2b. Restyle: the init image as StableDiffusion(XL)ControlNetImg2ImgPipeline prepares
+    #     it (image processor at the job's size, then the VAE encoder), once per job.
+    #     A region edit (StableDiffusionControlNetInpaintPipeline with a 4-channel UNet):
+    #     also the binarized mask at latent size and the masked image's distribution.
+    @torch.no_grad()
+    def prepare_init(self, engine, plan, pipe, comps):
+        vae = comps["vae"]
+        image = pipe.image_processor.preprocess(plan.init.image, height=plan.height, width=plan.width)
+        image = image.to(dtype=torch.float32)
+
+        def encode(x):  # SDXL: an fp16 VAE that asks for it encodes in fp32, as its pipelines do
+            if self.sdxl and vae.config.force_upcast and vae.dtype != torch.float32:
+                with _upcast(vae):
+                    return vae.encode(x.to(engine.device)).latent_dist
+            return vae.encode(x.to(device=engine.device, dtype=engine.dtype)).latent_dist
+
+        init = InitLatents(encode(image))
+        if plan.region is not None:
+            from diffusers.image_processor import VaeImageProcessor
+            from PIL import Image
+
+            from ...core.region import latent_cover
+
+            factor = pipe.vae_scale_factor
+            cover = latent_cover(plan.region.alpha > 0, factor)
+            processor = VaeImageProcessor(vae_scale_factor=factor, do_normalize=False, do_binarize=True,
+                                          do_convert_grayscale=True)
+            mask = processor.preprocess(Image.fromarray(cover.astype(np.uint8) * 255), height=plan.height,
+                                        width=plan.width)
+            init.masked = encode(image * (mask < 0.5))
+            init.mask = torch.nn.functional.interpolate(mask, size=(plan.height // factor, plan.width // factor))
+            init.mask = init.mask.to(device=engine.device, dtype=engine.dtype)
+        return init
+
+    def _init_latents(self, comps, dist, generators, dtype):
+        """Each seed's own sample of the init image's latent distribution (its generator
+        first draws this, then its noise: the img2img pipelines' order), scaled."""
+        vae = comps["vae"]
+        z = torch.cat([dist.dist.sample(generator=g) for g in generators]).to(dtype)
+        # SDXL img2img normalises by the VAE's latents mean/std when it has them; its
+        # inpainting pipeline (and SD 1.5's) scales only
+        plain = not self.sdxl or dist.mask is not None
+        mean = None if plain else getattr(vae.config, "latents_mean", None)
+        std = None if plain else getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            m = torch.tensor(mean).view(1, 4, 1, 1).to(z.device, dtype)
+            d = torch.tensor(std).view(1, 4, 1, 1).to(z.device, dtype)
+            return (z - m) * vae.config.scaling_factor / d
+        return vae.config.scaling_factor * z
+
     # 3. Latents: the job's sampler, one generator per seed, CFG rows of the embeddings.
-    def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units) -> Denoising:
+    #    Restyle (``init``): the timesteps start at the strength, the latents are each seed's
+    #    init latents noised to the first of them (diffusers' img2img get_timesteps / prepare_latents).
+    def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
+                        init=None) -> Denoising:
         from diffusers.utils.torch_utils import randn_tensor
 
         unet = comps["unet"]
@@ -188,8 +250,31 @@ class StableDiffusion(Family):
         scheduler.set_timesteps(style.steps, device=engine.device)
         shape = (b, unet.config.in_channels, plan.height // pipe.vae_scale_factor,
                  plan.width // pipe.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generators, device=engine.device, dtype=prompt_embeds.dtype)
-        latents = latents * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        region = None
+        if init is None:
+            latents = randn_tensor(shape, generator=generators, device=engine.device, dtype=prompt_embeds.dtype)
+            latents = latents * scheduler.init_noise_sigma
+        else:
+            from ...core.restyle import denoising_steps
+
+            init_latents = self._init_latents(comps, init, generators, prompt_embeds.dtype)
+            t_start = style.steps - denoising_steps(style.steps, plan.init.strength)
+            timesteps = scheduler.timesteps[t_start * scheduler.order:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start * scheduler.order)
+            noise = randn_tensor(init_latents.shape, generator=generators, device=engine.device,
+                                 dtype=prompt_embeds.dtype)
+            if init.mask is not None and plan.init.strength == 1.0:  # inpainting at full strength: pure noise
+                latents = noise * scheduler.init_noise_sigma
+            elif len(timesteps):
+                latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(b))
+            else:  # strength 0: no step runs and the init latents are decoded as they are
+                latents = init_latents
+            if init.mask is not None:
+                for g in generators:  # each seed's generator draws the masked image's latent, as diffusers' does
+                    init.masked.sample(generator=g)
+                region = dict(image_latents=init_latents, noise=noise, mask=init.mask)
         step_params = inspect.signature(scheduler.step).parameters
         extra = {}
         if "eta" in step_params:
@@ -197,9 +282,9 @@ class StableDiffusion(Family):
         if "generator" in step_params:
             extra["generator"] = generators
         opts = engine.options
-        return Denoising(latents, scheduler.timesteps, scheduler, dict(
+        return Denoising(latents, timesteps, scheduler, dict(
             b=b, do_cfg=do_cfg, cfg=style.cfg, prompt_embeds=prompt_embeds, added=added, extra=extra,
-            unet=engine._runtime(unet),
+            unet=engine._runtime(unet), region=region,
             memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format))
 
     # 4. One step: the units' residuals (control modes, CFG halves), the UNet, CFG, the sampler.
@@ -242,6 +327,12 @@ class StableDiffusion(Family):
             uncond, text = noise.chunk(2)
             noise = uncond + v["cfg"] * (text - uncond)
         state.latents = scheduler.step(noise, t, latents, **v["extra"], return_dict=False)[0]
+        region = v.get("region")
+        if region is not None:  # outside the mask: the init latents noised to the next step
+            proper = region["image_latents"]
+            if i < len(state.timesteps) - 1:
+                proper = scheduler.add_noise(proper, region["noise"], torch.tensor([state.timesteps[i + 1]]))
+            state.latents = (1 - region["mask"]) * proper + region["mask"] * state.latents
 
     # 5. Decode: like the diffusers pipelines, only SDXL upcasts an fp16 VAE that asks for
     #    it (the SD 1.5 pipeline decodes in the model's dtype).

@@ -37,8 +37,8 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="folder for depth.png, lines.png, normal.png, seg.png, passes.json")
     parser.add_argument("--camera", default="", help="camera object name (default: the scene camera)")
     parser.add_argument("--long-side", type=int, default=512, help="long side in pixels, multiple of 8 (1024 for SDXL)")
-    parser.add_argument("--multiple", type=int, choices=(8, 16), default=8,
-                        help="both sides a multiple of this: 8, or 16 for FLUX.1")
+    parser.add_argument("--multiple", type=int, choices=(8, 16, 32, 64), default=8,
+                        help="both sides a multiple of this: 8, or 16 for FLUX.1 (x2, x4 for archviz upscale)")
     parser.add_argument("--frame", type=int, default=None, help="frame to render (default: the saved current frame)")
     parser.add_argument("--passes", type=_pass_list, default=("depth", "lines", "normal", "seg"),
                         help="comma-separated subset of depth,lines,normal,seg")
@@ -62,7 +62,7 @@ def add_arguments(parser):
 
 def capture_options(args):
     """The CaptureOptions these ``archviz passes`` arguments ask for (the inverse of
-    :func:`.child.options_argv`, which a sweep uses to hand a camera to a child process)."""
+    :func:`...core.render_child.options_argv`, which a sweep uses to hand a camera to a child process)."""
     from .render import CaptureOptions
 
     return CaptureOptions(camera=args.camera, long_side=args.long_side, multiple=args.multiple, frame=args.frame,
@@ -92,7 +92,7 @@ def run(args):
 
 def _run_parent(args):
     """Render in a child process: a renderer crash ends the child, not this command."""
-    from .child import RenderCrash, run_passes_child
+    from ...core.render_child import RenderCrash, run_passes_child
 
     argv = [a for a in (args._argv[1:] if getattr(args, "_argv", None) else sys.argv[2:])]
     try:
@@ -110,7 +110,7 @@ def _run_child(args):
     from ...core.exr import ExrError
     from ...core.passes import PassError
     from .blendfile import BlendFileError, open_blend
-    from .child import crash_for_test, write_status
+    from ...core.render_child import crash_for_test, write_status
     from .render import CaptureError, render_controls, resolve_camera
 
     try:

@@ -672,6 +672,16 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         background = core_classes.ADE20K[core_classes.check_class(options.background_class)][1]
         write_png(files["seg"], core_passes.seg_image(labels, core_classes.palette_lut(class_names), hit, background))
 
+    # Object and class ids per pixel (0 / -1 where no geometry): region edits take their
+    # masks from these (core/region.py); info["object_index"] names the object ids.
+    ade = np.array([core_classes.ADE20K[n][0] for n in class_names], dtype=np.int16)
+    for key, ids in (("object_ids", np.where(hit, obj_id, 0).astype(np.int32)),
+                     ("class_ids", np.where(hit, ade[labels], -1).astype(np.int16))):
+        files[key] = os.path.join(out_dir, f"{key}.npy")
+        with open(files[key] + ".tmp", "wb") as fh:
+            np.save(fh, ids)
+        os.replace(files[key] + ".tmp", files[key])
+
     n_hit = max(1, int(hit.sum()))
     shares = np.bincount(labels[hit], minlength=len(class_names)) / n_hit
     sources = {}
@@ -705,6 +715,7 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
             for i, name in enumerate(class_names)
         ],
         "objects": sources,
+        "object_index": {obj.name: i for i, obj in enumerate(objects, start=1)},
         "unclassified": sorted(n for n, entries in sources.items() if any(e["rule"] == "fallback" for e in entries)),
         "files": {k: os.path.basename(v) for k, v in files.items()} | {"exr": EXR_NAME},
         "blender": bpy.app.version_string,

@@ -40,7 +40,7 @@ def crash_for_test():
 
 def _env():
     env = dict(os.environ)
-    package_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if os.path.basename(package_dir) == "archviz_controlnet":  # an installed extension: put it on the path
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(package_dir), env.get("PYTHONPATH")]))
     return env

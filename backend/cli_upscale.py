@@ -1,0 +1,176 @@
+"""``archviz upscale IMAGE --scale 2|4 --scene BLEND``: exact tiled upscaling of a generated
+image (backend/upscale.py). The control passes of the image's camera are rendered again at
+the target size (in a child process, like ``archviz sweep``), then the engine refines the
+enlarged image tile by tile in this process. The model, prompt, sampling and control units
+come from the image's own metadata; the result keeps them, plus the upscale's settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+EXIT_BAD_INPUT, EXIT_SCENE_ERROR, EXIT_FAILED = 2, 3, 1
+#: the largest output, in pixels (a 4x upscale of 1024 px: 4096 x 4096)
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def add_arguments(parser):
+    from .upscale import DEFAULT_OVERLAP, DEFAULT_STRENGTH, DEFAULT_TILE
+
+    parser.add_argument("image", help="a PNG made by archviz (its metadata names model, prompt and controls)")
+    parser.add_argument("--scale", type=int, required=True, choices=(2, 4), help="2 or 4 times each side")
+    parser.add_argument("--scene", required=True, help="the .blend the image was made from (passes at the target size)")
+    parser.add_argument("--camera", default="", help="its camera (default: the scene camera)")
+    parser.add_argument("--tile", type=int, default=None, help=f"tile side in px (default {DEFAULT_TILE}; 1024 SDXL)")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="overlap of neighbouring tiles in px")
+    parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                        help="img2img strength of each tile (low: keep the content, redraw the detail)")
+    parser.add_argument("--max-pixels", type=int, default=int(os.environ.get("ARCHVIZ_UPSCALE_MAX_PIXELS",
+                                                                             DEFAULT_MAX_PIXELS)),
+                        help="refuse outputs larger than this many pixels (ARCHVIZ_UPSCALE_MAX_PIXELS)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--out", default=None, help="output PNG (default: IMAGE_x<scale>.png beside it)")
+
+
+def _fail(message, code):
+    print(f"archviz upscale: {message}", file=sys.stderr)
+    return code
+
+
+def read_params(path):
+    """The generation parameters from an archviz PNG's metadata, or ValueError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            text = dict(im.text)
+            pixels = im.convert("RGB")
+            pixels.load()
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    try:
+        params = json.loads(text["archviz"])["params"]
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"{path} has no archviz metadata (not an image made by archviz sweep)") from None
+    return pixels, params, text
+
+
+def run(args):
+    import numpy as np
+
+    from ..core import jobs as J
+
+    if not os.path.isfile(args.scene):
+        return _fail(f"--scene {args.scene!r}: no such file", EXIT_BAD_INPUT)
+    if not 0.0 <= args.strength <= 1.0:
+        return _fail(f"--strength {args.strength:g}: must be from 0 to 1", EXIT_BAD_INPUT)
+    try:
+        pixels, params, _text = read_params(args.image)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    width, height = pixels.size[0] * args.scale, pixels.size[1] * args.scale
+    if width * height > args.max_pixels:
+        return _fail(f"--scale {args.scale}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over the "
+                     f"limit of {args.max_pixels / 1e6:.1f} megapixels (--max-pixels)", EXIT_BAD_INPUT)
+    family = params["model"]["family"]
+    tile = args.tile or (1024 if "sdxl" in family or "flux" in family else 512)
+    if tile % 8 or args.overlap % 8 or not 0 <= args.overlap < tile:
+        return _fail(f"--tile {tile} / --overlap {args.overlap}: multiples of 8 with the overlap below the tile",
+                     EXIT_BAD_INPUT)
+    out = args.out or os.path.splitext(args.image)[0] + f"_x{args.scale}.png"
+    upscale_params = {"source": params, "scale": args.scale, "tile": tile, "overlap": args.overlap,
+                      "strength": args.strength, "width": width, "height": height}
+    from .outputs import existing_matches, png_bytes
+    from .sweep import params_sha256
+
+    digest = params_sha256(upscale_params)
+    if existing_matches(out, digest):
+        print(f"kept {out} (made before with the same parameters)")
+        return 0
+
+    # 1. The passes at the target size, in a child process (a renderer crash names the camera).
+    from ..core.render_child import RenderCrash, run_passes_child
+    from ..core.passes import line_style_for
+
+    passes_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "passes_upscale",
+                              J.safe_name(args.camera or "scene") + f"_{width}x{height}")
+    line_styles = sorted({line_style_for(c["type"], "sd15" if family == "tiny" else family.replace("tiny-", ""))
+                          for c in params["controls"] if c["type"] in J.LINE_TYPES})
+    # The image's sides were rounded to the family's multiple at its long side; the same
+    # rounding at scale x the multiple gives exactly scale x its size (the same framing).
+    from ..core.passes import size_multiple
+
+    multiple = size_multiple(family) * args.scale
+    argv = [os.path.abspath(args.scene), "--out", passes_dir, "--long-side", str(max(width, height)),
+            "--multiple", str(multiple), "--passes", "depth,lines,normal,seg"]
+    if args.camera:
+        argv += ["--camera", args.camera]
+    if line_styles:
+        argv += ["--line-styles", ",".join(line_styles)]
+    print(f"rendering the control passes at {width}x{height}")
+    try:
+        code, err = run_passes_child(argv, args.scene, capture_output=True)
+    except RenderCrash as exc:
+        return _fail(str(exc), EXIT_SCENE_ERROR)
+    if code:
+        lines = [ln for ln in (err or "").splitlines() if ln.startswith("archviz passes: ")]
+        return _fail(lines[-1].removeprefix("archviz passes: ") if lines else f"rendering the passes failed "
+                     f"(exit status {code})", EXIT_SCENE_ERROR)
+    from PIL import Image
+
+    controls = []
+    for c in params["controls"]:
+        if c["type"] in J.LINE_TYPES:
+            name = f"lines_{line_style_for(c['type'], 'sd15' if family == 'tiny' else family.replace('tiny-', ''))}.png"
+        else:
+            name = f"{c['type']}.png"
+        with Image.open(os.path.join(passes_dir, name)) as im:
+            img = np.asarray(im.convert("RGB"))
+        unit = {k: c[k] for k in ("type", "scale", "start", "end", "mode") if c.get(k) is not None}
+        if c.get("model") and "#" not in c["model"] and os.path.exists(c["model"]):
+            unit["model"] = c["model"]
+        controls.append((unit, img))
+    rendered = controls[0][1].shape[1], controls[0][1].shape[0]
+    if rendered != (width, height):
+        print(f"archviz upscale: the passes came out {rendered[0]}x{rendered[1]} (the camera's aspect at "
+              f"{max(width, height)} px); the output takes that size", file=sys.stderr)
+        width, height = rendered
+
+    # 2. Tile by tile.
+    from tqdm import tqdm
+
+    from .engine import Engine, to_uint8
+    from .upscale import upscale
+
+    template = {"model": {"family": family}, "styles": [{"name": "upscale", "prompt": params["prompt"],
+                                                         "negative": params["negative"]}],
+                "steps": params["steps"], "cfg": params["cfg"]}
+    if family not in ("flux", "tiny-flux"):
+        template["scheduler"] = params["scheduler"]
+    engine = Engine(args.device)
+    bar = tqdm(total=1, desc="tiles", unit="tile")
+
+    def on_tile(done, total, _box):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        image = upscale(engine, template, np.asarray(pixels), controls, seed=int(params["seed"]), tile=tile,
+                        overlap=args.overlap, strength=args.strength, on_tile=on_tile)
+    except (J.JobError, ValueError) as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    except RuntimeError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    finally:
+        bar.close()
+    meta = {"archviz": json.dumps({"params": upscale_params}), "params_sha256": digest,
+            "upscale": f"{args.scale}x, {tile} px tiles, overlap {args.overlap}, strength {args.strength:g}",
+            "prompt": params["prompt"], "seed": str(params["seed"])}
+    from .outputs import atomic_write
+
+    atomic_write(out, png_bytes(to_uint8(image), meta))
+    print(f"{out}: {image.shape[1]}x{image.shape[0]} from {pixels.size[0]}x{pixels.size[1]} "
+          f"({bar.total} tiles of {tile} px)")
+    return 0
