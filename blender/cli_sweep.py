@@ -86,14 +86,9 @@ def _render_in_child(scene_path):
 
 
 def run(args):
-    from .capture.blendfile import BlendFileError, check_blend_file, check_out_dir
+    from .capture.blendfile import input_problem
 
-    try:
-        check_blend_file(args.scene)
-    except BlendFileError as exc:
-        print(f"archviz sweep: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    problem = check_out_dir(args.out)
+    problem = input_problem(args.scene, args.out)
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
     if problem is None:

@@ -89,6 +89,38 @@ def use_test_home(mp, home: Path | None = None) -> None:
         mp.setenv(key, env[key])
 
 
+def test_threads() -> int:
+    """torch threads for in-process engine tests: ARCHVIZ_TEST_THREADS, 1 by default (tiny
+    ops on a shared machine only contend)."""
+    return int(os.environ.get("ARCHVIZ_TEST_THREADS", "1"))
+
+
+@contextmanager
+def quiet_test_home():
+    """A test module's home (:func:`use_test_home`), with diffusers' and transformers'
+    logging and progress bars off."""
+    import pytest
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    with pytest.MonkeyPatch.context() as mp:
+        use_test_home(mp)
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        yield
+
+
+def cpu_engine():
+    """An Engine on the CPU with :func:`test_threads` torch threads."""
+    import torch
+
+    from archviz_controlnet.backend.engine import Engine
+
+    torch.set_num_threads(test_threads())
+    return Engine("cpu")
+
+
 class Server:
     """``python -m archviz_controlnet.cli serve --port 0`` as a child process."""
 

@@ -16,28 +16,20 @@ from archviz_controlnet.backend.engine import Engine
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import TEST_HOME, b64, depth_image, lines_image, use_test_home
+from backend_support import TEST_HOME, b64, depth_image, lines_image, cpu_engine, quiet_test_home
 
 GB = 2**30
 
 
 @pytest.fixture(scope="module", autouse=True)
 def home():
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_home(mp)
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.set_verbosity_error()
+    with quiet_test_home():
         yield
 
 
 @pytest.fixture(scope="module")
 def engine(home):
-    torch.set_num_threads(int(os.environ.get("ARCHVIZ_TEST_THREADS", "1")))
-    return Engine("cpu")
+    return cpu_engine()
 
 
 def plan_of(controls=None, union=False, styles=("modern",), seeds=(0,), steps=3, **extra):

@@ -2,7 +2,6 @@
 diffusers' StableDiffusionControlNetInpaintPipeline for the same seeds with the tiny SD 1.5
 models, the source's pixels kept outside the feather band, and the bad values."""
 
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core import region as R
 
-from backend_support import b64, depth_image, lines_image, use_test_home
+from backend_support import b64, depth_image, lines_image, cpu_engine, quiet_test_home
 from test_restyle import beauty_image
 
 
@@ -56,23 +55,13 @@ def test_latent_cover_rounds_out_to_whole_cells_and_blend_keeps_the_source():
 
 @pytest.fixture(scope="module", autouse=True)
 def home():
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_home(mp)
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.set_verbosity_error()
+    with quiet_test_home():
         yield
 
 
 @pytest.fixture(scope="module")
 def engine(home):
-    from archviz_controlnet.backend.engine import Engine
-
-    torch.set_num_threads(int(os.environ.get("ARCHVIZ_TEST_THREADS", "1")))
-    return Engine("cpu")
+    return cpu_engine()
 
 
 def floor_alpha():

@@ -3,37 +3,28 @@ models: the engine's images equal diffusers' ControlNet img2img pipelines for th
 seeds, strength 0 decodes the init image, the init image and strength are in every image's
 parameters, and bad values are one-line errors."""
 
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend.engine import Engine, make_scheduler
+from archviz_controlnet.backend.engine import make_scheduler
 from archviz_controlnet.backend.sweep import params_sha256
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.restyle import STRENGTH_STEPS, denoising_steps, parse_strength
 
-from backend_support import b64, depth_image, lines_image, use_test_home
+from backend_support import b64, depth_image, lines_image, cpu_engine, quiet_test_home
 
 
 @pytest.fixture(scope="module", autouse=True)
 def home():
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_home(mp)
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.set_verbosity_error()
+    with quiet_test_home():
         yield
 
 
 @pytest.fixture(scope="module")
 def engine(home):
-    torch.set_num_threads(int(os.environ.get("ARCHVIZ_TEST_THREADS", "1")))
-    return Engine("cpu")
+    return cpu_engine()
 
 
 def beauty_image(w=64, h=64):

@@ -5,7 +5,6 @@ errors for bad input."""
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 
@@ -17,22 +16,15 @@ from archviz_controlnet.backend import models as M
 from archviz_controlnet.backend import train as T
 from archviz_controlnet.core import jobs as J
 
-from backend_support import REPO, use_test_home
+from backend_support import REPO, quiet_test_home, test_threads
 
 STEPS = 24
 
 
 @pytest.fixture(scope="module", autouse=True)
 def home():
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_home(mp)
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.set_verbosity_error()
-        torch.set_num_threads(int(os.environ.get("ARCHVIZ_TEST_THREADS", "1")))
+    with quiet_test_home():
+        torch.set_num_threads(test_threads())
         yield
 
 

@@ -91,3 +91,13 @@ def check_out_dir(path, option="--out"):
         return (f"{option} {path} is not writable" if probe == path
                 else f"{option} {path} cannot be created: {probe} is not writable")
     return None
+
+
+def input_problem(scene, out):
+    """The one-line problem with a command's .blend file or its ``--out`` folder, or None
+    (what ``archviz passes`` and ``archviz sweep`` check before anything else)."""
+    try:
+        check_blend_file(scene)
+    except BlendFileError as exc:
+        return str(exc)
+    return check_out_dir(out)

@@ -74,14 +74,9 @@ def capture_options(args):
 
 
 def run(args):
-    from .blendfile import BlendFileError, check_blend_file, check_out_dir
+    from .blendfile import input_problem
 
-    try:
-        check_blend_file(args.scene)
-    except BlendFileError as exc:
-        print(f"archviz passes: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    problem = check_out_dir(args.out)
+    problem = input_problem(args.scene, args.out)
     if problem:
         print(f"archviz passes: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -370,10 +370,13 @@ def class_legend(scene, objects, options, table=None):
 
 # ---------------------------------------------------------------- render
 
-def _configure_render(ov, scene, view_layer, camera, size, exr_path):
+def _frame(ov, scene, view_layer, camera, engine, size, path):
+    """What every render of ours sets: this camera, this engine, exactly ``size`` pixels
+    (square pixels, no border), no compositor or sequencer, only ``view_layer``, written to
+    ``path`` as given."""
     render = scene.render
     ov.set(scene, "camera", camera)
-    ov.set(render, "engine", "CYCLES")
+    ov.set(render, "engine", engine)
     ov.set(render, "resolution_x", size[0])
     ov.set(render, "resolution_y", size[1])
     ov.set(render, "resolution_percentage", 100)
@@ -382,9 +385,16 @@ def _configure_render(ov, scene, view_layer, camera, size, exr_path):
     ov.set(render, "use_border", False)
     ov.set(render, "use_compositing", False)
     ov.set(render, "use_sequencer", False)
-    ov.set(render, "film_transparent", False)
-    ov.set(render, "filepath", exr_path)
+    ov.set(render, "filepath", path)
     ov.set(render, "use_file_extension", False)
+    for layer in scene.view_layers:
+        ov.set(layer, "use", layer == view_layer)
+    return render
+
+
+def _configure_render(ov, scene, view_layer, camera, size, exr_path):
+    render = _frame(ov, scene, view_layer, camera, "CYCLES", size, exr_path)
+    ov.set(render, "film_transparent", False)
     cycles = scene.cycles
     ov.set(cycles, "samples", 1)
     ov.set(cycles, "use_adaptive_sampling", False)
@@ -401,8 +411,6 @@ def _configure_render(ov, scene, view_layer, camera, size, exr_path):
     ov.set(settings, "file_format", "OPEN_EXR_MULTILAYER")
     ov.set(settings, "color_depth", "32")
     ov.set(settings, "exr_codec", "ZIP")
-    for layer in scene.view_layers:
-        ov.set(layer, "use", layer == view_layer)
     for attr in ("use_pass_z", "use_pass_normal", "use_pass_object_index", "use_pass_material_index"):
         ov.set(view_layer, attr, True)
 
@@ -536,19 +544,7 @@ def render_beauty(scene, view_layer, camera, size, path, options):
     engine = beauty_engine(options.beauty_engine)
     started = time.perf_counter()
     with _overrides() as ov:
-        render = scene.render
-        ov.set(scene, "camera", camera)
-        ov.set(render, "engine", engine)
-        ov.set(render, "resolution_x", size[0])
-        ov.set(render, "resolution_y", size[1])
-        ov.set(render, "resolution_percentage", 100)
-        ov.set(render, "pixel_aspect_x", 1.0)
-        ov.set(render, "pixel_aspect_y", 1.0)
-        ov.set(render, "use_border", False)
-        ov.set(render, "use_compositing", False)
-        ov.set(render, "use_sequencer", False)
-        ov.set(render, "filepath", path)
-        ov.set(render, "use_file_extension", False)
+        render = _frame(ov, scene, view_layer, camera, engine, size, path)
         settings = render.image_settings
         ov.set(settings, "media_type", "IMAGE")
         ov.set(settings, "file_format", "PNG")
@@ -559,8 +555,6 @@ def render_beauty(scene, view_layer, camera, size, path, options):
             ov.set(scene.cycles, "use_adaptive_sampling", False)
         else:
             ov.set(scene.eevee, "taa_render_samples", options.beauty_samples)
-        for layer in scene.view_layers:
-            ov.set(layer, "use", layer == view_layer)
         bpy.ops.render.render(write_still=True, scene=scene.name, layer=view_layer.name)
     if not os.path.exists(path):
         raise CaptureError(f"{engine} did not write {path}")
