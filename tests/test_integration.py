@@ -175,12 +175,17 @@ def test_backend_killed_mid_sweep_keeps_images_and_next_run_resumes(addon, tmp_p
     assert set(done_files) <= set(manifest["done"])
     assert sorted(manifest["missing"]) == sorted({f"Camera_modern_s{s}.png" for s in range(6)} - set(manifest["done"]))
     assert manifest["missing"]  # it really was cut off
+    late = []  # written, but the kill came before its manifest update (the PNG is on disk first)
     for entry in manifest["images"]:
         assert entry["status"] == ("done" if entry["file"] in manifest["done"] else "missing")
-        assert os.path.exists(tmp_path / "out" / entry["file"]) == (entry["status"] == "done")
-        if entry["status"] == "done":
+        on_disk = os.path.exists(tmp_path / "out" / entry["file"])
+        assert on_disk or entry["status"] == "missing"
+        if on_disk:  # a whole image made with this entry's parameters
             _, meta = read_png(str(tmp_path / "out" / entry["file"]))
             assert meta["params_sha256"] == entry["params_sha256"] and meta["seed"] == str(entry["seed"])
+            if entry["status"] == "missing":
+                late.append(entry["file"])
+    assert len(late) <= 1, late  # one kill falls between at most one image's write and its record
     assert f"failed after {len(finished)} image(s)" in task.message
     # The operator reports the backend's failure to the user and the next run resumes.
     assert bpy.ops.archviz.sweep() == {"FINISHED"}
