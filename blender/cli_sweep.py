@@ -108,7 +108,7 @@ def run(args):
     from ..core.png import clean_stale_temps
     from ..core.sweep import ControlUnit, SweepGaveUp, SweepRunner
     from .backend import connect
-    from .capture.blendfile import open_blend
+    from .capture.blendfile import BlendFileError, open_blend
     from .capture.render import CaptureError, CaptureOptions
     from .results import contact_sheets, variant_exr
     from .sweeping import model_roots_of, prepare_jobs, resolve_cameras
