@@ -48,6 +48,7 @@ from ..core.devices import NvidiaSmi, choose_device, cpu_warning, query_nvidia_s
 from .models import ModelCache, ModelPlan, default_budget_bytes
 from .families import family_for
 from .families.base import Family, Unit
+from .previews import PreviewCache, Previewer
 from .memory import NONE as NO_PROFILE
 from .memory import MemoryProfile, choose_profile, quantize_mode
 from .families.sd import PROMPT_MODE_BASE, accept_precomputed_cond, make_scheduler  # noqa: F401 (re-exported)
@@ -270,6 +271,10 @@ class Engine:
         self.stats: Counter = Counter()
         self.timings: Counter = Counter()
         self._init = None  # the running job's encoded init image (restyle), see Family.prepare_init
+        # Previews while denoising (backend/previews.py): tiny autoencoders and fitted
+        # projections kept between jobs; the running job's previewer and where its PNGs go.
+        self.previews = PreviewCache()
+        self._preview: tuple | None = None  # (Previewer, on_preview) while a job makes previews
 
     @property
     def dtype_name(self) -> str:
@@ -366,20 +371,34 @@ class Engine:
     def generate(self, plan: SweepPlan, images: list[PlannedImage], *,
                  on_step: Callable[[int], None] | None = None,
                  on_image: Callable[[PlannedImage, np.ndarray], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> dict[int, np.ndarray]:
+                 cancelled: Callable[[], bool] | None = None,
+                 on_preview: Callable[[PlannedImage, int, int, bytes], None] | None = None,
+                 preview_every: int | None = None) -> dict[int, np.ndarray]:
         """Make ``images`` (a subset of ``plan.images``). Calls ``on_image`` as each batch is
-        decoded with a float32 HxWx3 array in [0, 1]; returns {index: array}."""
+        decoded with a float32 HxWx3 array in [0, 1]; returns {index: array}. With
+        ``on_preview``: every ``preview_every`` steps (default the job's ``preview_every``,
+        else 4; 0 = none) ``on_preview(image, step, steps, png)`` for each image of the
+        batch (backend/previews.py); previews never change the images."""
         profile = self.profile_for(plan.models.arch)
         saved = self.options
         if profile.quantize != "none" and saved.quantize == "none":
             self.options = saved.replace(quantize=quantize_mode(profile, self._fp8_capable()))
+        if preview_every is None:
+            preview_every = plan.job.preview_every
+        if preview_every is None:
+            from .previews import DEFAULT_EVERY
+
+            preview_every = DEFAULT_EVERY
         try:
-            return self._generate(plan, images, profile, on_step, on_image, cancelled or (lambda: False))
+            return self._generate(plan, images, profile, on_step, on_image, cancelled or (lambda: False),
+                                  on_preview if preview_every else None, preview_every)
         finally:
             self.options = saved
             self._init = None
+            self._preview = None
 
-    def _generate(self, plan, images, profile: MemoryProfile, on_step, on_image, cancelled):
+    def _generate(self, plan, images, profile: MemoryProfile, on_step, on_image, cancelled, on_preview=None,
+                  preview_every=0):
         opts = self.options
         family = family_for(plan.models.arch)
         self.stats, self.timings = Counter(), Counter()
@@ -391,10 +410,15 @@ class Engine:
             self._prepare_models(family.modules(comps, nets))
             self._apply_profile(profile, family, comps, nets)
             pipe = family.pipeline(comps, nets[0])
+            family.use_lora(self, plan, pipe, comps)  # fast mode's LoRA on, or any loaded one off
             controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
             # Restyle: the init image through the VAE encoder once per job (each seed then
             # samples its own latent from it and noises it with its own generator).
             self._init = family.prepare_init(self, plan, pipe, comps) if plan.init is not None else None
+            if on_preview is not None:
+                t0 = self._clock()
+                self._preview = (Previewer(self, family, plan, pipe, comps, preview_every), on_preview)
+                self.timings["preview"] += self._clock() - t0
             embeds: dict[int, object] = {}
             for batch in self.batches(plan, images):
                 style = plan.styles[batch[0].style]
@@ -487,12 +511,24 @@ class Engine:
                 family.step(self, state, i, t, run)
                 if on_step:
                     on_step(1)
+                if self._preview is not None and self._preview[0].due(i + 1, n):
+                    self._emit_previews(batch, state, i + 1, n)
         self.timings["denoise"] += self._clock() - t0
 
         t0 = self._clock()
         out = self._decode(family, pipe, comps, state)
         self.timings["decode"] += self._clock() - t0
         return out
+
+    def _emit_previews(self, batch: list[PlannedImage], state, step: int, steps: int) -> None:
+        """Each image's preview PNG after ``step`` of ``steps`` (read-only on the latents)."""
+        previewer, on_preview = self._preview
+        t0 = self._clock()
+        pngs = previewer.pngs(state)
+        self.timings["preview"] += self._clock() - t0
+        self.stats["previews"] += len(pngs)
+        for item, png in zip(batch, pngs):
+            on_preview(item, step, steps, png)
 
     def _decode(self, family: Family, pipe, comps: dict, state) -> list[np.ndarray]:
         """The family's decode in chunks (bounds VAE memory on the GPU)."""

@@ -43,6 +43,7 @@ log = logging.getLogger("archviz.backend")
 
 #: Components of a diffusers pipeline folder that :mod:`.models` loads (SD 1.5 / SDXL).
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")  # diffusers models, transformers models
+LORA_FILE = "pytorch_lora_weights.safetensors"  # a LoRA repository: this file at its root, no config
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # CLIP's BPE files; tokenizer.json alone also loads
 _SHARD_RE = re.compile(r"^(?P<stem>[^.]+?)(?:\.(?P<variant>[A-Za-z0-9_]+))?-\d{5}-of-\d{5}\.safetensors$")
 _INDEX_RE = re.compile(r"^(?P<stem>[^.]+)\.safetensors\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$")
@@ -118,6 +119,8 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
     for p in paths:
         parent = str(PurePosixPath(p).parent)
         by_folder.setdefault("" if parent == "." else parent, []).append(PurePosixPath(p).name)
+    if components is None and LORA_FILE in by_folder.get("", []) and "config.json" not in by_folder.get("", []):
+        return [LORA_FILE]  # a LoRA (fast mode): the one weights file diffusers' load_lora_weights reads
     out = []
     folders = [""] if components is None else list(components)
     if components is not None and "model_index.json" in by_folder.get("", []):
@@ -145,6 +148,8 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
 def check_loadable(folder: Path, components: tuple[str, ...] | None, fp16: bool, allow_bin: bool = False) -> str:
     """Why the local ``folder`` cannot be loaded as these components ('' when it can): each
     model folder has its config and weights, each tokenizer its vocabulary."""
+    if components is None and (folder / LORA_FILE).is_file() and not (folder / "config.json").exists():
+        return ""  # a LoRA folder
     for comp in ([""] if components is None else components):
         sub = folder / comp if comp else folder
         if not sub.is_dir():

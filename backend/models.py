@@ -104,11 +104,15 @@ class ModelPlan:
     base: str
     vae: str | None
     controlnets: tuple[ControlNetRef, ...]  # one per job control, in order
+    lora: str | None = None  # fast mode's LoRA on the denoiser (HF id or tiny folder), else None
 
     def ids(self) -> dict:
-        return {"family": self.family, "base": self.base, "vae": self.vae,
-                "controlnets": [c.ref if c.union_mode is None else f"{c.ref}#mode={c.union_mode}"
-                                for c in self.controlnets]}
+        ids = {"family": self.family, "base": self.base, "vae": self.vae,
+               "controlnets": [c.ref if c.union_mode is None else f"{c.ref}#mode={c.union_mode}"
+                               for c in self.controlnets]}
+        if self.lora:  # only when set: exact sweeps keep their hashes
+            ids["lora"] = self.lora
+        return ids
 
 
 def resolve_models(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
@@ -301,6 +305,14 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
 }
+# Fast mode (backend/families: FastMode) and previews (backend/previews.py).
+CATALOG.update({
+    "sd15-lcm-lora": [("latent-consistency/lcm-lora-sdv1-5", None, "LCM-LoRA (fast mode)")],
+    "sdxl-lcm-lora": [("latent-consistency/lcm-lora-sdxl", None, "LCM-LoRA (fast mode)")],
+    "taesd": [("madebyollin/taesd", None, "tiny autoencoder (previews)")],
+    "taesdxl": [("madebyollin/taesdxl", None, "tiny autoencoder (previews)")],
+    "taef1": [("madebyollin/taef1", None, "tiny autoencoder (previews)")],
+})
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
@@ -341,6 +353,8 @@ def hub_needs(plan: ModelPlan) -> list[tuple[str, tuple[str, ...] | None, str]]:
     for ref in plan.controlnets:
         if is_hub_ref(ref.ref) and all(ref.ref != n[0] for n in needs):
             needs.append((ref.ref, None, "ControlNet"))
+    if plan.lora and is_hub_ref(plan.lora):
+        needs.append((plan.lora, None, "LoRA (fast mode)"))
     return needs
 
 
@@ -386,6 +400,15 @@ def local_folder(ref: str, components: tuple[str, ...] | None, what: str, dtype)
         raise ModelNotFoundError(f"{what} {ref!r} is missing: not a local folder or file, and not a Hugging Face "
                                  "repository id (namespace/name)")
     return fetch([(ref, components, what)], dtype)["snapshots"][ref]
+
+
+def local_lora(ref: str, dtype) -> Path:
+    """The folder of a LoRA (``pytorch_lora_weights.safetensors``): a tiny one built on first
+    use, a local folder, or the hub snapshot of a repository id."""
+    folder = local_folder(ref, None, "LoRA", dtype)
+    if not (folder / hub.LORA_FILE).is_file():
+        raise ModelNotFoundError(f"LoRA {ref!r} has no {hub.LORA_FILE} in {folder}")
+    return folder
 
 
 def _load(cls, folder: Path, sub: str, ref: str, what: str, dtype=None, **kwargs):

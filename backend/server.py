@@ -7,6 +7,7 @@
 ``GET /v1/jobs``            all known jobs (short status)
 ``GET /v1/jobs/{id}``       state, progress, finished images, error
 ``GET /v1/jobs/{id}/images/{n}``  PNG of sweep image ``n`` (style_index * len(seeds) + seed_index)
+``GET /v1/jobs/{id}/previews/{n}``  the latest preview PNG of image ``n`` while it denoises
 ``GET /v1/jobs/{id}/contact_sheet``  the contact sheet PNG
 ``DELETE /v1/jobs/{id}``    cancel (queued: at once; running: within one denoising step)
 ``POST /v1/unload``         drop every warm model not in use
@@ -36,7 +37,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.exceptions import HTTPException
 
@@ -304,6 +305,19 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
                                      "made with other parameters (another job into the same folder); submit this "
                                      "job again to make it again")
         return FileResponse(info["path"], media_type="image/png", filename=info["file"])
+
+    @app.get("/v1/jobs/{job_id}/previews/{n}", responses={200: {"content": {"image/png": {}}}})
+    def job_preview(job_id: str, n: int):
+        """The latest preview of image ``n`` (a small PNG, ``X-Archviz-Step: step/steps``);
+        404 once the image is done (fetch the image) or before its first preview."""
+        record = _record(job_id)
+        if not 0 <= n < len(record.plan.images):
+            raise HTTPException(404, f"image {n} is outside this job's {len(record.plan.images)} images")
+        found = record.preview(n)
+        if found is None:
+            raise HTTPException(404, f"image {n} of job {job_id} has no preview now (state {record.state})")
+        step, steps, png = found
+        return Response(content=png, media_type="image/png", headers={"X-Archviz-Step": f"{step}/{steps}"})
 
     @app.get("/v1/jobs/{job_id}/contact_sheet", response_class=FileResponse,
              responses={200: {"content": {"image/png": {}}}})

@@ -110,6 +110,7 @@ class SweepPlan:
     engine_options: dict = field(default_factory=dict)
     init: InitImage | None = None  # restyle (img2img); None: text-to-image with the controls
     region: RegionMask | None = None  # region edit (inpainting of init); None: the whole image
+    fast: dict | None = None  # the family's fast mode (FastMode.record()); None: the exact path
 
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
@@ -119,6 +120,8 @@ class SweepPlan:
             extra["init"] = {"image_sha256": self.init.sha256, "strength": self.init.strength}
         if self.region is not None:
             extra["region"] = {"mask_sha256": self.region.sha256}
+        if self.fast is not None:  # fast mode changes the pixels: a resume never mixes the two
+            extra["fast"] = dict(self.fast)
         return {
             "engine": ENGINE_VERSION,
             "model": self.models.ids(),
@@ -178,11 +181,49 @@ def resolve_style(style: J.Style, index: int, job: J.Job, presets: dict[str, Pre
     return preset, prompt, negative
 
 
+def fast_mode(job: J.Job):
+    """The fast mode (:class:`.families.base.FastMode`) of the job's family, or a one-line
+    JobError on ``fast`` naming the family that has none (or what fast mode cannot do)."""
+    from .families import family_for
+
+    family = family_for(job.model.arch)
+    if family.fast is None:
+        raise J.JobError("fast", f"the {job.model.family} family has no fast mode; run it without --fast")
+    if job.init_image is not None:
+        raise J.JobError("fast", "fast mode makes new images from the controls; restyle and region edits "
+                                 "(init_image) run in the exact mode only")
+    if job.scheduler is not None and job.scheduler != family.fast.scheduler:
+        raise J.JobError("scheduler", f"{job.scheduler!r}: fast mode ({family.fast.label}) samples with "
+                                      f"{family.fast.scheduler}; leave scheduler unset")
+    return family.fast
+
+
+def fast_models(job: J.Job, models: ModelPlan, fast) -> ModelPlan:
+    """The models of a fast job: the fast base in place of the family's default base, and
+    the fast LoRA (the tiny families' own tiny versions, backend/tiny_fast.py)."""
+    from dataclasses import replace
+
+    from . import tiny
+
+    changes = {}
+    if fast.base is not None:
+        if job.model.base is not None:
+            raise J.JobError("model.base", f"fast mode for {job.model.family} runs on {fast.base}; "
+                                           f"leave model.base unset with fast")
+        changes["base"] = str(tiny.tiny_path(models.arch, fast.tiny_base)) if job.model.is_tiny else fast.base
+    if fast.lora is not None:
+        changes["lora"] = str(tiny.tiny_path(models.arch, fast.tiny_lora)) if job.model.is_tiny else fast.lora
+    return replace(models, **changes)
+
+
 def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                engine_options: dict | None = None) -> SweepPlan:
     """Resolve presets and models, decode control images, hash every image's parameters
     (``engine_options``: the engine's image-changing options, EngineOptions.image_changes)."""
     models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
+    fast = fast_mode(job) if job.fast else None
+    if fast is not None:
+        models = fast_models(job, models, fast)
     flux = models.arch == "flux"
     if flux:
         if job.scheduler is not None:
@@ -239,7 +280,22 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
                 model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
             ))
-        if flux:  # FLUX.1: distilled guidance as cfg, no negative prompt, one sampler
+        if fast is not None:  # the fast mode's steps, cfg and sampler where the job sets none
+            steps = int(pick(job.steps, fast.steps, J.DEFAULT_STEPS))
+            if fast.cfg is not None:
+                cfg = float(pick(job.cfg, fast.cfg, J.DEFAULT_CFG))
+            elif flux:
+                flux_values = presets[style.preset].flux if style.preset is not None else {}
+                cfg = float(pick(job.cfg, flux_values.get("cfg"), FLUX_DEFAULTS["cfg"]))
+            else:
+                cfg = float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG))
+            scheduler = fast.scheduler
+            if flux and style.negative:
+                raise J.JobError(f"styles[{si}].negative", "FLUX.1 has no negative prompt (guidance-distilled, "
+                                                           "no true CFG); describe what you want instead")
+            if flux:
+                negative = ""
+        elif flux:  # FLUX.1: distilled guidance as cfg, no negative prompt, one sampler
             flux_values = presets[style.preset].flux if style.preset is not None else {}
             if style.negative:
                 raise J.JobError(f"styles[{si}].negative", "FLUX.1 has no negative prompt (guidance-distilled, "
@@ -258,7 +314,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
 
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,
                      controls=controls, styles=styles, images=[], engine_options=dict(engine_options or {}), init=init,
-                     region=region)
+                     region=region, fast=fast.record() if fast is not None else None)
     for item in job.items():
         si = next(i for i, s in enumerate(styles) if s.name == item.style)
         draft = PlannedImage(item.index, si, item.seed, item.file, "")

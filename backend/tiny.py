@@ -85,6 +85,10 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 
 
 def _builder(family: str, name: str):
+    from .tiny_fast import builder as fast_builder
+
+    if fast_builder(family, name) is not None:  # fast mode's tiny LoRA / schnell base
+        return fast_builder(family, name)
     if family == "flux":
         if name == "base":
             return build_flux_base

@@ -83,6 +83,20 @@ class JobRecord:
     warnings: list[str] = field(default_factory=list)
     phase: str | None = None  # while running: downloading | loading | generating
     download: dict | None = None  # bytes per file and overall of the model download, if any
+    # The latest preview of each image still denoising: index -> (step, steps, PNG bytes);
+    # dropped when the image itself is done (backend/previews.py).
+    previews: dict[int, tuple] = field(default_factory=dict)
+    preview_count: int = 0  # previews made so far (every step that made one, every image)
+
+    def on_preview(self, item: PlannedImage, step: int, steps: int, png: bytes) -> None:
+        with self.lock:
+            if item.index not in self.images:
+                self.previews[item.index] = (step, steps, png)
+                self.preview_count += 1
+
+    def preview(self, index: int) -> tuple | None:
+        with self.lock:
+            return self.previews.get(index)
 
     def on_download(self, progress: dict) -> None:
         with self.lock:
@@ -100,6 +114,7 @@ class JobRecord:
     def add_image(self, item: PlannedImage, skipped: bool) -> None:
         style = self.plan.styles[item.style]
         with self.lock:
+            self.previews.pop(item.index, None)
             self.images[item.index] = {
                 "index": item.index,
                 "file": item.file,
@@ -136,6 +151,12 @@ class JobRecord:
                     else min(1.0, self.steps_done / self.steps_total),
                 },
                 "images": [self.images[k] for k in sorted(self.images)],
+                # The latest preview of each image still denoising (GET its url for the PNG).
+                "previews": [{"index": k, "style": plan.styles[plan.images[k].style].name if k < total else None,
+                              "seed": plan.images[k].seed if k < total else None, "step": v[0], "steps": v[1],
+                              "url": f"/v1/jobs/{self.id}/previews/{k}"} for k, v in sorted(self.previews.items())],
+                "previews_made": self.preview_count,
+                "fast": dict(plan.fast) if plan.fast else None,
                 "phase": self.phase if self.state == "running" else None,
                 "download": dict(self.download) if self.download else None,
                 "error": self.error,
@@ -292,7 +313,7 @@ class Worker:
             if todo:
                 record.set_phase("generating")
                 self.engine.generate(plan, todo, on_step=record.step, on_image=on_image,
-                                     cancelled=record.cancel_event.is_set)
+                                     cancelled=record.cancel_event.is_set, on_preview=record.on_preview)
             if record.cancel_event.is_set():
                 raise Cancelled()
             final, error = "done", None
@@ -320,6 +341,7 @@ class Worker:
             record.error = error
             record.state = final
             record.finished = time.time()
+            record.previews.clear()
 
     def fetch_models(self, record: JobRecord) -> None:
         """The job's hub models as complete snapshots before anything loads: the job shows

@@ -105,6 +105,11 @@ class Client:
     def image(self, job_id, index):
         return self._request("GET", f"/v1/jobs/{job_id}/images/{index}", raw=True)
 
+    def preview(self, job_id, index):
+        """The latest preview PNG of a sweep image still denoising (BackendError 404 when
+        it has none now: not started, or done). One try: a preview missed is not worth a wait."""
+        return self._request("GET", f"/v1/jobs/{job_id}/previews/{index}", raw=True, retry_for=0)
+
     def cancel(self, job_id, reason=None, retry_for=None):
         """Cancel a job; with ``reason`` (this client gives up) it ends ``failed`` with it."""
         query = "?" + urllib.parse.urlencode({"reason": reason}) if reason else ""

@@ -19,7 +19,9 @@ Wire format (JSON)::
       "width": 512, "height": 512, "steps": 30, "cfg": 7.0, "scheduler": "unipc",
       "output_dir": "/abs/out", "name_prefix": "Camera", "skip_existing": true,
       "init_image": "<base64 PNG>", "strength": 0.6,          # restyle (optional, core/restyle.py)
-      "mask_image": "<base64 gray PNG>"                       # region edit of init_image (core/region.py)
+      "mask_image": "<base64 gray PNG>",                      # region edit of init_image (core/region.py)
+      "fast": false,                                          # the family's fast mode (changes pixels)
+      "preview_every": 4                                      # a preview every N steps (0: none)
     }
 
 Fields left out (or ``null``) take the style preset's value, then the built-in default.
@@ -415,10 +417,16 @@ class Job:
     # Region edit (core/region.py): the feathered alpha as an 8-bit gray PNG of the job's size;
     # only where it is > 0 is init_image regenerated, and blended back by it.
     mask_image: str | None = None
+    # Fast mode (labelled, changes the pixels): the family's few-step variant (SD 1.5 / SDXL:
+    # LCM-LoRA and the LCM sampler; FLUX.1: FLUX.1-schnell). Recorded in every image's parameters.
+    fast: bool = False
+    # Previews while denoising: a small PNG of each image every this many steps (None: the
+    # backend's default, 4; 0: none). Never changes the images.
+    preview_every: int | None = None
 
     FIELDS = ("controls", "styles", "seeds", "model", "width", "height", "steps", "cfg",
               "scheduler", "output_dir", "name_prefix", "skip_existing", "max_batch",
-              "contact_sheet", "init_image", "strength", "mask_image")
+              "contact_sheet", "init_image", "strength", "mask_image", "fast", "preview_every")
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -501,6 +509,8 @@ class Job:
         self.skip_existing = _bool(self.skip_existing, "skip_existing")
         self.max_batch = _int(self.max_batch, "max_batch", 1, MAX_BATCH, optional=True)
         self.contact_sheet = _bool(self.contact_sheet, "contact_sheet")
+        self.fast = _bool(self.fast, "fast")
+        self.preview_every = _int(self.preview_every, "preview_every", 0, MAX_STEPS, optional=True)
         self.strength = _float(self.strength, "strength", 0.0, 1.0, optional=True)
         if self.mask_image is not None:
             if self.init_image is None:

@@ -311,9 +311,11 @@ class RayEngine:
     def generate(self, plan: SweepPlan, images: list[PlannedImage], *,
                  on_step: Callable[[int], None] | None = None,
                  on_image: Callable[[PlannedImage, np.ndarray], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> dict[int, np.ndarray]:
+                 cancelled: Callable[[], bool] | None = None,
+                 on_preview=None, preview_every: int | None = None) -> dict[int, np.ndarray]:
         """Make ``images`` on the actors; ``on_image`` runs here, in the caller's thread, as
-        each image arrives. Returns {index: float32 HxWx3 array in [0, 1]}."""
+        each image arrives. Returns {index: float32 HxWx3 array in [0, 1]}. Previews are not
+        made on Ray actors (``on_preview`` is never called; the job status has none)."""
         ray = self.ray
         cancelled = cancelled or (lambda: False)
         self._ensure_actors()

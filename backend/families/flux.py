@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Denoising, Family, Unit
+from .base import Denoising, Family, FastMode, Unit
 
 
 @dataclass
@@ -44,6 +44,11 @@ class Flux(Family):
     # bf16/fp16 activations of one 1024x1024 image through the transformer and two nets,
     # roughly; batch sizing by free memory scales it with area.
     bytes_per_image_512 = 0.6 * 2**30
+    taesd_id = "madebyollin/taef1"
+    # Fast mode: FLUX.1-schnell (Apache-2.0, timestep-distilled) as the base, 4 steps, no
+    # guidance embedding in its transformer (cfg only reaches ControlNets that embed it).
+    fast = FastMode(label="FLUX.1-schnell", steps=4, cfg=None, scheduler="flow_euler",
+                    base="black-forest-labs/FLUX.1-schnell", tiny_base="base-schnell")
 
     def pipeline(self, comps: dict, nets):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlNetPipeline, FluxMultiControlNetModel

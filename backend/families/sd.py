@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Denoising, Family, Unit
+from .base import Denoising, Family, FastMode, Unit
 
 PROMPT_MODE_BASE = 0.825  # "my prompt is more important": residual i of n gets 0.825**(n-1-i)
 
@@ -29,8 +29,10 @@ PROMPT_MODE_BASE = 0.825  # "my prompt is more important": residual i of n gets 
 def make_scheduler(name: str, config: dict):
     """A fresh scheduler of the job's kind on top of the base model's scheduler config."""
     from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           UniPCMultistepScheduler)
+                           LCMScheduler, UniPCMultistepScheduler)
 
+    if name == "lcm":  # fast mode's LCM-LoRA (never a job's own choice)
+        return LCMScheduler.from_config(config)
     if name == "unipc":
         return UniPCMultistepScheduler.from_config(config)
     if name == "dpmpp_2m_karras":
@@ -115,12 +117,24 @@ def controlnet_residuals(unit: Unit, sample, t, embeds, added_cond_kwargs, guess
                     from_multi=True, guess_mode=guess_mode, return_dict=False)
 
 
+#: Fast mode: the LCM-LoRA of each base (latent-consistency, openrail++), 4 steps with the
+#: LCM sampler, cfg 1 (no classifier-free guidance: one UNet row per image); the ControlNets
+#: are applied as in the exact path. The tiny families get a tiny LCM-LoRA (backend/tiny_fast.py).
+LCM_LORA = {"sd15": "latent-consistency/lcm-lora-sdv1-5", "sdxl": "latent-consistency/lcm-lora-sdxl"}
+TAESD = {"sd15": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+#: The adapter name of a fast-mode LoRA inside the warm UNet.
+FAST_ADAPTER = "archviz_fast"
+
+
 class StableDiffusion(Family):
     denoiser = "unet"
 
     def __init__(self, arch: str):
         self.arch = arch
         self.sdxl = arch == "sdxl"
+        self.taesd_id = TAESD[arch]
+        self.fast = FastMode(label="LCM-LoRA", steps=4, cfg=1.0, scheduler="lcm", lora=LCM_LORA[arch],
+                             tiny_lora="lcm-lora")
         # Activations of one image (CFG doubles it) at fp16 with SDPA, measured roughly:
         # ~0.5 GB for SD 1.5 at 512x512, ~1.5 GB for SDXL at 1024x1024; scale with area.
         self.bytes_per_image_512 = (0.4 if self.sdxl else 0.5) * 2**30
@@ -138,6 +152,26 @@ class StableDiffusion(Family):
             vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
             controlnet=controlnet, scheduler=make_scheduler("unipc", comps["scheduler_config"]),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    # 0. Fast mode: the LCM-LoRA as an adapter of the warm UNet (loaded once, with diffusers'
+    #    load_lora_weights), on for fast jobs and off for exact ones (peft then runs the
+    #    base layers alone: the exact pixels).
+    def use_lora(self, engine, plan, pipe, comps) -> None:
+        loaded = comps.setdefault("loras", {})  # LoRA reference -> adapter name
+        ref = plan.models.lora
+        if ref is None:
+            if loaded:
+                pipe.disable_lora()
+            return
+        if ref not in loaded:
+            from ..models import local_lora
+
+            folder = local_lora(ref, engine.dtype)
+            name = f"{FAST_ADAPTER}{len(loaded)}"
+            pipe.load_lora_weights(str(folder), weight_name="pytorch_lora_weights.safetensors", adapter_name=name)
+            loaded[ref] = name
+        pipe.enable_lora()
+        pipe.set_adapters([loaded[ref]])
 
     # 1. Prompt: CLIP (SDXL: two CLIPs and the pooled embedding), with the negative for CFG.
     @torch.no_grad()
