@@ -55,6 +55,15 @@ def add_arguments(parser):
     parser.add_argument("--upscale", type=int, choices=(2, 4), default=None,
                         help="then upscale every image of the sweep 2x or 4x (archviz upscale: passes re-rendered "
                              "at the target size, refined tile by tile)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the family's fast mode for quick looks (labelled, changes the pixels): SD 1.5/SDXL "
+                             "with their LCM-LoRA (4 steps, cfg 1), FLUX.1 with FLUX.1-schnell (4 steps); "
+                             "README: Fast mode")
+    parser.add_argument("--previews", default=None, metavar="DIR",
+                        help="write each preview the backend makes while denoising into DIR "
+                             "(<camera>_<style>_s<seed>_step<N>.png)")
+    parser.add_argument("--preview-every", type=int, default=None, metavar="N",
+                        help="a preview every N denoising steps (default 4; 0: none)")
     parser.add_argument("--remake", action="store_true",
                         help="make every image again, also those already on disk with the same parameters "
                              "(default: resume, keeping them)")
@@ -95,6 +104,10 @@ def run(args):
         from ..core.restyle import restyle_problem
 
         problem = restyle_problem(args)
+    if problem is None and args.preview_every is not None and args.preview_every < 0:
+        problem = f"--preview-every must be 0 (no previews) or a number of steps, got {args.preview_every}"
+    if problem is None and args.previews and os.path.isfile(args.previews):
+        problem = f"--previews {args.previews!r} is a file; give a folder"
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -162,7 +175,8 @@ def run(args):
                                    scheduler=args.scheduler, share_disk=not args.backend,
                                    render=_render_in_child(scene_path), skip_existing=not args.remake,
                                    init=args.init, strength=args.strength, region=args.region,
-                                   region_objects=args.region_objects)
+                                   region_objects=args.region_objects, fast=args.fast,
+                                   preview_every=args.preview_every)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
@@ -180,7 +194,12 @@ def run(args):
         device_warning = None  # the sweep below reports an unreachable backend itself
     if device_warning:
         print(f"archviz sweep: warning: {device_warning}", file=sys.stderr)
-    runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout)
+    previews_dir = os.path.abspath(args.previews) if args.previews else None
+    if previews_dir:
+        os.makedirs(previews_dir, exist_ok=True)
+    if args.fast:
+        print("fast mode: few-step variant of the family (labelled in each image's parameters; not the exact images)")
+    runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout, previews=bool(previews_dir))
     total = len(cameras) * len(styles) * len(seeds)
     bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     counts = {"new": 0, "kept": 0}
@@ -192,6 +211,15 @@ def run(args):
             return
         bar.n = int(event.fraction * 1000)
         bar.set_postfix_str(f"{event.images_done}/{total} images")
+        if event.kind == "preview":
+            p = event.image
+            name = J.safe_name(f"{p['camera']}_{p['style']}_s{p['seed']}_step{p['step']}") + ".png"
+            from ..core.png import atomic_write
+
+            atomic_write(os.path.join(previews_dir, name), p["png"])
+            bar.set_postfix_str(f"{event.images_done}/{total} images, preview {p['style']} s{p['seed']} "
+                                f"step {p['step']}/{p['steps']}")
+            return
         if event.kind == "image":
             counts["kept" if event.image["skipped"] else "new"] += 1
             variant_exr(event.image, out_dir)

@@ -148,6 +148,12 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
     active_unit: IntProperty(name="Active Unit", default=0)
     steps: IntProperty(name="Steps", default=0, min=0, max=500, description="Denoising steps (0: the style's)")
     cfg: FloatProperty(name="CFG", default=0.0, min=0.0, max=50.0, description="Guidance scale (0: the style's)")
+    fast: BoolProperty(name="Fast Mode", default=False,
+                       description="The model family's few-step variant for quick looks (SD 1.5/SDXL: LCM-LoRA, "
+                                   "FLUX.1: FLUX.1-schnell). Changes the images; labelled in their parameters")
+    preview_every: IntProperty(name="Preview Every", default=4, min=0, max=500,
+                               description="Show a preview of the image being made every N denoising steps "
+                                           "(0: none). Never changes the images")
     max_batch: IntProperty(name="Batch Limit", default=0, min=0, max=64,
                            description="Most images per UNet batch (0: as many as memory allows)")
     scheduler: EnumProperty(name="Scheduler", default="PRESET",

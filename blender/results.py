@@ -95,6 +95,25 @@ def load_image(name, path):
     return image
 
 
+PREVIEW_IMAGE = "ArchViz Preview"
+
+
+def show_preview(png, folder, info):
+    """The image datablock ``ArchViz Preview`` showing a preview PNG (bytes) of an image
+    still denoising, written to ``folder/.preview.png`` and reloaded on each new one; its
+    custom properties say which image and step it shows."""
+    from ..core.png import atomic_write
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".preview.png")
+    atomic_write(path, png)
+    image = load_image(PREVIEW_IMAGE, path)
+    for key in ("camera", "style", "seed", "step", "steps"):
+        if info.get(key) is not None:
+            image[f"archviz_{key}"] = info[key]
+    return image
+
+
 def load_result_image(path, camera_name, style, seed, params=None):
     """Load (or reload) a generated PNG as the image ``<camera>_<style>_s<seed>``.
 

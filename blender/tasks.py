@@ -46,6 +46,7 @@ class Task:
         self.device_warning = ""
         self.download = {}  # the model download in progress (job status' download), if any
         self.images = []  # image datablock names, in arrival order
+        self.preview = {}  # the latest preview shown: camera, style, seed, step, steps
         self.contact_sheets = []
         self.thread = None
         self._cancel_requested = False
@@ -60,7 +61,8 @@ class Task:
             warning = client.health().get("device_warning")
             if warning:  # a GPU the backend does not use: shown in the panel until the next run
                 self.events.put(("warning", warning))
-            self.runner = SweepRunner(client, self.camera_jobs, self.out_dir)
+            self.runner = SweepRunner(client, self.camera_jobs, self.out_dir,
+                                      previews=any(job.get("preview_every", 1) for _, job in self.camera_jobs))
             if self._cancel_requested:
                 self.runner.cancel()
             self.events.put(("state", "generating"))
@@ -116,7 +118,15 @@ class Task:
         self.download = {}
         self.fraction = event.fraction
         self.images_done = event.images_done
-        if event.kind == "image":
+        if event.kind == "preview":  # the image editor follows the denoising of the newest image
+            info = event.image
+            image = results.show_preview(info["png"], os.path.join(self.out_dir, "passes"), info)
+            self.preview = {k: info.get(k) for k in ("camera", "style", "seed", "step", "steps")}
+            if not self.images:  # once a result is there, the editor stays on the results
+                results.show_in_image_editor(bpy.context, image)
+            self.message = (f"{self.images_done}/{self.images_total} images, preview {info.get('style')} "
+                            f"s{info.get('seed')} step {info.get('step')}/{info.get('steps')}")
+        elif event.kind == "image":
             info = event.image
             params = dict(info.get("params") or {})
             params.setdefault("style", info["style"])

@@ -124,7 +124,7 @@ UNIT_PRESETS = {
 
 def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
                cfg=None, scheduler=None, skip_existing=True, max_batch=None, init=None, strength=None,
-               mask=None):
+               mask=None, fast=False, preview_every=None):
     """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
     so a bad value is reported before anything is sent. ``init``: restyle from ``"beauty"``
     (the folder's beauty.png) or a PNG's path, at ``strength`` (core/restyle.py); ``mask``:
@@ -147,8 +147,10 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
         controls.append(control)
     job = {"model": model if isinstance(model, dict) else {"family": model}, "controls": controls,
            "styles": list(styles), "seeds": list(seeds), "name_prefix": name_prefix, "skip_existing": skip_existing}
+    if fast:  # the family's labelled fast mode (changes the pixels)
+        job["fast"] = True
     for key, value in (("output_dir", output_dir), ("steps", steps), ("cfg", cfg), ("scheduler", scheduler),
-                       ("max_batch", max_batch)):
+                       ("max_batch", max_batch), ("preview_every", preview_every)):
         if value is not None:
             job[key] = value
     if init is not None:
@@ -205,13 +207,13 @@ def download_fraction(download):
 
 @dataclass
 class SweepEvent:
-    kind: str  # "progress" | "download" | "image" | "error" | "done"
+    kind: str  # "progress" | "download" | "image" | "preview" | "error" | "done"
     camera: str = ""
     message: str = ""
     fraction: float = 0.0  # whole sweep, 0..1
     images_done: int = 0
     images_total: int = 0
-    image: dict = field(default_factory=dict)  # for "image": path, style, seed, params
+    image: dict = field(default_factory=dict)  # for "image": path, style, seed, params; "preview": png, step...
     download: dict = field(default_factory=dict)  # for "download": the job status' download (bytes)
 
 
@@ -227,6 +229,7 @@ class _Tracked:
     total_images: int = 0
     error: str = ""
     downloaded: bool = False  # the end of the job's model download was reported
+    previews: dict = field(default_factory=dict)  # image index -> step of the last preview reported
 
 
 #: Seconds a client that gave up on an unreachable backend still tries to cancel its jobs.
@@ -249,8 +252,11 @@ class SweepRunner:
     seconds passed), it cancels its jobs on the backend, saying why, before it raises.
     """
 
-    def __init__(self, client, camera_jobs, out_dir, poll_interval=0.25, timeout=None):
+    def __init__(self, client, camera_jobs, out_dir, poll_interval=0.25, timeout=None, previews=False):
         self.client = client
+        # previews: fetch each new preview the job status lists and report it as a
+        # "preview" event (image: camera, index, style, seed, step, steps, png bytes)
+        self.previews = previews
         self.timeout = timeout
         self.tracked = [_Tracked(camera, job, total_images=len(job["styles"]) * len(job["seeds"]))
                         for camera, job in camera_jobs]
@@ -382,11 +388,33 @@ class SweepRunner:
             fraction, done, total = self._totals()
             emit(SweepEvent("image", camera=t.camera, fraction=fraction, images_done=done, images_total=total,
                             image=payload))
+        if self.previews:
+            self._previews(t, status, emit)
         if t.state == "failed":
             error = status.get("error") or {"message": "the job failed without a message"}
             t.error = error.get("message", str(error)) if isinstance(error, dict) else str(error)
             self.errors.append(f"{t.camera}: {t.error}")
             emit(SweepEvent("error", camera=t.camera, message=t.error))
+
+    def _previews(self, t, status, emit):
+        """Each image's newest preview once (a preview that is gone by the time it is asked
+        for, because its image got done, is skipped: the image follows)."""
+        for entry in status.get("previews") or []:
+            key, step = entry.get("index"), entry.get("step")
+            if key in t.seen or t.previews.get(key) == step:
+                continue
+            try:
+                png = self.client.preview(t.job_id, key)
+            except BackendUnreachable:
+                raise
+            except BackendError:
+                continue
+            t.previews[key] = step
+            fraction, done, total = self._totals()
+            emit(SweepEvent("preview", camera=t.camera, fraction=fraction, images_done=done, images_total=total,
+                            image={"camera": t.camera, "index": key, "style": entry.get("style"),
+                                   "seed": entry.get("seed"), "step": step, "steps": entry.get("steps"),
+                                   "png": png}))
 
     def _local_copy(self, t, entry):
         """The image in the local output folder: the backend's file when it is already

@@ -53,7 +53,7 @@ class _GenerateBase:
             scene, cameras, units_of(settings), styles, seeds, backend.model, root, opts,
             steps=settings.steps or None, cfg=settings.cfg or None,
             scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
-            max_batch=settings.max_batch or None,
+            max_batch=settings.max_batch or None, fast=settings.fast, preview_every=settings.preview_every,
             **edit_options(settings.use_restyle, settings.restyle_strength, settings.region_mode,
                            settings.region_classes, [o.name for o in context.selected_objects if o.type != "CAMERA"]))
         return Task(scene.name, camera_jobs, root, backend)

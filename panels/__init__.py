@@ -114,6 +114,14 @@ def draw_progress(layout, task):
                      text=f"{task.images_done}/{task.images_total} images, {task.fraction:.0%}")
         col.operator("archviz.cancel", icon="CANCEL")
     col.label(text=task.message, icon="ERROR" if task.state == "failed" else "INFO")
+    if task.state == "running" and task.preview:  # the image being made, a few steps behind
+        image = bpy.data.images.get("ArchViz Preview")
+        if image is not None:
+            image.preview_ensure()
+            box = col.box()
+            box.label(text=f"{task.preview.get('style')} s{task.preview.get('seed')}: step "
+                           f"{task.preview.get('step')}/{task.preview.get('steps')}", icon="IMAGE_DATA")
+            box.template_icon(icon_value=image.preview.icon_id if image.preview else 0, scale=6.0)
     if task.device_warning:
         draw_lines(col.box(), task.device_warning, icon="ERROR")
 
@@ -193,6 +201,8 @@ class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
         col.prop(settings, "cfg")
         col.prop(settings, "scheduler")
         col.prop(settings, "max_batch")
+        col.prop(settings, "fast")
+        col.prop(settings, "preview_every")
 
 
 class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
