@@ -137,6 +137,9 @@ def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | No
         restyle = {"strength": f"{plan.init.strength:g}", "init_sha256": plan.init.sha256}
     if plan.region is not None:  # region edit: the share of pixels it may change, and which mask
         restyle.update(region_coverage=f"{plan.region.coverage:g}", mask_sha256=plan.region.sha256)
+    if plan.fast is not None:  # fast mode is labelled on every image it made
+        a1111 += f", Fast mode: {plan.fast['mode']}"
+        restyle["fast"] = plan.fast["mode"]
     return {
         "prompt": style.prompt,
         "negative_prompt": style.negative,
