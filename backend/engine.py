@@ -275,6 +275,7 @@ class Engine:
         # projections kept between jobs; the running job's previewer and where its PNGs go.
         self.previews = PreviewCache()
         self._preview: tuple | None = None  # (Previewer, on_preview) while a job makes previews
+        self._last_preview_method: str | None = None  # taesd | projection: how the last job's previews were made
 
     @property
     def dtype_name(self) -> str:
@@ -418,6 +419,7 @@ class Engine:
             if on_preview is not None:
                 t0 = self._clock()
                 self._preview = (Previewer(self, family, plan, pipe, comps, preview_every), on_preview)
+                self._last_preview_method = self._preview[0].method
                 self.timings["preview"] += self._clock() - t0
             embeds: dict[int, object] = {}
             for batch in self.batches(plan, images):

@@ -23,21 +23,28 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_RANK = 4
 
 
-def build_lcm_lora(out: Path, arch: str) -> None:
+def build_lcm_lora(out: Path, arch: str, unet=None, rank: int = LORA_RANK, std: float = 0.3) -> None:
+    """The LoRA for ``unet`` (default: the tiny base's UNet; the bench gives its random
+    full-size one, copied here so the given model stays as it is)."""
+    import copy
+
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = tiny._unet(sdxl=arch == "sdxl")  # the tiny base's UNet (same config, same seeded weights)
-    unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian",
+    if unet is None:
+        unet = tiny._unet(sdxl=arch == "sdxl")  # the tiny base's UNet (same config, same seeded weights)
+    else:
+        unet = copy.deepcopy(unet)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=LORA_TARGETS))
     torch.manual_seed(tiny._seed(f"lcm-lora-{arch}"))
     with torch.no_grad():
         for name, param in unet.named_parameters():
             if "lora_B" in name:  # peft starts B at zero (a no-op LoRA); a trained one is not
-                param.normal_(0.0, 0.3)
+                param.normal_(0.0, std)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     pipeline = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
     pipeline.save_lora_weights(save_directory=str(out), unet_lora_layers=layers, safe_serialization=True)

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"control cases to run (known: {', '.join(runner.CASES)})")
     parser.add_argument("--rows", default=None,
                         help="optimisation rows: 'all', 'none' or a comma list "
-                             f"({', '.join(runner.ROWS)}); default: all on CUDA, the CPU-relevant ones on CPU")
+                             f"({', '.join((*runner.ROWS, *runner.JOB_ROWS))}); default: all on CUDA, the CPU-relevant ones "
+                             "on CPU")
     parser.add_argument("--row-case", default=d.row_case, help="case the rows run on")
     parser.add_argument("--no-baseline", action="store_true", help="skip the diffusers baseline")
     parser.add_argument("--capture", action="store_true",
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def spec_from_args(args) -> runner.Spec:
     rows = None
     if args.rows == "all":
-        rows = tuple(runner.ROWS)
+        rows = tuple(runner.ROWS) + runner.JOB_ROWS
     elif args.rows == "none":
         rows = ()
     elif args.rows:

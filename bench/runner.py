@@ -61,6 +61,10 @@ ROWS = {
     "fp8-weight*": lambda o: {"quantize": "fp8-weight"},
     "token-merging-0.5*": lambda o: {"token_merging": 0.5},
 }
+#: Rows that are not engine options: previews every 4 steps (the PNGs made and dropped; the
+#: images must stay the same), and the family's fast mode (labelled: its own steps and
+#: sampler; the ratio is per image against the exact path).
+JOB_ROWS = ("previews-every-4", "fast*")
 CPU_ROWS = ("window-skip", "batching", "embeds-once", "cond-once", "channels-last", "sdpa-math", "fused-qkv",
             "vae-batch-1", "guess-mode*", "int8*", "int8-weight*", "fp8-weight*", "token-merging-0.5*")
 CUDA_ONLY = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "compile+cuda-graphs", "fp8*")
@@ -143,7 +147,7 @@ def model_refs(config: str) -> dict:
             "lines": f"archviz-bench/{config}-controlnet-lines-random-weights"}
 
 
-def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None):
+def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None, fast: bool = False):
     import base64
 
     from ..backend.sweep import build_plan
@@ -165,12 +169,14 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
                                                                               "lines": refs["lines"]}}
         if spec.config == "sdxl":
             model["vae"] = refs["vae"]
-    sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler}
+    sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler, "steps": steps or spec.steps}
     if "flux" in spec.config:  # distilled guidance from the presets' [flux] sections, one sampler
-        sampling = {}
+        sampling = {"steps": steps or spec.steps}
+    if fast:  # the fast mode's own steps, cfg and sampler
+        sampling = {"steps": steps} if steps else {}
     job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
-                           "seeds": list(spec.seeds), "width": spec.size, "height": spec.size,
-                           "steps": steps or spec.steps, **sampling})
+                           "seeds": list(spec.seeds), "width": spec.size, "height": spec.size, "fast": fast,
+                           **sampling})
     return build_plan(job, load_presets(include_user=False), "float32")
 
 
@@ -542,8 +548,11 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
     say(f"{'defaults':<20} {'':<36} {base['images_per_s']:9.3f} {1.0:9.2f}x {base['denoise_s']:9.2f} "
         f"{_tf(base.get('tflops'))} {base['warmup_s']:9.1f} {0.0:9.2e}")
     for name in rows:
+        if name in JOB_ROWS:
+            report["rows"].append(job_row(spec, engine, name, case, plan, warm, ref, base))
+            continue
         if name not in ROWS:
-            say(f"{name:<20} unknown row (known: {', '.join(ROWS)})")
+            say(f"{name:<20} unknown row (known: {', '.join((*ROWS, *JOB_ROWS))})")
             continue
         if name in CUDA_ONLY and dev.type != "cuda":
             continue
@@ -591,6 +600,78 @@ def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):
 
                 torch.cuda.empty_cache()
         report["rows"].append(entry)
+
+
+def job_row(spec, engine, name, case, plan, warm, ref, base) -> dict:
+    """``previews-every-4``: the sweep with a preview of every image every 4 steps (PNG made
+    and dropped), its images/s against the defaults and its max pixel difference (must be
+    0). ``fast*``: the family's fast mode (labelled: other steps, sampler, LoRA or base),
+    its time per image against the exact path's."""
+    dev = engine.device
+    entry = {"row": name}
+    try:
+        if name == "previews-every-4":
+            setting = "a preview PNG every 4 steps"
+            seen = []
+            engine.generate(warm[case], warm[case].images, on_preview=lambda *a: None, preview_every=4)
+            images, seconds, mem = timed(dev, lambda: engine.generate(
+                plan, plan.images, on_preview=lambda item, step, steps, png: seen.append(len(png)),
+                preview_every=4), spec.repeats)
+            t = engine.timings  # of the last timed run; the previews run inside the denoising loop
+            share = t["preview"] / max(1e-9, t["denoise"] + t["decode"] + t["encode"])
+            entry.update(changes_images=[], previews=len(seen) // max(1, spec.repeats),
+                         preview_s=t["preview"], preview_share=share, preview_method=engine._last_preview_method)
+            note = (f"{entry['previews']} previews ({entry['preview_method']}): {entry['preview_s']:.3f} s, "
+                    f"{100 * share:.1f}% of the run")
+        else:
+            setting = "fast mode, per image vs exact"
+            fast_plan = make_plan(spec, case, fast=True)
+            fast_warm = make_plan(spec, case, steps=1, fast=True)
+            if not spec.config.startswith("tiny"):
+                adopt_fast(spec, engine, fast_plan)
+                adopt_fast(spec, engine, fast_warm)
+            style = fast_plan.styles[0]
+            setting = f"fast: {fast_plan.fast['mode']}, {style.steps} steps, cfg {style.cfg:g}"
+            engine.generate(fast_warm, fast_warm.images)
+            images, seconds, mem = timed(dev, lambda: engine.generate(fast_plan, fast_plan.images), spec.repeats)
+            entry.update(changes_images=["fast"], fast=fast_plan.fast, steps=style.steps, cfg=style.cfg)
+            note = f"{fast_plan.fast['mode']}: {style.steps} steps vs {plan.styles[0].steps}"
+        per_image, exact_per_image = seconds / len(images), 1.0 / base["images_per_s"]
+        entry.update(images_per_s=len(images) / seconds, seconds=seconds, peak_gb=mem,
+                     denoise_s=engine.timings["denoise"], vs_default=exact_per_image / per_image,
+                     max_diff=max_diff(images, ref), finite=finite(images), note=note)
+        say(f"{name:<20} {setting[:36]:<36} {entry['images_per_s']:9.3f} {entry['vs_default']:9.2f}x "
+            f"{entry['denoise_s']:9.2f} {_tf(None)} {'-':>9} {entry['max_diff']:9.2e}  {note}")
+    except Exception as exc:  # noqa: BLE001 - one row failing must not lose the other rows
+        entry["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"{name:<20} {'':<36} failed: {entry['error'][:200]}")
+    return entry
+
+
+def adopt_fast(spec, engine, plan) -> None:
+    """Full-size random-weight configs: a random LoRA of the LCM-LoRA's shape on the random
+    UNet (SD 1.5 / SDXL) under the plan's LoRA id; FLUX.1 fast needs a random schnell base,
+    which the bench does not build yet (the row says so)."""
+    import tempfile
+
+    from ..backend import tiny_fast
+
+    if plan.models.arch == "flux":
+        raise RuntimeError("fast mode on the full-size random FLUX.1 config needs a random schnell base (not built "
+                           "by the bench); measure it with --config tiny-flux or with the real FLUX.1-schnell")
+    base, _nets = engine.load(replace_lora(plan.models, None))
+    folder = getattr(engine, "_bench_lora", None)
+    if folder is None:
+        folder = engine._bench_lora = tempfile.mkdtemp(prefix="archviz-bench-lora-")
+        tiny_fast.build_lcm_lora(__import__("pathlib").Path(folder), plan.models.arch,
+                                 unet=base.value["unet"], rank=64, std=0.01)
+    plan.models = replace_lora(plan.models, folder)
+
+
+def replace_lora(models, lora):
+    from dataclasses import replace
+
+    return replace(models, lora=lora)
 
 
 def _tf(value) -> str:
