@@ -303,3 +303,29 @@ def test_fast_is_refused_in_one_line_where_it_does_not_apply(monkeypatch):
     with pytest.raises(J.JobError) as err:
         fast_plan("tiny-flux", lines="canny", model={"family": "tiny-flux", "base": "/x"})
     assert err.value.field in ("model.base", "model")
+
+
+# -- the bench rows --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-flux"])
+def test_bench_rows_previews_and_fast(tmp_path, config):
+    import json
+
+    from archviz_controlnet import cli
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "report.json"
+    try:
+        rc = cli.main(["bench", "--config", config, "--device", "cpu", "--styles", "modern", "--seeds", "0-1",
+                       "--steps", "8", "--threads", "1", "--cases", "full", "--no-baseline",
+                       "--rows", "previews-every-4,fast*", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    previews, fast = rows["previews-every-4"], rows["fast*"]
+    assert "error" not in previews and "error" not in fast, (previews.get("error"), fast.get("error"))
+    assert previews["max_diff"] == 0 and previews["changes_images"] == []  # previews never change the images
+    assert previews["previews"] == 2 and previews["preview_method"] == "projection"  # step 4 of 8, two images
+    assert fast["changes_images"] == ["fast"] and fast["steps"] == 4 and fast["max_diff"] > 0  # labelled, and it does
+    assert fast["vs_default"] > 0 and 0 <= previews["preview_share"] < 1
