@@ -85,10 +85,13 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 
 
 def _builder(family: str, name: str):
+    import sys
+
     from .tiny_fast import builder as fast_builder
 
-    if fast_builder(family, name) is not None:  # fast mode's tiny LoRA / schnell base
-        return fast_builder(family, name)
+    fast = fast_builder(family, name, sys.modules[__name__])
+    if fast is not None:  # fast mode's tiny LoRA / schnell base
+        return fast
     if family == "flux":
         if name == "base":
             return build_flux_base

@@ -8,6 +8,9 @@
 * ``tiny/v1/flux/base-schnell``: the tiny FLUX.1 pipeline as FLUX.1-schnell differs from
   FLUX.1-dev: a transformer without the guidance embedding and the fixed-shift
   flow-matching scheduler (no resolution-dependent shift).
+
+The builders take the tiny-model module (``backend/tiny.py``, which calls them) as ``tiny``,
+for its shared pieces (seeds, tokenizers, FLUX.1 component sizes).
 """
 
 from __future__ import annotations
@@ -16,14 +19,12 @@ import json
 import shutil
 from pathlib import Path
 
-from . import tiny
-
 #: Attention projections the LoRA adapts (what LCM-LoRA adapts in the real UNets, among others).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_RANK = 4
 
 
-def build_lcm_lora(out: Path, arch: str, unet=None, rank: int = LORA_RANK, std: float = 0.3) -> None:
+def build_lcm_lora(out: Path, arch: str, tiny, unet=None, rank: int = LORA_RANK, std: float = 0.3) -> None:
     """The LoRA for ``unet`` (default: the tiny base's UNet; the bench gives its random
     full-size one, copied here so the given model stays as it is)."""
     import copy
@@ -53,7 +54,7 @@ def build_lcm_lora(out: Path, arch: str, unet=None, rank: int = LORA_RANK, std: 
                    "note": "random LoRA weights on the tiny UNet: fast-mode plumbing, not a distilled model"}, fh)
 
 
-def build_flux_schnell_base(out: Path) -> None:
+def build_flux_schnell_base(out: Path, tiny) -> None:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -77,10 +78,10 @@ def build_flux_schnell_base(out: Path) -> None:
                    "note": "random weights: images are noise that prove the plumbing"}, fh)
 
 
-def builder(family: str, name: str):
+def builder(family: str, name: str, tiny):
     """The builder of a tiny fast-mode model, or None when ``family/name`` is not one."""
     if family in ("sd15", "sdxl") and name == "lcm-lora":
-        return lambda out: build_lcm_lora(out, family)
+        return lambda out: build_lcm_lora(out, family, tiny)
     if family == "flux" and name == "base-schnell":
-        return build_flux_schnell_base
+        return lambda out: build_flux_schnell_base(out, tiny)
     return None

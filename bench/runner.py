@@ -653,8 +653,9 @@ def adopt_fast(spec, engine, plan) -> None:
     UNet (SD 1.5 / SDXL) under the plan's LoRA id; FLUX.1 fast needs a random schnell base,
     which the bench does not build yet (the row says so)."""
     import tempfile
+    from pathlib import Path
 
-    from ..backend import tiny_fast
+    from ..backend import tiny, tiny_fast
 
     if plan.models.arch == "flux":
         raise RuntimeError("fast mode on the full-size random FLUX.1 config needs a random schnell base (not built "
@@ -663,8 +664,7 @@ def adopt_fast(spec, engine, plan) -> None:
     folder = getattr(engine, "_bench_lora", None)
     if folder is None:
         folder = engine._bench_lora = tempfile.mkdtemp(prefix="archviz-bench-lora-")
-        tiny_fast.build_lcm_lora(__import__("pathlib").Path(folder), plan.models.arch,
-                                 unet=base.value["unet"], rank=64, std=0.01)
+        tiny_fast.build_lcm_lora(Path(folder), plan.models.arch, tiny, unet=base.value["unet"], rank=64, std=0.01)
     plan.models = replace_lora(plan.models, folder)
 
 
