@@ -329,3 +329,22 @@ def test_bench_rows_previews_and_fast(tmp_path, config):
     assert previews["previews"] == 2 and previews["preview_method"] == "projection"  # step 4 of 8, two images
     assert fast["changes_images"] == ["fast"] and fast["steps"] == 4 and fast["max_diff"] > 0  # labelled, and it does
     assert fast["vs_default"] > 0 and 0 <= previews["preview_share"] < 1
+
+
+def test_a_lora_repository_is_its_one_weights_file():
+    """What the hub code fetches and accepts for the fast-mode LoRAs (archviz models
+    download sd15-lcm-lora): the one pytorch_lora_weights.safetensors, nothing else."""
+    from archviz_controlnet.backend import hub
+    from archviz_controlnet.backend.models import CATALOG, local_lora
+
+    listing = ["README.md", ".gitattributes", "image.png", "pytorch_lora_weights.safetensors"]
+    assert hub.select_files(listing, None, fp16=True) == ["pytorch_lora_weights.safetensors"]
+    folder = tiny.ensure_tiny(tiny.tiny_path("sd15", "lcm-lora"))
+    assert hub.check_loadable(folder, None, fp16=False) == ""
+    assert local_lora(str(folder), torch.float32) == folder
+    assert CATALOG["sd15-lcm-lora"][0][0] == family_for("sd15").fast.lora
+    assert CATALOG["sdxl-lcm-lora"][0][0] == family_for("sdxl").fast.lora
+    assert {CATALOG[n][0][0] for n in ("taesd", "taesdxl", "taef1")} == {
+        family_for(a).taesd_id for a in ("sd15", "sdxl", "flux")}
+    with pytest.raises(hub.HubError):  # a model repository still needs its config
+        hub.select_files(["diffusion_pytorch_model.safetensors"], None, fp16=False)

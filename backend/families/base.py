@@ -169,16 +169,16 @@ class Family:
 
         vae = comps["vae"]
         cfg = vae.config
-        z = grid.to(device=engine.device, dtype=vae.dtype)
-        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-        if mean is not None and std is not None:
-            m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-            d = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
-            z = z * d / cfg.scaling_factor + m
-        else:
-            z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
-        video = getattr(cfg, "temperal_downsample", None) is not None  # a video VAE (B, C, T, h, w)
-        with torch.no_grad(), self.decoding(comps):
+        with torch.no_grad(), self.decoding(comps):  # an fp16 VAE that upcasts: the dtype inside
+            z = grid.to(device=engine.device, dtype=vae.dtype)
+            mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+            if mean is not None and std is not None:
+                m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+                d = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
+                z = z * d / cfg.scaling_factor + m
+            else:
+                z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+            video = getattr(cfg, "temperal_downsample", None) is not None  # a video VAE (B, C, T, h, w)
             image = vae.decode(z.unsqueeze(2) if video else z, return_dict=False)[0]
         if video:
             image = image[:, :, 0]
