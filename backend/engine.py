@@ -12,7 +12,11 @@ A job's images are (style, seed) pairs. The core runs them the same way for ever
 * a unit outside its guidance window, or at scale 0, is not run at all (diffusers runs it
   and multiplies by 0: skipping is exact);
 * progress and cancel every denoising step; the VAE decode in chunks; forward counts and
-  seconds per phase in :attr:`Engine.stats` / :attr:`Engine.timings`.
+  seconds per phase in :attr:`Engine.stats` / :attr:`Engine.timings`;
+* previews every few steps (:mod:`.previews`: a TAESD-class tiny autoencoder from the local
+  cache, else a projection fitted to the family's VAE), read-only on the latents;
+* the family's fast mode (a job's ``fast``: the plan carries its LoRA or base; the family
+  switches a loaded LoRA on for fast jobs and off for exact ones).
 
 The family does the rest in its diffusers pipeline's order: encode prompt -> prepare
 controls -> prepare latents -> one denoising step with the control residuals -> decode.
