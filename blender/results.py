@@ -108,6 +108,10 @@ def show_preview(png, folder, info):
     path = os.path.join(folder, ".preview.png")
     atomic_write(path, png)
     image = load_image(PREVIEW_IMAGE, path)
+    try:  # the panel's thumbnail follows the new pixels (no icon previews in some background builds)
+        image.preview_ensure().reload()
+    except (AttributeError, RuntimeError):
+        pass
     for key in ("camera", "style", "seed", "step", "steps"):
         if info.get(key) is not None:
             image[f"archviz_{key}"] = info[key]

@@ -117,7 +117,6 @@ def draw_progress(layout, task):
     if task.state == "running" and task.preview:  # the image being made, a few steps behind
         image = bpy.data.images.get("ArchViz Preview")
         if image is not None:
-            image.preview_ensure()
             box = col.box()
             box.label(text=f"{task.preview.get('style')} s{task.preview.get('seed')}: step "
                            f"{task.preview.get('step')}/{task.preview.get('steps')}", icon="IMAGE_DATA")
