@@ -80,6 +80,27 @@ def test_blender_generate_fast_with_a_preview_image(tmp_path, monkeypatch):
         preview = bpy.data.images["ArchViz Preview"]
         assert preview["archviz_steps"] == 40 and 2 <= preview["archviz_step"] < 40
         assert tuple(preview.size) == tuple(image.size)
+        # the Generate panel's progress box draws the preview of the running task
+        from archviz_controlnet import panels
+
+        task = gen.Task.current
+        assert task.preview["step"] == preview["archviz_step"] and task.preview["style"] == "modern"
+        drawn = []
+
+        class Layout:
+            def __getattr__(self, name):
+                def record(*args, **kwargs):
+                    drawn.append((name, kwargs.get("text"), kwargs.get("icon_value")))
+                    return Layout()
+                return record
+
+        task.state = "running"  # the box is drawn while it runs
+        try:
+            panels.draw_progress(Layout(), task)
+        finally:
+            task.state = "done"
+        assert any(n == "label" and t and f"s1: step {task.preview['step']}/40" in t for n, t, _i in drawn)
+        assert any(n == "template_icon" for n, _t, _i in drawn)
     finally:
         gen.Task.current = None
         archviz_controlnet.unregister()
