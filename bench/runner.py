@@ -659,7 +659,7 @@ def adopt_fast(spec, engine, plan) -> None:
 
     if plan.models.arch == "flux":
         raise RuntimeError("fast mode on the full-size random FLUX.1 config needs a random schnell base (not built "
-                           "by the bench); measure it with --config tiny-flux or with the real FLUX.1-schnell")  # noqa: E501
+                           "by the bench); measure it with --config tiny-flux or with the real FLUX.1-schnell")
     base, _nets = engine.load(replace_lora(plan.models, None))
     folder = getattr(engine, "_bench_lora", None)
     if folder is None:
