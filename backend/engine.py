@@ -280,6 +280,9 @@ class Engine:
         self.previews = PreviewCache()
         self._preview: tuple | None = None  # (Previewer, on_preview) while a job makes previews
         self._last_preview_method: str | None = None  # taesd | projection: how the last job's previews were made
+        # Why the last job made no more previews, when they failed ("" otherwise): previews are
+        # a view, so a failure stops them and the job goes on; the worker shows this line.
+        self.preview_warning = ""
 
     @property
     def dtype_name(self) -> str:
@@ -420,10 +423,14 @@ class Engine:
             # Restyle: the init image through the VAE encoder once per job (each seed then
             # samples its own latent from it and noises it with its own generator).
             self._init = family.prepare_init(self, plan, pipe, comps) if plan.init is not None else None
+            self.preview_warning = ""
             if on_preview is not None:
                 t0 = self._clock()
-                self._preview = (Previewer(self, family, plan, pipe, comps, preview_every), on_preview)
-                self._last_preview_method = self._preview[0].method
+                try:
+                    self._preview = (Previewer(self, family, plan, pipe, comps, preview_every), on_preview)
+                    self._last_preview_method = self._preview[0].method
+                except Exception as exc:  # noqa: BLE001 - previews only: the images go on without them
+                    self._previews_failed(exc)
                 self.timings["preview"] += self._clock() - t0
             embeds: dict[int, object] = {}
             for batch in self.batches(plan, images):
@@ -530,11 +537,25 @@ class Engine:
         """Each image's preview PNG after ``step`` of ``steps`` (read-only on the latents)."""
         previewer, on_preview = self._preview
         t0 = self._clock()
-        pngs = previewer.pngs(state)
-        self.timings["preview"] += self._clock() - t0
+        try:
+            pngs = previewer.pngs(state)
+        except Exception as exc:  # noqa: BLE001 - previews only: the images go on without them
+            self._previews_failed(exc)
+            return
+        finally:
+            self.timings["preview"] += self._clock() - t0
         self.stats["previews"] += len(pngs)
         for item, png in zip(batch, pngs):
             on_preview(item, step, steps, png)
+
+    def _previews_failed(self, exc: Exception) -> None:
+        """No more previews for this job, said in one line (the job status' warnings)."""
+        self._preview = None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        self.preview_warning = f"previews stopped for this job: {type(exc).__name__}: {first}"[:300]
+        log.warning("%s", self.preview_warning)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _decode(self, family: Family, pipe, comps: dict, state) -> list[np.ndarray]:
         """The family's decode in chunks (bounds VAE memory on the GPU)."""

@@ -312,8 +312,14 @@ class Worker:
 
             if todo:
                 record.set_phase("generating")
-                self.engine.generate(plan, todo, on_step=record.step, on_image=on_image,
-                                     cancelled=record.cancel_event.is_set, on_preview=record.on_preview)
+                try:
+                    self.engine.generate(plan, todo, on_step=record.step, on_image=on_image,
+                                         cancelled=record.cancel_event.is_set, on_preview=record.on_preview)
+                finally:
+                    problem = getattr(self.engine, "preview_warning", "")
+                    if problem:  # previews failed and stopped; the images went on
+                        with record.lock:
+                            record.warnings.append(problem)
             if record.cancel_event.is_set():
                 raise Cancelled()
             final, error = "done", None

@@ -348,3 +348,25 @@ def test_a_lora_repository_is_its_one_weights_file():
         family_for(a).taesd_id for a in ("sd15", "sdxl", "flux")}
     with pytest.raises(hub.HubError):  # a model repository still needs its config
         hub.select_files(["diffusion_pytorch_model.safetensors"], None, fp16=False)
+
+
+def test_a_failing_preview_stops_previews_not_the_job(engine, monkeypatch):
+    plan = plan_for("tiny", seeds=(0,), steps=8)
+    plain = engine.generate(plan, plan.images)
+    fam = family_for("sd15")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no room for the preview\nsecond line")
+
+    monkeypatch.setattr(P.Previewer, "pngs", broken)
+    out, got = collect(engine, plan, every=2)
+    assert got == [] and np.array_equal(plain[0], out[0])
+    assert engine.preview_warning == "previews stopped for this job: RuntimeError: no room for the preview"
+    monkeypatch.undo()
+    monkeypatch.setattr(fam, "preview_decode", broken)  # the projection's fit fails: no previewer at all
+    engine.previews.projections.clear()
+    out, got = collect(engine, plan, every=2)
+    assert got == [] and np.array_equal(plain[0], out[0]) and "no room" in engine.preview_warning
+    monkeypatch.undo()
+    _, got = collect(engine, plan, every=2)
+    assert len(got) == 3 and engine.preview_warning == ""
