@@ -429,6 +429,7 @@ class Engine:
                 try:
                     self._preview = (Previewer(self, family, plan, pipe, comps, preview_every), on_preview)
                     self._last_preview_method = self._preview[0].method
+                    self.preview_warning = self._preview[0].problem
                 except Exception as exc:  # noqa: BLE001 - previews only: the images go on without them
                     self._previews_failed(exc)
                 self.timings["preview"] += self._clock() - t0

@@ -108,9 +108,11 @@ class PreviewCache:
 
     def __init__(self):
         self.tiny: dict[str, object] = {}  # folder -> AutoencoderTiny
+        self.problem = ""  # why the last lookup's tiny autoencoder did not load ("" when none)
         self.projections: dict[int, tuple] = {}  # id(vae) -> (weakref to the vae, Projection)
 
     def tiny_vae(self, repo_id: str | None, device, dtype):
+        self.problem = ""
         folder = cached_snapshot(repo_id) if repo_id else None
         if folder is None:
             return None
@@ -120,9 +122,11 @@ class PreviewCache:
 
             try:
                 model = AutoencoderTiny.from_pretrained(key, torch_dtype=dtype, use_safetensors=True)
-            except (OSError, ValueError) as exc:
-                log.warning("previews: %s in the Hugging Face cache does not load (%s); using the latent "
-                            "projection", repo_id, exc)
+            except Exception as exc:  # noqa: BLE001 - any broken cache entry: the projection, said
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.problem = (f"previews: {repo_id} in the Hugging Face cache does not load ({first}); "
+                                f"previews use the latent projection")[:300]
+                log.warning("%s", self.problem)
                 return None
             self.tiny[key] = model.eval().requires_grad_(False).to(device)
         return self.tiny[key]
@@ -147,6 +151,7 @@ class Previewer:
         vae = comps["vae"]
         self.tiny = engine.previews.tiny_vae(family.taesd_id, engine.device, vae.dtype)
         self.method = "taesd" if self.tiny is not None else "projection"
+        self.problem = engine.previews.problem  # a TAESD in the cache that does not load: said, not hidden
         self.projection = None
         if self.tiny is None:
             channels = int(vae.config.latent_channels)

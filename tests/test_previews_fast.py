@@ -166,6 +166,15 @@ def test_taesd_from_the_local_cache_under_its_real_id(engine, tmp_path, monkeypa
     expected = (expected[0].permute(1, 2, 0).numpy() * 255).round()
     assert np.abs(decode(got[0][3]).astype(float) - expected).max() <= 1
     assert not np.array_equal(decode(got[0][3]), decode(projected[0][3]))
+    # weights that do not load: the projection, and a warning that says so
+    (folder / "config.json").write_text('{"_class_name": "AutoencoderTiny", "latent_channels": "four"}')
+    engine.previews.tiny.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    out, got = collect(engine, plan, every=2)
+    assert np.array_equal(plain[0], out[0]) and got
+    assert engine._last_preview_method == "projection"
+    assert engine.preview_warning.startswith("previews: madebyollin/taesd in the Hugging Face cache does not load")
     # a broken snapshot (no weights) is not used
     shutil.rmtree(folder)
     folder.mkdir()
