@@ -298,3 +298,56 @@ def test_blender_generate_with_tiny_qwen(tmp_path, monkeypatch):
     finally:
         gen.Task.current = None
         archviz_controlnet.unregister()
+
+
+GB = 2**30
+
+
+@pytest.mark.parametrize("free_gb, name", [(80, "full"), (66, "full"), (40, "24gb"), (30, "24gb"), (23.5, "16gb"),
+                                           (15.5, "16gb"), (7, "16gb")])
+def test_memory_profile_is_chosen_from_free_vram(free_gb, name):
+    """Qwen-Image's 8-bit transformer alone is 20.4 GB: a 24 GB card streams it."""
+    from archviz_controlnet.backend import memory as M
+
+    profile = M.choose_profile("qwen", "cuda", int(free_gb * GB))
+    assert profile.name == name and profile.changes_images == (name != "full")
+    assert M.choose_profile("qwen", "cpu", None) is M.NONE
+    assert M.choose_profile("qwen", "cuda", 80 * GB, "12gb").stream == "all"
+
+
+def test_a_memory_profile_is_recorded_and_runs(engine):
+    """The 24 GB profile forced on the CPU: int8 weight-only transformer and net, the text
+    encoder on the CPU; recorded in every image's parameters."""
+    pytest.importorskip("torchao")
+    from archviz_controlnet.backend.engine import Engine
+    from archviz_controlnet.backend.sweep import build_plan
+
+    small = Engine("cpu", memory_profile="24gb")
+    small.cache = engine.cache  # the same warm tiny models
+    plan = plan_of(seeds=(0,), steps=2)
+    changes = small.image_changes_for("qwen")
+    assert changes == {"memory_profile": "24gb", "quantize": "int8-weight"}
+    labelled = build_plan(plan.job, load_presets(include_user=False), "float32", changes)
+    assert labelled.params(labelled.images[0])["engine_options"] == changes
+    assert labelled.images[0].params_sha256 != plan.images[0].params_sha256
+    out = small.generate(plan, plan.images)[0]
+    exact = engine.generate(plan, plan.images)[0]
+    assert np.isfinite(out).all() and 0 < np.abs(out - exact).max() < 0.5
+
+
+def test_the_streaming_profile_needs_accelerate_or_runs(engine):
+    """16 GB and smaller cards: the 8-bit transformer and net streamed block by block
+    (diffusers' group offloading, which needs the accelerate package)."""
+    pytest.importorskip("torchao")
+    from archviz_controlnet.backend.engine import Engine
+
+    small = Engine("cpu", memory_profile="16gb")
+    small.cache = engine.cache
+    plan = plan_of(seeds=(0,), steps=2)
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="memory profile '16gb' .*needs the accelerate package"):
+            small.generate(plan, plan.images)
+    else:
+        assert np.isfinite(small.generate(plan, plan.images)[0]).all()
