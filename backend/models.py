@@ -333,7 +333,7 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
     "qwen-base": [(QWEN_BASE, base_components("qwen", False), "base model")],
-    "qwen-union": [(QWEN_UNION, None, "ControlNet-Union (depth, canny)")],
+    "qwen-union": [(QWEN_UNION, None, "ControlNet-Union")],
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
