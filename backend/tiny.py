@@ -85,11 +85,16 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
     return path
 
 
-def _builder(family: str, name: str):
-    if family == "qwen":  # Qwen-Image: backend/tiny_qwen.py
-        from .tiny_qwen import builder
+#: Tiny families built by a module of their own (its ``builder(name)``), loaded by name like
+#: the engine's family modules (``families.MODULES``): they use this module's helpers.
+TINY_MODULES = {"qwen": "tiny_qwen"}
 
-        return builder(name)
+
+def _builder(family: str, name: str):
+    if family in TINY_MODULES:
+        import importlib
+
+        return importlib.import_module(f".{TINY_MODULES[family]}", __package__).builder(name)
     if family == "flux":
         if name == "base":
             return build_flux_base
