@@ -351,3 +351,13 @@ def test_the_streaming_profile_needs_accelerate_or_runs(engine):
             small.generate(plan, plan.images)
     else:
         assert np.isfinite(small.generate(plan, plan.images)[0]).all()
+
+
+def test_guess_mode_is_refused_not_ignored(engine):
+    from archviz_controlnet.backend.engine import Engine
+
+    other = Engine("cpu", options={"guess_mode": True})
+    other.cache = engine.cache
+    plan = plan_of(seeds=(0,), steps=2)
+    with pytest.raises(RuntimeError, match="guess_mode: the qwen family has no guess mode"):
+        other.generate(plan, plan.images)

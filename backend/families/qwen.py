@@ -145,6 +145,9 @@ class Qwen(Family):
 
         if init is not None:
             raise RuntimeError("restyle (an init image) is not supported for the qwen family")
+        if engine.options.guess_mode:  # never silently ignored: it would be recorded as if it ran
+            raise RuntimeError("guess_mode: the qwen family has no guess mode (its ControlNet runs on the prompt "
+                               "only and feeds both CFG passes already); turn the option off")
         transformer, vae = comps["transformer"], comps["vae"]
         b = len(batch)
         prompt_embeds, prompt_mask = _padded([e.prompt for e in embeds])
