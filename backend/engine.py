@@ -564,7 +564,8 @@ class Engine:
             # The memory profile streams this model's blocks from CPU memory (diffusers' group
             # offloading, which needs accelerate), applied to what runs: the model or its
             # quantized copy.
-            optional_package("accelerate", f"memory profile {self.profile_for('flux').name!r} (streamed blocks)")
+            streaming = next((p.name for p in self._profiles.values() if p.stream), "?")
+            optional_package("accelerate", f"memory profile {streaming!r} (streamed blocks)")
             from diffusers.hooks import apply_group_offloading
 
             apply_group_offloading(fn, onload_device=self.device, offload_device=torch.device("cpu"),

@@ -61,6 +61,23 @@ FLUX_PROFILES = (
 )
 PROFILE_NAMES = ("auto",) + tuple(p.name for p in FLUX_PROFILES)
 
+#: Qwen-Image (bf16: transformer 20.4 B = 40.9 GB, Qwen2.5-VL text encoder 8.3 B = 16.6 GB,
+#: union ControlNet 1.77 B = 3.5 GB, VAE 0.25 GB; activations at 1328x1328 with true CFG about
+#: 4 GB for a few images). The same names as FLUX.1's, other thresholds: the 8-bit transformer
+#: alone is 20.4 GB, so it stays resident only on cards with about 26 GB free (32 GB and up);
+#: 24 GB and smaller cards stream it block by block.
+QWEN_PROFILES = (
+    MemoryProfile("full", "none", False, "", 66.0, "bf16, everything on the GPU (exact)"),
+    MemoryProfile("24gb", "8bit", True, "", 26.0,
+                  "8-bit weight-only transformer and ControlNet resident, text encoder on the CPU"),
+    MemoryProfile("16gb", "8bit", True, "all", 0.0,
+                  "8-bit transformer and ControlNet streamed block by block, text encoder on the CPU"),
+    MemoryProfile("12gb", "8bit", True, "all", 0.0,
+                  "8-bit transformer and ControlNet streamed block by block, text encoder on the CPU"),
+)
+#: arch -> its profiles, largest first
+FAMILY_PROFILES = {"flux": FLUX_PROFILES, "qwen": QWEN_PROFILES}
+
 #: The profile of a device that is not a CUDA GPU, or of a family small enough to need none.
 NONE = MemoryProfile("none", "none", False, "", 0.0, "no memory profile (CPU, MPS, or SD 1.5/SDXL)")
 
@@ -68,19 +85,20 @@ NONE = MemoryProfile("none", "none", False, "", 0.0, "no memory profile (CPU, MP
 def choose_profile(arch: str, device_type: str, free_bytes: int | None, requested: str = "auto") -> MemoryProfile:
     """The memory profile for a family on a device with ``free_bytes`` of free memory.
 
-    ``requested`` is ``auto`` (FLUX.1 on CUDA: by free memory; anything else: :data:`NONE`)
-    or a profile name, kept as asked for FLUX.1 on any device. Raises ValueError naming a bad
+    ``requested`` is ``auto`` (FLUX.1 and Qwen-Image on CUDA: by free memory; anything else:
+    :data:`NONE`) or a profile name, kept as asked for those families on any device. Raises ValueError naming a bad
     ``requested``."""
     if requested not in PROFILE_NAMES:
         raise ValueError(f"memory profile: unknown {requested!r} (choose from {', '.join(PROFILE_NAMES)})")
-    if arch != "flux":
+    profiles = FAMILY_PROFILES.get(arch)
+    if profiles is None:
         return NONE
     if requested != "auto":
-        return next(p for p in FLUX_PROFILES if p.name == requested)
+        return next(p for p in profiles if p.name == requested)
     if device_type != "cuda":
         return NONE
     free_gb = (free_bytes or 0) / GB
-    return next(p for p in FLUX_PROFILES if free_gb >= p.min_free_gb)
+    return next(p for p in profiles if free_gb >= p.min_free_gb)
 
 
 def quantize_mode(profile: MemoryProfile, fp8_capable: bool) -> str:

@@ -82,6 +82,14 @@ FLUX_UNION_MODES = {"depth": 2, "canny": 0, "lines": 0, "lineart": 0, "mlsd": 0}
 #: the image alone): give it per type with model.controlnets.<type>.
 FLUX_UNION_PRO_2 = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0"
 
+QWEN_BASE = "Qwen/Qwen-Image"  # Apache-2.0, not gated: 20B MMDiT, Qwen2.5-VL-7B text encoder, 16-channel VAE
+#: InstantX's union net (Apache-2.0, 5 double blocks, trained at 1328 px): canny, soft edge,
+#: depth and pose read from the image alone (no mode embedding); diffusers'
+#: QwenImageMultiControlNetModel runs one union net over several control images.
+QWEN_UNION = "InstantX/Qwen-Image-ControlNet-Union"
+#: The unit types it takes: depth, and every line type as canny edges.
+QWEN_CONTROL_TYPES = ("depth", "lines", "canny", "lineart", "mlsd")
+
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
 _TINY_SDXL_KIND = {"depth": "depth", "canny": "canny", "lines": "canny", "lineart": "canny", "mlsd": "canny"}
@@ -117,6 +125,8 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
     arch = spec.arch
     if arch == "flux":
         return _resolve_flux(spec, control_types, control_models)
+    if arch == "qwen":
+        return _resolve_qwen(spec, control_types, control_models)
     sdxl = arch == "sdxl"
     if spec.is_tiny:
         base = spec.base or str(tiny.tiny_path(arch, "base"))
@@ -171,6 +181,27 @@ def _resolve_flux(spec: ModelSpec, control_types: list[str], control_models: lis
                            f"{spec.family} has no {ctype!r} ControlNet (FLUX.1 nets take depth and canny-style "
                            f"lines); give model.controlnets.{ctype}")
     return ModelPlan(arch="flux", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
+
+
+def _resolve_qwen(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
+    """Qwen-Image: every unit runs the one union net (no control mode), unless a job names
+    another QwenImageControlNetModel for a type (``model.controlnets.<type>``)."""
+    if spec.is_tiny:
+        base = spec.base or str(tiny.tiny_path("qwen", "base"))
+        union = spec.controlnets.get("union") or str(tiny.tiny_path("qwen", "controlnet-union"))
+    else:
+        base, union = spec.base or QWEN_BASE, spec.controlnets.get("union") or QWEN_UNION
+    refs = []
+    for i, (ctype, override) in enumerate(zip(control_types, control_models)):
+        if override or ctype in spec.controlnets:
+            refs.append(ControlNetRef(override or spec.controlnets[ctype], arch="qwen"))
+        elif ctype in QWEN_CONTROL_TYPES:
+            refs.append(ControlNetRef(union, arch="qwen"))
+        else:
+            raise JobError(f"controls[{i}].type",
+                           f"{spec.family} has no {ctype!r} ControlNet (the Qwen-Image union net takes depth and "
+                           f"canny-style lines); give model.controlnets.{ctype}")
+    return ModelPlan(arch="qwen", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,6 +308,7 @@ BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedul
                             "scheduler"),
                    "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                             "scheduler")}
+BASE_COMPONENTS["qwen"] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
@@ -300,11 +332,14 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-canny": [(FLUX_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
     "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
+    "qwen-base": [(QWEN_BASE, base_components("qwen", False), "base model")],
+    "qwen-union": [(QWEN_UNION, None, "ControlNet-Union")],
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
-FAMILY_NAMES = ("sd15", "sdxl", "flux")
+CATALOG["qwen"] = CATALOG["qwen-base"] + CATALOG["qwen-union"]
+FAMILY_NAMES = ("sd15", "sdxl", "flux", "qwen")
 
 
 def catalog_name(repo_id: str) -> str:
@@ -431,6 +466,8 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
 
     if arch == "flux":
         return _load_flux_base(ref, dtype, device)
+    if arch == "qwen":
+        return _load_qwen_base(ref, dtype, device)
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
@@ -492,11 +529,37 @@ def _load_flux_base(ref: str, dtype, device) -> dict:
     return comps
 
 
+def _load_qwen_base(ref: str, dtype, device) -> dict:
+    """Qwen-Image's transformer, VAE (AutoencoderKLQwenImage), Qwen2.5-VL text encoder with
+    its BPE tokenizer, scheduler config."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+
+    if Path(ref).expanduser().is_file():
+        raise ModelNotFoundError(f"base model {ref}: Qwen-Image loads from a folder or hub id (diffusers layout), "
+                                 f"not from one checkpoint file")
+    folder = local_folder(ref, base_components("qwen", False), "base model", dtype)
+    comps = {
+        "transformer": _load(QwenImageTransformer2DModel, folder, "transformer", ref, "base model", dtype),
+        "vae": _load(AutoencoderKLQwenImage, folder, "vae", ref, "base model", dtype),
+        "text_encoder": _load(Qwen2_5_VLForConditionalGeneration, folder, "text_encoder", ref, "base model", dtype),
+        "tokenizer": _load(Qwen2Tokenizer, folder, "tokenizer", ref, "base model"),
+        "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
+    }
+    for module in comps.values():
+        if hasattr(module, "eval"):
+            module.eval().requires_grad_(False)
+            module.to(device)
+    return comps
+
+
 def load_controlnet(ref: ControlNetRef, dtype, device):
-    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, QwenImageControlNetModel
 
     if ref.arch == "flux":
         cls = FluxControlNetModel  # single-purpose and union nets alike (a union one has num_mode)
+    elif ref.arch == "qwen":
+        cls = QwenImageControlNetModel
     else:
         cls = ControlNetUnionModel if ref.union_mode is not None else ControlNetModel
     if Path(ref.ref).expanduser().is_file():
@@ -569,11 +632,11 @@ class ModelCache:
         return entry
 
     def dtype_for(self, arch: str):
-        """FLUX.1 runs in bf16 where the engine runs fp16 (its T5 and transformer overflow
-        fp16); everything else in the cache's dtype."""
+        """FLUX.1 and Qwen-Image run in bf16 where the engine runs fp16 (their text encoders
+        and transformers overflow fp16); everything else in the cache's dtype."""
         import torch
 
-        if arch == "flux" and self.dtype == torch.float16:
+        if arch in ("flux", "qwen") and self.dtype == torch.float16:
             return torch.bfloat16
         return self.dtype
 

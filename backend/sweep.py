@@ -25,6 +25,10 @@ from .models import ModelPlan, resolve_models
 #: negative prompt.
 FLUX_DEFAULTS = {"cfg": 3.5, "steps": 28}
 FLUX_SCHEDULER = "flow_euler"
+#: Qwen-Image defaults where neither the job nor the preset's [qwen] section sets them: true CFG
+#: with the negative prompt (two transformer passes per step) and the model card's 50 steps;
+#: flow-matching Euler only.
+QWEN_DEFAULTS = {"cfg": 4.0, "steps": 50}
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
@@ -184,14 +188,19 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
     (``engine_options``: the engine's image-changing options, EngineOptions.image_changes)."""
     models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
     flux = models.arch == "flux"
-    if flux:
+    qwen = models.arch == "qwen"
+    if flux or qwen:
+        label = "FLUX.1" if flux else "Qwen-Image"
         if job.scheduler is not None:
-            raise J.JobError("scheduler", f"{job.scheduler!r}: FLUX.1 samples with its flow-matching Euler "
+            raise J.JobError("scheduler", f"{job.scheduler!r}: {label} samples with its flow-matching Euler "
                                           f"scheduler only; leave scheduler unset")
         for name in ("width", "height"):
             if getattr(job, name) % 16:
-                raise J.JobError(name, f"{getattr(job, name)} px: FLUX.1 needs a multiple of 16")
+                raise J.JobError(name, f"{getattr(job, name)} px: {label} needs a multiple of 16")
     init = None
+    if job.init_image is not None and qwen:
+        raise J.JobError("init_image", f"restyle (img2img) runs with the SD 1.5, SDXL and FLUX.1 families; "
+                                       f"{job.model.family} does not take an init image yet")
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
         init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))
@@ -247,6 +256,11 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
             steps = int(pick(job.steps, flux_values.get("steps"), FLUX_DEFAULTS["steps"]))
             cfg = float(pick(job.cfg, flux_values.get("cfg"), FLUX_DEFAULTS["cfg"]))
             negative, scheduler = "", FLUX_SCHEDULER
+        elif qwen:  # Qwen-Image: true CFG with the negative prompt, cfg/steps from [qwen] only, one sampler
+            qwen_values = presets[style.preset].qwen if style.preset is not None else {}
+            steps = int(pick(job.steps, qwen_values.get("steps"), QWEN_DEFAULTS["steps"]))
+            cfg = float(pick(job.cfg, qwen_values.get("cfg"), QWEN_DEFAULTS["cfg"]))
+            scheduler = FLUX_SCHEDULER
         else:
             steps = int(pick(job.steps, preset.steps if preset else None, J.DEFAULT_STEPS))
             cfg = float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG))

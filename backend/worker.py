@@ -367,6 +367,12 @@ def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
     start and end tokens; FLUX.1: its T5 encoder's 512, the CLIP one only gives the pooled
     summary): it is cut there, as diffusers does, and the user should know."""
     base = engine.cache.base(plan.models).value
+    if plan.models.arch == "qwen":
+        from .families.qwen import prompt_overflow
+
+        return [f"styles[{i}] ({style.name}): {message}" for i, style in enumerate(plan.styles)
+                for what, text in (("prompt", style.prompt), ("negative prompt", style.negative)) if text
+                for message in [prompt_overflow(base["tokenizer"], what, text)] if message]
     t5 = plan.models.arch == "flux"
     tokenizer = base["tokenizer_2"] if t5 else base["tokenizer"]
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)

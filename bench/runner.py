@@ -133,7 +133,11 @@ CONFIGS = {
     "sdxl": "SDXL UNet, 2 SDXL ControlNets, fp16-fix VAE, both text encoders from the real configs, random "
             "weights (GPU)",
 }
+CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
+                "qwen": "Qwen-Image transformer, InstantX union ControlNet, VAE, Qwen2.5-VL text encoder from the "
+                        "real configs, random weights (GPU)"})
 DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "sd15": 512, "sdxl": 1024}
+DEFAULT_SIZE.update({"tiny-qwen": 64, "qwen": 1328})
 
 
 def model_refs(config: str) -> dict:
@@ -165,8 +169,10 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
                                                                               "lines": refs["lines"]}}
         if spec.config == "sdxl":
             model["vae"] = refs["vae"]
+        if spec.config == "qwen":  # every unit runs the one union net
+            model["controlnets"] = {"union": f"archviz-bench/{spec.config}-controlnet-union-random-weights"}
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler}
-    if "flux" in spec.config:  # distilled guidance from the presets' [flux] sections, one sampler
+    if "flux" in spec.config or "qwen" in spec.config:  # cfg from the presets' [flux]/[qwen] sections, one sampler
         sampling = {}
     job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
                            "seeds": list(spec.seeds), "width": spec.size, "height": spec.size,
@@ -290,8 +296,8 @@ def baseline_pipeline(engine, plan):
 
     base, nets = engine.load(plan.models)
     c = base.value
-    family = "flux" if plan.models.arch == "flux" else "sd"
-    denoiser = c["transformer"] if family == "flux" else c["unet"]
+    family = plan.models.arch if plan.models.arch in ("flux", "qwen") else "sd"
+    denoiser = c["unet"] if family == "sd" else c["transformer"]
     engine.restore_models([denoiser, *[n.value for n in nets]])
     pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
     if family == "sd":
@@ -314,7 +320,12 @@ def _pipe_call(pipe, plan, items):
                   control_guidance_end=[u.end for u in style.units],
                   generator=generators if len(items) > 1 else generators[0], output_type="np")
     images = [c.image for c in plan.controls]
-    if plan.models.arch == "flux":
+    if plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
+        common.pop("guidance_scale")
+        negatives = [plan.styles[i.style].negative or " " for i in items]
+        out = pipe(prompts if len(items) > 1 else prompts[0], negative_prompt=negatives if len(items) > 1 else negatives[0],
+                   true_cfg_scale=style.cfg, control_image=images, **common)
+    elif plan.models.arch == "flux":
         from ..backend.families.flux import Flux
 
         out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images,
@@ -380,7 +391,14 @@ def build_engine(spec: Spec):
 
     engine = Engine(spec.device)
     plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
-    if not spec.config.startswith("tiny"):
+    if spec.config == "qwen":
+        from . import configs_qwen
+
+        t0 = time.perf_counter()
+        comps, nets = configs_qwen.build_random(engine.device, engine.cache.dtype_for("qwen"))
+        engine.adopt(plan.models, comps, nets * len(plan.models.controlnets))
+        say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
+    elif not spec.config.startswith("tiny"):
         from .configs import build_random
 
         t0 = time.perf_counter()
@@ -406,6 +424,8 @@ def header(spec: Spec, engine) -> dict:
         f"diffusers {diffusers.__version__}, {info['threads']} torch threads, best of {spec.repeats} timed run(s)")
     sampling = (f"{spec.scheduler}, cfg {spec.cfg}" if "flux" not in spec.config
                 else "flow_euler, distilled guidance from the presets' [flux] sections")
+    if "qwen" in spec.config:
+        sampling = "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections"
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
@@ -427,6 +447,9 @@ def run(spec: Spec) -> dict:
     report["header"] = header(spec, engine)
     dev = engine.device
     use_flops = spec.flops if spec.flops is not None else dev.type == "cuda"
+    if use_flops and "qwen" in spec.config:  # count_flops knows the UNet families only
+        say("FLOPs: not counted for Qwen-Image (no %-of-peak column)")
+        use_flops = False
 
     if dev.type == "cuda":
         report["matmul_peak_tflops"] = matmul_peak_tflops(dev)

@@ -8,7 +8,7 @@ same code (one source of truth). Every validation error is a :class:`JobError` w
 Wire format (JSON)::
 
     {
-      "model": {"family": "tiny"},                       # sd15 | sdxl | flux | tiny | tiny-sdxl | tiny-flux
+      "model": {"family": "tiny"},                       # sd15 | sdxl | flux | qwen | tiny | tiny-sdxl | tiny-flux | tiny-qwen
       "controls": [
         {"type": "depth", "image": "<base64 PNG>", "scale": 0.9, "start": 0.0, "end": 1.0,
          "mode": "balanced"},
@@ -43,11 +43,14 @@ from typing import Any
 
 #: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux`` are the shrunk, random-weight test families.
 FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux")
+FAMILIES += ("qwen", "tiny-qwen")  # Qwen-Image (its union ControlNet), and its tiny test family
 FAMILY_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "tiny-sd15": "tiny", "sd_xl": "sdxl", "flux.1": "flux",
                   "flux1": "flux", "flux-dev": "flux"}
+FAMILY_ALIASES.update({"qwen-image": "qwen", "qwenimage": "qwen"})
 #: family -> the architecture the engine runs
 FAMILY_ARCH = {"sd15": "sd15", "tiny": "sd15", "sdxl": "sdxl", "tiny-sdxl": "sdxl", "flux": "flux",
                "tiny-flux": "flux"}
+FAMILY_ARCH.update({"qwen": "qwen", "tiny-qwen": "qwen"})
 
 #: Control image types. ``lines`` is the add-on's own line pass (white lines on black).
 CONTROL_TYPES = ("depth", "normal", "seg", "lines", "canny", "mlsd", "lineart")
@@ -383,7 +386,7 @@ class ModelSpec:
 
     @property
     def is_tiny(self) -> bool:
-        return self.family in ("tiny", "tiny-sdxl", "tiny-flux")
+        return self.family in ("tiny", "tiny-sdxl", "tiny-flux", "tiny-qwen")
 
     @property
     def arch(self) -> str:
