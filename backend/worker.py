@@ -277,9 +277,12 @@ class Worker:
             record.steps_total = sum(plan.styles[b[0].style].steps for b in self.engine.batches(plan, todo))
             if todo:
                 self.fetch_models(record)
+                self.prepare_picture(record, out)
                 record.set_phase("loading")
                 record.warnings = prompt_warnings(plan, self.engine)
                 manifest.data["warnings"] = list(record.warnings)
+                if plan.preprocessed:  # a sweep from a picture: its controls' files and settings
+                    manifest.data["picture_controls"] = plan.preprocessed
             manifest.write("running")
 
             def on_image(item: PlannedImage, array) -> None:
@@ -328,6 +331,20 @@ class Worker:
         if fetch is None:  # an engine that loads models elsewhere (Ray actors)
             return
         result = fetch(record.plan.models, progress=record.on_download, cancelled=record.cancel_event.is_set)
+        self._downloaded(record, result)
+
+    def prepare_picture(self, record: JobRecord, out: Path) -> None:
+        """A sweep from a photo or sketch: its detectors' weights (a download shown like a
+        model's), then each detector once, the controls saved beside the results
+        (backend/picture.py)."""
+        if any(c.preprocess != "none" for c in record.plan.controls):
+            from .picture import prepare_controls
+
+            record.set_phase("preprocessing")
+            self._downloaded(record, prepare_controls(record.plan, out, progress=record.on_download,
+                                                      cancelled=record.cancel_event.is_set))
+
+    def _downloaded(self, record: JobRecord, result: dict | None) -> None:
         if result and result["files_fetched"]:
             with record.lock:
                 record.download = {**(record.download or {}), "finished": True,
