@@ -167,8 +167,8 @@ def _env(hub, home, **extra):
                    ARCHVIZ_PRESET_DIR=str(TEST_HOME / "no-user-presets"), **extra)
 
 
-def _sweep(image, out, env, *extra, seeds="0-1", styles="modern,industrial"):
-    cmd = [ARCHVIZ, "sweep", "--image", str(image), "--model", "sd15", "--styles", styles, "--seeds", seeds,
+def _sweep(image, out, env, *extra, seeds="0-1", styles="modern,industrial", model="sd15"):
+    cmd = [ARCHVIZ, "sweep", "--image", str(image), "--model", model, "--styles", styles, "--seeds", seeds,
            "--long-side", "128", "--steps", "2", "--out", str(out), *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -253,14 +253,17 @@ def test_line_detectors_weights_come_from_annotators_through_the_hub(repos, tmp_
     assert a.shape == (88, 128, 3) and (a[..., 0] == a[..., 2]).all()
     assert (tmp_path / "out2" / "passes" / "plan" / "lines_mlsd.png").is_file()
     meta = json.loads(read_png(out / "plan_modern_s0.png")[1]["preprocessors"])
-    assert meta[0]["settings"]["weights"].startswith(f"{ANNOTATOR_REPO}@") and meta[0]["settings"]["coarse"] is False
+    weights = meta[0]["settings"]["weights"]
+    assert [w.startswith(f"{ANNOTATOR_REPO}@") for w in weights] == [True, True]
+    assert weights[0].endswith("/sk_model.pth") and meta[0]["settings"]["coarse"] is False
 
 
 def test_offline_without_the_depth_model_is_one_line(repos, tmp_path):
+    """The tiny base model is there; the DPT is neither in the cache nor downloadable."""
     pic = save(tmp_path / "sketch.png", sketch())
     with FakeHub(repos) as hub:
         run = _sweep(pic, tmp_path / "out", _env(hub, tmp_path / "hf", HF_HUB_OFFLINE="1"), "--line-style", "canny",
-                     seeds="0", styles="modern")
+                     seeds="0", styles="modern", model="tiny")
     assert run.returncode == 1
     err = [ln for ln in run.stderr.splitlines() if ln.startswith("archviz sweep:")]
     assert len(err) == 1 and DEPTH_REPO in err[0] and "downloads are off" in err[0], run.stderr[-2000:]
@@ -293,3 +296,19 @@ def test_bad_input_is_one_line_naming_the_value(tmp_path):
         lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
         assert run.returncode == 2, (args, run.stderr[-2000:])
         assert len(lines) == 1 and lines[0].startswith("archviz sweep: ") and want in lines[0], (args, run.stderr)
+
+
+def test_archviz_models_download_preprocessors_fetches_only_the_detectors_files(repos, tmp_path):
+    home = tmp_path / "hf"
+    with FakeHub(repos) as hub:
+        env = _env(hub, home)
+        down = subprocess.run([ARCHVIZ, "models", "download", "preprocessors"], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert down.returncode == 0, down.stderr[-3000:]
+        fetched = set(hub.fetched())
+    assert fetched == {f"{DEPTH_REPO}/config.json", f"{DEPTH_REPO}/model.safetensors",
+                       f"{ANNOTATOR_REPO}/mlsd_large_512_fp32.pth", f"{ANNOTATOR_REPO}/sk_model.pth",
+                       f"{ANNOTATOR_REPO}/sk_model2.pth"}
+    verify = subprocess.run([ARCHVIZ, "models", "verify", "preprocessors"], env=dict(env, HF_HUB_OFFLINE="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0 and "2 model(s) checked, 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
