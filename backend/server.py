@@ -8,6 +8,7 @@
 ``GET /v1/jobs/{id}``       state, progress, finished images, error
 ``GET /v1/jobs/{id}/images/{n}``  PNG of sweep image ``n`` (style_index * len(seeds) + seed_index)
 ``GET /v1/jobs/{id}/contact_sheet``  the contact sheet PNG
+``GET /v1/jobs/{id}/controls/{n}``  control ``n`` a detector made from the job's picture
 ``DELETE /v1/jobs/{id}``    cancel (queued: at once; running: within one denoising step)
 ``POST /v1/unload``         drop every warm model not in use
 ``POST /v1/preprocess``     run a detector on a photo/sketch, returns the control PNG
@@ -320,6 +321,18 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         if not record.contact_sheet_file:
             raise HTTPException(404, f"job {job_id} has no contact sheet yet (state {record.state})")
         return FileResponse(record.output_dir / record.contact_sheet_file, media_type="image/png")
+
+    @app.get("/v1/jobs/{job_id}/controls/{n}", response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}}}})
+    def job_control(job_id: str, n: int):
+        record = _record(job_id)
+        notes = record.plan.preprocessed
+        if not 0 <= n < len(notes):
+            raise HTTPException(404, f"job {job_id} has {len(notes)} control(s) made from a picture, not {n + 1}")
+        path = record.output_dir / notes[n]["file"]
+        if not path.is_file():
+            raise HTTPException(410, f"control {n} of job {job_id} ({notes[n]['file']}) is no longer on disk")
+        return FileResponse(path, media_type="image/png")
 
     @app.delete("/v1/jobs/{job_id}")
     def cancel(job_id: str, reason: str | None = None) -> dict:

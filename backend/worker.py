@@ -148,6 +148,8 @@ class JobRecord:
                 "seeds": list(plan.job.seeds),
                 "width": plan.width,
                 "height": plan.height,
+                # a sweep from a picture: the detectors' controls (GET /v1/jobs/{id}/controls/{n})
+                **({"picture_controls": list(plan.preprocessed)} if plan.preprocessed else {}),
             }
 
 

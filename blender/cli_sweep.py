@@ -318,10 +318,34 @@ def run_image(args):
     state = _follow(args, client, proc, [(name, job)], out_dir, len(styles) * len(seeds))
     if isinstance(state, int):
         return state
-    print(f"controls: {os.path.join(out_dir, 'passes', name)}"
-          + ("" if not args.backend else " (with --backend, the detectors' controls are in the server's output "
-                                          "folder, listed in its manifest)"))
+    passes_dir = os.path.join(out_dir, "passes", name)
+    if args.backend:  # a backend elsewhere wrote them into its own folder: bring them here
+        try:
+            _fetch_controls(client, args._runner, passes_dir)
+        except (BackendError, OSError, ValueError) as exc:
+            print(f"archviz sweep: the controls could not be brought from the backend: {exc}; the images are "
+                  "kept", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"controls: {passes_dir}")
     return EXIT_CANCELLED if state == "cancelled" else 0
+
+
+def _fetch_controls(client, runner, passes_dir):
+    """The detectors' controls of a remote backend's jobs into ``passes_dir``, with controls.json."""
+    import json
+
+    from ..core.png import atomic_write
+
+    for tracked in runner.tracked:
+        if not tracked.job_id:
+            continue
+        status = client.job(tracked.job_id)
+        notes = status.get("picture_controls") or []
+        for n, note in enumerate(notes):
+            atomic_write(os.path.join(passes_dir, os.path.basename(note["file"])), client.control(tracked.job_id, n))
+        if notes:
+            text = json.dumps({"width": status["width"], "height": status["height"], "controls": notes}, indent=2)
+            atomic_write(os.path.join(passes_dir, "controls.json"), (text + "\n").encode())
 
 
 def _subfolders(folder, name):
@@ -341,7 +365,7 @@ def _follow(args, client, proc, camera_jobs, out_dir, total, on_image=None):
     from ..core.sweep import SweepGaveUp, SweepRunner
     from .results import contact_sheets
 
-    runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout)
+    runner = args._runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout)
     bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     counts = {"new": 0, "kept": 0}
     downloads = {}  # the model download's own bar (bytes), while one runs

@@ -312,3 +312,26 @@ def test_archviz_models_download_preprocessors_fetches_only_the_detectors_files(
     verify = subprocess.run([ARCHVIZ, "models", "verify", "preprocessors"], env=dict(env, HF_HUB_OFFLINE="1"),
                             capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0 and "2 model(s) checked, 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_remote_backend_runs_the_detectors_and_the_controls_come_back(repos, tmp_path):
+    """With --backend URL the picture travels in the request; the server runs the detectors
+    (its own hub download) and the command brings the controls into OUT/passes/<name>/."""
+    from backend_support import running_server
+
+    pic = save(tmp_path / "sketch.png", sketch())
+    with FakeHub(repos) as hub:
+        with running_server(env=_env(hub, tmp_path / "server-hf", ARCHVIZ_OUTPUT_DIR=str(tmp_path / "server-out"))) \
+                as server:
+            run = _sweep(pic, tmp_path / "out", _env(hub, tmp_path / "client-hf", HF_HUB_OFFLINE="1"),
+                         "--line-style", "canny", "--backend", server.url, seeds="0", styles="modern", model="tiny")
+    assert run.returncode == 0, run.stderr[-3000:]
+    passes = tmp_path / "out" / "passes" / "sketch"
+    assert sorted(p.name for p in passes.iterdir()) == ["controls.json", "depth.png", "lines_canny.png", "picture.png"]
+    notes = json.loads((passes / "controls.json").read_text())["controls"]
+    for note in notes:
+        got = np.asarray(Image.open(passes / os.path.basename(note["file"])))
+        assert pixel_sha256(got) == note["control_sha256"]
+    assert json.loads(read_png(tmp_path / "out" / "sketch_modern_s0.png")[1]["preprocessors"]) == notes
+    assert not (tmp_path / "client-hf" / "hub").exists()  # the client fetched nothing itself
+    assert len(list((tmp_path / "server-out").glob("*/passes/sketch/depth.png"))) == 1  # made on the server
