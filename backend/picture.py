@@ -65,15 +65,32 @@ def open_picture(data: bytes, field: str = "image"):
                 raise J.JobError(field, f"{fmt} of {w}x{h} px is too small: a picture needs at least {MIN_SIDE} px "
                                         "on its short side")
             im.load()
-            if im.mode in ("I;16", "I;16B", "I", "F"):
-                im = im.point(lambda v: v / 256).convert("L")
-            return im.convert("RGB"), fmt
+            return _rgb(im), fmt
     except UnidentifiedImageError:
         raise J.JobError(field, f"not an image ({', '.join(FORMATS)} are read)") from None
     except J.JobError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise J.JobError(field, f"the image is damaged and cannot be decoded ({exc})") from None
+
+
+def _rgb(im):
+    """RGB pixels as the picture is seen: a phone photo's EXIF rotation applied, 16-bit and
+    float gray scaled to 8 bits, transparency over white paper (a sketch with a transparent
+    background must not turn into lines on black)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def fit_picture(data: bytes, long_side: int, multiple: int) -> dict:

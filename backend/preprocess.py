@@ -147,8 +147,7 @@ def ensure_weights(kinds, progress: hub.Progress | None = None,
     if not needs:
         return {"snapshots": {}, "bytes_fetched": 0, "files_fetched": 0, "bytes_total": 0}
     try:
-        return hub.ensure(needs, fp16=False, progress=progress, allow_bin=lambda ref: ref == ANNOTATOR_REPO,
-                          cancelled=cancelled)
+        return hub.ensure(needs, fp16=False, progress=progress, cancelled=cancelled)
     except hub.DownloadCancelled:
         raise
     except hub.HubError as exc:
@@ -164,7 +163,7 @@ def find_weight(name: str, detector: str) -> tuple[str, str]:
         return str(local), str(local)
     needs = [(ANNOTATOR_REPO, hub.Files([name]), f"the {detector} detector's weights")]
     try:
-        snap = hub.ensure(needs, fp16=False, allow_bin=lambda ref: True)["snapshots"][ANNOTATOR_REPO]
+        snap = hub.ensure(needs, fp16=False)["snapshots"][ANNOTATOR_REPO]
     except hub.HubError as exc:
         raise PreprocessorError(
             f"the {detector} detector needs the annotator weights file {name!r}, which is missing: put it at "

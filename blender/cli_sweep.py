@@ -111,6 +111,12 @@ def run(args):
     if problem is None and args.scene is None:
         problem = "give a .blend file, or --image PATH to sweep from a photo or a sketch"
     problem = problem or input_problem(args.scene, args.out)
+    if problem and args.scene and os.path.isfile(args.scene):
+        from ..core.picture import sniff
+
+        with open(args.scene, "rb") as fh:
+            if sniff(fh.read(16)):
+                problem += f"; to sweep from a photo or a sketch, give --image {args.scene}"
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
     if problem is None:

@@ -124,6 +124,24 @@ def test_open_picture_refuses_what_is_not_a_usable_picture(tmp_path):
         assert want in str(err.value) and err.value.field == "image" and "\n" not in str(err.value)
 
 
+def test_pictures_are_read_as_they_are_seen(tmp_path):
+    """A sketch on a transparent background is drawn on white paper, not black; a phone
+    photo's EXIF rotation is applied; a 16-bit scan is scaled to 8 bits."""
+    rgba = np.zeros((80, 100, 4), np.uint8)
+    rgba[20:23, 10:90] = (0, 0, 0, 255)
+    image, _ = BP.open_picture(Path(save(tmp_path / "t.png", rgba)).read_bytes())
+    a = np.asarray(image)
+    assert (a[0, 0] == 255).all() and (a[21, 50] == 0).all()
+    photo = Image.fromarray(sketch(100, 80, (10, 10, 90, 70), 2))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    photo.save(tmp_path / "p.jpg", format="JPEG", exif=exif)
+    assert BP.open_picture((tmp_path / "p.jpg").read_bytes())[0].size == (80, 100)
+    scan = (np.linspace(0, 65535, 100 * 80).reshape(80, 100)).astype(np.uint16)
+    gray = np.asarray(BP.open_picture(Path(save(tmp_path / "s16.png", scan)).read_bytes())[0])
+    assert gray.min() == 0 and gray.max() == 255 and (np.diff(gray[:, :, 0].ravel().astype(int)) >= 0).all()
+
+
 def test_picture_problem_and_detectors_per_unit(tmp_path):
     from archviz_controlnet.core.sweep import ControlUnit
 
@@ -283,6 +301,7 @@ def test_bad_input_is_one_line_naming_the_value(tmp_path):
         (["--image", str(tmp_path / "missing.png")], "missing.png: no such file"),
         (["--image", str(tmp_path / "notes.png")], "notes.png is not an image"),
         ([str(blend), "--image", good], f"not both (got {blend} and --image {good})"),
+        ([good], f"is not a .blend file (it is a PNG image); to sweep from a photo or a sketch, give --image {good}"),
         (["--image", good, "--line-style", "crayon"], "unknown --line-style 'crayon'"),
         (["--image", good, "--line-style", "softedge"], "'softedge' has no detector for a picture"),
         (["--image", good, "--controls", "depth,seg"], "'seg': a picture has no seg detector"),
