@@ -9,9 +9,9 @@ Two steps on the backend, so a remote backend works as well as a local one:
 2. The sweep job sends that PNG as the image of each control unit, with the detector to
    run on it (``preprocess``: canny, mlsd, lineart, depth). The job's parameters hash the
    picture's pixels and the detector (``controls[].image_sha256`` + ``preprocess``), so a
-   resumed sweep never mixes pictures. Before the models load, :func:`prepare_controls`
+   resumed sweep never mixes pictures. Before the models load, :func:`fetch_weights`
    fetches the detectors' weights through the hub (the job shows the download like a
-   model's), runs each detector once per job, and saves the controls beside the results
+   model's) and :func:`prepare_controls` runs each detector once per job, and saves the controls beside the results
    in ``passes/<name>/`` (``depth.png``, ``lines_<style>.png``, ``controls.json``) with their
    settings in each control PNG's text and in every result's metadata.
 """
@@ -113,20 +113,25 @@ def fit_picture(data: bytes, long_side: int, multiple: int) -> dict:
                        "file_sha256": hashlib.sha256(data).hexdigest()}}
 
 
-def prepare_controls(plan, out_dir: Path, progress=None, cancelled: Callable[[], bool] = lambda: False) -> dict:
-    """Run the job's detectors once (fetching their weights first, with ``progress``), put
-    each result in place of its picture in ``plan.controls`` (so the families use it as it
-    is), save them in ``out_dir/passes/<name>/`` and note their settings in
-    ``plan.preprocessed`` (the results' metadata). Returns the weights download's tally."""
+def fetch_weights(plan, progress=None, cancelled: Callable[[], bool] = lambda: False) -> dict:
+    """The weights of the job's detectors as complete hub snapshots (downloaded with
+    ``progress`` when missing); the download's tally."""
+    return ensure_weights([c.preprocess for c in plan.controls if c.preprocess != "none"], progress=progress,
+                          cancelled=cancelled)
+
+
+def prepare_controls(plan, out_dir: Path, cancelled: Callable[[], bool] = lambda: False) -> None:
+    """Run the job's detectors once (their weights: :func:`fetch_weights`), put each result
+    in place of its picture in ``plan.controls`` (so the families use it as it is), save them
+    in ``out_dir/passes/<name>/`` and note their settings in ``plan.preprocessed`` (the
+    results' metadata)."""
     from PIL import PngImagePlugin
 
     from .outputs import atomic_write
     from .sweep import pixels_sha256
 
-    kinds = [c.preprocess for c in plan.controls if c.preprocess != "none"]
-    if not kinds:
-        return {}
-    fetched = ensure_weights(kinds, progress=progress, cancelled=cancelled)
+    if all(c.preprocess == "none" for c in plan.controls):
+        return
     folder = out_dir / "passes" / J.safe_name(plan.job.name_prefix or "picture")
     folder.mkdir(parents=True, exist_ok=True)
     done, notes = {}, []
@@ -157,4 +162,3 @@ def prepare_controls(plan, out_dir: Path, progress=None, cancelled: Callable[[],
     atomic_write(folder / "controls.json", (json.dumps({"width": plan.width, "height": plan.height,
                                                         "controls": notes}, indent=2) + "\n").encode())
     log.info("ran %d detector(s) on the picture; controls in %s", len(done), folder)
-    return fetched

@@ -83,6 +83,7 @@ class JobRecord:
     warnings: list[str] = field(default_factory=list)
     phase: str | None = None  # while running: downloading | loading | generating
     download: dict | None = None  # bytes per file and overall of the model download, if any
+    fetched: list = field(default_factory=lambda: [0, 0])  # bytes, files of this job's downloads so far
 
     def on_download(self, progress: dict) -> None:
         with self.lock:
@@ -340,17 +341,20 @@ class Worker:
         model's), then each detector once, the controls saved beside the results
         (backend/picture.py)."""
         if any(c.preprocess != "none" for c in record.plan.controls):
-            from .picture import prepare_controls
+            from .picture import fetch_weights, prepare_controls
 
+            self._downloaded(record, fetch_weights(record.plan, progress=record.on_download,
+                                                   cancelled=record.cancel_event.is_set))
             record.set_phase("preprocessing")
-            self._downloaded(record, prepare_controls(record.plan, out, progress=record.on_download,
-                                                      cancelled=record.cancel_event.is_set))
+            prepare_controls(record.plan, out, cancelled=record.cancel_event.is_set)
 
     def _downloaded(self, record: JobRecord, result: dict | None) -> None:
         if result and result["files_fetched"]:
-            with record.lock:
+            with record.lock:  # the job's totals: a picture's detectors download after the models
+                record.fetched = [record.fetched[0] + result["bytes_fetched"],
+                                  record.fetched[1] + result["files_fetched"]]
                 record.download = {**(record.download or {}), "finished": True,
-                                   "bytes_fetched": result["bytes_fetched"], "files_fetched": result["files_fetched"]}
+                                   "bytes_fetched": record.fetched[0], "files_fetched": record.fetched[1]}
             log.info("job %s: fetched %d file(s), %d bytes from the hub", record.id, result["files_fetched"],
                      result["bytes_fetched"])
 

@@ -399,6 +399,7 @@ def _follow(args, client, proc, camera_jobs, out_dir, total, on_image=None):
                 dl.set_description_str("downloaded", refresh=False)
                 dl.set_postfix_str(f"{d.get('files_fetched', 0)} file(s)")
                 dl.close()
+                downloads.pop("bar")  # a later download (a picture's detectors) gets a bar of its own
             tqdm.write(f"fetched {d.get('bytes_fetched', 0)} bytes ({human_bytes(d.get('bytes_fetched', 0))}) "
                        f"in {d.get('files_fetched', 0)} file(s) from the hub into the Hugging Face cache")
             return

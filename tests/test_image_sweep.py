@@ -25,6 +25,7 @@ from archviz_controlnet.core import picture as CP
 from backend_support import TEST_HOME, pixel_sha256, read_png
 from fake_hub import FakeHub, build_repos
 from picture_support import ANNOTATOR_REPO, DEPTH_REPO, build_picture_repos, tiny_dpt
+from test_hub import Live
 
 ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
 
@@ -185,17 +186,28 @@ def _env(hub, home, **extra):
                    ARCHVIZ_PRESET_DIR=str(TEST_HOME / "no-user-presets"), **extra)
 
 
-def _sweep(image, out, env, *extra, seeds="0-1", styles="modern,industrial", model="sd15"):
-    cmd = [ARCHVIZ, "sweep", "--image", str(image), "--model", model, "--styles", styles, "--seeds", seeds,
-           "--long-side", "128", "--steps", "2", "--out", str(out), *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def _cmd(image, out, *extra, seeds="0-1", styles="modern,industrial", model="sd15"):
+    return [ARCHVIZ, "sweep", "--image", str(image), "--model", model, "--styles", styles, "--seeds", seeds,
+            "--long-side", "128", "--steps", "2", "--out", str(out), *extra]
+
+
+def _sweep(image, out, env, *extra, **kw):
+    return subprocess.run(_cmd(image, out, *extra, **kw), env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_sweep_from_a_sketch_end_to_end_then_resume_then_another_picture(repos, tmp_path):
     home, out = tmp_path / "hf", tmp_path / "out"
     pic = save(tmp_path / "sketch.png", sketch())
     with FakeHub(repos) as hub:
-        first = _sweep(pic, out, _env(hub, home), "--line-style", "canny")
+        # The DPT's weights are held after 2000 bytes until its download shows in the terminal.
+        hub.holds[f"{DEPTH_REPO}/model.safetensors"] = 2000
+        run = Live(_cmd(pic, out, "--line-style", "canny"), _env(hub, home))
+        run.wait_for(lambda: hub.sent.get(f"{DEPTH_REPO}/model.safetensors", 0) >= 2000, "the DPT download under way",
+                     timeout=300)
+        run.wait_for(lambda: "downloading dpt-hybrid-midas" in run.stderr(), "the DPT download's bar")
+        hub.released.set()
+        run.finish()
+        first = subprocess.CompletedProcess(run.proc.args, run.proc.returncode, run.stdout(), run.stderr())
         assert first.returncode == 0, first.stderr[-3000:]
         fetched = hub.fetched()
     assert "4 new image(s), 0 already on disk" in first.stdout
@@ -204,7 +216,9 @@ def test_sweep_from_a_sketch_end_to_end_then_resume_then_another_picture(repos, 
     assert {k for k in fetched if k.startswith(DEPTH_REPO)} == {f"{DEPTH_REPO}/config.json",
                                                                  f"{DEPTH_REPO}/model.safetensors"}
     assert not any(k.startswith(ANNOTATOR_REPO) for k in fetched)  # canny needs no weights
-    assert "from the hub into the Hugging Face cache" in first.stdout
+    # The models' download, then the detector's with its own bar; the last line counts both.
+    last = [ln for ln in first.stdout.splitlines() if "from the hub into the Hugging Face cache" in ln][-1]
+    assert last.startswith(f"fetched {sum(fetched.values())} bytes") and f"in {len(fetched)} file(s)" in last
 
     passes = out / "passes" / "sketch"
     picture = np.asarray(Image.open(passes / "picture.png"))
