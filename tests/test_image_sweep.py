@@ -368,3 +368,24 @@ def test_remote_backend_runs_the_detectors_and_the_controls_come_back(repos, tmp
     assert json.loads(read_png(tmp_path / "out" / "sketch_modern_s0.png")[1]["preprocessors"]) == notes
     assert not (tmp_path / "client-hf" / "hub").exists()  # the client fetched nothing itself
     assert len(list((tmp_path / "server-out").glob("*/passes/sketch/depth.png"))) == 1  # made on the server
+
+
+@pytest.mark.parametrize("model, size, line", [("tiny-sdxl", "128x88", "canny"), ("tiny-flux", "128x80", "canny")])
+def test_sdxl_and_flux_take_canny_lines_at_their_multiple(tmp_path, model, size, line):
+    """SDXL and FLUX.1 get canny lines (their nets' training); FLUX.1 sides are multiples of
+    16. The DPT comes from the local annotators folder here, with the hub off."""
+    annotators = tmp_path / "annotators"
+    tiny_dpt().save_pretrained(annotators / "dpt-hybrid-midas")
+    pic = save(tmp_path / "plan.png", sketch())
+    env = {**os.environ, "ARCHVIZ_HOME": str(TEST_HOME), "ARCHVIZ_ANNOTATORS": str(annotators),
+           "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1",
+           "ARCHVIZ_PRESET_DIR": str(TEST_HOME / "no-user-presets")}
+    run = _sweep(pic, tmp_path / "out", env, seeds="0", styles="modern", model=model)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"PNG 300x200 -> {size} for {model}; detectors: depth=depth, lines={line}" in run.stdout
+    w, h = map(int, size.split("x"))
+    pixels, meta = read_png(tmp_path / "out" / "plan_modern_s0.png")
+    assert pixels.shape[:2] == (h, w)
+    notes = json.loads(meta["preprocessors"])
+    assert [n["file"] for n in notes] == ["passes/plan/depth.png", f"passes/plan/lines_{line}.png"]
+    assert notes[0]["settings"]["model"] == str(annotators / "dpt-hybrid-midas")
