@@ -108,12 +108,22 @@ def choose_variant(names: list[str], fp16: bool, allow_bin: bool = False) -> tup
     return None, []
 
 
+class Files(tuple):
+    """``components`` of a repository of loose files, of which the loaders read exactly
+    these paths (e.g. two ``.pth`` files of lllyasviel/Annotators, out of several GB)."""
+
+
 def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: bool,
                  allow_bin: bool = False) -> list[str]:
     """The repo files the loaders read. ``components``: pipeline folders to load (``unet``,
-    ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``...), or None for a repo that is
-    one model at its root (a ControlNet, a VAE). Raises HubError when a component is
-    missing from the repo or has no safetensors weights."""
+    ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``...), None for a repo that is
+    one model at its root (a ControlNet, a VAE), or :class:`Files` (exactly those files).
+    Raises HubError when a component is missing from the repo or has no safetensors weights."""
+    if isinstance(components, Files):
+        absent = [f for f in components if f not in paths]
+        if absent:
+            raise HubError(f"the repository has no {absent[0]!r}")
+        return list(components)
     by_folder: dict[str, list[str]] = {}
     for p in paths:
         parent = str(PurePosixPath(p).parent)
@@ -145,6 +155,8 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
 def check_loadable(folder: Path, components: tuple[str, ...] | None, fp16: bool, allow_bin: bool = False) -> str:
     """Why the local ``folder`` cannot be loaded as these components ('' when it can): each
     model folder has its config and weights, each tokenizer its vocabulary."""
+    if isinstance(components, Files):
+        return next((f"{f} is missing" for f in components if not (folder / f).is_file()), "")
     for comp in ([""] if components is None else components):
         sub = folder / comp if comp else folder
         if not sub.is_dir():

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..core.jobs import JobError, ModelSpec
 from . import hub, tiny
+from . import preprocess as _pre
 
 log = logging.getLogger("archviz.backend")
 
@@ -339,6 +340,12 @@ CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-l
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
 CATALOG["qwen"] = CATALOG["qwen-base"] + CATALOG["qwen-union"]
+# The detectors of sweeps from a photo or a sketch (backend/preprocess.py): DPT depth, and the
+# MLSD and lineart files of lllyasviel/Annotators (only those, not the whole repository).
+CATALOG["preprocessors"] = [
+    (_pre.DEPTH_REPO, None, "depth model (DPT)"),
+    (_pre.ANNOTATOR_REPO, hub.Files(_pre.WEIGHT_FILES["mlsd"] + _pre.WEIGHT_FILES["lineart"]),
+     "annotator weights (MLSD, lineart)")]
 FAMILY_NAMES = ("sd15", "sdxl", "flux", "qwen")
 
 

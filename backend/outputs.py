@@ -110,7 +110,7 @@ class OutputRoots:
 
 METADATA_KEYS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height", "style",
                  "model", "controls", "params_sha256", "archviz", "parameters", "strength", "init_sha256",
-                 "region_coverage", "mask_sha256")
+                 "region_coverage", "mask_sha256", "preprocessors")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -154,6 +154,7 @@ def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | No
                                "file": item.file, "index": item.index}),
         "parameters": a1111,  # what other tools (A1111, ComfyUI loaders) show
         **restyle,
+        **({"preprocessors": json.dumps(plan.preprocessed)} if plan.preprocessed else {}),
         **({"warnings": json.dumps(warnings)} if warnings else {}),
     }
 

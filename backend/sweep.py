@@ -114,6 +114,9 @@ class SweepPlan:
     engine_options: dict = field(default_factory=dict)
     init: InitImage | None = None  # restyle (img2img); None: text-to-image with the controls
     region: RegionMask | None = None  # region edit (inpainting of init); None: the whole image
+    # A sweep from a picture (backend/picture.py): each detector's control file and settings,
+    # filled once the detectors ran; metadata only (the picture's hash is in the params).
+    preprocessed: list = field(default_factory=list)
 
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""

@@ -1,6 +1,8 @@
 """``archviz sweep SCENE.blend --styles ... --seeds ... --out DIR``: a whole sweep from a
 terminal or a render box, with a progress bar. Re-running resumes: images already on
 disk with the same parameters are kept, not made again (``--remake`` makes them again).
+``archviz sweep --image PATH ...``: the same sweep from a photo or a sketch instead of a
+scene; the backend runs the detectors on it (core/picture.py, backend/picture.py).
 
 Exit status: 0 done; 1 the sweep failed (the backend, a full disk, a timeout); 2 a bad
 argument or a file that cannot be read (not a .blend, empty, truncated, a folder; an
@@ -18,7 +20,11 @@ EXIT_CANCELLED = 130
 
 
 def add_arguments(parser):
-    parser.add_argument("scene", help="the .blend file")
+    parser.add_argument("scene", nargs="?", default=None, help="the .blend file (or --image PATH instead)")
+    parser.add_argument("--image", default=None, metavar="PATH",
+                        help="sweep from a photo or a sketch (PNG, JPEG, WebP, BMP, TIFF) instead of a scene: "
+                             "the controls come from detectors (DPT depth; lines: canny, mlsd or lineart as "
+                             "the model wants); README: From a photo or a sketch")
     parser.add_argument("--styles", required=True, help="comma-separated preset names (archviz presets lists them)")
     parser.add_argument("--seeds", required=True, help="seeds and ranges, e.g. 0-7 or 1,5,9")
     parser.add_argument("--cameras", default="scene",
@@ -42,6 +48,9 @@ def add_arguments(parser):
     from .capture.cli import add_image_arguments
 
     add_image_arguments(parser)  # --depth-range, --near/--far, --line-style, --supersample
+    for action in parser._actions:  # an unknown --line-style is answered in one line by run()
+        if "--line-style" in action.option_strings:
+            action.choices = None
     parser.add_argument("--init", default=None, metavar="beauty|PATH",
                         help="restyle: start from the scene's own render (beauty: the beauty pass is rendered "
                              "too) or a PNG, with the controls still applied (README: Restyle)")
@@ -86,10 +95,29 @@ def _render_in_child(scene_path):
     return render
 
 
+def _line_style_problem(style):
+    from ..core.passes import LINE_STYLES
+
+    if style != "auto" and style not in LINE_STYLES:
+        return f"unknown --line-style {style!r}; choose from auto, {', '.join(LINE_STYLES)}"
+    return None
+
+
 def run(args):
     from .capture.blendfile import input_problem
 
-    problem = input_problem(args.scene, args.out)
+    problem = _line_style_problem(args.line_style)
+    if problem is None and args.image is not None:
+        return run_image(args)
+    if problem is None and args.scene is None:
+        problem = "give a .blend file, or --image PATH to sweep from a photo or a sketch"
+    problem = problem or input_problem(args.scene, args.out)
+    if problem and args.scene and os.path.isfile(args.scene):
+        from ..core.picture import sniff
+
+        with open(args.scene, "rb") as fh:
+            if sniff(fh.read(16)):
+                problem += f"; to sweep from a photo or a sketch, give --image {args.scene}"
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
     if problem is None:
@@ -99,19 +127,17 @@ def run(args):
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from tqdm import tqdm
-
     import bpy  # noqa: F401 - Blender first, before the modules that use it
 
     from ..core import jobs as J
     from ..core.client import BackendAuthError, BackendError
     from ..core.passes import PassError, size_multiple
     from ..core.png import clean_stale_temps
-    from ..core.sweep import ControlUnit, SweepGaveUp, SweepRunner
+    from ..core.sweep import ControlUnit
     from .backend import connect
     from .capture.blendfile import BlendFileError, open_blend
     from .capture.render import CaptureError, CaptureOptions
-    from .results import contact_sheets, variant_exr
+    from .results import variant_exr
     from .sweeping import model_roots_of, prepare_jobs, resolve_cameras
 
     try:
@@ -183,8 +209,172 @@ def run(args):
         device_warning = None  # the sweep below reports an unreachable backend itself
     if device_warning:
         print(f"archviz sweep: warning: {device_warning}", file=sys.stderr)
-    runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout)
-    total = len(cameras) * len(styles) * len(seeds)
+    state = _follow(args, client, proc, camera_jobs, out_dir, len(cameras) * len(styles) * len(seeds),
+                    variant_exr)
+    if isinstance(state, int):
+        return state
+    if args.upscale and state != "cancelled":
+        import subprocess
+
+        from ..core.tiles import upscale_argv
+
+        for image in args._images:  # each in its own process: the engine runs there, not next to bpy
+            code = subprocess.call([sys.executable, "-m", "archviz_controlnet.cli",
+                                    *upscale_argv(image["path"], args.upscale, scene_path, image["camera"])])
+            if code:
+                print(f"archviz sweep: upscaling {image['path']} failed (exit status {code}); the sweep's "
+                      "images are kept", file=sys.stderr)
+                return EXIT_FAILED
+    return EXIT_CANCELLED if state == "cancelled" else 0
+
+
+#: Options that need a scene's passes, refused with --image.
+SCENE_ONLY = (("init", "--init"), ("strength", "--strength"), ("region", "--region"),
+              ("region_objects", "--region-objects"), ("upscale", "--upscale"), ("depth_range", "--depth-range"),
+              ("near", "--near"), ("far", "--far"))
+
+
+def run_image(args):
+    """``archviz sweep --image PATH``: the sweep from a photo or a sketch. The backend
+    checks and fits the picture (POST /v1/picture), then runs the detectors in the job and
+    saves the controls in ``OUT/passes/<picture name>/``."""
+    from ..core.picture import picture_problem
+
+    problem = None
+    if args.scene is not None:
+        problem = f"give a .blend file or --image PATH, not both (got {args.scene} and --image {args.image})"
+    for attr, flag in SCENE_ONLY:
+        if problem is None and getattr(args, attr, None):
+            problem = f"{flag} needs a scene's passes; a sweep from a picture (--image {args.image}) has none"
+    if problem is None and args.cameras != "scene":
+        problem = f"--cameras {args.cameras!r}: a sweep from a picture (--image) has no cameras"
+    problem = problem or picture_problem(args.image)
+    if problem is None:
+        from .capture.blendfile import check_out_dir
+
+        problem = check_out_dir(args.out)
+    if problem is None and args.timeout is not None and not args.timeout > 0:
+        problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
+    if problem:
+        print(f"archviz sweep: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from ..core import jobs as J
+    from ..core.client import BackendAuthError, BackendError
+    from ..core.passes import PassError, size_multiple
+    from ..core.picture import picture_job, unit_detectors
+    from ..core.png import atomic_write, clean_stale_temps
+    from ..core.sweep import ControlUnit, check_custom_base
+    from .backend import connect
+    from .capture.render import CaptureOptions
+    from .sweeping import control_choices, model_roots_of, model_spec
+
+    out_dir = os.path.abspath(args.out)
+    name = J.safe_name(os.path.splitext(os.path.basename(args.image))[0])
+    try:
+        seeds = J.parse_seeds(args.seeds)
+        styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+        if not styles:
+            raise J.JobError("styles", "no styles given")
+        units = [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
+        model = args.model
+        check_custom_base(units, model)
+        long_side = args.long_side or (1024 if ("sdxl" in model or "flux" in model) else 512)
+        _depth, line_styles = control_choices(units, styles, model, CaptureOptions(line_style=args.line_style))
+        detectors = unit_detectors(units, line_styles)
+        spec = model_spec(model)
+    except (J.JobError, PassError) as exc:
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with open(args.image, "rb") as fh:
+        data = fh.read()
+    for folder in (out_dir, os.path.join(out_dir, "passes", name)):
+        clean_stale_temps(folder)
+    try:
+        client, proc = connect(url=args.backend, token=args.token, device=args.device,
+                               log_path=os.path.join(out_dir, "backend.log") if not args.backend else None,
+                               output_roots=[out_dir],
+                               model_roots=model_roots_of(model) + [u.model for u in units if u.model])
+    except BackendAuthError as exc:
+        print(f"archviz sweep: {exc}; give the server's token with --token TOKEN or ARCHVIZ_TOKEN", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BackendError as exc:
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if proc is not None:
+        print(f"started a backend at {proc.url} (log: {proc.log_path})")
+    try:
+        fitted = client.picture(data, long_side, size_multiple(model))
+        width, height = fitted["width"], fitted["height"]
+        src = fitted["source"]
+        passes_dir = os.path.join(out_dir, "passes", name)
+        os.makedirs(passes_dir, exist_ok=True)
+        atomic_write(os.path.join(passes_dir, "picture.png"), J.decode_png(fitted["image"], "image"))
+        job = picture_job(fitted["image"], width, height, units, detectors, styles, seeds, spec,
+                          output_dir=out_dir if not args.backend else None, name_prefix=name, steps=args.steps,
+                          cfg=args.cfg, scheduler=args.scheduler, skip_existing=not args.remake)
+    except (BackendError, J.JobError, OSError) as exc:
+        if proc is not None:
+            proc.stop()
+        if isinstance(exc, BackendError) and exc.status == 422:  # the backend's word on the picture
+            message = str(exc).split(" 422 ", 1)[-1].removeprefix("image: ")
+            print(f"archviz sweep: --image {args.image}: {message}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"archviz sweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(exc, J.JobError) else EXIT_FAILED
+    print(f"picture {args.image}: {src['format']} {src['width']}x{src['height']} -> {width}x{height} for {model}; "
+          f"detectors: {', '.join(f'{u.type}={d}' for u, d in zip(units, detectors))}")
+    state = _follow(args, client, proc, [(name, job)], out_dir, len(styles) * len(seeds))
+    if isinstance(state, int):
+        return state
+    passes_dir = os.path.join(out_dir, "passes", name)
+    if args.backend:  # a backend elsewhere wrote them into its own folder: bring them here
+        try:
+            _fetch_controls(client, args._runner, passes_dir)
+        except (BackendError, OSError, ValueError) as exc:
+            print(f"archviz sweep: the controls could not be brought from the backend: {exc}; the images are "
+                  "kept", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"controls: {passes_dir}")
+    return EXIT_CANCELLED if state == "cancelled" else 0
+
+
+def _fetch_controls(client, runner, passes_dir):
+    """The detectors' controls of a remote backend's jobs into ``passes_dir``, with controls.json."""
+    import json
+
+    from ..core.png import atomic_write
+
+    for tracked in runner.tracked:
+        if not tracked.job_id:
+            continue
+        status = client.job(tracked.job_id)
+        notes = status.get("picture_controls") or []
+        for n, note in enumerate(notes):
+            atomic_write(os.path.join(passes_dir, os.path.basename(note["file"])), client.control(tracked.job_id, n))
+        if notes:
+            text = json.dumps({"width": status["width"], "height": status["height"], "controls": notes}, indent=2)
+            atomic_write(os.path.join(passes_dir, "controls.json"), (text + "\n").encode())
+
+
+def _subfolders(folder, name):
+    try:
+        return [e.name for e in os.scandir(os.path.join(folder, name)) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _follow(args, client, proc, camera_jobs, out_dir, total, on_image=None):
+    """Run the jobs with a progress bar (and the model download's own bar); the backend
+    this command started stops at the end. Returns the final state ("done", "cancelled"),
+    or an exit status when the sweep failed. ``on_image(image, out_dir)``: after each image."""
+    from tqdm import tqdm
+
+    from ..core.client import BackendAuthError, BackendError
+    from ..core.sweep import SweepGaveUp, SweepRunner
+    from .results import contact_sheets
+
+    runner = args._runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout)
     bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     counts = {"new": 0, "kept": 0}
     downloads = {}  # the model download's own bar (bytes), while one runs
@@ -197,7 +387,8 @@ def run(args):
         bar.set_postfix_str(f"{event.images_done}/{total} images")
         if event.kind == "image":
             counts["kept" if event.image["skipped"] else "new"] += 1
-            variant_exr(event.image, out_dir)
+            if on_image is not None:
+                on_image(event.image, out_dir)
         elif event.kind == "error":
             tqdm.write(f"error ({event.camera}): {event.message}")
 
@@ -211,6 +402,7 @@ def run(args):
                 dl.set_description_str("downloaded", refresh=False)
                 dl.set_postfix_str(f"{d.get('files_fetched', 0)} file(s)")
                 dl.close()
+                downloads.pop("bar")  # a later download (a picture's detectors) gets a bar of its own
             tqdm.write(f"fetched {d.get('bytes_fetched', 0)} bytes ({human_bytes(d.get('bytes_fetched', 0))}) "
                        f"in {d.get('files_fetched', 0)} file(s) from the hub into the Hugging Face cache")
             return
@@ -250,23 +442,5 @@ def run(args):
     if state == "failed":
         print("archviz sweep: " + "; ".join(runner.errors), file=sys.stderr)
         return EXIT_FAILED
-    if args.upscale and state != "cancelled":
-        import subprocess
-
-        from ..core.tiles import upscale_argv
-
-        for image in runner.images:  # each in its own process: the engine runs there, not next to bpy
-            code = subprocess.call([sys.executable, "-m", "archviz_controlnet.cli",
-                                    *upscale_argv(image["path"], args.upscale, scene_path, image["camera"])])
-            if code:
-                print(f"archviz sweep: upscaling {image['path']} failed (exit status {code}); the sweep's "
-                      "images are kept", file=sys.stderr)
-                return EXIT_FAILED
-    return EXIT_CANCELLED if state == "cancelled" else 0
-
-
-def _subfolders(folder, name):
-    try:
-        return [e.name for e in os.scandir(os.path.join(folder, name)) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
+    args._images = runner.images
+    return state
