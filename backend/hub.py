@@ -108,11 +108,18 @@ def choose_variant(names: list[str], fp16: bool, allow_bin: bool = False) -> tup
     return None, []
 
 
+def is_single_file(component: str) -> bool:
+    """A component that names one file at the repository root (a checkpoint, a config)
+    rather than a model folder."""
+    return component.endswith((".safetensors", ".json"))
+
+
 def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: bool,
                  allow_bin: bool = False) -> list[str]:
     """The repo files the loaders read. ``components``: pipeline folders to load (``unet``,
     ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``...), or None for a repo that is
-    one model at its root (a ControlNet, a VAE). Raises HubError when a component is
+    one model at its root (a ControlNet, a VAE); a component ending in ``.safetensors`` or
+    ``.json`` is that one file at the root (:func:`is_single_file`). Raises HubError when a component is
     missing from the repo or has no safetensors weights."""
     by_folder: dict[str, list[str]] = {}
     for p in paths:
@@ -123,6 +130,11 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
     if components is not None and "model_index.json" in by_folder.get("", []):
         out.append("model_index.json")
     for folder in folders:
+        if is_single_file(folder):  # one checkpoint or config file at the root (a single-file ControlNet)
+            if folder not in by_folder.get("", []):
+                raise HubError(f"the repository has no file {folder!r}")
+            out.append(folder)
+            continue
         names = by_folder.get(folder)
         prefix = f"{folder}/" if folder else ""
         if not names:
@@ -146,6 +158,10 @@ def check_loadable(folder: Path, components: tuple[str, ...] | None, fp16: bool,
     """Why the local ``folder`` cannot be loaded as these components ('' when it can): each
     model folder has its config and weights, each tokenizer its vocabulary."""
     for comp in ([""] if components is None else components):
+        if is_single_file(comp):
+            if not (folder / comp).is_file():
+                return f"{comp} is missing"
+            continue
         sub = folder / comp if comp else folder
         if not sub.is_dir():
             return f"{comp or folder.name!r} is missing"

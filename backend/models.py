@@ -82,6 +82,21 @@ FLUX_UNION_MODES = {"depth": 2, "canny": 0, "lines": 0, "lineart": 0, "mlsd": 0}
 #: the image alone): give it per type with model.controlnets.<type>.
 FLUX_UNION_PRO_2 = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0"
 
+ZIMAGE_BASE = "Tongyi-MAI/Z-Image-Turbo"  # Apache-2.0, not gated: 6B single-stream DiT, Qwen3-4B encoder, 8 steps
+#: The Z-Image-Turbo Fun ControlNet-Union (alibaba-pai, Apache-2.0, not gated) ships as ONE
+#: checkpoint file per version, not a diffusers folder: repo -> (file, the diffusers config repo
+#: that ``ZImageControlNetModel.from_single_file`` reads for it). No control mode: it reads the
+#: type (canny, HED, depth, pose, MLSD; 2.1 also scribble, gray) from the image itself.
+ZIMAGE_UNION = "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.1"
+ZIMAGE_UNION_V1 = "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union"
+ZIMAGE_UNION_FILES = {
+    ZIMAGE_UNION: ("Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors", "hlky/Z-Image-Turbo-Fun-Controlnet-Union-2.1"),
+    ZIMAGE_UNION_V1: ("Z-Image-Turbo-Fun-Controlnet-Union.safetensors", "hlky/Z-Image-Turbo-Fun-Controlnet-Union"),
+}
+#: The add-on's unit types the union net was trained on: depth, and lines as canny edges (mlsd
+#: and lineart too: straight lines, soft HED-like lines).
+ZIMAGE_TYPES = ("depth", "lines", "canny", "mlsd", "lineart")
+
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
 _TINY_SDXL_KIND = {"depth": "depth", "canny": "canny", "lines": "canny", "lineart": "canny", "mlsd": "canny"}
@@ -99,7 +114,7 @@ class ControlNetRef:
 class ModelPlan:
     """Concrete references for one job."""
 
-    arch: str  # "sd15" | "sdxl" | "flux"
+    arch: str  # "sd15" | "sdxl" | "flux" | "zimage"
     family: str
     base: str
     vae: str | None
@@ -117,6 +132,8 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
     arch = spec.arch
     if arch == "flux":
         return _resolve_flux(spec, control_types, control_models)
+    if arch == "zimage":
+        return _resolve_zimage(spec, control_types, control_models)
     sdxl = arch == "sdxl"
     if spec.is_tiny:
         base = spec.base or str(tiny.tiny_path(arch, "base"))
@@ -171,6 +188,26 @@ def _resolve_flux(spec: ModelSpec, control_types: list[str], control_models: lis
                            f"{spec.family} has no {ctype!r} ControlNet (FLUX.1 nets take depth and canny-style "
                            f"lines); give model.controlnets.{ctype}")
     return ModelPlan(arch="flux", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
+
+
+def _resolve_zimage(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
+    """Z-Image-Turbo: every unit runs the one union ControlNet (no control mode), or the net
+    a job names for its type (``controls[i].model``, ``model.controlnets.<type>`` or ``.union``)."""
+    if spec.is_tiny:
+        base = spec.base or str(tiny.tiny_path("zimage", "base"))
+        union = spec.controlnets.get("union") or str(tiny.tiny_path("zimage", "controlnet-union"))
+    else:
+        base, union = spec.base or ZIMAGE_BASE, spec.controlnets.get("union") or ZIMAGE_UNION
+    refs = []
+    for i, (ctype, override) in enumerate(zip(control_types, control_models)):
+        if override or ctype in spec.controlnets:
+            refs.append(ControlNetRef(override or spec.controlnets[ctype], arch="zimage"))
+        elif ctype in ZIMAGE_TYPES:
+            refs.append(ControlNetRef(union, arch="zimage"))
+        else:
+            raise JobError(f"controls[{i}].type", f"the Z-Image ControlNet-Union was not trained on {ctype!r} "
+                                                  f"(it takes {', '.join(ZIMAGE_TYPES)})")
+    return ModelPlan(arch="zimage", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,7 +313,8 @@ BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedul
                    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                             "scheduler"),
                    "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                            "scheduler")}
+                            "scheduler"),
+                   "zimage": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
 
 
 def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
@@ -300,11 +338,16 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-canny": [(FLUX_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
     "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
+    "zimage-base": [(ZIMAGE_BASE, base_components("zimage", False), "base model (Turbo)")],
+    **{f"zimage-union{suffix}": [(repo, (ZIMAGE_UNION_FILES[repo][0],), f"ControlNet-Union{version} (one file)"),
+                                 (ZIMAGE_UNION_FILES[repo][1], ("config.json",), "its diffusers config")]
+       for suffix, version, repo in (("", " 2.1", ZIMAGE_UNION), ("-v1", " 1.0", ZIMAGE_UNION_V1))},
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
-FAMILY_NAMES = ("sd15", "sdxl", "flux")
+CATALOG["zimage"] = CATALOG["zimage-base"] + CATALOG["zimage-union"]
+FAMILY_NAMES = ("sd15", "sdxl", "flux", "zimage")
 
 
 def catalog_name(repo_id: str) -> str:
@@ -340,7 +383,11 @@ def hub_needs(plan: ModelPlan) -> list[tuple[str, tuple[str, ...] | None, str]]:
         needs.append((plan.vae, None, "VAE"))
     for ref in plan.controlnets:
         if is_hub_ref(ref.ref) and all(ref.ref != n[0] for n in needs):
-            needs.append((ref.ref, None, "ControlNet"))
+            if ref.ref in ZIMAGE_UNION_FILES:  # one checkpoint file, and the config diffusers reads for it
+                file, config = ZIMAGE_UNION_FILES[ref.ref]
+                needs += [(ref.ref, (file,), "ControlNet"), (config, ("config.json",), "ControlNet config")]
+            else:
+                needs.append((ref.ref, None, "ControlNet"))
     return needs
 
 
@@ -431,6 +478,8 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
 
     if arch == "flux":
         return _load_flux_base(ref, dtype, device)
+    if arch == "zimage":
+        return _load_zimage_base(ref, dtype, device)
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
@@ -492,9 +541,66 @@ def _load_flux_base(ref: str, dtype, device) -> dict:
     return comps
 
 
+def _load_zimage_base(ref: str, dtype, device) -> dict:
+    """Z-Image's transformer, VAE, Qwen3 text encoder with its tokenizer, scheduler config."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+    from transformers import AutoModel, AutoTokenizer
+
+    if Path(ref).expanduser().is_file():
+        raise ModelNotFoundError(f"base model {ref}: Z-Image loads from a folder or hub id (diffusers layout), "
+                                 f"not from one checkpoint file")
+    folder = local_folder(ref, base_components("zimage", False), "base model", dtype)
+    comps = {
+        "transformer": _load(ZImageTransformer2DModel, folder, "transformer", ref, "base model", dtype),
+        "vae": _load(AutoencoderKL, folder, "vae", ref, "base model", dtype),
+        "text_encoder": _load(AutoModel, folder, "text_encoder", ref, "base model", dtype),
+        "tokenizer": _load(AutoTokenizer, folder, "tokenizer", ref, "base model"),
+        "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
+    }
+    for module in comps.values():
+        if hasattr(module, "eval"):
+            module.eval().requires_grad_(False)
+            module.to(device)
+    return comps
+
+
+def _load_zimage_controlnet(ref: str, dtype):
+    """The Z-Image union ControlNet as diffusers supports it: ``from_single_file`` of its one
+    checkpoint (diffusers' own conversion), with the config from the folder beside it or
+    from the config repo diffusers names for the hub checkpoint; a diffusers folder with
+    ``from_pretrained``."""
+    from diffusers import ZImageControlNetModel
+
+    path = Path(ref).expanduser()
+    if tiny.is_tiny_path(path):
+        tiny.ensure_tiny(path)
+    if path.is_file():
+        config = {"config": str(path.parent)} if (path.parent / "config.json").is_file() else {}
+        return _from_single_file(ZImageControlNetModel, ref, "ControlNet", torch_dtype=dtype, **config)
+    if path.is_dir():
+        if any(path.glob("diffusion_pytorch_model*.safetensors")):  # a diffusers folder
+            return _load(ZImageControlNetModel, local_folder(ref, None, "ControlNet", dtype), "", ref, "ControlNet",
+                         dtype)
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1 or not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"ControlNet {ref!r}: expected one .safetensors checkpoint and its config.json "
+                                     f"(or a diffusers folder), found {', '.join(p.name for p in files) or 'none'}")
+        return _from_single_file(ZImageControlNetModel, str(files[0]), "ControlNet", torch_dtype=dtype,
+                                 config=str(path))
+    if ref in ZIMAGE_UNION_FILES:
+        file, config = ZIMAGE_UNION_FILES[ref]
+        snaps = fetch([(ref, (file,), "ControlNet"), (config, ("config.json",), "ControlNet config")],
+                      dtype)["snapshots"]
+        return _from_single_file(ZImageControlNetModel, str(snaps[ref] / file), "ControlNet", torch_dtype=dtype,
+                                 config=str(snaps[config]))
+    return _load(ZImageControlNetModel, local_folder(ref, None, "ControlNet", dtype), "", ref, "ControlNet", dtype)
+
+
 def load_controlnet(ref: ControlNetRef, dtype, device):
     from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel
 
+    if ref.arch == "zimage":
+        return _load_zimage_controlnet(ref.ref, dtype).eval().requires_grad_(False).to(device)
     if ref.arch == "flux":
         cls = FluxControlNetModel  # single-purpose and union nets alike (a union one has num_mode)
     else:
@@ -569,11 +675,12 @@ class ModelCache:
         return entry
 
     def dtype_for(self, arch: str):
-        """FLUX.1 runs in bf16 where the engine runs fp16 (its T5 and transformer overflow
-        fp16); everything else in the cache's dtype."""
+        """FLUX.1 and Z-Image run in bf16 where the engine runs fp16 (FLUX's T5 and
+        transformer overflow fp16; Z-Image is published and run in bf16); everything else in
+        the cache's dtype."""
         import torch
 
-        if arch == "flux" and self.dtype == torch.float16:
+        if arch in ("flux", "zimage") and self.dtype == torch.float16:
             return torch.bfloat16
         return self.dtype
 

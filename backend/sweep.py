@@ -25,6 +25,9 @@ from .models import ModelPlan, resolve_models
 #: negative prompt.
 FLUX_DEFAULTS = {"cfg": 3.5, "steps": 28}
 FLUX_SCHEDULER = "flow_euler"
+#: Z-Image-Turbo defaults: 8 steps (its card: 8 function evaluations), no classifier-free
+#: guidance (cfg 1; the pipeline's guidance_scale 0), no negative prompt, flow-matching Euler.
+ZIMAGE_DEFAULTS = {"cfg": 1.0, "steps": 8}
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
@@ -184,13 +187,15 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
     (``engine_options``: the engine's image-changing options, EngineOptions.image_changes)."""
     models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
     flux = models.arch == "flux"
-    if flux:
+    zimage = models.arch == "zimage"
+    if flux or zimage:
+        what = "FLUX.1" if flux else "Z-Image"
         if job.scheduler is not None:
-            raise J.JobError("scheduler", f"{job.scheduler!r}: FLUX.1 samples with its flow-matching Euler "
+            raise J.JobError("scheduler", f"{job.scheduler!r}: {what} samples with its flow-matching Euler "
                                           f"scheduler only; leave scheduler unset")
         for name in ("width", "height"):
             if getattr(job, name) % 16:
-                raise J.JobError(name, f"{getattr(job, name)} px: FLUX.1 needs a multiple of 16")
+                raise J.JobError(name, f"{getattr(job, name)} px: {what} needs a multiple of 16")
     init = None
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
@@ -246,6 +251,17 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                                                            "no true CFG); describe what you want instead")
             steps = int(pick(job.steps, flux_values.get("steps"), FLUX_DEFAULTS["steps"]))
             cfg = float(pick(job.cfg, flux_values.get("cfg"), FLUX_DEFAULTS["cfg"]))
+            negative, scheduler = "", FLUX_SCHEDULER
+        elif zimage:  # Z-Image-Turbo: no CFG (cfg 1), no negative prompt, one sampler
+            zimage_values = presets[style.preset].zimage if style.preset is not None else {}
+            if style.negative:
+                raise J.JobError(f"styles[{si}].negative", "Z-Image-Turbo has no negative prompt (it samples "
+                                                           "without CFG); describe what you want instead")
+            steps = int(pick(job.steps, zimage_values.get("steps"), ZIMAGE_DEFAULTS["steps"]))
+            cfg = float(pick(job.cfg, zimage_values.get("cfg"), ZIMAGE_DEFAULTS["cfg"]))
+            if cfg != 1.0:
+                raise J.JobError("cfg", f"{cfg:g}: Z-Image-Turbo samples without classifier-free guidance; "
+                                        f"cfg must be 1 (leave it unset)")
             negative, scheduler = "", FLUX_SCHEDULER
         else:
             steps = int(pick(job.steps, preset.steps if preset else None, J.DEFAULT_STEPS))

@@ -17,6 +17,7 @@ Layout (one folder per model, as on the Hugging Face hub)::
     tiny/v1/flux/base                  FLUX.1 pipeline folder: transformer vae text_encoder (CLIP)
                                        tokenizer text_encoder_2 (T5) tokenizer_2 (unigram) scheduler
     tiny/v1/flux/controlnet-<kind>     FluxControlNetModel (depth canny, union with control modes)
+    tiny/v1/zimage/...                 Z-Image-Turbo and its union ControlNet (see tiny_zimage.py)
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 
 
 def _builder(family: str, name: str):
+    if family == "zimage":  # Z-Image-Turbo and its union ControlNet (tiny_zimage.py)
+        from .tiny_zimage import builder
+
+        return builder(name)
     if family == "flux":
         if name == "base":
             return build_flux_base
