@@ -572,8 +572,8 @@ def _load_zimage_controlnet(ref: str, dtype):
     from diffusers import ZImageControlNetModel
 
     path = Path(ref).expanduser()
-    if tiny.is_tiny_path(path):
-        tiny.ensure_tiny(path)
+    if tiny.is_tiny_path(path):  # the tiny net's folder, or its checkpoint file
+        tiny.ensure_tiny(path.parent if path.suffix == ".safetensors" else path)
     if path.is_file():
         config = {"config": str(path.parent)} if (path.parent / "config.json").is_file() else {}
         return _from_single_file(ZImageControlNetModel, ref, "ControlNet", torch_dtype=dtype, **config)

@@ -197,6 +197,9 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
             if getattr(job, name) % 16:
                 raise J.JobError(name, f"{getattr(job, name)} px: {what} needs a multiple of 16")
     init = None
+    if job.init_image is not None and zimage:
+        raise J.JobError("init_image", f"restyle (an init image) runs with the SD 1.5, SDXL and FLUX.1 families; "
+                                       f"{job.model.family} does not take one yet")
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
         init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))

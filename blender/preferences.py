@@ -43,7 +43,10 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                                                       "the Hugging Face token. Depth and lines units, 1024 px"),
                                ("tiny", "Tiny (offline test)", "Random weights: noise that proves the plumbing"),
                                ("tiny-sdxl", "Tiny SDXL (offline test)", ""),
-                               ("tiny-flux", "Tiny FLUX (offline test)", "")])
+                               ("tiny-flux", "Tiny FLUX (offline test)", ""),
+                               ("zimage", "Z-Image-Turbo", "Apache-2.0, 8 steps; one union ControlNet for the "
+                                                           "depth and lines units, 1024 px"),
+                               ("tiny-zimage", "Tiny Z-Image (offline test)", "")])
     model_path: StringProperty(name="Base Model Override", subtype="DIR_PATH", default="",
                                description="Local folder or file used instead of the family's base model")
     output_dir: StringProperty(name="Default Output", subtype="DIR_PATH", default="",

@@ -57,8 +57,10 @@ VIEW_PERCENTILES = (0.5, 99.5)
 
 
 def size_multiple(model: str) -> int:
-    """The multiple a family's image sides must be: 16 for FLUX.1 (VAE 1/8 and 2x2 patches), else 8."""
-    return 16 if "flux" in str(model).lower() else 8
+    """The multiple a family's image sides must be: 16 for FLUX.1 and Z-Image (VAE 1/8 and 2x2
+    patches), else 8."""
+    model = str(model).lower()
+    return 16 if "flux" in model or "zimage" in model or "z-image" in model else 8
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,9 @@ MODEL_LINE_STYLES["tiny"] = MODEL_LINE_STYLES["sd15"]
 MODEL_LINE_STYLES["tiny-sdxl"] = MODEL_LINE_STYLES["sdxl"]
 # FLUX.1's canny and union nets were trained on canny edges, like SDXL's.
 MODEL_LINE_STYLES["flux"] = MODEL_LINE_STYLES["tiny-flux"] = MODEL_LINE_STYLES["sdxl"]
+# The Z-Image union net was trained on canny, HED (soft) and MLSD lines, read from the image.
+MODEL_LINE_STYLES["zimage"] = MODEL_LINE_STYLES["tiny-zimage"] = {"lines": "canny", "lineart": "softedge",
+                                                                  "canny": "canny", "mlsd": "mlsd"}
 #: The style of lines.png when no model is known (the default SD 1.5 'lines' unit).
 DEFAULT_LINE_STYLE = "lineart"
 

@@ -159,4 +159,56 @@ class ZImage(Family):
         return pipe.image_processor.postprocess(image, output_type="np")
 
 
+def pipeline_control_latents(pipe, image, width: int, height: int, net) -> torch.Tensor:
+    """A control image as ``ZImageControlNetPipeline.__call__`` prepares it, line by line
+    (processed, VAE mode, shift and scale, frame axis, zero channels up to the net's input)."""
+    t = pipe.prepare_image(image=image, width=width, height=height, batch_size=1, num_images_per_prompt=1,
+                           device=pipe.vae.device, dtype=pipe.vae.dtype)
+    z = pipe.vae.encode(t).latent_dist.mode()
+    z = ((z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor).unsqueeze(2)
+    pad = net.config.control_in_dim - pipe.transformer.in_channels
+    return torch.cat([z, torch.zeros(z.shape[0], pad, *z.shape[2:]).to(z)], dim=1) if pad else z
+
+
+class PipelineMultiNet(torch.nn.Module):
+    """The reference for several units (tests, the benchmark's baselines): diffusers'
+    multi-ControlNet rule around diffusers' own ZImageControlNetModel, given to
+    ZImageControlNetPipeline as its ``controlnet``. Each unit's net with its own control
+    latents (:func:`pipeline_control_latents`) at its scale, kept only inside its window
+    (``controlnet_keep``: start <= i/n and (i+1)/n <= end), residuals summed per layer in unit
+    order. One instance per pipeline call (it counts the steps)."""
+
+    def __init__(self, nets, latents, settings, steps: int, transformer):
+        from diffusers import ZImageControlNetModel
+
+        super().__init__()
+        for net in nets:  # the transformer's embedders and refiners, shared (as the pipeline does)
+            ZImageControlNetModel.from_transformer(net, transformer)
+        self.nets = torch.nn.ModuleList(nets)
+        self.config = nets[0].config  # the pipeline reads control_in_dim
+        self.latents, self.settings, self.steps, self.calls = list(latents), list(settings), steps, 0
+
+    @property
+    def device(self):  # what a diffusers pipeline asks of its components
+        return self.nets[0].device
+
+    @property
+    def dtype(self):
+        return self.nets[0].dtype
+
+    def forward(self, x, t, cap_feats, control_context, conditioning_scale=1.0):
+        # The pipeline encodes the first unit's image itself: it must be what we were given.
+        if not torch.equal(control_context, self.latents[0].repeat(len(x), 1, 1, 1, 1)):
+            raise ValueError("the pipeline's control latents differ from the first unit's")
+        i, n = self.calls, self.steps
+        self.calls += 1
+        out = None
+        for net, latent, s in zip(self.nets, self.latents, self.settings):
+            keep = 0.0 if (i / n < s.start or (i + 1) / n > s.end) else 1.0
+            r = net(x, t, cap_feats, latent.repeat(len(x), 1, 1, 1, 1),
+                    conditioning_scale=s.scale * keep * conditioning_scale)
+            out = r if out is None else {k: out[k] + r[k] for k in out}
+        return out
+
+
 FAMILIES = {"zimage": ZImage()}
