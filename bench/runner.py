@@ -129,11 +129,15 @@ CONFIGS = {
     "tiny": "the offline tiny SD 1.5 models (CPU, CI)",
     "tiny-sdxl": "the offline tiny SDXL models (CPU, CI)",
     "tiny-flux": "the offline tiny FLUX.1 models (CPU, CI)",
+    "tiny-zimage": "the offline tiny Z-Image-Turbo models (CPU, CI)",
     "sd15": "SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs, random weights (GPU)",
     "sdxl": "SDXL UNet, 2 SDXL ControlNets, fp16-fix VAE, both text encoders from the real configs, random "
             "weights (GPU)",
+    "zimage": "Z-Image-Turbo transformer, its union ControlNet 2.1, FLUX VAE, Qwen3-4B encoder from the real "
+              "configs (bench/configs_zimage.py), random weights (GPU)",
 }
-DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "sd15": 512, "sdxl": 1024}
+DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "tiny-zimage": 64, "sd15": 512, "sdxl": 1024,
+                "zimage": 1024}
 
 
 def model_refs(config: str) -> dict:
@@ -165,8 +169,10 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
                                                                               "lines": refs["lines"]}}
         if spec.config == "sdxl":
             model["vae"] = refs["vae"]
+        if spec.config == "zimage":  # one union net for every unit
+            model["controlnets"] = {"union": refs["depth"]}
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler}
-    if "flux" in spec.config:  # distilled guidance from the presets' [flux] sections, one sampler
+    if "flux" in spec.config or "zimage" in spec.config:  # the presets' [flux] / [zimage] sections, one sampler
         sampling = {}
     job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
                            "seeds": list(spec.seeds), "width": spec.size, "height": spec.size,
@@ -290,10 +296,11 @@ def baseline_pipeline(engine, plan):
 
     base, nets = engine.load(plan.models)
     c = base.value
-    family = "flux" if plan.models.arch == "flux" else "sd"
-    denoiser = c["transformer"] if family == "flux" else c["unet"]
+    family = plan.models.arch if plan.models.arch in ("flux", "zimage") else "sd"
+    denoiser = c["unet"] if family == "sd" else c["transformer"]
     engine.restore_models([denoiser, *[n.value for n in nets]])
     pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
+    pipe._archviz_nets = nets  # the zimage baseline builds its multi-net per call from them
     if family == "sd":
         pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
     pipe.set_progress_bar_config(disable=True)
@@ -314,7 +321,19 @@ def _pipe_call(pipe, plan, items):
                   control_guidance_end=[u.end for u in style.units],
                   generator=generators if len(items) > 1 else generators[0], output_type="np")
     images = [c.image for c in plan.controls]
-    if plan.models.arch == "flux":
+    if plan.models.arch == "zimage":
+        # ZImageControlNetPipeline takes one net and one image: several units (and windows)
+        # through diffusers' multi-ControlNet rule around its own nets, made per call.
+        from ..backend.families.zimage import PipelineMultiNet, pipeline_control_latents
+
+        nets = [n.value for n in pipe._archviz_nets]
+        latents = [pipeline_control_latents(pipe, image, plan.width, plan.height, net)
+                   for image, net in zip(images, nets)]
+        pipe.controlnet = PipelineMultiNet(nets, latents, style.units, style.steps, pipe.transformer)
+        common = {k: v for k, v in common.items() if not k.startswith(("control", "guidance"))}
+        out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images[0], guidance_scale=0.0,
+                   controlnet_conditioning_scale=1.0, **common)
+    elif plan.models.arch == "flux":
         from ..backend.families.flux import Flux
 
         out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images,
@@ -382,9 +401,13 @@ def build_engine(spec: Spec):
     plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
     if not spec.config.startswith("tiny"):
         from .configs import build_random
+        from .configs_zimage import build_random as build_zimage
 
         t0 = time.perf_counter()
-        comps, nets = build_random(spec.config, engine.device, engine.dtype)
+        if spec.config == "zimage":
+            comps, nets = build_zimage(engine.device, engine.cache.dtype_for("zimage"))
+        else:
+            comps, nets = build_random(spec.config, engine.device, engine.dtype)
         engine.adopt(plan.models, comps, nets)
         say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
     torch.manual_seed(0)
@@ -404,8 +427,9 @@ def header(spec: Spec, engine) -> dict:
             "images": len(spec.styles) * len(spec.seeds), "defaults": engine.options.as_dict()}
     say(f"archviz bench: config {spec.config}, {dev.type} ({name}), {engine.dtype_name}, torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}, {info['threads']} torch threads, best of {spec.repeats} timed run(s)")
-    sampling = (f"{spec.scheduler}, cfg {spec.cfg}" if "flux" not in spec.config
-                else "flow_euler, distilled guidance from the presets' [flux] sections")
+    sampling = (f"{spec.scheduler}, cfg {spec.cfg}" if "flux" not in spec.config and "zimage" not in spec.config
+                else "flow_euler, distilled guidance from the presets' [flux] sections" if "flux" in spec.config
+                else "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts")
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
@@ -426,7 +450,9 @@ def run(spec: Spec) -> dict:
     engine = build_engine(spec)
     report["header"] = header(spec, engine)
     dev = engine.device
-    use_flops = spec.flops if spec.flops is not None else dev.type == "cuda"
+    # FLOPs are counted for the UNet families (count_flops); the transformer families not yet
+    use_flops = spec.flops if spec.flops is not None else (dev.type == "cuda" and "flux" not in spec.config
+                                                           and "zimage" not in spec.config)
 
     if dev.type == "cuda":
         report["matmul_peak_tflops"] = matmul_peak_tflops(dev)
