@@ -1,7 +1,8 @@
 """One benchmark run: the plain diffusers loop and our engine, same models, same sweep.
 
 * two baselines, the family's diffusers pipeline (``StableDiffusion(XL)ControlNetPipeline``,
-  ``FluxControlNetPipeline``) with a list of ControlNets: ``loop``, called once per (style,
+  ``FluxControlNetPipeline``, ``ZImageControlNetPipeline`` whose one ``controlnet`` is then
+  diffusers' multi-ControlNet rule around its nets) with a list of ControlNets: ``loop``, called once per (style,
   seed) as in the seed documents' ArchVizPipeline, and ``batched``, one call per sampling
   group with the lists of prompts and generators, the way a diffusers user batches a sweep
   (fp16 + SDPA on CUDA, fp32 on CPU; CPU ``torch.Generator`` s so every side draws the same

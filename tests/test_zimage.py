@@ -144,6 +144,49 @@ def test_the_union_net_loads_from_one_checkpoint_file(engine):
     assert by_folder.config.add_control_noise_refiner == "control_noise_refiner"  # shaped like version 2.1
 
 
+def test_the_real_union_net_downloads_and_loads_from_one_file(tmp_path):
+    """`archviz models download zimage-union` against a hub on loopback holding the tiny net
+    under the real ids, laid out like the real repositories (the checkpoint among other
+    checkpoints and assets; the config in diffusers' config repo): only the one file and the
+    config are fetched, then the net loads offline through from_single_file."""
+    import json
+    import shutil
+
+    from fake_hub import FakeHub
+
+    from archviz_controlnet.backend import models as M
+    from archviz_controlnet.backend import tiny
+    from archviz_controlnet.backend.tiny_zimage import CONTROLNET_FILE
+
+    src = tiny.ensure_tiny(tiny.tiny_path("zimage", "controlnet-union"))
+    file, config_repo = M.ZIMAGE_UNION_FILES[M.ZIMAGE_UNION]
+    net_repo, cfg_repo = tmp_path / "repos" / M.ZIMAGE_UNION, tmp_path / "repos" / config_repo
+    net_repo.mkdir(parents=True)
+    cfg_repo.mkdir(parents=True)
+    shutil.copy(src / CONTROLNET_FILE, net_repo / file)
+    shutil.copy(src / CONTROLNET_FILE, net_repo / "Z-Image-Turbo-Fun-Controlnet-Union-2.1-2602-8steps.safetensors")
+    (net_repo / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    shutil.copy(src / "config.json", cfg_repo / "config.json")
+    home = tmp_path / "hf"
+    with FakeHub({M.ZIMAGE_UNION: net_repo, config_repo: cfg_repo}) as hub:
+        env = hub.env(home, ARCHVIZ_HOME=str(TEST_HOME))
+        got = subprocess.run([ARCHVIZ, "models", "download", "zimage-union"], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert got.returncode == 0, got.stderr[-2000:]
+        assert set(hub.fetched()) == {f"{M.ZIMAGE_UNION}/{file}", f"{config_repo}/config.json"}
+    code = ("import json, torch; from archviz_controlnet.backend import models as M; "
+            "net = M.load_controlnet(M.ControlNetRef(M.ZIMAGE_UNION, arch='zimage'), torch.float32, 'cpu'); "
+            "print(json.dumps({'params': sum(p.numel() for p in net.parameters()), "
+            "'places': list(net.config.control_layers_places)}))")
+    offline = subprocess.run([sys.executable, "-c", code], env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True,
+                             text=True, timeout=300)
+    assert offline.returncode == 0, offline.stderr[-2000:]
+    loaded = json.loads(offline.stdout.strip().splitlines()[-1])
+    ref = M.load_controlnet(M.ControlNetRef(str(src), arch="zimage"), torch.float32, "cpu")
+    assert loaded == {"params": sum(p.numel() for p in ref.parameters()),
+                      "places": list(ref.config.control_layers_places)}
+
+
 def test_real_ids_and_what_a_download_fetches():
     from archviz_controlnet.backend import models as M
 
