@@ -103,16 +103,19 @@ def test_the_control_steers_and_a_unit_at_scale_0_is_absent(engine):
 def test_units_outside_their_window_are_not_run(engine):
     plan = plan_of(units(("depth", 0.8, 0.0, 0.5), ("lines", 0.6, 0.5, 1.0), ("depth", 0.0, 0.0, 1.0)),
                    seeds=(1, 2))
-    _, nets = engine.load(plan.models)
+    base, nets = engine.load(plan.models)
     assert len({id(n.value) for n in nets}) == 1  # one union net for every unit
-    calls = []
-    hook = nets[0].value.register_forward_pre_hook(lambda *a: calls.append(1))
+    calls, encodes = [], []
+    hooks = [nets[0].value.register_forward_pre_hook(lambda *a: calls.append(1)),
+             base.value["vae"].encoder.register_forward_pre_hook(lambda *a: encodes.append(1))]
     try:
         engine.generate(plan, plan.images)
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
     # 4 steps, one batch of 2: depth in steps 0-1, lines in 2-3, the scale-0 unit never.
     assert len(calls) == 4
+    assert len(encodes) == 3  # each control image VAE-encoded once per job, not per image or step
     assert engine.stats["controlnet0"] == 4 and engine.stats["controlnet1"] == 4
     assert "controlnet2" not in engine.stats and engine.stats["transformer"] == 8
 
