@@ -11,7 +11,7 @@ real loading code (:func:`.models.load_base`, :func:`.models.load_controlnet`)::
 
 Sizes: a 32-wide, 2-head transformer of two main layers and one refiner layer (RoPE axes
 8 + 4 + 4 = the head size), a Qwen3 encoder of hidden size 16 (= the transformer's
-``cap_feat_dim``), the four-block 16-channel VAE of tiny-flux (Z-Image uses the FLUX VAE),
+``cap_feat_dim``), a four-block 16-channel VAE shaped like tiny-flux's (Z-Image uses the FLUX VAE),
 and a ControlNet shaped like version 2.1 (a control block on every main layer, control
 refiner blocks, ``control_in_dim`` 33 so the pipeline's zero padding of the control latents
 runs).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 ZIMAGE_DIM = 32
@@ -82,9 +83,21 @@ def _text_encoder(tokenizer):
 
 
 def _seed(text: str) -> int:
-    from .tiny import _seed as seed
+    return zlib.crc32(text.encode())
 
-    return seed(text)
+
+def _vae():
+    """The FLUX VAE's shape at the tiny size (four blocks: 1/8 latents, 16 channels, its
+    shift and scale), as Z-Image uses the FLUX VAE."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(_seed("zimage-vae"))
+    return AutoencoderKL(block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         latent_channels=16, layers_per_block=1, norm_num_groups=8, sample_size=64,
+                         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                         scaling_factor=0.3611)
 
 
 def _transformer_kwargs() -> dict:
@@ -106,20 +119,17 @@ def build_zimage_base(out: Path) -> None:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 
-    from .tiny import TINY_VERSION, _flux_vae
-
     tokenizer = _tokenizer(out / ".tok")
     torch.manual_seed(_seed("zimage-transformer"))
     transformer = ZImageTransformer2DModel(**_transformer_kwargs())
     # Z-Image-Turbo's scheduler: flow matching with a fixed shift of 3.
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
-    pipe = ZImagePipeline(scheduler=scheduler, vae=_flux_vae(), text_encoder=_text_encoder(tokenizer),
+    pipe = ZImagePipeline(scheduler=scheduler, vae=_vae(), text_encoder=_text_encoder(tokenizer),
                           tokenizer=tokenizer, transformer=transformer)
     pipe.save_pretrained(out, safe_serialization=True)
     shutil.rmtree(out / ".tok", ignore_errors=True)
     with open(out / "archviz_tiny.json", "w") as fh:
-        json.dump({"family": "zimage", "version": TINY_VERSION,
-                   "note": "random weights: images are noise that prove the plumbing"}, fh)
+        json.dump({"family": "zimage", "note": "random weights: images are noise that prove the plumbing"}, fh)
 
 
 def build_zimage_controlnet(out: Path) -> None:
