@@ -263,6 +263,46 @@ def test_zimage_job_errors_name_the_field(extra, field, words):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("free_gb, name", [(80, "full"), (31, "full"), (23, "24gb"), (15, "16gb"), (11, "12gb"),
+                                           (6, "12gb")])
+def test_memory_profile_is_chosen_from_free_vram(free_gb, name):
+    from archviz_controlnet.backend import memory as M
+
+    profile = M.choose_profile("zimage", "cuda", int(free_gb * 2**30))
+    assert profile.name == name and profile.changes_images == (name != "full")
+    assert M.choose_profile("zimage", "cpu", None) is M.NONE
+    assert M.choose_profile("zimage", "cuda", 80 * 2**30, "12gb").stream == "controlnets"
+
+
+@pytest.mark.parametrize("profile", ["16gb", "12gb"])
+def test_a_memory_profile_is_recorded_and_runs(engine, profile):
+    """A profile forced on the CPU: int8 weight-only transformer and net (the net's quantized
+    copy holds its own copy of the transformer's refiners it shares), the Qwen3 encoder on the
+    CPU, the net streamed block by block in 12gb; recorded in every image's parameters."""
+    pytest.importorskip("torchao")
+    from archviz_controlnet.backend.engine import Engine
+    from archviz_controlnet.backend.sweep import build_plan
+
+    small = Engine("cpu", memory_profile=profile)
+    small.cache = engine.cache  # the same warm tiny models
+    plan = plan_of(units(("depth", 0.8, 0, 1), ("lines", 0.6, 0.25, 1)), seeds=(0,), steps=2)
+    changes = small.image_changes_for("zimage")
+    assert changes == {"memory_profile": profile, "quantize": "int8-weight"}
+    labelled = build_plan(plan.job, load_presets(include_user=False), "float32", changes)
+    assert labelled.images[0].params_sha256 != plan.images[0].params_sha256
+    if profile == "12gb":
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            with pytest.raises(RuntimeError, match="needs the accelerate package"):
+                small.generate(plan, plan.images)
+            return
+    out = small.generate(plan, plan.images)[0]
+    exact = engine.generate(plan, plan.images)[0]
+    assert np.isfinite(out).all() and 0 < np.abs(out - exact).max() < 0.5
+    assert small.options.quantize == "none"  # the profile's quantize lasts one job
+
+
 def test_unit_types_line_styles_and_size_multiple_per_family():
     from archviz_controlnet.core import passes as P
 
