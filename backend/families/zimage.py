@@ -17,8 +17,9 @@ guidance window. The engine runs several units the way every diffusers multi-Con
 each unit's residuals at its own scale, summed per layer in unit order, and a unit only
 inside its window (diffusers' ``controlnet_keep`` rule; outside it the unit is not run).
 With one unit over the whole window that is exactly the pipeline; with several units or a
-window it is exactly the pipeline whose ``controlnet`` is such a multi-net (the tests build
-one around diffusers' own ZImageControlNetPipeline and compare). Differences that pay, exact:
+window it is exactly the pipeline whose ``controlnet`` is such a multi-net
+(:class:`PipelineMultiNet` below, the reference of the tests and of the benchmark's
+baselines; the engine's step does not use it). Differences that pay, exact:
 
 * the control images are VAE-encoded once per job (the pipeline takes the latent
   distribution's mode, no noise drawn, on every call);
@@ -50,8 +51,8 @@ class ZImage(Family):
     arch = "zimage"
     denoiser = "transformer"
     text_encoders = ("text_encoder",)
-    # bf16 activations of one 1024x1024 image (4096 tokens + text) through the 30-layer
-    # transformer and a 15-block ControlNet, roughly; batch sizing scales it with area.
+    # bf16 activations per 512x512 of image area through the 30-layer transformer and a
+    # 15-block ControlNet, roughly (1.6 GB for a 1024x1024 image); batch sizing scales it.
     bytes_per_image_512 = 0.4 * 2**30
     #: tokens per prompt before the padding is dropped (the pipeline's default)
     max_sequence_length = 512
