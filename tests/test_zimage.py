@@ -326,6 +326,12 @@ def test_full_size_configs_match_the_published_sizes_on_the_meta_device():
     # 2.1: 15 control blocks + 2 control refiner blocks of the transformer's width; the
     # checkpoint is 6.71 GB in bf16, so about 3.35 B parameters
     assert 3.2e9 < counts["controlnet"] < 3.5e9
+    # the bench's full-size plan: Z-Image-Turbo's sampling, one union net for both units
+    from archviz_controlnet.bench import runner
+
+    plan = runner.make_plan(runner.Spec(config="zimage", size=1024, steps=8), "full")
+    assert plan.models.arch == "zimage" and len({r.ref for r in plan.models.controlnets}) == 1
+    assert plan.styles[0].cfg == 1.0 and plan.styles[0].scheduler == "flow_euler" and plan.width == 1024
 
 
 def test_bench_tiny_zimage_both_baselines(tmp_path, capsys):
