@@ -110,7 +110,8 @@ def choose_variant(names: list[str], fp16: bool, allow_bin: bool = False) -> tup
 
 class Files(tuple):
     """``components`` of a repository of loose files, of which the loaders read exactly
-    these paths (e.g. two ``.pth`` files of lllyasviel/Annotators, out of several GB)."""
+    these paths (e.g. two ``.pth`` files of lllyasviel/Annotators, out of several GB, or the
+    one checkpoint of a single-file ControlNet)."""
 
 
 def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: bool,
@@ -118,7 +119,8 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
     """The repo files the loaders read. ``components``: pipeline folders to load (``unet``,
     ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``...), None for a repo that is
     one model at its root (a ControlNet, a VAE), or :class:`Files` (exactly those files).
-    Raises HubError when a component is missing from the repo or has no safetensors weights."""
+    Raises HubError when a component is missing from the repo or has no safetensors
+    weights."""
     if isinstance(components, Files):
         absent = [f for f in components if f not in paths]
         if absent:

@@ -90,6 +90,20 @@ QWEN_BASE = "Qwen/Qwen-Image"  # Apache-2.0, not gated: 20B MMDiT, Qwen2.5-VL-7B
 QWEN_UNION = "InstantX/Qwen-Image-ControlNet-Union"
 #: The unit types it takes: depth, and every line type as canny edges.
 QWEN_CONTROL_TYPES = ("depth", "lines", "canny", "lineart", "mlsd")
+ZIMAGE_BASE = "Tongyi-MAI/Z-Image-Turbo"  # Apache-2.0, not gated: 6B single-stream DiT, Qwen3-4B encoder, 8 steps
+#: The Z-Image-Turbo Fun ControlNet-Union (alibaba-pai, Apache-2.0, not gated) ships as ONE
+#: checkpoint file per version, not a diffusers folder: repo -> (file, the diffusers config repo
+#: that ``ZImageControlNetModel.from_single_file`` reads for it). No control mode: it reads the
+#: type (canny, HED, depth, pose, MLSD; 2.1 also scribble, gray) from the image itself.
+ZIMAGE_UNION = "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.1"
+ZIMAGE_UNION_V1 = "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union"
+ZIMAGE_UNION_FILES = {
+    ZIMAGE_UNION: ("Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors", "hlky/Z-Image-Turbo-Fun-Controlnet-Union-2.1"),
+    ZIMAGE_UNION_V1: ("Z-Image-Turbo-Fun-Controlnet-Union.safetensors", "hlky/Z-Image-Turbo-Fun-Controlnet-Union"),
+}
+#: The add-on's unit types the union net was trained on: depth, and lines as canny edges (mlsd
+#: and lineart too: straight lines, soft HED-like lines).
+ZIMAGE_TYPES = ("depth", "lines", "canny", "mlsd", "lineart")
 
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
@@ -108,7 +122,7 @@ class ControlNetRef:
 class ModelPlan:
     """Concrete references for one job."""
 
-    arch: str  # "sd15" | "sdxl" | "flux"
+    arch: str  # "sd15" | "sdxl" | "flux" | "zimage"
     family: str
     base: str
     vae: str | None
@@ -126,8 +140,8 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
     arch = spec.arch
     if arch == "flux":
         return _resolve_flux(spec, control_types, control_models)
-    if arch == "qwen":
-        return _resolve_qwen(spec, control_types, control_models)
+    if arch in ("qwen", "zimage"):
+        return _resolve_union(spec, control_types, control_models)
     sdxl = arch == "sdxl"
     if spec.is_tiny:
         base = spec.base or str(tiny.tiny_path(arch, "base"))
@@ -184,25 +198,36 @@ def _resolve_flux(spec: ModelSpec, control_types: list[str], control_models: lis
     return ModelPlan(arch="flux", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
 
 
-def _resolve_qwen(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
-    """Qwen-Image: every unit runs the one union net (no control mode), unless a job names
-    another QwenImageControlNetModel for a type (``model.controlnets.<type>``)."""
+#: One union net for every unit, with no control mode (it reads the type from the image):
+#: arch -> (the family's name, its default base, its default union net, the unit types it was
+#: trained on).
+UNION_ONLY = {
+    "qwen": ("the Qwen-Image union net", QWEN_BASE, QWEN_UNION, QWEN_CONTROL_TYPES),
+    "zimage": ("the Z-Image ControlNet-Union", ZIMAGE_BASE, ZIMAGE_UNION, ZIMAGE_TYPES),
+}
+
+
+def _resolve_union(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
+    """Qwen-Image and Z-Image-Turbo: every unit runs the family's one union net, unless a job
+    names another net for it (``controls[i].model``, ``model.controlnets.<type>``, or
+    ``model.controlnets.union`` for the union net itself)."""
+    arch = spec.arch
+    label, base_id, union_id, types = UNION_ONLY[arch]
     if spec.is_tiny:
-        base = spec.base or str(tiny.tiny_path("qwen", "base"))
-        union = spec.controlnets.get("union") or str(tiny.tiny_path("qwen", "controlnet-union"))
+        base = spec.base or str(tiny.tiny_path(arch, "base"))
+        union = spec.controlnets.get("union") or str(tiny.tiny_path(arch, "controlnet-union"))
     else:
-        base, union = spec.base or QWEN_BASE, spec.controlnets.get("union") or QWEN_UNION
+        base, union = spec.base or base_id, spec.controlnets.get("union") or union_id
     refs = []
     for i, (ctype, override) in enumerate(zip(control_types, control_models)):
         if override or ctype in spec.controlnets:
-            refs.append(ControlNetRef(override or spec.controlnets[ctype], arch="qwen"))
-        elif ctype in QWEN_CONTROL_TYPES:
-            refs.append(ControlNetRef(union, arch="qwen"))
+            refs.append(ControlNetRef(override or spec.controlnets[ctype], arch=arch))
+        elif ctype in types:
+            refs.append(ControlNetRef(union, arch=arch))
         else:
-            raise JobError(f"controls[{i}].type",
-                           f"{spec.family} has no {ctype!r} ControlNet (the Qwen-Image union net takes depth and "
-                           f"canny-style lines); give model.controlnets.{ctype}")
-    return ModelPlan(arch="qwen", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
+            raise JobError(f"controls[{i}].type", f"{label} was not trained on {ctype!r} (it takes "
+                                                  f"{', '.join(types)}); give model.controlnets.{ctype}")
+    return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=tuple(refs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,8 +333,9 @@ BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedul
                    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                             "scheduler"),
                    "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                            "scheduler")}
-BASE_COMPONENTS["qwen"] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+                            "scheduler"),
+                   "qwen": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+                   "zimage": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
 
 
 def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
@@ -335,18 +361,23 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
     "qwen-base": [(QWEN_BASE, base_components("qwen", False), "base model")],
     "qwen-union": [(QWEN_UNION, None, "ControlNet-Union")],
+    "zimage-base": [(ZIMAGE_BASE, base_components("zimage", False), "base model (Turbo)")],
+    **{f"zimage-union{suffix}": [(repo, hub.Files([ZIMAGE_UNION_FILES[repo][0]]), f"ControlNet-Union{version} (one file)"),
+                                 (ZIMAGE_UNION_FILES[repo][1], hub.Files(["config.json"]), "its diffusers config")]
+       for suffix, version, repo in (("", " 2.1", ZIMAGE_UNION), ("-v1", " 1.0", ZIMAGE_UNION_V1))},
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
 CATALOG["qwen"] = CATALOG["qwen-base"] + CATALOG["qwen-union"]
+CATALOG["zimage"] = CATALOG["zimage-base"] + CATALOG["zimage-union"]
 # The detectors of sweeps from a photo or a sketch (backend/preprocess.py): DPT depth, and the
 # MLSD and lineart files of lllyasviel/Annotators (only those, not the whole repository).
 CATALOG["preprocessors"] = [
     (_pre.DEPTH_REPO, None, "depth model (DPT)"),
     (_pre.ANNOTATOR_REPO, hub.Files(_pre.WEIGHT_FILES["mlsd"] + _pre.WEIGHT_FILES["lineart"]),
      "annotator weights (MLSD, lineart)")]
-FAMILY_NAMES = ("sd15", "sdxl", "flux", "qwen")
+FAMILY_NAMES = ("sd15", "sdxl", "flux", "qwen", "zimage")
 
 
 def catalog_name(repo_id: str) -> str:
@@ -382,7 +413,11 @@ def hub_needs(plan: ModelPlan) -> list[tuple[str, tuple[str, ...] | None, str]]:
         needs.append((plan.vae, None, "VAE"))
     for ref in plan.controlnets:
         if is_hub_ref(ref.ref) and all(ref.ref != n[0] for n in needs):
-            needs.append((ref.ref, None, "ControlNet"))
+            if ref.ref in ZIMAGE_UNION_FILES:  # one checkpoint file, and the config diffusers reads for it
+                file, config = ZIMAGE_UNION_FILES[ref.ref]
+                needs += [(ref.ref, (file,), "ControlNet"), (config, ("config.json",), "ControlNet config")]
+            else:
+                needs.append((ref.ref, None, "ControlNet"))
     return needs
 
 
@@ -471,10 +506,8 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    if arch == "flux":
-        return _load_flux_base(ref, dtype, device)
-    if arch == "qwen":
-        return _load_qwen_base(ref, dtype, device)
+    if arch in DIT_BASES:
+        return _load_dit_base(arch, ref, dtype, device)
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
@@ -511,24 +544,42 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     return comps
 
 
-def _load_flux_base(ref: str, dtype, device) -> dict:
-    """FLUX.1's transformer, VAE, CLIP and T5 encoders with their tokenizers, scheduler config."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+#: The transformer families' base models, loaded component by component from a diffusers
+#: folder: arch -> (the family's name, {component: (library, class)}).
+DIT_BASES = {
+    "flux": ("FLUX.1", {"transformer": ("diffusers", "FluxTransformer2DModel"), "vae": ("diffusers", "AutoencoderKL"),
+                        "text_encoder": ("transformers", "CLIPTextModel"),
+                        "tokenizer": ("transformers", "CLIPTokenizer"),
+                        "text_encoder_2": ("transformers", "T5EncoderModel"),
+                        "tokenizer_2": ("transformers", "T5TokenizerFast")}),
+    "qwen": ("Qwen-Image", {"transformer": ("diffusers", "QwenImageTransformer2DModel"),
+                            "vae": ("diffusers", "AutoencoderKLQwenImage"),
+                            "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+                            "tokenizer": ("transformers", "Qwen2Tokenizer")}),
+    "zimage": ("Z-Image", {"transformer": ("diffusers", "ZImageTransformer2DModel"),
+                           "vae": ("diffusers", "AutoencoderKL"),
+                           "text_encoder": ("transformers", "AutoModel"),
+                           "tokenizer": ("transformers", "AutoTokenizer")}),
+}
 
+
+def _load_dit_base(arch: str, ref: str, dtype, device) -> dict:
+    """A transformer family's components (:data:`DIT_BASES`) and its scheduler config."""
+    import importlib
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    label, classes = DIT_BASES[arch]
     if Path(ref).expanduser().is_file():
-        raise ModelNotFoundError(f"base model {ref}: FLUX.1 loads from a folder or hub id (diffusers layout), "
+        raise ModelNotFoundError(f"base model {ref}: {label} loads from a folder or hub id (diffusers layout), "
                                  f"not from one checkpoint file")
-    folder = local_folder(ref, base_components("flux", False), "base model", dtype)
-    comps = {
-        "transformer": _load(FluxTransformer2DModel, folder, "transformer", ref, "base model", dtype),
-        "vae": _load(AutoencoderKL, folder, "vae", ref, "base model", dtype),
-        "text_encoder": _load(CLIPTextModel, folder, "text_encoder", ref, "base model", dtype),
-        "tokenizer": _load(CLIPTokenizer, folder, "tokenizer", ref, "base model"),
-        "text_encoder_2": _load(T5EncoderModel, folder, "text_encoder_2", ref, "base model", dtype),
-        "tokenizer_2": _load(T5TokenizerFast, folder, "tokenizer_2", ref, "base model"),
-        "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
-    }
+    folder = local_folder(ref, base_components(arch, False), "base model", dtype)
+    comps = {}
+    for name, (library, cls) in classes.items():
+        cls = getattr(importlib.import_module(library), cls)
+        weights = () if name.startswith("tokenizer") else (dtype,)
+        comps[name] = _load(cls, folder, name, ref, "base model", *weights)
+    comps["scheduler_config"] = dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler")))
     for module in comps.values():
         if hasattr(module, "eval"):
             module.eval().requires_grad_(False)
@@ -536,33 +587,43 @@ def _load_flux_base(ref: str, dtype, device) -> dict:
     return comps
 
 
-def _load_qwen_base(ref: str, dtype, device) -> dict:
-    """Qwen-Image's transformer, VAE (AutoencoderKLQwenImage), Qwen2.5-VL text encoder with
-    its BPE tokenizer, scheduler config."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+def _load_zimage_controlnet(ref: str, dtype):
+    """The Z-Image union ControlNet as diffusers supports it: ``from_single_file`` of its one
+    checkpoint (diffusers' own conversion), with the config from the folder beside it or
+    from the config repo diffusers names for the hub checkpoint; a diffusers folder with
+    ``from_pretrained``."""
+    from diffusers import ZImageControlNetModel
 
-    if Path(ref).expanduser().is_file():
-        raise ModelNotFoundError(f"base model {ref}: Qwen-Image loads from a folder or hub id (diffusers layout), "
-                                 f"not from one checkpoint file")
-    folder = local_folder(ref, base_components("qwen", False), "base model", dtype)
-    comps = {
-        "transformer": _load(QwenImageTransformer2DModel, folder, "transformer", ref, "base model", dtype),
-        "vae": _load(AutoencoderKLQwenImage, folder, "vae", ref, "base model", dtype),
-        "text_encoder": _load(Qwen2_5_VLForConditionalGeneration, folder, "text_encoder", ref, "base model", dtype),
-        "tokenizer": _load(Qwen2Tokenizer, folder, "tokenizer", ref, "base model"),
-        "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
-    }
-    for module in comps.values():
-        if hasattr(module, "eval"):
-            module.eval().requires_grad_(False)
-            module.to(device)
-    return comps
+    path = Path(ref).expanduser()
+    if tiny.is_tiny_path(path):  # the tiny net's folder, or its checkpoint file
+        tiny.ensure_tiny(path.parent if path.suffix == ".safetensors" else path)
+    if path.is_file():
+        config = {"config": str(path.parent)} if (path.parent / "config.json").is_file() else {}
+        return _from_single_file(ZImageControlNetModel, ref, "ControlNet", torch_dtype=dtype, **config)
+    if path.is_dir():
+        if any(path.glob("diffusion_pytorch_model*.safetensors")):  # a diffusers folder
+            return _load(ZImageControlNetModel, local_folder(ref, None, "ControlNet", dtype), "", ref, "ControlNet",
+                         dtype)
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1 or not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"ControlNet {ref!r}: expected one .safetensors checkpoint and its config.json "
+                                     f"(or a diffusers folder), found {', '.join(p.name for p in files) or 'none'}")
+        return _from_single_file(ZImageControlNetModel, str(files[0]), "ControlNet", torch_dtype=dtype,
+                                 config=str(path))
+    if ref in ZIMAGE_UNION_FILES:
+        file, config = ZIMAGE_UNION_FILES[ref]
+        snaps = fetch([(ref, hub.Files([file]), "ControlNet"), (config, hub.Files(["config.json"]), "ControlNet config")],
+                      dtype)["snapshots"]
+        return _from_single_file(ZImageControlNetModel, str(snaps[ref] / file), "ControlNet", torch_dtype=dtype,
+                                 config=str(snaps[config]))
+    return _load(ZImageControlNetModel, local_folder(ref, None, "ControlNet", dtype), "", ref, "ControlNet", dtype)
 
 
 def load_controlnet(ref: ControlNetRef, dtype, device):
     from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, QwenImageControlNetModel
 
+    if ref.arch == "zimage":
+        return _load_zimage_controlnet(ref.ref, dtype).eval().requires_grad_(False).to(device)
     if ref.arch == "flux":
         cls = FluxControlNetModel  # single-purpose and union nets alike (a union one has num_mode)
     elif ref.arch == "qwen":
@@ -639,11 +700,12 @@ class ModelCache:
         return entry
 
     def dtype_for(self, arch: str):
-        """FLUX.1 and Qwen-Image run in bf16 where the engine runs fp16 (their text encoders
-        and transformers overflow fp16); everything else in the cache's dtype."""
+        """FLUX.1, Qwen-Image and Z-Image run in bf16 where the engine runs fp16 (their text
+        encoders and transformers overflow fp16; all three are published in bf16); everything
+        else in the cache's dtype."""
         import torch
 
-        if arch in ("flux", "qwen") and self.dtype == torch.float16:
+        if arch in ("flux", "qwen", "zimage") and self.dtype == torch.float16:
             return torch.bfloat16
         return self.dtype
 

@@ -29,6 +29,28 @@ FLUX_SCHEDULER = "flow_euler"
 #: with the negative prompt (two transformer passes per step) and the model card's 50 steps;
 #: flow-matching Euler only.
 QWEN_DEFAULTS = {"cfg": 4.0, "steps": 50}
+#: Z-Image-Turbo defaults: 8 steps (its card: 8 function evaluations), no classifier-free
+#: guidance (cfg 1; the pipeline's guidance_scale 0), no negative prompt, flow-matching Euler.
+ZIMAGE_DEFAULTS = {"cfg": 1.0, "steps": 8}
+
+
+@dataclass(frozen=True)
+class FlowRules:
+    """How a flow-matching (transformer) family takes a job: one sampler, sides multiples of
+    16, cfg/steps from its preset section (``[flux]``, ``[qwen]``, ``[zimage]``)."""
+
+    label: str
+    defaults: dict
+    no_negative: str = ""  # why it takes no negative prompt ('' = it takes one)
+    fixed_cfg: float | None = None  # the one cfg it samples with
+    restyle: bool = False  # takes an init image
+
+
+FLOW_FAMILIES = {
+    "flux": FlowRules("FLUX.1", FLUX_DEFAULTS, no_negative="guidance-distilled, no true CFG", restyle=True),
+    "qwen": FlowRules("Qwen-Image", QWEN_DEFAULTS),
+    "zimage": FlowRules("Z-Image-Turbo", ZIMAGE_DEFAULTS, no_negative="it samples without CFG", fixed_cfg=1.0),
+}
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
@@ -190,20 +212,18 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
     """Resolve presets and models, decode control images, hash every image's parameters
     (``engine_options``: the engine's image-changing options, EngineOptions.image_changes)."""
     models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
-    flux = models.arch == "flux"
-    qwen = models.arch == "qwen"
-    if flux or qwen:
-        label = "FLUX.1" if flux else "Qwen-Image"
+    flow = FLOW_FAMILIES.get(models.arch)
+    if flow:
         if job.scheduler is not None:
-            raise J.JobError("scheduler", f"{job.scheduler!r}: {label} samples with its flow-matching Euler "
+            raise J.JobError("scheduler", f"{job.scheduler!r}: {flow.label} samples with its flow-matching Euler "
                                           f"scheduler only; leave scheduler unset")
         for name in ("width", "height"):
             if getattr(job, name) % 16:
-                raise J.JobError(name, f"{getattr(job, name)} px: {label} needs a multiple of 16")
+                raise J.JobError(name, f"{getattr(job, name)} px: {flow.label} needs a multiple of 16")
     init = None
-    if job.init_image is not None and qwen:
-        raise J.JobError("init_image", f"restyle (img2img) runs with the SD 1.5, SDXL and FLUX.1 families; "
-                                       f"{job.model.family} does not take an init image yet")
+    if job.init_image is not None and flow and not flow.restyle:
+        raise J.JobError("init_image", f"restyle (an init image) runs with the SD 1.5, SDXL and FLUX.1 families; "
+                                       f"{job.model.family} does not take one yet")
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
         init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))
@@ -251,19 +271,19 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
                 model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
             ))
-        if flux:  # FLUX.1: distilled guidance as cfg, no negative prompt, one sampler
-            flux_values = presets[style.preset].flux if style.preset is not None else {}
-            if style.negative:
-                raise J.JobError(f"styles[{si}].negative", "FLUX.1 has no negative prompt (guidance-distilled, "
-                                                           "no true CFG); describe what you want instead")
-            steps = int(pick(job.steps, flux_values.get("steps"), FLUX_DEFAULTS["steps"]))
-            cfg = float(pick(job.cfg, flux_values.get("cfg"), FLUX_DEFAULTS["cfg"]))
-            negative, scheduler = "", FLUX_SCHEDULER
-        elif qwen:  # Qwen-Image: true CFG with the negative prompt, cfg/steps from [qwen] only, one sampler
-            qwen_values = presets[style.preset].qwen if style.preset is not None else {}
-            steps = int(pick(job.steps, qwen_values.get("steps"), QWEN_DEFAULTS["steps"]))
-            cfg = float(pick(job.cfg, qwen_values.get("cfg"), QWEN_DEFAULTS["cfg"]))
+        if flow:  # cfg/steps from the family's own preset section only, one sampler
+            values = getattr(presets[style.preset], models.arch) if style.preset is not None else {}
+            if style.negative and flow.no_negative:
+                raise J.JobError(f"styles[{si}].negative", f"{flow.label} has no negative prompt "
+                                                           f"({flow.no_negative}); describe what you want instead")
+            steps = int(pick(job.steps, values.get("steps"), flow.defaults["steps"]))
+            cfg = float(pick(job.cfg, values.get("cfg"), flow.defaults["cfg"]))
+            if flow.fixed_cfg is not None and cfg != flow.fixed_cfg:
+                raise J.JobError("cfg", f"{cfg:g}: {flow.label} samples with cfg {flow.fixed_cfg:g} only "
+                                        f"(no classifier-free guidance); leave it unset")
             scheduler = FLUX_SCHEDULER
+            if flow.no_negative:
+                negative = ""
         else:
             steps = int(pick(job.steps, preset.steps if preset else None, J.DEFAULT_STEPS))
             cfg = float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG))

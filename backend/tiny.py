@@ -18,6 +18,7 @@ Layout (one folder per model, as on the Hugging Face hub)::
                                        tokenizer text_encoder_2 (T5) tokenizer_2 (unigram) scheduler
     tiny/v1/flux/controlnet-<kind>     FluxControlNetModel (depth canny, union with control modes)
     tiny/v1/qwen/...                   Qwen-Image: see tiny_qwen.py
+    tiny/v1/zimage/...                 Z-Image-Turbo and its union ControlNet (see tiny_zimage.py)
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 
 #: Tiny families built by a module of their own (its ``builder(name)``), loaded by name like
 #: the engine's family modules (``families.MODULES``): they use this module's helpers.
-TINY_MODULES = {"qwen": "tiny_qwen"}
+TINY_MODULES = {"qwen": "tiny_qwen", "zimage": "tiny_zimage"}
 
 
 def _builder(family: str, name: str):

@@ -399,7 +399,7 @@ def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
     t5 = plan.models.arch == "flux"
     tokenizer = base["tokenizer_2"] if t5 else base["tokenizer"]
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
-    if t5:
+    if t5 or plan.models.arch == "zimage":  # Z-Image: its Qwen3 encoder reads 512 tokens (the pipeline's)
         limit = min(limit, 512)
     out = []
     for i, style in enumerate(plan.styles):

@@ -1,7 +1,8 @@
 """One benchmark run: the plain diffusers loop and our engine, same models, same sweep.
 
 * two baselines, the family's diffusers pipeline (``StableDiffusion(XL)ControlNetPipeline``,
-  ``FluxControlNetPipeline``) with a list of ControlNets: ``loop``, called once per (style,
+  ``FluxControlNetPipeline``, ``ZImageControlNetPipeline`` whose one ``controlnet`` is then
+  diffusers' multi-ControlNet rule around its nets) with a list of ControlNets: ``loop``, called once per (style,
   seed) as in the seed documents' ArchVizPipeline, and ``batched``, one call per sampling
   group with the lists of prompts and generators, the way a diffusers user batches a sweep
   (fp16 + SDPA on CUDA, fp32 on CPU; CPU ``torch.Generator`` s so every side draws the same
@@ -129,15 +130,25 @@ CONFIGS = {
     "tiny": "the offline tiny SD 1.5 models (CPU, CI)",
     "tiny-sdxl": "the offline tiny SDXL models (CPU, CI)",
     "tiny-flux": "the offline tiny FLUX.1 models (CPU, CI)",
+    "tiny-zimage": "the offline tiny Z-Image-Turbo models (CPU, CI)",
     "sd15": "SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs, random weights (GPU)",
     "sdxl": "SDXL UNet, 2 SDXL ControlNets, fp16-fix VAE, both text encoders from the real configs, random "
             "weights (GPU)",
+    "zimage": "Z-Image-Turbo transformer, its union ControlNet 2.1, FLUX VAE, Qwen3-4B encoder from the real "
+              "configs (bench/configs_zimage.py), random weights (GPU)",
 }
 CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
                 "qwen": "Qwen-Image transformer, InstantX union ControlNet, VAE, Qwen2.5-VL text encoder from the "
                         "real configs, random weights (GPU)"})
-DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "sd15": 512, "sdxl": 1024}
-DEFAULT_SIZE.update({"tiny-qwen": 64, "qwen": 1328})
+DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "tiny-zimage": 64, "tiny-qwen": 64, "sd15": 512,
+                "sdxl": 1024, "zimage": 1024, "qwen": 1328}
+#: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
+FLOW_ARCHES = ("flux", "qwen", "zimage")
+
+
+def config_arch(config: str) -> str:
+    """The engine arch a --config runs: ``tiny`` -> sd15, ``tiny-flux`` -> flux, ``sdxl`` -> sdxl."""
+    return "sd15" if config == "tiny" else config.removeprefix("tiny-")
 
 
 def model_refs(config: str) -> dict:
@@ -171,8 +182,10 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
             model["vae"] = refs["vae"]
         if spec.config == "qwen":  # every unit runs the one union net
             model["controlnets"] = {"union": f"archviz-bench/{spec.config}-controlnet-union-random-weights"}
+        if spec.config == "zimage":  # one union net for every unit
+            model["controlnets"] = {"union": refs["depth"]}
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler}
-    if "flux" in spec.config or "qwen" in spec.config:  # cfg from the presets' [flux]/[qwen] sections, one sampler
+    if config_arch(spec.config) in FLOW_ARCHES:  # cfg from the presets' family sections, one sampler
         sampling = {}
     job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
                            "seeds": list(spec.seeds), "width": spec.size, "height": spec.size,
@@ -296,10 +309,11 @@ def baseline_pipeline(engine, plan):
 
     base, nets = engine.load(plan.models)
     c = base.value
-    family = plan.models.arch if plan.models.arch in ("flux", "qwen") else "sd"
+    family = plan.models.arch if plan.models.arch in FLOW_ARCHES else "sd"
     denoiser = c["unet"] if family == "sd" else c["transformer"]
     engine.restore_models([denoiser, *[n.value for n in nets]])
     pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
+    pipe._archviz_nets = nets  # the zimage baseline builds its multi-net per call from them
     if family == "sd":
         pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
     pipe.set_progress_bar_config(disable=True)
@@ -325,6 +339,18 @@ def _pipe_call(pipe, plan, items):
         negatives = [plan.styles[i.style].negative or " " for i in items]
         out = pipe(prompts if len(items) > 1 else prompts[0], negative_prompt=negatives if len(items) > 1 else negatives[0],
                    true_cfg_scale=style.cfg, control_image=images, **common)
+    elif plan.models.arch == "zimage":
+        # ZImageControlNetPipeline takes one net and one image: several units (and windows)
+        # through diffusers' multi-ControlNet rule around its own nets, made per call.
+        from ..backend.families.zimage import PipelineMultiNet, pipeline_control_latents
+
+        nets = [n.value for n in pipe._archviz_nets]
+        latents = [pipeline_control_latents(pipe, image, plan.width, plan.height, net)
+                   for image, net in zip(images, nets)]
+        pipe.controlnet = PipelineMultiNet(nets, latents, style.units, style.steps, pipe.transformer)
+        common = {k: v for k, v in common.items() if not k.startswith(("control", "guidance"))}
+        out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images[0], guidance_scale=0.0,
+                   controlnet_conditioning_scale=1.0, **common)
     elif plan.models.arch == "flux":
         from ..backend.families.flux import Flux
 
@@ -400,9 +426,13 @@ def build_engine(spec: Spec):
         say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
     elif not spec.config.startswith("tiny"):
         from .configs import build_random
+        from .configs_zimage import build_random as build_zimage
 
         t0 = time.perf_counter()
-        comps, nets = build_random(spec.config, engine.device, engine.dtype)
+        if spec.config == "zimage":
+            comps, nets = build_zimage(engine.device, engine.cache.dtype_for("zimage"))
+        else:
+            comps, nets = build_random(spec.config, engine.device, engine.dtype)
         engine.adopt(plan.models, comps, nets)
         say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
     torch.manual_seed(0)
@@ -422,10 +452,10 @@ def header(spec: Spec, engine) -> dict:
             "images": len(spec.styles) * len(spec.seeds), "defaults": engine.options.as_dict()}
     say(f"archviz bench: config {spec.config}, {dev.type} ({name}), {engine.dtype_name}, torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}, {info['threads']} torch threads, best of {spec.repeats} timed run(s)")
-    sampling = (f"{spec.scheduler}, cfg {spec.cfg}" if "flux" not in spec.config
-                else "flow_euler, distilled guidance from the presets' [flux] sections")
-    if "qwen" in spec.config:
-        sampling = "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections"
+    sampling = {"flux": "flow_euler, distilled guidance from the presets' [flux] sections",
+                "qwen": "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections",
+                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts"}.get(
+        config_arch(spec.config), f"{spec.scheduler}, cfg {spec.cfg}")
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
@@ -447,8 +477,8 @@ def run(spec: Spec) -> dict:
     report["header"] = header(spec, engine)
     dev = engine.device
     use_flops = spec.flops if spec.flops is not None else dev.type == "cuda"
-    if use_flops and "qwen" in spec.config:  # count_flops knows the UNet families only
-        say("FLOPs: not counted for Qwen-Image (no %-of-peak column)")
+    if use_flops and config_arch(spec.config) in FLOW_ARCHES:  # count_flops knows the UNet families only
+        say(f"FLOPs: not counted for {spec.config} (no %-of-peak column)")
         use_flops = False
 
     if dev.type == "cuda":

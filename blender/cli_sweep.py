@@ -29,8 +29,8 @@ def add_arguments(parser):
     parser.add_argument("--seeds", required=True, help="seeds and ranges, e.g. 0-7 or 1,5,9")
     parser.add_argument("--cameras", default="scene",
                         help="scene (default), all, collection:NAME, or comma-separated camera names")
-    parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, qwen, tiny, tiny-sdxl, tiny-flux, "
-                                                           "tiny-qwen, or a local model folder")
+    parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, qwen, zimage, tiny, tiny-sdxl, "
+                                                           "tiny-flux, tiny-qwen, tiny-zimage, or a local model folder")
     parser.add_argument("--controls", default="depth,lines",
                         help="control units type[:scale[:start[:end]]], comma-separated (default depth,lines; "
                              "values left out come from the style preset); custom:PATH[:scale...] uses a ControlNet "
@@ -40,7 +40,7 @@ def add_arguments(parser):
     parser.add_argument("--token", default=os.environ.get("ARCHVIZ_TOKEN", ""), help="backend access token")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"),
                         help="device for a backend this command starts")
-    parser.add_argument("--long-side", type=int, default=None, help="control/output long side (default 512, 1024 for SDXL and FLUX.1, 1328 for Qwen-Image)")
+    parser.add_argument("--long-side", type=int, default=None, help="control/output long side (default 512, 1024 for SDXL, FLUX.1 and Z-Image, 1328 for Qwen-Image)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the style preset's)")
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the style preset's)")
     parser.add_argument("--scheduler", default=None, help="unipc, dpmpp_2m_karras, euler_a or ddim (default: preset's)")
@@ -147,7 +147,7 @@ def run(args):
             raise J.JobError("styles", "no styles given")
         units = [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
         model = args.model
-        long_side = args.long_side or (1024 if ("sdxl" in model or "flux" in model) else 512)
+        long_side = args.long_side or (1024 if ("sdxl" in model or "flux" in model or "zimage" in model) else 512)
         if "qwen" in model and not args.long_side:
             long_side = 1328  # Qwen-Image's native square (its union net was trained there)
     except J.JobError as exc:

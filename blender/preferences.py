@@ -46,7 +46,10 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                                ("tiny-flux", "Tiny FLUX (offline test)", ""),
                                ("qwen", "Qwen-Image", "Apache-2.0, not gated; its union ControlNet takes depth and "
                                                      "lines units, true CFG with a negative prompt, 1328 px"),
-                               ("tiny-qwen", "Tiny Qwen-Image (offline test)", "")])
+                               ("tiny-qwen", "Tiny Qwen-Image (offline test)", ""),
+                               ("zimage", "Z-Image-Turbo", "Apache-2.0, 8 steps; one union ControlNet for the "
+                                                           "depth and lines units, 1024 px"),
+                               ("tiny-zimage", "Tiny Z-Image (offline test)", "")])
     model_path: StringProperty(name="Base Model Override", subtype="DIR_PATH", default="",
                                description="Local folder or file used instead of the family's base model")
     output_dir: StringProperty(name="Default Output", subtype="DIR_PATH", default="",

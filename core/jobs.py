@@ -8,7 +8,7 @@ same code (one source of truth). Every validation error is a :class:`JobError` w
 Wire format (JSON)::
 
     {
-      "model": {"family": "tiny"},                       # sd15 | sdxl | flux | qwen | tiny | tiny-sdxl | tiny-flux | tiny-qwen
+      "model": {"family": "tiny"},                       # sd15 | sdxl | flux | qwen | zimage | tiny | tiny-sdxl | ...
       "controls": [
         {"type": "depth", "image": "<base64 PNG>", "scale": 0.9, "start": 0.0, "end": 1.0,
          "mode": "balanced"},
@@ -41,16 +41,15 @@ from typing import Any
 # Vocabularies
 # ---------------------------------------------------------------------------------------
 
-#: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux`` are the shrunk, random-weight test families.
-FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux")
-FAMILIES += ("qwen", "tiny-qwen")  # Qwen-Image (its union ControlNet), and its tiny test family
+#: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux``/``tiny-qwen``/``tiny-zimage`` are the shrunk,
+#: random-weight test families.
+FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux", "qwen", "tiny-qwen", "zimage", "tiny-zimage")
 FAMILY_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "tiny-sd15": "tiny", "sd_xl": "sdxl", "flux.1": "flux",
-                  "flux1": "flux", "flux-dev": "flux"}
-FAMILY_ALIASES.update({"qwen-image": "qwen", "qwenimage": "qwen"})
+                  "flux1": "flux", "flux-dev": "flux", "qwen-image": "qwen", "qwenimage": "qwen",
+                  "z-image": "zimage", "z-image-turbo": "zimage", "zimage-turbo": "zimage"}
 #: family -> the architecture the engine runs
 FAMILY_ARCH = {"sd15": "sd15", "tiny": "sd15", "sdxl": "sdxl", "tiny-sdxl": "sdxl", "flux": "flux",
-               "tiny-flux": "flux"}
-FAMILY_ARCH.update({"qwen": "qwen", "tiny-qwen": "qwen"})
+               "tiny-flux": "flux", "qwen": "qwen", "tiny-qwen": "qwen", "zimage": "zimage", "tiny-zimage": "zimage"}
 
 #: Control image types. ``lines`` is the add-on's own line pass (white lines on black).
 CONTROL_TYPES = ("depth", "normal", "seg", "lines", "canny", "mlsd", "lineart")
@@ -60,8 +59,8 @@ LINE_TYPES = ("lines", "canny", "mlsd", "lineart")
 
 def control_types_for(family: str, union: bool = False) -> tuple[str, ...]:
     """The unit types a family's default ControlNets take (docs/models.md): SD 1.5 all of
-    them; SDXL depth and lines (normal and seg with its ControlNet-Union); FLUX.1 depth and
-    lines (canny-style edges; its union nets have no normal or seg mode). A family name may
+    them; SDXL depth and lines (normal and seg with its ControlNet-Union); FLUX.1 and Z-Image
+    depth and lines (canny-style edges; their union nets have no normal or seg). A family name may
     be an alias; an unknown one (a local model folder: SD 1.5) gets SD 1.5's."""
     arch = FAMILY_ARCH.get(FAMILY_ALIASES.get(family, family), "sd15")
     if arch == "sd15":
@@ -386,7 +385,7 @@ class ModelSpec:
 
     @property
     def is_tiny(self) -> bool:
-        return self.family in ("tiny", "tiny-sdxl", "tiny-flux", "tiny-qwen")
+        return self.family.startswith("tiny")
 
     @property
     def arch(self) -> str:

@@ -57,9 +57,10 @@ VIEW_PERCENTILES = (0.5, 99.5)
 
 
 def size_multiple(model: str) -> int:
-    """The multiple a family's image sides must be: 16 for FLUX.1 and Qwen-Image (VAE 1/8 and
-    2x2 patches), else 8."""
-    return 16 if any(name in str(model).lower() for name in ("flux", "qwen")) else 8
+    """The multiple a family's image sides must be: 16 for FLUX.1, Qwen-Image and Z-Image (VAE
+    1/8 and 2x2 patches), else 8."""
+    model = str(model).lower()
+    return 16 if any(name in model for name in ("flux", "qwen", "zimage", "z-image")) else 8
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,9 @@ MODEL_LINE_STYLES["tiny-sdxl"] = MODEL_LINE_STYLES["sdxl"]
 MODEL_LINE_STYLES["flux"] = MODEL_LINE_STYLES["tiny-flux"] = MODEL_LINE_STYLES["sdxl"]
 # Qwen-Image's InstantX union net reads canny edges (and soft edges, depth, pose) from the image.
 MODEL_LINE_STYLES["qwen"] = MODEL_LINE_STYLES["tiny-qwen"] = MODEL_LINE_STYLES["sdxl"]
+# The Z-Image union net was trained on canny, HED (soft) and MLSD lines, read from the image.
+MODEL_LINE_STYLES["zimage"] = MODEL_LINE_STYLES["tiny-zimage"] = {"lines": "canny", "lineart": "softedge",
+                                                                  "canny": "canny", "mlsd": "mlsd"}
 #: The style of lines.png when no model is known (the default SD 1.5 'lines' unit).
 DEFAULT_LINE_STYLE = "lineart"
 

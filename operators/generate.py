@@ -47,7 +47,7 @@ class _GenerateBase:
         root, unsaved = output_root(settings)
         if unsaved:
             self.report({"WARNING"}, f"The .blend is not saved: images go to {root}")
-        # FLUX.1 and Qwen-Image want sides that are multiples of 16
+        # FLUX.1, Qwen-Image and Z-Image want sides that are multiples of 16
         opts = dataclasses.replace(capture_options(settings), multiple=size_multiple(backend.model))
         camera_jobs = sweeping.prepare_jobs(
             scene, cameras, units_of(settings), styles, seeds, backend.model, root, opts,

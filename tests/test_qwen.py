@@ -157,7 +157,7 @@ def test_a_qwen_section_is_validated(tmp_path):
 @pytest.mark.parametrize("extra, field, words", [
     ({"scheduler": "unipc"}, "scheduler", "flow-matching"),
     ({"controls": [{"type": "depth", "image": b64(depth_image(72, 64))}]}, "width", "Qwen-Image needs a multiple of 16"),
-    ({"controls": [{"type": "seg", "image": b64(depth_image())}]}, "controls[0].type", "no 'seg' ControlNet"),
+    ({"controls": [{"type": "seg", "image": b64(depth_image())}]}, "controls[0].type", "not trained on 'seg'"),
     ({"init_image": b64(depth_image())}, "init_image", "does not take an init image"),
 ])
 def test_qwen_job_errors_name_the_field(extra, field, words):

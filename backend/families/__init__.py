@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 
 #: arch -> module in this package (a module's ``FAMILIES`` maps its arches to instances)
-MODULES = {"sd15": "sd", "sdxl": "sd", "flux": "flux"}
-MODULES["qwen"] = "qwen"
+MODULES = {"sd15": "sd", "sdxl": "sd", "flux": "flux", "zimage": "zimage", "qwen": "qwen"}
 
 
 def family_for(arch: str):
