@@ -25,6 +25,8 @@ from .models import ModelPlan, resolve_models
 #: negative prompt.
 FLUX_DEFAULTS = {"cfg": 3.5, "steps": 28}
 FLUX_SCHEDULER = "flow_euler"
+#: families whose module does region edits (inpainting of the init image under a mask)
+REGION_ARCHS = ("sd15", "sdxl", "flux")
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
@@ -201,9 +203,9 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
 
         from ..core import region as R
 
-        if models.arch not in ("sd15", "sdxl"):
-            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5 and SDXL families; "
-                                           f"{job.model.family} does not take a mask yet")
+        if models.arch not in REGION_ARCHS:
+            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5, SDXL and FLUX.1 "
+                                           f"families; {job.model.family} does not take a mask yet")
         mask = decode_control_image(J.decode_png(job.mask_image, "mask_image"), "mask_image")
         alpha = np.asarray(mask.convert("L"), np.float32) / 255.0
         if not (alpha > 0).any():
