@@ -132,15 +132,19 @@ CONFIGS = {
     "sd15": "SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs, random weights (GPU)",
     "sdxl": "SDXL UNet, 2 SDXL ControlNets, fp16-fix VAE, both text encoders from the real configs, random "
             "weights (GPU)",
+    "flux": "FLUX.1-dev transformer, the Union-Pro 2.0 ControlNet for both units, VAE, CLIP and T5-XXL from the "
+            "real configs, random weights (GPU)",
 }
-DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "sd15": 512, "sdxl": 1024}
+DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "sd15": 512, "sdxl": 1024, "flux": 1024}
+DEFAULT_STEPS = {"flux": 28}  # the others: Spec.steps
 
 
 def model_refs(config: str) -> dict:
     """References the random full-size models are registered under (never real ids)."""
     return {"base": f"archviz-bench/{config}-random-weights", "vae": f"archviz-bench/{config}-vae-random-weights",
             "depth": f"archviz-bench/{config}-controlnet-depth-random-weights",
-            "lines": f"archviz-bench/{config}-controlnet-lines-random-weights"}
+            "lines": f"archviz-bench/{config}-controlnet-lines-random-weights",
+            "union": f"archviz-bench/{config}-controlnet-union-random-weights"}
 
 
 def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None):
@@ -165,6 +169,8 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
                                                                               "lines": refs["lines"]}}
         if spec.config == "sdxl":
             model["vae"] = refs["vae"]
+        if spec.config == "flux":  # one union net (no modes) serves both units
+            model["controlnets"] = {"depth": refs["union"], "lines": refs["union"]}
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler}
     if "flux" in spec.config:  # distilled guidance from the presets' [flux] sections, one sampler
         sampling = {}
@@ -229,6 +235,10 @@ def count_flops(engine, plan) -> dict:
 
     from ..backend.engine import accept_precomputed_cond
 
+    if plan.models.arch == "flux":
+        from .configs_flux import count_flux_flops
+
+        return count_flux_flops(engine, plan)
     base, nets = engine.load(plan.models)
     unet, net = base.value["unet"], nets[0].value
     dev, dtype = engine.device, unet.dtype
@@ -261,11 +271,13 @@ def engine_flops(engine, fl: dict, n_nets: int) -> float:
     stats = engine.stats
     cn_rows = sum(v for k, v in stats.items() if k.startswith("controlnet"))
     embeds = n_nets if engine.options.cond_once else cn_rows
-    return stats["unet"] * fl["unet"] + cn_rows * fl["controlnet"] + embeds * fl["cond_embedding"]
+    denoiser_rows = stats["unet"] + stats["transformer"]
+    return denoiser_rows * fl["unet"] + cn_rows * fl["controlnet"] + embeds * fl["cond_embedding"]
 
 
 def baseline_flops(plan, images, fl: dict) -> float:
-    per_step = 2 * (fl["unet"] + len(plan.controls) * (fl["controlnet"] + fl["cond_embedding"]))
+    rows = 1 if plan.models.arch == "flux" else 2  # FLUX.1: distilled guidance, no CFG halves
+    per_step = rows * (fl["unet"] + len(plan.controls) * (fl["controlnet"] + fl["cond_embedding"]))
     return sum(plan.styles[i.style].steps * per_step for i in images)
 
 
@@ -382,9 +394,14 @@ def build_engine(spec: Spec):
     plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
     if not spec.config.startswith("tiny"):
         from .configs import build_random
+        from .configs_flux import build_random_flux
 
         t0 = time.perf_counter()
-        comps, nets = build_random(spec.config, engine.device, engine.dtype)
+        if spec.config == "flux":
+            comps, nets = build_random_flux(engine.device, engine.dtype)
+            nets = nets * len(plan.controls)  # the same union net for every unit
+        else:
+            comps, nets = build_random(spec.config, engine.device, engine.dtype)
         engine.adopt(plan.models, comps, nets)
         say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
     torch.manual_seed(0)
@@ -439,7 +456,8 @@ def run(spec: Spec) -> dict:
     if use_flops:
         fl = count_flops(engine, plans[spec.cases[0]])
         report["flops_per_row"] = fl
-        say(f"FLOPs per image row per forward: UNet {fl['unet'] / 1e9:.1f} G, ControlNet {fl['controlnet'] / 1e9:.1f} G "
+        say(f"FLOPs per image row per forward: {'transformer' if 'flux' in spec.config else 'UNet'} "
+            f"{fl['unet'] / 1e9:.1f} G, ControlNet {fl['controlnet'] / 1e9:.1f} G "
             f"+ conditioning embedding {fl['cond_embedding'] / 1e9:.1f} G")
 
     def rate_fields(flops, seconds):
