@@ -165,8 +165,8 @@ def test_archviz_upscale_rerenders_the_passes_and_refines_by_tiles(tmp_path):
     assert again.returncode == 0 and "kept" in again.stdout  # resume
     too_big = run_cli("upscale", image, "--scale", "4", "--scene", scene, "--max-pixels", "10000")
     assert too_big.returncode == 2
-    assert too_big.stderr.strip() == ("archviz upscale: --scale 4: 256x128 = 0.0 megapixels is over the limit "
-                                      "of 0.0 megapixels (--max-pixels)")
+    assert too_big.stderr.strip() == ("archviz upscale: --scale 4: 256x128 = 32,768 pixels is over the limit "
+                                      "of 10,000 pixels (--max-pixels, ARCHVIZ_UPSCALE_MAX_PIXELS)")
     plain = tmp_path / "plain.png"
     plain.write_bytes((passes / "depth.png").read_bytes())
     no_meta = run_cli("upscale", plain, "--scale", "2", "--scene", scene)
