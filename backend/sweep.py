@@ -51,6 +51,8 @@ FLOW_FAMILIES = {
     "qwen": FlowRules("Qwen-Image", QWEN_DEFAULTS),
     "zimage": FlowRules("Z-Image-Turbo", ZIMAGE_DEFAULTS, no_negative="it samples without CFG", fixed_cfg=1.0),
 }
+#: families whose module does region edits (inpainting of the init image under a mask)
+REGION_ARCHS = ("sd15", "sdxl", "flux")
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
@@ -233,9 +235,9 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
 
         from ..core import region as R
 
-        if models.arch not in ("sd15", "sdxl"):
-            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5 and SDXL families; "
-                                           f"{job.model.family} does not take a mask yet")
+        if models.arch not in REGION_ARCHS:
+            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5, SDXL and FLUX.1 "
+                                           f"families; {job.model.family} does not take a mask yet")
         mask = decode_control_image(J.decode_png(job.mask_image, "mask_image"), "mask_image")
         alpha = np.asarray(mask.convert("L"), np.float32) / 255.0
         if not (alpha > 0).any():

@@ -136,12 +136,15 @@ CONFIGS = {
             "weights (GPU)",
     "zimage": "Z-Image-Turbo transformer, its union ControlNet 2.1, FLUX VAE, Qwen3-4B encoder from the real "
               "configs (bench/configs_zimage.py), random weights (GPU)",
+    "flux": "FLUX.1-dev transformer, the Union-Pro 2.0 ControlNet for both units, VAE, CLIP and T5-XXL from the "
+            "real configs, random weights (GPU)",
 }
 CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
                 "qwen": "Qwen-Image transformer, InstantX union ControlNet, VAE, Qwen2.5-VL text encoder from the "
                         "real configs, random weights (GPU)"})
 DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "tiny-zimage": 64, "tiny-qwen": 64, "sd15": 512,
-                "sdxl": 1024, "zimage": 1024, "qwen": 1328}
+                "sdxl": 1024, "flux": 1024, "zimage": 1024, "qwen": 1328}
+DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.steps
 #: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
 FLOW_ARCHES = ("flux", "qwen", "zimage")
 
@@ -155,7 +158,8 @@ def model_refs(config: str) -> dict:
     """References the random full-size models are registered under (never real ids)."""
     return {"base": f"archviz-bench/{config}-random-weights", "vae": f"archviz-bench/{config}-vae-random-weights",
             "depth": f"archviz-bench/{config}-controlnet-depth-random-weights",
-            "lines": f"archviz-bench/{config}-controlnet-lines-random-weights"}
+            "lines": f"archviz-bench/{config}-controlnet-lines-random-weights",
+            "union": f"archviz-bench/{config}-controlnet-union-random-weights"}
 
 
 def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None):
@@ -184,6 +188,8 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
             model["controlnets"] = {"union": f"archviz-bench/{spec.config}-controlnet-union-random-weights"}
         if spec.config == "zimage":  # one union net for every unit
             model["controlnets"] = {"union": refs["depth"]}
+        if spec.config == "flux":  # one union net (no modes) serves both units
+            model["controlnets"] = {"depth": refs["union"], "lines": refs["union"]}
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler}
     if config_arch(spec.config) in FLOW_ARCHES:  # cfg from the presets' family sections, one sampler
         sampling = {}
@@ -248,6 +254,10 @@ def count_flops(engine, plan) -> dict:
 
     from ..backend.engine import accept_precomputed_cond
 
+    if plan.models.arch == "flux":
+        from .configs_flux import count_flux_flops
+
+        return count_flux_flops(engine, plan)
     base, nets = engine.load(plan.models)
     unet, net = base.value["unet"], nets[0].value
     dev, dtype = engine.device, unet.dtype
@@ -280,11 +290,13 @@ def engine_flops(engine, fl: dict, n_nets: int) -> float:
     stats = engine.stats
     cn_rows = sum(v for k, v in stats.items() if k.startswith("controlnet"))
     embeds = n_nets if engine.options.cond_once else cn_rows
-    return stats["unet"] * fl["unet"] + cn_rows * fl["controlnet"] + embeds * fl["cond_embedding"]
+    denoiser_rows = stats["unet"] + stats["transformer"]
+    return denoiser_rows * fl["unet"] + cn_rows * fl["controlnet"] + embeds * fl["cond_embedding"]
 
 
 def baseline_flops(plan, images, fl: dict) -> float:
-    per_step = 2 * (fl["unet"] + len(plan.controls) * (fl["controlnet"] + fl["cond_embedding"]))
+    rows = 1 if plan.models.arch == "flux" else 2  # FLUX.1: distilled guidance, no CFG halves
+    per_step = rows * (fl["unet"] + len(plan.controls) * (fl["controlnet"] + fl["cond_embedding"]))
     return sum(plan.styles[i.style].steps * per_step for i in images)
 
 
@@ -417,20 +429,19 @@ def build_engine(spec: Spec):
 
     engine = Engine(spec.device)
     plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
-    if spec.config == "qwen":
-        from . import configs_qwen
-
-        t0 = time.perf_counter()
-        comps, nets = configs_qwen.build_random(engine.device, engine.cache.dtype_for("qwen"))
-        engine.adopt(plan.models, comps, nets * len(plan.models.controlnets))
-        say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
-    elif not spec.config.startswith("tiny"):
+    if not spec.config.startswith("tiny"):
+        from . import configs_flux, configs_qwen, configs_zimage
         from .configs import build_random
-        from .configs_zimage import build_random as build_zimage
 
         t0 = time.perf_counter()
-        if spec.config == "zimage":
-            comps, nets = build_zimage(engine.device, engine.cache.dtype_for("zimage"))
+        if spec.config == "qwen":
+            comps, nets = configs_qwen.build_random(engine.device, engine.cache.dtype_for("qwen"))
+            nets = nets * len(plan.models.controlnets)  # the same union net for every unit
+        elif spec.config == "zimage":
+            comps, nets = configs_zimage.build_random(engine.device, engine.cache.dtype_for("zimage"))
+        elif spec.config == "flux":
+            comps, nets = configs_flux.build_random_flux(engine.device, engine.cache.dtype_for("flux"))
+            nets = nets * len(plan.controls)  # the same union net for every unit
         else:
             comps, nets = build_random(spec.config, engine.device, engine.dtype)
         engine.adopt(plan.models, comps, nets)
@@ -477,7 +488,7 @@ def run(spec: Spec) -> dict:
     report["header"] = header(spec, engine)
     dev = engine.device
     use_flops = spec.flops if spec.flops is not None else dev.type == "cuda"
-    if use_flops and config_arch(spec.config) in FLOW_ARCHES:  # count_flops knows the UNet families only
+    if use_flops and config_arch(spec.config) in ("qwen", "zimage"):  # count_flops knows the UNet families and FLUX
         say(f"FLOPs: not counted for {spec.config} (no %-of-peak column)")
         use_flops = False
 
@@ -492,7 +503,8 @@ def run(spec: Spec) -> dict:
     if use_flops:
         fl = count_flops(engine, plans[spec.cases[0]])
         report["flops_per_row"] = fl
-        say(f"FLOPs per image row per forward: UNet {fl['unet'] / 1e9:.1f} G, ControlNet {fl['controlnet'] / 1e9:.1f} G "
+        say(f"FLOPs per image row per forward: {'transformer' if 'flux' in spec.config else 'UNet'} "
+            f"{fl['unet'] / 1e9:.1f} G, ControlNet {fl['controlnet'] / 1e9:.1f} G "
             f"+ conditioning embedding {fl['cond_embedding'] / 1e9:.1f} G")
 
     def rate_fields(flops, seconds):
