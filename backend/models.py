@@ -82,6 +82,12 @@ FLUX_UNION_MODES = {"depth": 2, "canny": 0, "lines": 0, "lineart": 0, "mlsd": 0}
 #: the image alone): give it per type with model.controlnets.<type>.
 FLUX_UNION_PRO_2 = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0"
 
+#: Instruction edits (backend/families/edit.py). FLUX.1 Kontext dev: gated, FLUX.1 [dev]
+#: non-commercial licence, FLUX.1-dev's layout. Qwen-Image-Edit: Apache-2.0, not gated;
+#: Qwen2.5-VL text encoder with its vision tower and processor.
+KONTEXT_BASE = "black-forest-labs/FLUX.1-Kontext-dev"
+QWEN_EDIT_BASE = "Qwen/Qwen-Image-Edit"
+
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
 _TINY_SDXL_KIND = {"depth": "depth", "canny": "canny", "lines": "canny", "lineart": "canny", "mlsd": "canny"}
@@ -117,6 +123,10 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
     arch = spec.arch
     if arch == "flux":
         return _resolve_flux(spec, control_types, control_models)
+    if arch in ("kontext", "qwen-edit"):  # instruction edits: a base only, no ControlNet (core/jobs.py)
+        real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_BASE
+        base = spec.base or (str(tiny.tiny_path(arch, "base")) if spec.is_tiny else real)
+        return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=())
     sdxl = arch == "sdxl"
     if spec.is_tiny:
         base = spec.base or str(tiny.tiny_path(arch, "base"))
@@ -277,6 +287,8 @@ BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedul
                             "scheduler"),
                    "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                             "scheduler")}
+BASE_COMPONENTS["kontext"] = BASE_COMPONENTS["flux"]
+BASE_COMPONENTS["qwen-edit"] = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
 
 
 def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
@@ -300,6 +312,8 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-canny": [(FLUX_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
     "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
+    "kontext": [(KONTEXT_BASE, base_components("kontext", False), "instruction-edit model (gated)")],
+    "qwen-edit": [(QWEN_EDIT_BASE, base_components("qwen-edit", False), "instruction-edit model")],
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
@@ -431,6 +445,10 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
 
     if arch == "flux":
         return _load_flux_base(ref, dtype, device)
+    if arch in ("kontext", "qwen-edit"):
+        from .families.edit import load_base as load_edit_base
+
+        return load_edit_base(ref, arch, dtype, device)
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline

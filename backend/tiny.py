@@ -85,6 +85,10 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 
 
 def _builder(family: str, name: str):
+    from . import tiny_edit
+
+    if family in tiny_edit.FAMILIES:  # FLUX.1 Kontext, Qwen-Image-Edit
+        return tiny_edit.builder(family, name)
     if family == "flux":
         if name == "base":
             return build_flux_base
