@@ -19,12 +19,13 @@ EXIT_CANCELLED = 130
 
 def add_arguments(parser):
     parser.add_argument("scene", help="the .blend file")
-    parser.add_argument("--styles", required=True, help="comma-separated preset names (archviz presets lists them)")
+    parser.add_argument("--styles", default=None,
+                        help="comma-separated preset names (archviz presets lists them); with --edit optional")
     parser.add_argument("--seeds", required=True, help="seeds and ranges, e.g. 0-7 or 1,5,9")
     parser.add_argument("--cameras", default="scene",
                         help="scene (default), all, collection:NAME, or comma-separated camera names")
     parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, tiny, tiny-sdxl, tiny-flux, or a local model folder")
-    parser.add_argument("--controls", default="depth,lines",
+    parser.add_argument("--controls", default=None,
                         help="control units type[:scale[:start[:end]]], comma-separated (default depth,lines; "
                              "values left out come from the style preset); custom:PATH[:scale...] uses a ControlNet "
                              "folder made by archviz train-controlnet")
@@ -52,6 +53,10 @@ def add_arguments(parser):
                              "beauty, strength 1); README: Region edits")
     parser.add_argument("--region-objects", default=None, metavar="NAME[,NAME...]",
                         help="region edit: regenerate only these objects of the init image")
+    parser.add_argument("--edit", action="append", default=None, metavar="TEXT",
+                        help="instruction edit of the init image (default: the beauty pass) with --model kontext or "
+                             "qwen-edit; repeat for several edit texts (x --styles x --seeds); README: Instruction "
+                             "edits")
     parser.add_argument("--upscale", type=int, choices=(2, 4), default=None,
                         help="then upscale every image of the sweep 2x or 4x (archviz upscale: passes re-rendered "
                              "at the target size, refined tile by tile)")
@@ -92,9 +97,18 @@ def run(args):
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
     if problem is None:
+        from ..core.edit import edit_problem
+
+        args.controls_given = args.controls is not None
+        problem = edit_problem(args)  # --edit: the beauty pass by default, no controls
+    if problem is None:
         from ..core.restyle import restyle_problem
 
         problem = restyle_problem(args)
+        if args.edit:
+            args.strength = None  # an instruction edit has none
+    if args.controls is None:
+        args.controls = "depth,lines"
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -115,12 +129,18 @@ def run(args):
 
     try:
         seeds = J.parse_seeds(args.seeds)
-        styles = [s.strip() for s in args.styles.split(",") if s.strip()]
-        if not styles:
-            raise J.JobError("styles", "no styles given")
-        units = [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
+        styles = [s.strip() for s in (args.styles or "").split(",") if s.strip()]
+        if not styles and not args.edit:
+            raise J.JobError("styles", "no styles given" if args.styles is not None else "--styles is required")
+        units = [] if args.edit else [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
         model = args.model
-        long_side = args.long_side or (1024 if ("sdxl" in model or "flux" in model) else 512)
+        long_side = args.long_side or (1024 if any(k in model for k in ("sdxl", "flux", "kontext", "qwen")) else 512)
+        if args.edit:
+            from ..core.edit import edit_styles
+
+            sweep_styles = len(edit_styles(args.edit, styles))
+        else:
+            sweep_styles = len(styles)
     except J.JobError as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -162,7 +182,7 @@ def run(args):
                                    scheduler=args.scheduler, share_disk=not args.backend,
                                    render=_render_in_child(scene_path), skip_existing=not args.remake,
                                    init=args.init, strength=args.strength, region=args.region,
-                                   region_objects=args.region_objects)
+                                   region_objects=args.region_objects, edits=args.edit)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
@@ -181,7 +201,7 @@ def run(args):
     if device_warning:
         print(f"archviz sweep: warning: {device_warning}", file=sys.stderr)
     runner = SweepRunner(client, camera_jobs, out_dir, timeout=args.timeout)
-    total = len(cameras) * len(styles) * len(seeds)
+    total = len(cameras) * sweep_styles * len(seeds)
     bar = tqdm(total=1000, desc="sweep", unit="", mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     counts = {"new": 0, "kept": 0}
     downloads = {}  # the model download's own bar (bytes), while one runs

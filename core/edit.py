@@ -114,3 +114,19 @@ def edit_values(arch: str, job, index: int, style, look: str) -> tuple:
     steps = job.steps if job.steps is not None else defaults["steps"]
     cfg = job.cfg if job.cfg is not None else defaults["cfg"]
     return compose(style.edit, look), negative, int(steps), float(cfg), "flow_euler"
+
+
+def instruction_edit(edit_text: str, region_mode: str = "NONE") -> dict:
+    """The panel's Edit field as ``prepare_jobs`` keywords: an instruction edit of the beauty
+    pass (the Restyle slider does not apply), or {} when the field is empty. JobError when
+    a Region is chosen too."""
+    from . import jobs as J
+
+    if not (edit_text or "").strip():
+        return {}
+    if region_mode != "NONE":
+        raise J.JobError("edit", "an instruction edit changes the whole picture: set Region to Whole Image "
+                                 "(say where in the edit text instead)")
+    from .restyle import BEAUTY
+
+    return {"init": BEAUTY, "strength": None, "region": None, "region_objects": None, "edits": [edit_text.strip()]}

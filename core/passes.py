@@ -57,8 +57,9 @@ VIEW_PERCENTILES = (0.5, 99.5)
 
 
 def size_multiple(model: str) -> int:
-    """The multiple a family's image sides must be: 16 for FLUX.1 (VAE 1/8 and 2x2 patches), else 8."""
-    return 16 if "flux" in str(model).lower() else 8
+    """The multiple a family's image sides must be: 16 for FLUX.1, Kontext and Qwen-Image-Edit
+    (VAE 1/8 and 2x2 patches), else 8."""
+    return 16 if any(k in str(model).lower() for k in ("flux", "kontext", "qwen")) else 8
 
 
 @dataclass(frozen=True)

@@ -177,3 +177,115 @@ def test_edit_defaults_to_the_beauty_pass():
     args = SimpleNamespace(edit=[EDIT], model="tiny-kontext", controls_given=False, controls="", init=None,
                            strength=None, region=None, region_objects=None, upscale=None)
     assert edit_problem(args) is None and args.init == "beauty"
+
+
+# ---------------------------------------------------------------- archviz sweep --edit, Blender
+
+ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
+
+
+@pytest.fixture(scope="module")
+def interior(tmp_path_factory):
+    pytest.importorskip("bpy")
+    path = tmp_path_factory.mktemp("scene") / "interior.blend"
+    subprocess.run([sys.executable, str(REPO / "examples" / "build_interior.py"), "--out", str(path)],
+                   check=True, capture_output=True, timeout=300)
+    return str(path)
+
+
+def sweep(scene, out, *extra, model="tiny-kontext"):
+    from backend_support import TEST_HOME
+
+    env = dict(os.environ, ARCHVIZ_HOME=str(TEST_HOME), OMP_NUM_THREADS="1")
+    return subprocess.run([ARCHVIZ, "sweep", scene, "--seeds", "0", "--model", model, "--long-side", "64",
+                           "--steps", "2", "--supersample", "1", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_cli_edit_sweep_from_the_beauty_pass_records_and_resumes(interior, tmp_path):
+    from backend_support import read_png
+
+    out = tmp_path / "out"
+    args = ["--edit", EDIT, "--edit", "add a fireplace", "--styles", "modern", "--seeds", "0,1"]
+    first = sweep(interior, out, *args)
+    assert first.returncode == 0, first.stderr
+    assert "4 new image(s), 0 already on disk" in first.stdout and "4/4 images" in first.stderr
+    cam = os.listdir(out / "passes")[0]
+    beauty, _ = read_png(str(out / "passes" / cam / "beauty.png"))
+    images = sorted(p for p in os.listdir(out) if p.endswith(".png") and "_s" in p and "contact" not in p)
+    assert len(images) == 4 and any("modern-edit1_s1" in p for p in images)
+    texts = set()
+    for name in images:
+        pixels, meta = read_png(str(out / name))
+        params = json.loads(meta["archviz"])["params"]
+        assert pixels.shape == beauty.shape and params["controls"] == []
+        assert params["edit"]["text"] == meta["edit"] and meta["init_sha256"] == params["edit"]["image_sha256"]
+        assert "strength" not in meta and f"Edit: {meta['edit']}" in meta["parameters"]
+        texts.add(meta["edit"])
+    assert texts == {EDIT, "add a fireplace"}
+    again = sweep(interior, out, *args)
+    assert again.returncode == 0 and "0 new image(s), 4 already on disk" in again.stdout
+    other = sweep(interior, out, "--edit", "add a fireplace and a red rug", "--styles", "modern")
+    assert other.returncode == 0 and "1 new image(s), 0 already on disk" in other.stdout  # another text: anew
+
+
+def test_cli_qwen_edit_of_the_beauty_pass_end_to_end(interior, tmp_path):
+    from backend_support import read_png
+
+    out = tmp_path / "out"
+    proc = sweep(interior, out, "--edit", EDIT, model="tiny-qwen-edit")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 new image(s)" in proc.stdout
+    image = out / next(p for p in os.listdir(out) if p.endswith("edit1_s0.png"))
+    pixels, meta = read_png(str(image))
+    assert meta["edit"] == EDIT and json.loads(meta["model"])["family"] == "tiny-qwen-edit"
+    assert meta["cfg"] == "4" and meta["negative_prompt"] == " "
+    assert pixels.shape[:2] == read_png(str(out / "passes" / os.listdir(out / "passes")[0] / "beauty.png"))[0].shape[:2]
+
+
+@pytest.mark.parametrize("extra, model, message", [
+    (["--edit", EDIT], "tiny", "archviz sweep: --edit needs an instruction-edit model: --model 'tiny'"),
+    (["--edit", " "], "tiny-kontext", "archviz sweep: --edit ' ': the edit text is empty"),
+    (["--styles", "modern"], "tiny-kontext", "archviz sweep: --model tiny-kontext edits a picture by instruction"),
+    (["--edit", EDIT, "--controls", "depth"], "tiny-kontext", "archviz sweep: --controls 'depth' cannot be used"),
+    (["--edit", EDIT, "--init", "nowhere.png"], "tiny-kontext", "archviz sweep: --init 'nowhere.png': no such file"),
+    ([], "tiny", "archviz sweep: styles: --styles is required"),
+])
+def test_bad_cli_edit_input_is_one_line(interior, tmp_path, extra, model, message):
+    proc = sweep(interior, tmp_path / "bad", *extra, model=model)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
+def test_edit_field_in_blender_edits_the_beauty_pass(interior, tmp_path, monkeypatch):
+    bpy = pytest.importorskip("bpy")
+    import archviz_controlnet
+    from archviz_controlnet.blender import backend, tasks
+
+    from backend_support import TEST_HOME, read_png
+
+    monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
+    monkeypatch.setenv("ARCHVIZ_MODEL", "tiny-kontext")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    bpy.ops.wm.open_mainfile(filepath=interior)
+    archviz_controlnet.register()
+    try:
+        settings = bpy.context.scene.archviz
+        settings.long_side, settings.steps, settings.supersample = 64, 2, 1
+        settings.output_dir = str(tmp_path / "out")
+        settings.edit_text = EDIT
+        assert bpy.ops.archviz.generate() == {"FINISHED"}
+        made = [i for i in bpy.data.images if "archviz_style" in i]
+        assert len(made) == 1 and made[0]["edit"] == EDIT and made[0]["archviz_style"].endswith("-edit")
+        _pixels, meta = read_png(made[0]["archviz_path"])
+        assert meta["params_sha256"] == made[0]["params_sha256"]
+        assert json.loads(meta["archviz"])["params"]["edit"]["text"] == EDIT
+        assert os.path.isfile(tmp_path / "out" / "passes" / made[0]["archviz_camera"] / "beauty.png")
+        settings.region_mode = "CLASSES"
+        with pytest.raises(RuntimeError, match="edit: an instruction edit changes the whole picture"):
+            bpy.ops.archviz.generate()
+    finally:
+        tasks.Task.current = None
+        backend.stop_started_backends()
+        archviz_controlnet.unregister()
