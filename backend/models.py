@@ -87,6 +87,9 @@ FLUX_UNION_PRO_2 = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0"
 #: Qwen2.5-VL text encoder with its vision tower and processor.
 KONTEXT_BASE = "black-forest-labs/FLUX.1-Kontext-dev"
 QWEN_EDIT_BASE = "Qwen/Qwen-Image-Edit"
+#: The monthly updates (Apache-2.0, not gated) run through QwenImageEditPlusPipeline (their
+#: model_index.json says so): the picture at 384x384 for Qwen2.5-VL, 1024x1024 for the VAE.
+QWEN_EDIT_PLUS = {"qwen-edit-2509": "Qwen/Qwen-Image-Edit-2509", "qwen-edit-2511": "Qwen/Qwen-Image-Edit-2511"}
 
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
@@ -124,8 +127,9 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
     if arch == "flux":
         return _resolve_flux(spec, control_types, control_models)
     if arch in ("kontext", "qwen-edit"):  # instruction edits: a base only, no ControlNet (core/jobs.py)
-        real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_BASE
-        base = spec.base or (str(tiny.tiny_path(arch, "base")) if spec.is_tiny else real)
+        real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_PLUS.get(spec.family, QWEN_EDIT_BASE)
+        folder = "qwen-edit-plus" if spec.family == "tiny-qwen-edit-plus" else arch
+        base = spec.base or (str(tiny.tiny_path(folder, "base")) if spec.is_tiny else real)
         return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=())
     sdxl = arch == "sdxl"
     if spec.is_tiny:
@@ -314,6 +318,8 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
     "kontext": [(KONTEXT_BASE, base_components("kontext", False), "instruction-edit model (gated)")],
     "qwen-edit": [(QWEN_EDIT_BASE, base_components("qwen-edit", False), "instruction-edit model")],
+    **{name: [(repo, base_components("qwen-edit", False), "instruction-edit model")]
+       for name, repo in QWEN_EDIT_PLUS.items()},
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
@@ -591,7 +597,7 @@ class ModelCache:
         fp16); everything else in the cache's dtype."""
         import torch
 
-        if arch == "flux" and self.dtype == torch.float16:
+        if arch in ("flux", "kontext", "qwen-edit") and self.dtype == torch.float16:  # the edit models alike
             return torch.bfloat16
         return self.dtype
 

@@ -268,7 +268,8 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         found, _ = presets()
         changes_for = getattr(engine, "image_changes_for", None)  # with the family's memory profile
         changes = changes_for(job.model.arch) if changes_for else engine.image_changes
-        dtype = "bfloat16" if job.model.arch == "flux" and engine.dtype_name == "float16" else engine.dtype_name
+        dtype = ("bfloat16" if job.model.arch in ("flux", "kontext", "qwen-edit") and engine.dtype_name == "float16"
+                 else engine.dtype_name)
         plan = build_plan(job, found, dtype, changes)
         record = worker.submit(plan)
         return JSONResponse(status_code=202, content={

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import tiny
 
 #: tiny family folder -> builder of its base
-FAMILIES = ("kontext", "qwen-edit")
+FAMILIES = ("kontext", "qwen-edit", "qwen-edit-plus")
 
 
 def builder(family: str, name: str):
@@ -31,6 +31,8 @@ def builder(family: str, name: str):
         return build_kontext_base
     if family == "qwen-edit" and name == "base":
         return build_qwen_edit_base
+    if family == "qwen-edit-plus" and name == "base":  # -2509 / -2511's pipeline over the same components
+        return lambda out: build_qwen_edit_base(out, plus=True)
     raise ValueError(f"no tiny model {family}/{name}")
 
 
@@ -186,12 +188,12 @@ def qwen_scheduler():
         shift=1.0, shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True)
 
 
-def build_qwen_edit_base(out: Path) -> None:
-    from diffusers import QwenImageEditPipeline
+def build_qwen_edit_base(out: Path, plus: bool = False) -> None:
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
 
     tokenizer = _qwen_tokenizer(out / ".tok")
     processor = _qwen_processor(out / ".proc", tokenizer)
-    pipe = QwenImageEditPipeline(scheduler=qwen_scheduler(), vae=_qwen_vae(), text_encoder=_qwen_text_encoder(tokenizer),
+    pipe = (QwenImageEditPlusPipeline if plus else QwenImageEditPipeline)(scheduler=qwen_scheduler(), vae=_qwen_vae(), text_encoder=_qwen_text_encoder(tokenizer),
                                  tokenizer=tokenizer, processor=processor, transformer=_qwen_transformer())
     pipe.save_pretrained(out, safe_serialization=True)
     for scratch in (".tok", ".proc"):
@@ -199,4 +201,4 @@ def build_qwen_edit_base(out: Path) -> None:
     index = json.loads((out / "model_index.json").read_text())
     index["processor"] = ["transformers", "Qwen2VLProcessor"]  # as the real repository names it
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    _mark(out, "qwen-edit")
+    _mark(out, "qwen-edit-plus" if plus else "qwen-edit")

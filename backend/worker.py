@@ -367,7 +367,7 @@ def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
     start and end tokens; FLUX.1: its T5 encoder's 512, the CLIP one only gives the pooled
     summary): it is cut there, as diffusers does, and the user should know."""
     base = engine.cache.base(plan.models).value
-    t5 = plan.models.arch == "flux"
+    t5 = plan.models.arch in ("flux", "kontext")
     tokenizer = base["tokenizer_2"] if t5 else base["tokenizer"]
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
     if t5:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 #: model family -> the architecture the engine runs (backend/families/edit.py)
 EDIT_FAMILIES = {"kontext": "kontext", "tiny-kontext": "kontext", "qwen-edit": "qwen-edit",
-                 "tiny-qwen-edit": "qwen-edit"}
+                 "qwen-edit-2509": "qwen-edit", "qwen-edit-2511": "qwen-edit", "tiny-qwen-edit": "qwen-edit",
+                 "tiny-qwen-edit-plus": "qwen-edit"}
 EDIT_ARCHES = ("kontext", "qwen-edit")
 #: steps and guidance where neither the job nor ``--steps``/``--cfg`` set them: Kontext's
 #: distilled guidance 2.5 over 28 steps; Qwen-Image-Edit's true CFG 4 over 50 steps (the

@@ -47,7 +47,8 @@ from typing import Any
 #: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux`` are the shrunk, random-weight test families.
 FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux")
 #: Instruction-edit families (core/edit.py): they edit the job's init_image by each style's edit text.
-FAMILIES += ("kontext", "qwen-edit", "tiny-kontext", "tiny-qwen-edit")
+FAMILIES += ("kontext", "qwen-edit", "qwen-edit-2509", "qwen-edit-2511", "tiny-kontext", "tiny-qwen-edit",
+             "tiny-qwen-edit-plus")
 FAMILY_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "tiny-sd15": "tiny", "sd_xl": "sdxl", "flux.1": "flux",
                   "flux1": "flux", "flux-dev": "flux"}
 #: family -> the architecture the engine runs
@@ -55,7 +56,8 @@ FAMILY_ARCH = {"sd15": "sd15", "tiny": "sd15", "sdxl": "sdxl", "tiny-sdxl": "sdx
                "tiny-flux": "flux"}
 FAMILY_ALIASES.update({"flux-kontext": "kontext", "flux.1-kontext": "kontext", "qwen-image-edit": "qwen-edit"})
 FAMILY_ARCH.update({"kontext": "kontext", "tiny-kontext": "kontext", "qwen-edit": "qwen-edit",
-                    "tiny-qwen-edit": "qwen-edit"})
+                    "qwen-edit-2509": "qwen-edit", "qwen-edit-2511": "qwen-edit", "tiny-qwen-edit": "qwen-edit",
+                    "tiny-qwen-edit-plus": "qwen-edit"})
 
 #: Control image types. ``lines`` is the add-on's own line pass (white lines on black).
 CONTROL_TYPES = ("depth", "normal", "seg", "lines", "canny", "mlsd", "lineart")
@@ -399,7 +401,8 @@ class ModelSpec:
 
     @property
     def is_tiny(self) -> bool:
-        return self.family in ("tiny", "tiny-sdxl", "tiny-flux", "tiny-kontext", "tiny-qwen-edit")
+        return self.family in ("tiny", "tiny-sdxl", "tiny-flux", "tiny-kontext", "tiny-qwen-edit",
+                               "tiny-qwen-edit-plus")
 
     @property
     def arch(self) -> str:

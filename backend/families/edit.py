@@ -80,12 +80,23 @@ def load_base(ref: str, arch: str, dtype, device) -> dict:
         "tokenizer": M._load(Qwen2Tokenizer, folder, "tokenizer", ref, "base model"),
         "processor": M._load(image_processor_class(), folder, "processor", ref, "base model"),
         "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
+        "edit_plus": _pipeline_class(folder) == "QwenImageEditPlusPipeline",  # -2509, -2511
     }
     for module in comps.values():
         if hasattr(module, "eval"):
             module.eval().requires_grad_(False)
             module.to(device)
     return comps
+
+
+def _pipeline_class(folder) -> str:
+    """The pipeline class a diffusers folder names in its model_index.json ("" without one)."""
+    import json
+
+    try:
+        return str(json.loads((folder / "model_index.json").read_text()).get("_class_name", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,9 +210,9 @@ QWEN_EDIT_AREA = 1024 * 1024
 
 @dataclass
 class QwenInit:
-    prompt_image: object  # PIL image at the condition size (what the text encoder sees)
+    prompt_image: object  # PIL image (Plus: a list of one) that the text encoder sees
     latents: torch.Tensor  # (1, L, 64): the picture's packed, normalised latents
-    height: int  # the condition size
+    height: int  # the VAE's picture size
     width: int
 
 
@@ -214,7 +225,11 @@ class QwenEmbeds:
 class QwenEdit(Flux):
     """Qwen-Image-Edit: the Qwen-Image MMDiT, Qwen2.5-VL (text and picture) as the text
     encoder, the Wan-style VAE. True classifier-free guidance (``cfg`` = ``true_cfg_scale``,
-    4 by default) against a negative prompt (the style's, else " " as the model card does)."""
+    4 by default) against a negative prompt (the style's, else " " as the model card does).
+
+    Qwen-Image-Edit-2509 / -2511 (their folders name ``QwenImageEditPlusPipeline``) are the
+    same components run as that pipeline: the text encoder sees the picture at about
+    384x384 ("Picture 1: ..." in its template), the VAE at about 1024x1024."""
 
     arch = "qwen-edit"
     text_encoders = ("text_encoder",)
@@ -224,9 +239,10 @@ class QwenEdit(Flux):
         return [comps["transformer"]]
 
     def pipeline(self, comps: dict, nets=None):
-        from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline
+        from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline, QwenImageEditPlusPipeline
 
-        return QwenImageEditPipeline(
+        cls = QwenImageEditPlusPipeline if comps.get("edit_plus") else QwenImageEditPipeline
+        return cls(
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(comps["scheduler_config"]), vae=comps["vae"],
             text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], processor=comps["processor"],
             transformer=comps["transformer"])
@@ -243,9 +259,16 @@ class QwenEdit(Flux):
 
         vae = comps["vae"]
         image = plan.init.image
-        width, height, _ = calculate_dimensions(QWEN_EDIT_AREA, image.size[0] / image.size[1])
-        prompt_image = pipe.image_processor.resize(image, height, width)
-        tensor = pipe.image_processor.preprocess(prompt_image, height, width).unsqueeze(2)
+        width, height = calculate_dimensions(QWEN_EDIT_AREA, image.size[0] / image.size[1])[:2]
+        if comps.get("edit_plus"):  # the text encoder's picture and the VAE's, each from the original
+            from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import CONDITION_IMAGE_SIZE
+
+            cw, ch = calculate_dimensions(CONDITION_IMAGE_SIZE, image.size[0] / image.size[1])[:2]
+            prompt_image = [pipe.image_processor.resize(image, ch, cw)]
+            tensor = pipe.image_processor.preprocess(image, height, width).unsqueeze(2)
+        else:
+            prompt_image = pipe.image_processor.resize(image, height, width)
+            tensor = pipe.image_processor.preprocess(prompt_image, height, width).unsqueeze(2)
         dtype = comps["transformer"].dtype
         z = vae.encode(tensor.to(device=engine.device, dtype=dtype)).latent_dist.mode()
         channels = vae.config.z_dim
