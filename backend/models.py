@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..core.jobs import JobError, ModelSpec
 from . import hub, tiny
+from . import tiny_edit  # noqa: F401 (registers the tiny instruction-edit models in tiny.BUILDERS)
 
 log = logging.getLogger("archviz.backend")
 
@@ -451,10 +452,10 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
 
     if arch == "flux":
         return _load_flux_base(ref, dtype, device)
-    if arch in ("kontext", "qwen-edit"):
-        from .families.edit import load_base as load_edit_base
-
-        return load_edit_base(ref, arch, dtype, device)
+    if arch == "kontext":  # FLUX.1 Kontext: FLUX.1's layout and classes
+        return _load_flux_base(ref, dtype, device)
+    if arch == "qwen-edit":
+        return _load_qwen_edit_base(ref, dtype, device)
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
@@ -508,6 +509,41 @@ def _load_flux_base(ref: str, dtype, device) -> dict:
         "text_encoder_2": _load(T5EncoderModel, folder, "text_encoder_2", ref, "base model", dtype),
         "tokenizer_2": _load(T5TokenizerFast, folder, "tokenizer_2", ref, "base model"),
         "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
+    }
+    for module in comps.values():
+        if hasattr(module, "eval"):
+            module.eval().requires_grad_(False)
+            module.to(device)
+    return comps
+
+
+def _load_qwen_edit_base(ref: str, dtype, device) -> dict:
+    """Qwen-Image-Edit's transformer, 3D VAE, Qwen2.5-VL text encoder (with its vision tower),
+    tokenizer, processor and scheduler config; ``edit_plus`` when the folder's
+    model_index.json names QwenImageEditPlusPipeline (-2509, -2511)."""
+    import json
+
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+
+    from .qwen_processor import image_processor_class
+
+    if Path(ref).expanduser().is_file():
+        raise ModelNotFoundError(f"base model {ref}: Qwen-Image-Edit loads from a folder or hub id (diffusers "
+                                 f"layout), not from one checkpoint file")
+    folder = local_folder(ref, base_components("qwen-edit", False), "base model", dtype)
+    try:
+        pipeline_class = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError):
+        pipeline_class = ""
+    comps = {
+        "transformer": _load(QwenImageTransformer2DModel, folder, "transformer", ref, "base model", dtype),
+        "vae": _load(AutoencoderKLQwenImage, folder, "vae", ref, "base model", dtype),
+        "text_encoder": _load(Qwen2_5_VLForConditionalGeneration, folder, "text_encoder", ref, "base model", dtype),
+        "tokenizer": _load(Qwen2Tokenizer, folder, "tokenizer", ref, "base model"),
+        "processor": _load(image_processor_class(), folder, "processor", ref, "base model"),  # see qwen_processor
+        "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
+        "edit_plus": pipeline_class == "QwenImageEditPlusPipeline",
     }
     for module in comps.values():
         if hasattr(module, "eval"):

@@ -247,8 +247,11 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         if models.arch in EDIT_ARCHES:  # instruction edit (core/edit.py): the edit text, the look of the style
             from ..core.edit import edit_values
 
+            if models.arch == "kontext" and style.negative:
+                raise J.JobError(f"styles[{si}].negative", "FLUX.1 Kontext has no negative prompt "
+                                                           "(guidance-distilled); say what you want in the edit text")
             prompt, negative, steps, cfg, scheduler = edit_values(
-                models.arch, job, si, style, prompt if (style.prompt or preset) else "")
+                models.arch, job, style, prompt if (style.prompt or preset) else "")
         elif flux:  # FLUX.1: distilled guidance as cfg, no negative prompt, one sampler
             flux_values = presets[style.preset].flux if style.preset is not None else {}
             if style.negative:

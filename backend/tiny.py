@@ -84,11 +84,14 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
     return path
 
 
-def _builder(family: str, name: str):
-    from . import tiny_edit
+#: family -> builder(name) of tiny families defined in their own modules, which register
+#: themselves here when imported (backend.models imports them): tiny_edit (Kontext, Qwen-Image-Edit)
+BUILDERS: dict = {}
 
-    if family in tiny_edit.FAMILIES:  # FLUX.1 Kontext, Qwen-Image-Edit
-        return tiny_edit.builder(family, name)
+
+def _builder(family: str, name: str):
+    if family in BUILDERS:
+        return BUILDERS[family](name)
     if family == "flux":
         if name == "base":
             return build_flux_base

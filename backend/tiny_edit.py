@@ -21,12 +21,12 @@ from pathlib import Path
 
 from . import tiny
 
-#: tiny family folder -> builder of its base
+#: tiny family folders (each registers :func:`builder` in ``tiny.BUILDERS``)
 FAMILIES = ("kontext", "qwen-edit", "qwen-edit-plus")
 
 
 def builder(family: str, name: str):
-    """The builder of one tiny edit model (``tiny._builder`` asks here first)."""
+    """The builder of one tiny edit model (``tiny._builder`` asks through ``tiny.BUILDERS``)."""
     if family == "kontext" and name == "base":
         return build_kontext_base
     if family == "qwen-edit" and name == "base":
@@ -122,7 +122,7 @@ def _qwen_processor(folder: Path, tokenizer):
     patch (14 px), merge (2x2) and temporal (2) sizes, and few pixels (a few image tokens)."""
     from transformers import Qwen2VLImageProcessor
 
-    from .families.edit import image_processor_class
+    from .qwen_processor import image_processor_class
 
     Qwen2VLProcessor = image_processor_class()
     images = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, temporal_patch_size=2,
@@ -202,3 +202,7 @@ def build_qwen_edit_base(out: Path, plus: bool = False) -> None:
     index["processor"] = ["transformers", "Qwen2VLProcessor"]  # as the real repository names it
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     _mark(out, "qwen-edit-plus" if plus else "qwen-edit")
+
+
+for _family in FAMILIES:
+    tiny.BUILDERS[_family] = lambda name, family=_family: builder(family, name)

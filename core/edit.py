@@ -97,21 +97,13 @@ def edit_problem(args) -> str | None:
     return None
 
 
-def edit_values(arch: str, job, index: int, style, look: str) -> tuple:
+def edit_values(arch: str, job, style, look: str) -> tuple:
     """(prompt, negative, steps, cfg, scheduler) of one edit style: the edit text with the
     style's look; steps and guidance from the job, else :data:`EDIT_DEFAULTS` (a preset's
-    values are tuned for other models and are not used); Kontext takes no negative prompt,
-    Qwen-Image-Edit the style's own or " "."""
-    from . import jobs as J
-
+    values are tuned for other models and are not used); Kontext takes no negative prompt
+    (the caller refuses one), Qwen-Image-Edit the style's own or " "."""
     defaults = EDIT_DEFAULTS[arch]
-    if arch == "kontext":
-        if style.negative:
-            raise J.JobError(f"styles[{index}].negative", "FLUX.1 Kontext has no negative prompt (guidance-distilled); "
-                                                          "say what you want in the edit text")
-        negative = ""
-    else:
-        negative = style.negative or QWEN_EDIT_NEGATIVE
+    negative = "" if arch == "kontext" else (style.negative or QWEN_EDIT_NEGATIVE)
     steps = job.steps if job.steps is not None else defaults["steps"]
     cfg = job.cfg if job.cfg is not None else defaults["cfg"]
     return compose(style.edit, look), negative, int(steps), float(cfg), "flow_euler"
@@ -119,15 +111,13 @@ def edit_values(arch: str, job, index: int, style, look: str) -> tuple:
 
 def instruction_edit(edit_text: str, region_mode: str = "NONE") -> dict:
     """The panel's Edit field as ``prepare_jobs`` keywords: an instruction edit of the beauty
-    pass (the Restyle slider does not apply), or {} when the field is empty. JobError when
-    a Region is chosen too."""
-    from . import jobs as J
-
+    pass (the Restyle slider does not apply), or {} when the field is empty. Refused when
+    a Region is chosen too (ValueError: the caller names the field)."""
     if not (edit_text or "").strip():
         return {}
     if region_mode != "NONE":
-        raise J.JobError("edit", "an instruction edit changes the whole picture: set Region to Whole Image "
-                                 "(say where in the edit text instead)")
+        raise ValueError("an instruction edit changes the whole picture: set Region to Whole Image "
+                         "(say where in the edit text instead)")
     from .restyle import BEAUTY
 
     return {"init": BEAUTY, "strength": None, "region": None, "region_objects": None, "edits": [edit_text.strip()]}

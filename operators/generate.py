@@ -51,7 +51,10 @@ class _GenerateBase:
         # FLUX.1 wants sides that are multiples of 16
         opts = dataclasses.replace(capture_options(settings), multiple=size_multiple(backend.model))
         units = units_of(settings)
-        edit = instruction_edit(settings.edit_text, settings.region_mode)  # the Edit field: no units
+        try:
+            edit = instruction_edit(settings.edit_text, settings.region_mode)  # the Edit field: no units
+        except ValueError as exc:
+            raise J.JobError("edit", str(exc)) from None
         if edit:
             units = []
         else:
