@@ -16,9 +16,10 @@ EDIT_FAMILIES = {"kontext": "kontext", "tiny-kontext": "kontext", "qwen-edit": "
                  "tiny-qwen-edit-plus": "qwen-edit"}
 EDIT_ARCHES = ("kontext", "qwen-edit")
 #: steps and guidance where neither the job nor ``--steps``/``--cfg`` set them: Kontext's
-#: distilled guidance 2.5 over 28 steps; Qwen-Image-Edit's true CFG 4 over 50 steps (the
-#: model cards' values)
-EDIT_DEFAULTS = {"kontext": {"steps": 28, "cfg": 2.5}, "qwen-edit": {"steps": 50, "cfg": 4.0}}
+#: distilled guidance 2.5 over 28 steps; Qwen-Image-Edit's true CFG 4 over 50 steps, 40 for
+#: -2509 / -2511 (the model cards' values)
+EDIT_DEFAULTS = {"kontext": {"steps": 28, "cfg": 2.5}, "qwen-edit": {"steps": 50, "cfg": 4.0},
+                 "qwen-edit-2509": {"steps": 40, "cfg": 4.0}, "qwen-edit-2511": {"steps": 40, "cfg": 4.0}}
 #: Qwen-Image-Edit's negative prompt when a style gives none (its model card's " ")
 QWEN_EDIT_NEGATIVE = " "
 MAX_EDIT_CHARS = 2000
@@ -102,7 +103,7 @@ def edit_values(arch: str, job, style, look: str) -> tuple:
     style's look; steps and guidance from the job, else :data:`EDIT_DEFAULTS` (a preset's
     values are tuned for other models and are not used); Kontext takes no negative prompt
     (the caller refuses one), Qwen-Image-Edit the style's own or " "."""
-    defaults = EDIT_DEFAULTS[arch]
+    defaults = EDIT_DEFAULTS.get(job.model.family, EDIT_DEFAULTS[arch])  # -2509/-2511: their cards' 40 steps
     negative = "" if arch == "kontext" else (style.negative or QWEN_EDIT_NEGATIVE)
     steps = job.steps if job.steps is not None else defaults["steps"]
     cfg = job.cfg if job.cfg is not None else defaults["cfg"]

@@ -138,6 +138,22 @@ def test_the_edit_text_and_the_picture_are_in_the_parameters():
     assert compose("make it snowy.", "a warm loft") == "make it snowy. Make it look like this: a warm loft"
 
 
+def test_real_edit_models_and_their_defaults():
+    # planned offline (nothing loads): the real ids, the model cards' steps and guidance
+    cases = {"kontext": ("black-forest-labs/FLUX.1-Kontext-dev", 28, 2.5),
+             "qwen-edit": ("Qwen/Qwen-Image-Edit", 50, 4.0),
+             "qwen-edit-2509": ("Qwen/Qwen-Image-Edit-2509", 40, 4.0),
+             "qwen-edit-2511": ("Qwen/Qwen-Image-Edit-2511", 40, 4.0)}
+    for family, (repo, steps, cfg) in cases.items():
+        plan = plan_of(edit_job(family, steps=None))
+        assert (plan.models.base, plan.styles[0].steps, plan.styles[0].cfg) == (repo, steps, cfg), family
+        assert plan.models.controlnets == ()
+    from archviz_controlnet.backend.models import CATALOG
+
+    assert CATALOG["kontext"][0][0] == cases["kontext"][0] and CATALOG["qwen-edit-2511"][0][0] == cases["qwen-edit-2511"][0]
+    assert "processor" in CATALOG["qwen-edit"][0][1]
+
+
 @pytest.mark.parametrize("change, field, words", [
     ({"styles": [{"name": "e", "edit": "   "}]}, "styles[0].edit", "empty"),
     ({"model": {"family": "tiny"}}, "model.family", "'tiny' makes images from text"),
@@ -231,10 +247,9 @@ def test_cli_edit_sweep_from_the_beauty_pass_records_and_resumes(interior, tmp_p
         assert "strength" not in meta and f"Edit: {meta['edit']}" in meta["parameters"]
         texts.add(meta["edit"])
     assert texts == {EDIT, "add a fireplace"}
-    again = sweep(interior, out, *args)
-    assert again.returncode == 0 and "0 new image(s), 4 already on disk" in again.stdout
-    other = sweep(interior, out, "--edit", "add a fireplace and a red rug", "--styles", "modern")
-    assert other.returncode == 0 and "1 new image(s), 0 already on disk" in other.stdout  # another text: anew
+    # resume: the same texts are kept; a third text is made (its two seeds) next to them
+    again = sweep(interior, out, *args, "--edit", "add a fireplace and a red rug")
+    assert again.returncode == 0 and "2 new image(s), 4 already on disk" in again.stdout
 
 
 def test_cli_qwen_edit_of_the_beauty_pass_end_to_end(interior, tmp_path):
