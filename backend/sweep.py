@@ -250,8 +250,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
             if models.arch == "kontext" and style.negative:
                 raise J.JobError(f"styles[{si}].negative", "FLUX.1 Kontext has no negative prompt "
                                                            "(guidance-distilled); say what you want in the edit text")
-            prompt, negative, steps, cfg, scheduler = edit_values(
-                models.arch, job, style, prompt if (style.prompt or preset) else "")
+            prompt, negative, steps, cfg, scheduler = edit_values(models.arch, job, style, prompt)
         elif flux:  # FLUX.1: distilled guidance as cfg, no negative prompt, one sampler
             flux_values = presets[style.preset].flux if style.preset is not None else {}
             if style.negative:

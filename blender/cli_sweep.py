@@ -24,7 +24,9 @@ def add_arguments(parser):
     parser.add_argument("--seeds", required=True, help="seeds and ranges, e.g. 0-7 or 1,5,9")
     parser.add_argument("--cameras", default="scene",
                         help="scene (default), all, collection:NAME, or comma-separated camera names")
-    parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, tiny, tiny-sdxl, tiny-flux, or a local model folder")
+    parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, tiny, tiny-sdxl, tiny-flux, or a local model folder; "
+                                                        "with --edit: kontext, qwen-edit, qwen-edit-2509, qwen-edit-2511, "
+                                                        "tiny-kontext, tiny-qwen-edit")
     parser.add_argument("--controls", default=None,
                         help="control units type[:scale[:start[:end]]], comma-separated (default depth,lines; "
                              "values left out come from the style preset); custom:PATH[:scale...] uses a ControlNet "

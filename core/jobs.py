@@ -596,7 +596,6 @@ class Job:
                 raise JobError(f"controls[{i}].image", f"is {h} px high but height is {self.height}")
         if size is None and not self.controls and self.init_image is not None:  # an instruction edit
             size = png_size(decode_png(self.init_image, "init_image"), "init_image")
-            first = None
             for name, value in zip(("width", "height"), size):
                 if getattr(self, name) is not None and getattr(self, name) != value:
                     raise JobError("init_image", f"is {size[0]}x{size[1]} but {name} is {getattr(self, name)}")
