@@ -390,7 +390,7 @@ class Engine:
             nets = [e.value for e in net_entries]
             self._prepare_models(family.modules(comps, nets))
             self._apply_profile(profile, family, comps, nets)
-            pipe = family.pipeline(comps, nets[0])
+            pipe = family.pipeline(comps, nets[0] if nets else None)  # instruction edits have no nets
             controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
             # Restyle: the init image through the VAE encoder once per job (each seed then
             # samples its own latent from it and noises it with its own generator).

@@ -139,7 +139,7 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
         prefix = f"{folder}/" if folder else ""
         if not names:
             raise HubError(f"the repository has no {folder!r} folder")
-        if folder.startswith("tokenizer"):
+        if folder.startswith(("tokenizer", "processor")):  # processor: Qwen2-VL's tokenizer + image processor
             out += [prefix + n for n in sorted(names) if not n.startswith(".")]
         elif folder == "scheduler":
             out += [prefix + n for n in sorted(names) if n.endswith(".json")]
@@ -164,7 +164,7 @@ def check_loadable(folder: Path, components: tuple[str, ...] | None, fp16: bool,
         if not sub.is_dir():
             return f"{comp or folder.name!r} is missing"
         names = [p.name for p in sub.iterdir() if p.is_file()]
-        if comp.startswith("tokenizer"):
+        if comp.startswith(("tokenizer", "processor")):
             if not (all(n in names for n in TOKENIZER_FILES) or "tokenizer.json" in names):
                 return f"{comp}/ has no vocab.json + merges.txt (or tokenizer.json)"
         elif comp == "scheduler":

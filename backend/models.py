@@ -104,6 +104,14 @@ ZIMAGE_UNION_FILES = {
 #: The add-on's unit types the union net was trained on: depth, and lines as canny edges (mlsd
 #: and lineart too: straight lines, soft HED-like lines).
 ZIMAGE_TYPES = ("depth", "lines", "canny", "mlsd", "lineart")
+#: Instruction edits (backend/families/edit.py). FLUX.1 Kontext dev: gated, FLUX.1 [dev]
+#: non-commercial licence, FLUX.1-dev's layout. Qwen-Image-Edit: Apache-2.0, not gated;
+#: Qwen2.5-VL text encoder with its vision tower and processor.
+KONTEXT_BASE = "black-forest-labs/FLUX.1-Kontext-dev"
+QWEN_EDIT_BASE = "Qwen/Qwen-Image-Edit"
+#: The monthly updates (Apache-2.0, not gated) run through QwenImageEditPlusPipeline (their
+#: model_index.json says so): the picture at 384x384 for Qwen2.5-VL, 1024x1024 for the VAE.
+QWEN_EDIT_PLUS = {"qwen-edit-2509": "Qwen/Qwen-Image-Edit-2509", "qwen-edit-2511": "Qwen/Qwen-Image-Edit-2511"}
 
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
@@ -142,6 +150,11 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
         return _resolve_flux(spec, control_types, control_models)
     if arch in ("qwen", "zimage"):
         return _resolve_union(spec, control_types, control_models)
+    if arch in ("kontext", "qwen-edit"):  # instruction edits: a base only, no ControlNet (core/jobs.py)
+        real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_PLUS.get(spec.family, QWEN_EDIT_BASE)
+        folder = "qwen-edit-plus" if spec.family == "tiny-qwen-edit-plus" else arch
+        base = spec.base or (str(tiny.tiny_path(folder, "base")) if spec.is_tiny else real)
+        return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=())
     sdxl = arch == "sdxl"
     if spec.is_tiny:
         base = spec.base or str(tiny.tiny_path(arch, "base"))
@@ -336,6 +349,8 @@ BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedul
                             "scheduler"),
                    "qwen": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
                    "zimage": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
+BASE_COMPONENTS["kontext"] = BASE_COMPONENTS["flux"]
+BASE_COMPONENTS["qwen-edit"] = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
 
 
 def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
@@ -365,6 +380,10 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     **{f"zimage-union{suffix}": [(repo, hub.Files([ZIMAGE_UNION_FILES[repo][0]]), f"ControlNet-Union{version} (one file)"),
                                  (ZIMAGE_UNION_FILES[repo][1], hub.Files(["config.json"]), "its diffusers config")]
        for suffix, version, repo in (("", " 2.1", ZIMAGE_UNION), ("-v1", " 1.0", ZIMAGE_UNION_V1))},
+    "kontext": [(KONTEXT_BASE, base_components("kontext", False), "instruction-edit model (gated)")],
+    "qwen-edit": [(QWEN_EDIT_BASE, base_components("qwen-edit", False), "instruction-edit model")],
+    **{name: [(repo, base_components("qwen-edit", False), "instruction-edit model")]
+       for name, repo in QWEN_EDIT_PLUS.items()},
 }
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
@@ -544,6 +563,8 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     return comps
 
 
+#: The families published and run in bf16: their text encoders and transformers overflow fp16.
+BF16_ARCHES = ("flux", "qwen", "zimage", "kontext", "qwen-edit")
 #: The transformer families' base models, loaded component by component from a diffusers
 #: folder: arch -> (the family's name, {component: (library, class)}).
 DIT_BASES = {
@@ -561,11 +582,17 @@ DIT_BASES = {
                            "text_encoder": ("transformers", "AutoModel"),
                            "tokenizer": ("transformers", "AutoTokenizer")}),
 }
+#: Instruction edits: FLUX.1 Kontext has FLUX.1's layout and classes; Qwen-Image-Edit has
+#: Qwen-Image's and a processor for the picture (:mod:`.qwen_processor`).
+DIT_BASES["kontext"] = ("FLUX.1 Kontext", DIT_BASES["flux"][1])
+DIT_BASES["qwen-edit"] = ("Qwen-Image-Edit", {**DIT_BASES["qwen"][1], "processor": (".qwen_processor", None)})
 
 
 def _load_dit_base(arch: str, ref: str, dtype, device) -> dict:
-    """A transformer family's components (:data:`DIT_BASES`) and its scheduler config."""
+    """A transformer family's components (:data:`DIT_BASES`) and its scheduler config;
+    Qwen-Image-Edit's ``edit_plus`` when its pipeline is QwenImageEditPlusPipeline."""
     import importlib
+    import json
 
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -576,10 +603,19 @@ def _load_dit_base(arch: str, ref: str, dtype, device) -> dict:
     folder = local_folder(ref, base_components(arch, False), "base model", dtype)
     comps = {}
     for name, (library, cls) in classes.items():
-        cls = getattr(importlib.import_module(library), cls)
-        weights = () if name.startswith("tokenizer") else (dtype,)
+        if name == "processor":  # Qwen2-VL's processor for pictures only
+            cls = importlib.import_module(library, __package__).image_processor_class()
+        else:
+            cls = getattr(importlib.import_module(library), cls)
+        weights = () if name.startswith(("tokenizer", "processor")) else (dtype,)
         comps[name] = _load(cls, folder, name, ref, "base model", *weights)
     comps["scheduler_config"] = dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler")))
+    if arch == "qwen-edit":  # -2509 / -2511: the folder's model_index.json names QwenImageEditPlusPipeline
+        try:
+            pipeline_class = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+        except (OSError, ValueError):
+            pipeline_class = ""
+        comps["edit_plus"] = pipeline_class == "QwenImageEditPlusPipeline"
     for module in comps.values():
         if hasattr(module, "eval"):
             module.eval().requires_grad_(False)
@@ -700,12 +736,11 @@ class ModelCache:
         return entry
 
     def dtype_for(self, arch: str):
-        """FLUX.1, Qwen-Image and Z-Image run in bf16 where the engine runs fp16 (their text
-        encoders and transformers overflow fp16; all three are published in bf16); everything
-        else in the cache's dtype."""
+        """The :data:`BF16_ARCHES` run in bf16 where the engine runs fp16; everything else in
+        the cache's dtype."""
         import torch
 
-        if arch in ("flux", "qwen", "zimage") and self.dtype == torch.float16:
+        if arch in BF16_ARCHES and self.dtype == torch.float16:
             return torch.bfloat16
         return self.dtype
 

@@ -47,7 +47,7 @@ from .. import __version__
 from ..core import jobs as J
 from ..core.presets import load_presets_tolerant
 from .engine import Engine
-from .models import check_job_models, model_roots
+from .models import BF16_ARCHES, check_job_models, model_roots
 from .outputs import OutputRoots
 from .preprocess import PreprocessorError, run_detector
 from .sweep import build_plan, decode_control_image
@@ -277,8 +277,7 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         found, _ = presets()
         changes_for = getattr(engine, "image_changes_for", None)  # with the family's memory profile
         changes = changes_for(job.model.arch) if changes_for else engine.image_changes
-        dtype = ("bfloat16" if job.model.arch in ("flux", "qwen", "zimage") and engine.dtype_name == "float16"
-                 else engine.dtype_name)
+        dtype = "bfloat16" if job.model.arch in BF16_ARCHES and engine.dtype_name == "float16" else engine.dtype_name
         plan = build_plan(job, found, dtype, changes)
         record = worker.submit(plan)
         return JSONResponse(status_code=202, content={

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..core import jobs as J
 from ..core.presets import Preset
+from ..core.edit import EDIT_ARCHES
 from .models import ModelPlan, resolve_models
 
 #: FLUX.1 defaults where neither the job nor the preset's [flux] section sets them: FLUX.1-dev's
@@ -81,6 +82,7 @@ class StyleSettings:
     cfg: float
     scheduler: str
     units: tuple[UnitSettings, ...]
+    edit: str | None = None  # instruction edit: the edit text (the prompt is composed from it)
 
     def sampling_key(self) -> tuple:
         """Styles with the same key can share a UNet batch."""
@@ -146,7 +148,9 @@ class SweepPlan:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
         style = self.styles[image.style]
         extra = {"engine_options": dict(self.engine_options)} if self.engine_options else {}
-        if self.init is not None:  # only when set: plain sweeps keep their hashes
+        if style.edit is not None:  # instruction edit: the edit text and the picture it edits
+            extra["edit"] = {"text": style.edit, "image_sha256": self.init.sha256}
+        elif self.init is not None:  # only when set: plain sweeps keep their hashes
             extra["init"] = {"image_sha256": self.init.sha256, "strength": self.init.strength}
         if self.region is not None:
             extra["region"] = {"mask_sha256": self.region.sha256}
@@ -203,8 +207,8 @@ def resolve_style(style: J.Style, index: int, job: J.Job, presets: dict[str, Pre
         if preset is None:
             known = ", ".join(sorted(presets)) or "none"
             raise J.JobError(f"styles[{index}].preset", f"unknown preset {style.preset!r} (known: {known})")
-        preset = preset.for_family(job.model.arch)
-    prompt = style.prompt if style.prompt else preset.prompt
+        preset = preset.for_family("flux" if job.model.arch in EDIT_ARCHES else job.model.arch)  # edits: natural language
+    prompt = style.prompt if style.prompt else (preset.prompt if preset else "")  # "": an edit text alone
     negative = style.negative if style.negative is not None else (preset.negative if preset else "")
     return preset, prompt, negative
 
@@ -215,20 +219,22 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
     (``engine_options``: the engine's image-changing options, EngineOptions.image_changes)."""
     models = resolve_models(job.model, [c.type for c in job.controls], [c.model for c in job.controls])
     flow = FLOW_FAMILIES.get(models.arch)
-    if flow:
+    if flow or models.arch in EDIT_ARCHES:
+        label = flow.label if flow else job.model.family
         if job.scheduler is not None:
-            raise J.JobError("scheduler", f"{job.scheduler!r}: {flow.label} samples with its flow-matching Euler "
+            raise J.JobError("scheduler", f"{job.scheduler!r}: {label} samples with its flow-matching Euler "
                                           f"scheduler only; leave scheduler unset")
         for name in ("width", "height"):
             if getattr(job, name) % 16:
-                raise J.JobError(name, f"{getattr(job, name)} px: {flow.label} needs a multiple of 16")
+                raise J.JobError(name, f"{getattr(job, name)} px: {label} needs a multiple of 16")
     init = None
     if job.init_image is not None and flow and not flow.restyle:
         raise J.JobError("init_image", f"restyle (an init image) runs with the SD 1.5, SDXL and FLUX.1 families; "
                                        f"{job.model.family} does not take one yet")
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
-        init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))
+        strength = float(job.strength) if job.strength is not None else None  # None: an instruction edit
+        init = InitImage(image=image, sha256=pixels_sha256(image), strength=strength)
     region = None
     if job.mask_image is not None:
         import numpy as np
@@ -273,7 +279,14 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
                 model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
             ))
-        if flow:  # cfg/steps from the family's own preset section only, one sampler
+        if models.arch in EDIT_ARCHES:  # instruction edit (core/edit.py): the edit text, the look of the style
+            from ..core.edit import edit_values
+
+            if models.arch == "kontext" and style.negative:
+                raise J.JobError(f"styles[{si}].negative", "FLUX.1 Kontext has no negative prompt "
+                                                           "(guidance-distilled); say what you want in the edit text")
+            prompt, negative, steps, cfg, scheduler = edit_values(models.arch, job, style, prompt)
+        elif flow:  # cfg/steps from the family's own preset section only, one sampler
             values = getattr(presets[style.preset], models.arch) if style.preset is not None else {}
             if style.negative and flow.no_negative:
                 raise J.JobError(f"styles[{si}].negative", f"{flow.label} has no negative prompt "
@@ -292,7 +305,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
             scheduler = pick(job.scheduler, preset.scheduler if preset else None, J.DEFAULT_SCHEDULER)
         styles.append(StyleSettings(
             name=style.name, preset=style.preset, prompt=prompt, negative=negative,
-            steps=steps, cfg=cfg, scheduler=scheduler, units=tuple(units),
+            steps=steps, cfg=cfg, scheduler=scheduler, units=tuple(units), edit=style.edit,
         ))
 
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,

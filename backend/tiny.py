@@ -86,16 +86,17 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
     return path
 
 
-#: Tiny families built by a module of their own (its ``builder(name)``), loaded by name like
-#: the engine's family modules (``families.MODULES``): they use this module's helpers.
-TINY_MODULES = {"qwen": "tiny_qwen", "zimage": "tiny_zimage"}
+#: Tiny families built by a module of their own (its ``builder(family, name)``), loaded by
+#: name like the engine's family modules (``families.MODULES``): they use this module's helpers.
+TINY_MODULES = {"qwen": "tiny_qwen", "zimage": "tiny_zimage", "kontext": "tiny_edit", "qwen-edit": "tiny_edit",
+                "qwen-edit-plus": "tiny_edit"}
 
 
 def _builder(family: str, name: str):
     if family in TINY_MODULES:
         import importlib
 
-        return importlib.import_module(f".{TINY_MODULES[family]}", __package__).builder(name)
+        return importlib.import_module(f".{TINY_MODULES[family]}", __package__).builder(family, name)
     if family == "flux":
         if name == "base":
             return build_flux_base

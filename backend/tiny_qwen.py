@@ -145,9 +145,9 @@ def build_qwen_controlnet(out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
 
 
-def builder(name: str):
+def builder(family: str, name: str):
     if name == "base":
         return build_qwen_base
     if name == "controlnet-union":
         return build_qwen_controlnet
-    raise ValueError(f"no tiny model qwen/{name}")
+    raise ValueError(f"no tiny model {family}/{name}")

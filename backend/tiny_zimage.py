@@ -155,10 +155,10 @@ def build_zimage_controlnet(out: Path) -> None:
     model.save_config(str(out))
 
 
-def builder(name: str):
+def builder(family: str, name: str):
     """The builder of one tiny Z-Image model (``base``, ``controlnet-union``)."""
     if name == "base":
         return build_zimage_base
     if name == "controlnet-union":
         return build_zimage_controlnet
-    raise ValueError(f"no tiny model zimage/{name}")
+    raise ValueError(f"no tiny model {family}/{name}")

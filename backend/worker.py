@@ -396,7 +396,7 @@ def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
         return [f"styles[{i}] ({style.name}): {message}" for i, style in enumerate(plan.styles)
                 for what, text in (("prompt", style.prompt), ("negative prompt", style.negative)) if text
                 for message in [prompt_overflow(base["tokenizer"], what, text)] if message]
-    t5 = plan.models.arch == "flux"
+    t5 = plan.models.arch in ("flux", "kontext")
     tokenizer = base["tokenizer_2"] if t5 else base["tokenizer"]
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
     if t5 or plan.models.arch == "zimage":  # Z-Image: its Qwen3 encoder reads 512 tokens (the pipeline's)

@@ -25,13 +25,16 @@ def add_arguments(parser):
                         help="sweep from a photo or a sketch (PNG, JPEG, WebP, BMP, TIFF) instead of a scene: "
                              "the controls come from detectors (DPT depth; lines: canny, mlsd or lineart as "
                              "the model wants); README: From a photo or a sketch")
-    parser.add_argument("--styles", required=True, help="comma-separated preset names (archviz presets lists them)")
+    parser.add_argument("--styles", default=None,
+                        help="comma-separated preset names (archviz presets lists them); with --edit optional")
     parser.add_argument("--seeds", required=True, help="seeds and ranges, e.g. 0-7 or 1,5,9")
     parser.add_argument("--cameras", default="scene",
                         help="scene (default), all, collection:NAME, or comma-separated camera names")
     parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, qwen, zimage, tiny, tiny-sdxl, "
-                                                           "tiny-flux, tiny-qwen, tiny-zimage, or a local model folder")
-    parser.add_argument("--controls", default="depth,lines",
+                                                           "tiny-flux, tiny-qwen, tiny-zimage, or a local model folder; "
+                                                           "with --edit: kontext, qwen-edit, qwen-edit-2509, "
+                                                           "qwen-edit-2511, tiny-kontext, tiny-qwen-edit")
+    parser.add_argument("--controls", default=None,
                         help="control units type[:scale[:start[:end]]], comma-separated (default depth,lines; "
                              "values left out come from the style preset); custom:PATH[:scale...] uses a ControlNet "
                              "folder made by archviz train-controlnet")
@@ -62,6 +65,10 @@ def add_arguments(parser):
                              "beauty, strength 1); README: Region edits")
     parser.add_argument("--region-objects", default=None, metavar="NAME[,NAME...]",
                         help="region edit: regenerate only these objects of the init image")
+    parser.add_argument("--edit", action="append", default=None, metavar="TEXT",
+                        help="instruction edit of the init image (default: the beauty pass) with --model kontext or "
+                             "qwen-edit; repeat for several edit texts (x --styles x --seeds); README: Instruction "
+                             "edits")
     parser.add_argument("--upscale", type=int, choices=(2, 4), default=None,
                         help="then upscale every image of the sweep 2x or 4x (archviz upscale: passes re-rendered "
                              "at the target size, refined tile by tile)")
@@ -121,9 +128,18 @@ def run(args):
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
     if problem is None:
+        from ..core.edit import edit_problem
+
+        args.controls_given = args.controls is not None
+        problem = edit_problem(args)  # --edit: the beauty pass by default, no controls
+    if problem is None:
         from ..core.restyle import restyle_problem
 
         problem = restyle_problem(args)
+        if args.edit:
+            args.strength = None  # an instruction edit has none
+    if args.controls is None:
+        args.controls = "depth,lines"
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -131,7 +147,7 @@ def run(args):
 
     from ..core import jobs as J
     from ..core.client import BackendAuthError, BackendError
-    from ..core.passes import PassError, size_multiple
+    from ..core.passes import PassError, default_long_side, size_multiple
     from ..core.png import clean_stale_temps
     from ..core.sweep import ControlUnit
     from .backend import connect
@@ -142,14 +158,18 @@ def run(args):
 
     try:
         seeds = J.parse_seeds(args.seeds)
-        styles = [s.strip() for s in args.styles.split(",") if s.strip()]
-        if not styles:
-            raise J.JobError("styles", "no styles given")
-        units = [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
+        styles = [s.strip() for s in (args.styles or "").split(",") if s.strip()]
+        if not styles and not args.edit:
+            raise J.JobError("styles", "no styles given" if args.styles is not None else "--styles is required")
+        units = [] if args.edit else [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
         model = args.model
-        long_side = args.long_side or (1024 if ("sdxl" in model or "flux" in model or "zimage" in model) else 512)
-        if "qwen" in model and not args.long_side:
-            long_side = 1328  # Qwen-Image's native square (its union net was trained there)
+        long_side = args.long_side or default_long_side(model)
+        if args.edit:
+            from ..core.edit import edit_styles
+
+            sweep_styles = len(edit_styles(args.edit, styles))
+        else:
+            sweep_styles = len(styles)
     except J.JobError as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -191,7 +211,7 @@ def run(args):
                                    scheduler=args.scheduler, share_disk=not args.backend,
                                    render=_render_in_child(scene_path), skip_existing=not args.remake,
                                    init=args.init, strength=args.strength, region=args.region,
-                                   region_objects=args.region_objects)
+                                   region_objects=args.region_objects, edits=args.edit)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
@@ -209,7 +229,7 @@ def run(args):
         device_warning = None  # the sweep below reports an unreachable backend itself
     if device_warning:
         print(f"archviz sweep: warning: {device_warning}", file=sys.stderr)
-    state = _follow(args, client, proc, camera_jobs, out_dir, len(cameras) * len(styles) * len(seeds),
+    state = _follow(args, client, proc, camera_jobs, out_dir, len(cameras) * sweep_styles * len(seeds),
                     variant_exr)
     if isinstance(state, int):
         return state
@@ -231,7 +251,7 @@ def run(args):
 #: Options that need a scene's passes, refused with --image.
 SCENE_ONLY = (("init", "--init"), ("strength", "--strength"), ("region", "--region"),
               ("region_objects", "--region-objects"), ("upscale", "--upscale"), ("depth_range", "--depth-range"),
-              ("near", "--near"), ("far", "--far"))
+              ("near", "--near"), ("far", "--far"), ("edit", "--edit"))
 
 
 def run_image(args):
@@ -261,7 +281,7 @@ def run_image(args):
 
     from ..core import jobs as J
     from ..core.client import BackendAuthError, BackendError
-    from ..core.passes import PassError, size_multiple
+    from ..core.passes import PassError, default_long_side, size_multiple
     from ..core.picture import picture_job, unit_detectors
     from ..core.png import atomic_write, clean_stale_temps
     from ..core.sweep import ControlUnit, check_custom_base
@@ -273,13 +293,13 @@ def run_image(args):
     name = J.safe_name(os.path.splitext(os.path.basename(args.image))[0])
     try:
         seeds = J.parse_seeds(args.seeds)
-        styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+        styles = [s.strip() for s in (args.styles or "").split(",") if s.strip()]
         if not styles:
-            raise J.JobError("styles", "no styles given")
-        units = [ControlUnit.parse(u) for u in args.controls.split(",") if u.strip()]
+            raise J.JobError("styles", "no styles given" if args.styles is not None else "--styles is required")
+        units = [ControlUnit.parse(u) for u in (args.controls or "depth,lines").split(",") if u.strip()]
         model = args.model
         check_custom_base(units, model)
-        long_side = args.long_side or (1024 if ("sdxl" in model or "flux" in model) else 512)
+        long_side = args.long_side or default_long_side(model)
         _depth, line_styles = control_choices(units, styles, model, CaptureOptions(line_style=args.line_style))
         detectors = unit_detectors(units, line_styles)
         spec = model_spec(model)

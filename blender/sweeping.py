@@ -103,7 +103,7 @@ def control_choices(units, styles, model, base):
 
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
                  scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True, init=None,
-                 strength=None, region=None, region_objects=None):
+                 strength=None, region=None, region_objects=None, edits=None):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
     Each line unit gets the line image its model was trained on (``lines_<style>.png``).
@@ -114,7 +114,8 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     down). ``skip_existing=False`` remakes images already on disk. ``init``/``strength``:
     restyle from ``"beauty"`` (the beauty pass is rendered too) or a PNG (core/restyle.py);
     ``region``/``region_objects``: edit only those classes/objects (core/region.py; the mask
-    is saved as ``<camera>_region_mask.png``)."""
+    is saved as ``<camera>_region_mask.png``); ``edits``: instruction edit texts of ``init``
+    (core/edit.py; the job's styles are the edit texts x ``styles``, with no control units)."""
     check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
     render = render or render_controls
     base = capture_options or CaptureOptions()
@@ -141,7 +142,7 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
                                          name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
                                          max_batch=max_batch, skip_existing=skip_existing, init=init,
-                                         strength=strength, mask=mask)))
+                                         strength=strength, mask=mask, edits=edits)))
     return out
 
 

@@ -57,10 +57,20 @@ VIEW_PERCENTILES = (0.5, 99.5)
 
 
 def size_multiple(model: str) -> int:
-    """The multiple a family's image sides must be: 16 for FLUX.1, Qwen-Image and Z-Image (VAE
-    1/8 and 2x2 patches), else 8."""
+    """The multiple a family's image sides must be: 16 for the transformer families (FLUX.1,
+    Kontext, Qwen-Image and its edit models, Z-Image: VAE 1/8 and 2x2 patches), else 8."""
     model = str(model).lower()
-    return 16 if any(name in model for name in ("flux", "qwen", "zimage", "z-image")) else 8
+    return 16 if any(name in model for name in ("flux", "kontext", "qwen", "zimage", "z-image")) else 8
+
+
+def default_long_side(model: str) -> int:
+    """The long side a family renders at by default: Qwen-Image's native 1328 square (its
+    union net was trained there), 1024 for SDXL and the other transformer families, else 512
+    (SD 1.5)."""
+    model = str(model).lower()
+    if "qwen" in model and "edit" not in model:
+        return 1328
+    return 1024 if "sdxl" in model or size_multiple(model) == 16 else 512
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
 
             box.prop(settings, "restyle_strength", slider=True)
             box.label(text=f"{strength_name(settings.restyle_strength).capitalize()}, from the beauty pass")
+        box.prop(settings, "edit_text")  # instruction edit (Kontext, Qwen-Image-Edit)
         box.prop(settings, "region_mode")
         if settings.region_mode == "CLASSES":
             box.prop(settings, "region_classes")

@@ -209,14 +209,14 @@ def test_real_ids_and_what_a_download_fetches():
 
 
 def test_hub_selects_a_single_checkpoint_file():
-    from archviz_controlnet.backend.hub import HubError, select_files
+    from archviz_controlnet.backend.hub import Files, HubError, select_files
 
     listing = ["README.md", "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors",
                "Z-Image-Turbo-Fun-Controlnet-Union-2.1-2602-8steps.safetensors", "asset/pose.jpg"]
-    assert select_files(listing, ("Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors",), fp16=True) == [
+    assert select_files(listing, Files(["Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors"]), fp16=True) == [
         "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors"]
-    with pytest.raises(HubError, match="no file 'config.json'"):
-        select_files(listing, ("config.json",), fp16=True)
+    with pytest.raises(HubError, match="has no 'config.json'"):
+        select_files(listing, Files(["config.json"]), fp16=True)
 
 
 def test_every_builtin_preset_has_a_zimage_section_used_by_the_plan():
