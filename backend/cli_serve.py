@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ARCHVIZ_ENGINE_OPTIONS=name=value,name=value). Options that change images are recorded "
                              "in every image's parameters (README: engine options)")
     parser.add_argument("--memory-profile", default=os.environ.get("ARCHVIZ_MEMORY_PROFILE") or "auto",
-                        help="FLUX.1 on CUDA: auto (by free GPU memory), full, 24gb, 16gb or 12gb "
+                        help="FLUX.1 and Z-Image on CUDA: auto (by free GPU memory), full, 24gb, 16gb or 12gb "
                              "(backend/memory.py; 8-bit profiles change pixels and are recorded)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     from ..distributed.options import add_arguments as add_ray_arguments  # --ray [ADDRESS]: docs/ray.md

@@ -31,11 +31,30 @@ def add_arguments(parser):
                         help="refuse outputs larger than this many pixels (ARCHVIZ_UPSCALE_MAX_PIXELS)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     parser.add_argument("--out", default=None, help="output PNG (default: IMAGE_x<scale>.png beside it)")
+    parser.add_argument("--progress", default="bar", choices=("bar", "json"),
+                        help="bar (default), or one JSON object per line on stdout (the Blender operator reads them)")
 
 
 def _fail(message, code):
     print(f"archviz upscale: {message}", file=sys.stderr)
     return code
+
+
+def peak_rss_mb():
+    """This process's peak resident memory in MB (the render child not included); None
+    where the platform does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
+
+
+def _say(args, **event):
+    """``--progress json``: one JSON object per line on stdout."""
+    if args.progress == "json":
+        print(json.dumps(event), flush=True)
 
 
 def read_params(path):
@@ -71,8 +90,8 @@ def run(args):
         return _fail(str(exc), EXIT_BAD_INPUT)
     width, height = pixels.size[0] * args.scale, pixels.size[1] * args.scale
     if width * height > args.max_pixels:
-        return _fail(f"--scale {args.scale}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over the "
-                     f"limit of {args.max_pixels / 1e6:.1f} megapixels (--max-pixels)", EXIT_BAD_INPUT)
+        return _fail(f"--scale {args.scale}: {width}x{height} = {width * height:,} pixels is over the limit of "
+                     f"{args.max_pixels:,} pixels (--max-pixels, ARCHVIZ_UPSCALE_MAX_PIXELS)", EXIT_BAD_INPUT)
     family = params["model"]["family"]
     tile = args.tile or (1024 if "sdxl" in family or "flux" in family else 512)
     if tile % 8 or args.overlap % 8 or not 0 <= args.overlap < tile:
@@ -86,7 +105,10 @@ def run(args):
 
     digest = params_sha256(upscale_params)
     if existing_matches(out, digest):
-        print(f"kept {out} (made before with the same parameters)")
+        if args.progress == "json":
+            _say(args, state="done", path=os.path.abspath(out), kept=True)
+        else:
+            print(f"kept {out} (made before with the same parameters)")
         return 0
 
     # 1. The passes at the target size, in a child process (a renderer crash names the camera).
@@ -108,7 +130,10 @@ def run(args):
         argv += ["--camera", args.camera]
     if line_styles:
         argv += ["--line-styles", ",".join(line_styles)]
-    print(f"rendering the control passes at {width}x{height}")
+    if args.progress == "json":
+        _say(args, state="rendering", width=width, height=height)
+    else:
+        print(f"rendering the control passes at {width}x{height}")
     try:
         code, err = run_passes_child(argv, args.scene, capture_output=True)
     except RenderCrash as exc:
@@ -148,14 +173,22 @@ def run(args):
                 "steps": params["steps"], "cfg": params["cfg"]}
     if family not in ("flux", "tiny-flux"):
         template["scheduler"] = params["scheduler"]
+    import time
+
     engine = Engine(args.device)
-    bar = tqdm(total=1, desc="tiles", unit="tile")
+    bar = tqdm(total=1, desc="tiles", unit="tile", disable=args.progress == "json")
+    started = [time.perf_counter()]
 
     def on_tile(done, total, _box):
         bar.total = total
         bar.n = done
         bar.refresh()
+        now = time.perf_counter()
+        _say(args, state="refining", tile=done, tiles=total, seconds=round(now - started[0], 3),
+             peak_rss_mb=peak_rss_mb())
+        started[0] = now
 
+    t0 = time.perf_counter()
     try:
         image = upscale(engine, template, np.asarray(pixels), controls, seed=int(params["seed"]), tile=tile,
                         overlap=args.overlap, strength=args.strength, on_tile=on_tile)
@@ -171,6 +204,12 @@ def run(args):
     from .outputs import atomic_write
 
     atomic_write(out, png_bytes(to_uint8(image), meta))
-    print(f"{out}: {image.shape[1]}x{image.shape[0]} from {pixels.size[0]}x{pixels.size[1]} "
-          f"({bar.total} tiles of {tile} px)")
+    seconds, peak = time.perf_counter() - t0, peak_rss_mb()
+    if args.progress == "json":
+        _say(args, state="done", path=os.path.abspath(out), width=int(image.shape[1]), height=int(image.shape[0]),
+             tiles=bar.total, seconds=round(seconds, 2), peak_rss_mb=peak)
+    else:
+        memory = f", peak memory {peak:.0f} MB" if peak is not None else ""
+        print(f"{out}: {image.shape[1]}x{image.shape[0]} from {pixels.size[0]}x{pixels.size[1]} "
+              f"({bar.total} tiles of {tile} px in {seconds:.1f} s, {seconds / bar.total:.2f} s per tile{memory})")
     return 0

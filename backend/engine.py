@@ -417,7 +417,7 @@ class Engine:
             nets = [e.value for e in net_entries]
             self._prepare_models(family.modules(comps, nets))
             self._apply_profile(profile, family, comps, nets)
-            pipe = family.pipeline(comps, nets[0])
+            pipe = family.pipeline(comps, nets[0] if nets else None)  # instruction edits have no nets
             family.use_lora(self, plan, pipe, comps)  # fast mode's LoRA on, or any loaded one off
             controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
             # Restyle: the init image through the VAE encoder once per job (each seed then
@@ -628,7 +628,8 @@ class Engine:
             # The memory profile streams this model's blocks from CPU memory (diffusers' group
             # offloading, which needs accelerate), applied to what runs: the model or its
             # quantized copy.
-            optional_package("accelerate", f"memory profile {self.profile_for('flux').name!r} (streamed blocks)")
+            streaming = next((p.name for p in self._profiles.values() if p.stream), "?")
+            optional_package("accelerate", f"memory profile {streaming!r} (streamed blocks)")
             from diffusers.hooks import apply_group_offloading
 
             apply_group_offloading(fn, onload_device=self.device, offload_device=torch.device("cpu"),

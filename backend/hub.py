@@ -109,12 +109,24 @@ def choose_variant(names: list[str], fp16: bool, allow_bin: bool = False) -> tup
     return None, []
 
 
+class Files(tuple):
+    """``components`` of a repository of loose files, of which the loaders read exactly
+    these paths (e.g. two ``.pth`` files of lllyasviel/Annotators, out of several GB, or the
+    one checkpoint of a single-file ControlNet)."""
+
+
 def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: bool,
                  allow_bin: bool = False) -> list[str]:
     """The repo files the loaders read. ``components``: pipeline folders to load (``unet``,
-    ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``...), or None for a repo that is
-    one model at its root (a ControlNet, a VAE). Raises HubError when a component is
-    missing from the repo or has no safetensors weights."""
+    ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``...), None for a repo that is
+    one model at its root (a ControlNet, a VAE), or :class:`Files` (exactly those files).
+    Raises HubError when a component is missing from the repo or has no safetensors
+    weights."""
+    if isinstance(components, Files):
+        absent = [f for f in components if f not in paths]
+        if absent:
+            raise HubError(f"the repository has no {absent[0]!r}")
+        return list(components)
     by_folder: dict[str, list[str]] = {}
     for p in paths:
         parent = str(PurePosixPath(p).parent)
@@ -130,7 +142,7 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
         prefix = f"{folder}/" if folder else ""
         if not names:
             raise HubError(f"the repository has no {folder!r} folder")
-        if folder.startswith("tokenizer"):
+        if folder.startswith(("tokenizer", "processor")):  # processor: Qwen2-VL's tokenizer + image processor
             out += [prefix + n for n in sorted(names) if not n.startswith(".")]
         elif folder == "scheduler":
             out += [prefix + n for n in sorted(names) if n.endswith(".json")]
@@ -148,6 +160,8 @@ def select_files(paths: list[str], components: tuple[str, ...] | None, fp16: boo
 def check_loadable(folder: Path, components: tuple[str, ...] | None, fp16: bool, allow_bin: bool = False) -> str:
     """Why the local ``folder`` cannot be loaded as these components ('' when it can): each
     model folder has its config and weights, each tokenizer its vocabulary."""
+    if isinstance(components, Files):
+        return next((f"{f} is missing" for f in components if not (folder / f).is_file()), "")
     if components is None and (folder / LORA_FILE).is_file() and not (folder / "config.json").exists():
         return ""  # a LoRA folder
     for comp in ([""] if components is None else components):
@@ -155,7 +169,7 @@ def check_loadable(folder: Path, components: tuple[str, ...] | None, fp16: bool,
         if not sub.is_dir():
             return f"{comp or folder.name!r} is missing"
         names = [p.name for p in sub.iterdir() if p.is_file()]
-        if comp.startswith("tokenizer"):
+        if comp.startswith(("tokenizer", "processor")):
             if not (all(n in names for n in TOKENIZER_FILES) or "tokenizer.json" in names):
                 return f"{comp}/ has no vocab.json + merges.txt (or tokenizer.json)"
         elif comp == "scheduler":

@@ -1,4 +1,4 @@
-"""Memory profiles for the big transformer families on real GPUs (no torch here: the choice
+"""Memory profiles for the big transformer families (FLUX.1, Z-Image) on real GPUs (no torch here: the choice
 is a pure function of the card's free memory, so it is tested without one).
 
 FLUX.1-dev in bf16 needs about 24 GB for the transformer alone (11.9 B parameters), and its
@@ -59,6 +59,38 @@ FLUX_PROFILES = (
     MemoryProfile("12gb", "8bit", True, "all", 0.0,
                   "8-bit transformer and ControlNets streamed block by block, text encoders on the CPU"),
 )
+#: Z-Image-Turbo, the same names (bf16: transformer 12.3 GB, Qwen3-4B 8.0 GB, union net 2.1
+#: 6.7 GB, VAE 0.2 GB; 8 bits: transformer 6.2 GB, net 3.4 GB plus 0.8 GB for its copy of the
+#: transformer's refiners, which the net shares and its quantized copy duplicates). full ~27 GB
+#: resident; 24gb and 16gb alike ~11 GB (8-bit transformer and net, Qwen3 on the CPU: a bf16
+#: transformer with the encoder on the CPU would fit 24 GB, but the engine moves only quantized
+#: or streamed models from CPU memory to the GPU); 12gb ~7 GB (the net streamed).
+ZIMAGE_PROFILES = (
+    MemoryProfile("full", "none", False, "", 31.0, "bf16, everything on the GPU (exact)"),
+    MemoryProfile("24gb", "8bit", True, "", 20.0,
+                  "8-bit weight-only transformer and ControlNet, the Qwen3 encoder on the CPU"),
+    MemoryProfile("16gb", "8bit", True, "", 13.0,
+                  "8-bit weight-only transformer and ControlNet, the Qwen3 encoder on the CPU"),
+    MemoryProfile("12gb", "8bit", True, "controlnets", 0.0,
+                  "8-bit transformer resident, the ControlNet streamed (group offload), the Qwen3 encoder on the CPU"),
+)
+
+#: Qwen-Image (bf16: transformer 20.4 B = 40.9 GB, Qwen2.5-VL text encoder 8.3 B = 16.6 GB,
+#: union ControlNet 1.77 B = 3.5 GB, VAE 0.25 GB; activations at 1328x1328 with true CFG about
+#: 4 GB for a few images). The same names as FLUX.1's, other thresholds: the 8-bit transformer
+#: alone is 20.4 GB, so it stays resident only on cards with about 26 GB free (32 GB and up);
+#: 24 GB and smaller cards stream it block by block.
+QWEN_PROFILES = (
+    MemoryProfile("full", "none", False, "", 66.0, "bf16, everything on the GPU (exact)"),
+    MemoryProfile("24gb", "8bit", True, "", 26.0,
+                  "8-bit weight-only transformer and ControlNet resident, text encoder on the CPU"),
+    MemoryProfile("16gb", "8bit", True, "all", 0.0,
+                  "8-bit transformer and ControlNet streamed block by block, text encoder on the CPU"),
+    MemoryProfile("12gb", "8bit", True, "all", 0.0,
+                  "8-bit transformer and ControlNet streamed block by block, text encoder on the CPU"),
+)
+#: arch -> its profiles, largest first (the families small enough to need none are absent)
+PROFILES = {"flux": FLUX_PROFILES, "zimage": ZIMAGE_PROFILES, "qwen": QWEN_PROFILES}
 PROFILE_NAMES = ("auto",) + tuple(p.name for p in FLUX_PROFILES)
 
 #: The profile of a device that is not a CUDA GPU, or of a family small enough to need none.
@@ -68,19 +100,20 @@ NONE = MemoryProfile("none", "none", False, "", 0.0, "no memory profile (CPU, MP
 def choose_profile(arch: str, device_type: str, free_bytes: int | None, requested: str = "auto") -> MemoryProfile:
     """The memory profile for a family on a device with ``free_bytes`` of free memory.
 
-    ``requested`` is ``auto`` (FLUX.1 on CUDA: by free memory; anything else: :data:`NONE`)
-    or a profile name, kept as asked for FLUX.1 on any device. Raises ValueError naming a bad
+    ``requested`` is ``auto`` (FLUX.1, Z-Image and Qwen-Image on CUDA: by free memory; anything else:
+    :data:`NONE`) or a profile name, kept as asked for those families on any device. Raises ValueError naming a bad
     ``requested``."""
     if requested not in PROFILE_NAMES:
         raise ValueError(f"memory profile: unknown {requested!r} (choose from {', '.join(PROFILE_NAMES)})")
-    if arch != "flux":
+    profiles = PROFILES.get(arch)
+    if profiles is None:
         return NONE
     if requested != "auto":
-        return next(p for p in FLUX_PROFILES if p.name == requested)
+        return next(p for p in profiles if p.name == requested)
     if device_type != "cuda":
         return NONE
     free_gb = (free_bytes or 0) / GB
-    return next(p for p in FLUX_PROFILES if free_gb >= p.min_free_gb)
+    return next(p for p in profiles if free_gb >= p.min_free_gb)
 
 
 def quantize_mode(profile: MemoryProfile, fp8_capable: bool) -> str:

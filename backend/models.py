@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..core.jobs import JobError, ModelSpec
 from . import hub, tiny
+from . import preprocess as _pre
 
 log = logging.getLogger("archviz.backend")
 
@@ -82,6 +83,36 @@ FLUX_UNION_MODES = {"depth": 2, "canny": 0, "lines": 0, "lineart": 0, "mlsd": 0}
 #: the image alone): give it per type with model.controlnets.<type>.
 FLUX_UNION_PRO_2 = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro-2.0"
 
+QWEN_BASE = "Qwen/Qwen-Image"  # Apache-2.0, not gated: 20B MMDiT, Qwen2.5-VL-7B text encoder, 16-channel VAE
+#: InstantX's union net (Apache-2.0, 5 double blocks, trained at 1328 px): canny, soft edge,
+#: depth and pose read from the image alone (no mode embedding); diffusers'
+#: QwenImageMultiControlNetModel runs one union net over several control images.
+QWEN_UNION = "InstantX/Qwen-Image-ControlNet-Union"
+#: The unit types it takes: depth, and every line type as canny edges.
+QWEN_CONTROL_TYPES = ("depth", "lines", "canny", "lineart", "mlsd")
+ZIMAGE_BASE = "Tongyi-MAI/Z-Image-Turbo"  # Apache-2.0, not gated: 6B single-stream DiT, Qwen3-4B encoder, 8 steps
+#: The Z-Image-Turbo Fun ControlNet-Union (alibaba-pai, Apache-2.0, not gated) ships as ONE
+#: checkpoint file per version, not a diffusers folder: repo -> (file, the diffusers config repo
+#: that ``ZImageControlNetModel.from_single_file`` reads for it). No control mode: it reads the
+#: type (canny, HED, depth, pose, MLSD; 2.1 also scribble, gray) from the image itself.
+ZIMAGE_UNION = "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.1"
+ZIMAGE_UNION_V1 = "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union"
+ZIMAGE_UNION_FILES = {
+    ZIMAGE_UNION: ("Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors", "hlky/Z-Image-Turbo-Fun-Controlnet-Union-2.1"),
+    ZIMAGE_UNION_V1: ("Z-Image-Turbo-Fun-Controlnet-Union.safetensors", "hlky/Z-Image-Turbo-Fun-Controlnet-Union"),
+}
+#: The add-on's unit types the union net was trained on: depth, and lines as canny edges (mlsd
+#: and lineart too: straight lines, soft HED-like lines).
+ZIMAGE_TYPES = ("depth", "lines", "canny", "mlsd", "lineart")
+#: Instruction edits (backend/families/edit.py). FLUX.1 Kontext dev: gated, FLUX.1 [dev]
+#: non-commercial licence, FLUX.1-dev's layout. Qwen-Image-Edit: Apache-2.0, not gated;
+#: Qwen2.5-VL text encoder with its vision tower and processor.
+KONTEXT_BASE = "black-forest-labs/FLUX.1-Kontext-dev"
+QWEN_EDIT_BASE = "Qwen/Qwen-Image-Edit"
+#: The monthly updates (Apache-2.0, not gated) run through QwenImageEditPlusPipeline (their
+#: model_index.json says so): the picture at 384x384 for Qwen2.5-VL, 1024x1024 for the VAE.
+QWEN_EDIT_PLUS = {"qwen-edit-2509": "Qwen/Qwen-Image-Edit-2509", "qwen-edit-2511": "Qwen/Qwen-Image-Edit-2511"}
+
 _TINY_SD15_KIND = {"depth": "depth", "lines": "lineart", "lineart": "lineart", "mlsd": "mlsd",
                    "canny": "canny", "normal": "normal", "seg": "seg"}
 _TINY_SDXL_KIND = {"depth": "depth", "canny": "canny", "lines": "canny", "lineart": "canny", "mlsd": "canny"}
@@ -99,7 +130,7 @@ class ControlNetRef:
 class ModelPlan:
     """Concrete references for one job."""
 
-    arch: str  # "sd15" | "sdxl" | "flux"
+    arch: str  # "sd15" | "sdxl" | "flux" | "zimage"
     family: str
     base: str
     vae: str | None
@@ -121,6 +152,13 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
     arch = spec.arch
     if arch == "flux":
         return _resolve_flux(spec, control_types, control_models)
+    if arch in ("qwen", "zimage"):
+        return _resolve_union(spec, control_types, control_models)
+    if arch in ("kontext", "qwen-edit"):  # instruction edits: a base only, no ControlNet (core/jobs.py)
+        real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_PLUS.get(spec.family, QWEN_EDIT_BASE)
+        folder = "qwen-edit-plus" if spec.family == "tiny-qwen-edit-plus" else arch
+        base = spec.base or (str(tiny.tiny_path(folder, "base")) if spec.is_tiny else real)
+        return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=())
     sdxl = arch == "sdxl"
     if spec.is_tiny:
         base = spec.base or str(tiny.tiny_path(arch, "base"))
@@ -175,6 +213,38 @@ def _resolve_flux(spec: ModelSpec, control_types: list[str], control_models: lis
                            f"{spec.family} has no {ctype!r} ControlNet (FLUX.1 nets take depth and canny-style "
                            f"lines); give model.controlnets.{ctype}")
     return ModelPlan(arch="flux", family=spec.family, base=base, vae=None, controlnets=tuple(refs))
+
+
+#: One union net for every unit, with no control mode (it reads the type from the image):
+#: arch -> (the family's name, its default base, its default union net, the unit types it was
+#: trained on).
+UNION_ONLY = {
+    "qwen": ("the Qwen-Image union net", QWEN_BASE, QWEN_UNION, QWEN_CONTROL_TYPES),
+    "zimage": ("the Z-Image ControlNet-Union", ZIMAGE_BASE, ZIMAGE_UNION, ZIMAGE_TYPES),
+}
+
+
+def _resolve_union(spec: ModelSpec, control_types: list[str], control_models: list[str | None]) -> ModelPlan:
+    """Qwen-Image and Z-Image-Turbo: every unit runs the family's one union net, unless a job
+    names another net for it (``controls[i].model``, ``model.controlnets.<type>``, or
+    ``model.controlnets.union`` for the union net itself)."""
+    arch = spec.arch
+    label, base_id, union_id, types = UNION_ONLY[arch]
+    if spec.is_tiny:
+        base = spec.base or str(tiny.tiny_path(arch, "base"))
+        union = spec.controlnets.get("union") or str(tiny.tiny_path(arch, "controlnet-union"))
+    else:
+        base, union = spec.base or base_id, spec.controlnets.get("union") or union_id
+    refs = []
+    for i, (ctype, override) in enumerate(zip(control_types, control_models)):
+        if override or ctype in spec.controlnets:
+            refs.append(ControlNetRef(override or spec.controlnets[ctype], arch=arch))
+        elif ctype in types:
+            refs.append(ControlNetRef(union, arch=arch))
+        else:
+            raise JobError(f"controls[{i}].type", f"{label} was not trained on {ctype!r} (it takes "
+                                                  f"{', '.join(types)}); give model.controlnets.{ctype}")
+    return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=tuple(refs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,7 +350,11 @@ BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "schedul
                    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                             "scheduler"),
                    "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                            "scheduler")}
+                            "scheduler"),
+                   "qwen": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+                   "zimage": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
+BASE_COMPONENTS["kontext"] = BASE_COMPONENTS["flux"]
+BASE_COMPONENTS["qwen-edit"] = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
 
 
 def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
@@ -304,6 +378,16 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-canny": [(FLUX_CONTROLNETS["canny"], None, "ControlNet (canny, lines)")],
     "flux-union": [(FLUX_UNION, None, "ControlNet-Union (modes)")],
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
+    "qwen-base": [(QWEN_BASE, base_components("qwen", False), "base model")],
+    "qwen-union": [(QWEN_UNION, None, "ControlNet-Union")],
+    "zimage-base": [(ZIMAGE_BASE, base_components("zimage", False), "base model (Turbo)")],
+    **{f"zimage-union{suffix}": [(repo, hub.Files([ZIMAGE_UNION_FILES[repo][0]]), f"ControlNet-Union{version} (one file)"),
+                                 (ZIMAGE_UNION_FILES[repo][1], hub.Files(["config.json"]), "its diffusers config")]
+       for suffix, version, repo in (("", " 2.1", ZIMAGE_UNION), ("-v1", " 1.0", ZIMAGE_UNION_V1))},
+    "kontext": [(KONTEXT_BASE, base_components("kontext", False), "instruction-edit model (gated)")],
+    "qwen-edit": [(QWEN_EDIT_BASE, base_components("qwen-edit", False), "instruction-edit model")],
+    **{name: [(repo, base_components("qwen-edit", False), "instruction-edit model")]
+       for name, repo in QWEN_EDIT_PLUS.items()},
 }
 # Fast mode (backend/families: FastMode) and previews (backend/previews.py).
 CATALOG.update({
@@ -316,7 +400,15 @@ CATALOG.update({
 CATALOG["sd15"] = CATALOG["sd15-base"] + CATALOG["sd15-depth"] + CATALOG["sd15-lineart"]
 CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-depth"] + CATALOG["sdxl-canny"]
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
-FAMILY_NAMES = ("sd15", "sdxl", "flux")
+CATALOG["qwen"] = CATALOG["qwen-base"] + CATALOG["qwen-union"]
+CATALOG["zimage"] = CATALOG["zimage-base"] + CATALOG["zimage-union"]
+# The detectors of sweeps from a photo or a sketch (backend/preprocess.py): DPT depth, and the
+# MLSD and lineart files of lllyasviel/Annotators (only those, not the whole repository).
+CATALOG["preprocessors"] = [
+    (_pre.DEPTH_REPO, None, "depth model (DPT)"),
+    (_pre.ANNOTATOR_REPO, hub.Files(_pre.WEIGHT_FILES["mlsd"] + _pre.WEIGHT_FILES["lineart"]),
+     "annotator weights (MLSD, lineart)")]
+FAMILY_NAMES = ("sd15", "sdxl", "flux", "qwen", "zimage")
 
 
 def catalog_name(repo_id: str) -> str:
@@ -352,7 +444,11 @@ def hub_needs(plan: ModelPlan) -> list[tuple[str, tuple[str, ...] | None, str]]:
         needs.append((plan.vae, None, "VAE"))
     for ref in plan.controlnets:
         if is_hub_ref(ref.ref) and all(ref.ref != n[0] for n in needs):
-            needs.append((ref.ref, None, "ControlNet"))
+            if ref.ref in ZIMAGE_UNION_FILES:  # one checkpoint file, and the config diffusers reads for it
+                file, config = ZIMAGE_UNION_FILES[ref.ref]
+                needs += [(ref.ref, hub.Files([file]), "ControlNet"), (config, hub.Files(["config.json"]), "ControlNet config")]
+            else:
+                needs.append((ref.ref, None, "ControlNet"))
     if plan.lora and is_hub_ref(plan.lora):
         needs.append((plan.lora, None, "LoRA (fast mode)"))
     return needs
@@ -452,8 +548,8 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    if arch == "flux":
-        return _load_flux_base(ref, dtype, device)
+    if arch in DIT_BASES:
+        return _load_dit_base(arch, ref, dtype, device)
     path = Path(ref).expanduser()
     if path.is_file():  # one .safetensors checkpoint with everything inside
         cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
@@ -490,24 +586,59 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     return comps
 
 
-def _load_flux_base(ref: str, dtype, device) -> dict:
-    """FLUX.1's transformer, VAE, CLIP and T5 encoders with their tokenizers, scheduler config."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+#: The families published and run in bf16: their text encoders and transformers overflow fp16.
+BF16_ARCHES = ("flux", "qwen", "zimage", "kontext", "qwen-edit")
+#: The transformer families' base models, loaded component by component from a diffusers
+#: folder: arch -> (the family's name, {component: (library, class)}).
+DIT_BASES = {
+    "flux": ("FLUX.1", {"transformer": ("diffusers", "FluxTransformer2DModel"), "vae": ("diffusers", "AutoencoderKL"),
+                        "text_encoder": ("transformers", "CLIPTextModel"),
+                        "tokenizer": ("transformers", "CLIPTokenizer"),
+                        "text_encoder_2": ("transformers", "T5EncoderModel"),
+                        "tokenizer_2": ("transformers", "T5TokenizerFast")}),
+    "qwen": ("Qwen-Image", {"transformer": ("diffusers", "QwenImageTransformer2DModel"),
+                            "vae": ("diffusers", "AutoencoderKLQwenImage"),
+                            "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+                            "tokenizer": ("transformers", "Qwen2Tokenizer")}),
+    "zimage": ("Z-Image", {"transformer": ("diffusers", "ZImageTransformer2DModel"),
+                           "vae": ("diffusers", "AutoencoderKL"),
+                           "text_encoder": ("transformers", "AutoModel"),
+                           "tokenizer": ("transformers", "AutoTokenizer")}),
+}
+#: Instruction edits: FLUX.1 Kontext has FLUX.1's layout and classes; Qwen-Image-Edit has
+#: Qwen-Image's and a processor for the picture (:mod:`.qwen_processor`).
+DIT_BASES["kontext"] = ("FLUX.1 Kontext", DIT_BASES["flux"][1])
+DIT_BASES["qwen-edit"] = ("Qwen-Image-Edit", {**DIT_BASES["qwen"][1], "processor": (".qwen_processor", None)})
 
+
+def _load_dit_base(arch: str, ref: str, dtype, device) -> dict:
+    """A transformer family's components (:data:`DIT_BASES`) and its scheduler config;
+    Qwen-Image-Edit's ``edit_plus`` when its pipeline is QwenImageEditPlusPipeline."""
+    import importlib
+    import json
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    label, classes = DIT_BASES[arch]
     if Path(ref).expanduser().is_file():
-        raise ModelNotFoundError(f"base model {ref}: FLUX.1 loads from a folder or hub id (diffusers layout), "
+        raise ModelNotFoundError(f"base model {ref}: {label} loads from a folder or hub id (diffusers layout), "
                                  f"not from one checkpoint file")
-    folder = local_folder(ref, base_components("flux", False), "base model", dtype)
-    comps = {
-        "transformer": _load(FluxTransformer2DModel, folder, "transformer", ref, "base model", dtype),
-        "vae": _load(AutoencoderKL, folder, "vae", ref, "base model", dtype),
-        "text_encoder": _load(CLIPTextModel, folder, "text_encoder", ref, "base model", dtype),
-        "tokenizer": _load(CLIPTokenizer, folder, "tokenizer", ref, "base model"),
-        "text_encoder_2": _load(T5EncoderModel, folder, "text_encoder_2", ref, "base model", dtype),
-        "tokenizer_2": _load(T5TokenizerFast, folder, "tokenizer_2", ref, "base model"),
-        "scheduler_config": dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler"))),
-    }
+    folder = local_folder(ref, base_components(arch, False), "base model", dtype)
+    comps = {}
+    for name, (library, cls) in classes.items():
+        if name == "processor":  # Qwen2-VL's processor for pictures only
+            cls = importlib.import_module(library, __package__).image_processor_class()
+        else:
+            cls = getattr(importlib.import_module(library), cls)
+        weights = () if name.startswith(("tokenizer", "processor")) else (dtype,)
+        comps[name] = _load(cls, folder, name, ref, "base model", *weights)
+    comps["scheduler_config"] = dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler")))
+    if arch == "qwen-edit":  # -2509 / -2511: the folder's model_index.json names QwenImageEditPlusPipeline
+        try:
+            pipeline_class = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+        except (OSError, ValueError):
+            pipeline_class = ""
+        comps["edit_plus"] = pipeline_class == "QwenImageEditPlusPipeline"
     for module in comps.values():
         if hasattr(module, "eval"):
             module.eval().requires_grad_(False)
@@ -515,11 +646,47 @@ def _load_flux_base(ref: str, dtype, device) -> dict:
     return comps
 
 
-def load_controlnet(ref: ControlNetRef, dtype, device):
-    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel
+def _load_zimage_controlnet(ref: str, dtype):
+    """The Z-Image union ControlNet as diffusers supports it: ``from_single_file`` of its one
+    checkpoint (diffusers' own conversion), with the config from the folder beside it or
+    from the config repo diffusers names for the hub checkpoint; a diffusers folder with
+    ``from_pretrained``."""
+    from diffusers import ZImageControlNetModel
 
+    path = Path(ref).expanduser()
+    if tiny.is_tiny_path(path):  # the tiny net's folder, or its checkpoint file
+        tiny.ensure_tiny(path.parent if path.suffix == ".safetensors" else path)
+    if path.is_file():
+        config = {"config": str(path.parent)} if (path.parent / "config.json").is_file() else {}
+        return _from_single_file(ZImageControlNetModel, ref, "ControlNet", torch_dtype=dtype, **config)
+    if path.is_dir():
+        if any(path.glob("diffusion_pytorch_model*.safetensors")):  # a diffusers folder
+            return _load(ZImageControlNetModel, local_folder(ref, None, "ControlNet", dtype), "", ref, "ControlNet",
+                         dtype)
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1 or not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"ControlNet {ref!r}: expected one .safetensors checkpoint and its config.json "
+                                     f"(or a diffusers folder), found {', '.join(p.name for p in files) or 'none'}")
+        return _from_single_file(ZImageControlNetModel, str(files[0]), "ControlNet", torch_dtype=dtype,
+                                 config=str(path))
+    if ref in ZIMAGE_UNION_FILES:
+        file, config = ZIMAGE_UNION_FILES[ref]
+        snaps = fetch([(ref, hub.Files([file]), "ControlNet"), (config, hub.Files(["config.json"]), "ControlNet config")],
+                      dtype)["snapshots"]
+        return _from_single_file(ZImageControlNetModel, str(snaps[ref] / file), "ControlNet", torch_dtype=dtype,
+                                 config=str(snaps[config]))
+    return _load(ZImageControlNetModel, local_folder(ref, None, "ControlNet", dtype), "", ref, "ControlNet", dtype)
+
+
+def load_controlnet(ref: ControlNetRef, dtype, device):
+    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, QwenImageControlNetModel
+
+    if ref.arch == "zimage":
+        return _load_zimage_controlnet(ref.ref, dtype).eval().requires_grad_(False).to(device)
     if ref.arch == "flux":
         cls = FluxControlNetModel  # single-purpose and union nets alike (a union one has num_mode)
+    elif ref.arch == "qwen":
+        cls = QwenImageControlNetModel
     else:
         cls = ControlNetUnionModel if ref.union_mode is not None else ControlNetModel
     if Path(ref.ref).expanduser().is_file():
@@ -592,11 +759,11 @@ class ModelCache:
         return entry
 
     def dtype_for(self, arch: str):
-        """FLUX.1 runs in bf16 where the engine runs fp16 (its T5 and transformer overflow
-        fp16); everything else in the cache's dtype."""
+        """The :data:`BF16_ARCHES` run in bf16 where the engine runs fp16; everything else in
+        the cache's dtype."""
         import torch
 
-        if arch == "flux" and self.dtype == torch.float16:
+        if arch in BF16_ARCHES and self.dtype == torch.float16:
             return torch.bfloat16
         return self.dtype
 

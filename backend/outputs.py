@@ -110,7 +110,7 @@ class OutputRoots:
 
 METADATA_KEYS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height", "style",
                  "model", "controls", "params_sha256", "archviz", "parameters", "strength", "init_sha256",
-                 "region_coverage", "mask_sha256")
+                 "region_coverage", "mask_sha256", "preprocessors", "edit")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -132,7 +132,10 @@ def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | No
              f"CFG scale: {style.cfg:g}, Seed: {item.seed}, Size: {plan.width}x{plan.height}, "
              f"Model: {plan.models.base}")
     restyle = {}
-    if plan.init is not None:  # img2img: the init image's pixel hash and the strength
+    if style.edit is not None:  # instruction edit: the edit text and the picture's pixel hash
+        a1111 += f", Edit: {style.edit}"
+        restyle = {"edit": style.edit, "init_sha256": plan.init.sha256}
+    elif plan.init is not None:  # img2img: the init image's pixel hash and the strength
         a1111 += f", Denoising strength: {plan.init.strength:g}"
         restyle = {"strength": f"{plan.init.strength:g}", "init_sha256": plan.init.sha256}
     if plan.region is not None:  # region edit: the share of pixels it may change, and which mask
@@ -157,6 +160,7 @@ def image_metadata(plan: SweepPlan, item: PlannedImage, warnings: list[str] | No
                                "file": item.file, "index": item.index}),
         "parameters": a1111,  # what other tools (A1111, ComfyUI loaders) show
         **restyle,
+        **({"preprocessors": json.dumps(plan.preprocessed)} if plan.preprocessed else {}),
         **({"warnings": json.dumps(warnings)} if warnings else {}),
     }
 

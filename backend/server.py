@@ -9,9 +9,12 @@
 ``GET /v1/jobs/{id}/images/{n}``  PNG of sweep image ``n`` (style_index * len(seeds) + seed_index)
 ``GET /v1/jobs/{id}/previews/{n}``  the latest preview PNG of image ``n`` while it denoises
 ``GET /v1/jobs/{id}/contact_sheet``  the contact sheet PNG
+``GET /v1/jobs/{id}/controls/{n}``  control ``n`` a detector made from the job's picture
 ``DELETE /v1/jobs/{id}``    cancel (queued: at once; running: within one denoising step)
 ``POST /v1/unload``         drop every warm model not in use
 ``POST /v1/preprocess``     run a detector on a photo/sketch, returns the control PNG
+``POST /v1/picture``        a photo/sketch (PNG, JPEG, WebP, BMP, TIFF) checked and fitted to
+                            a model's size, as the RGB PNG a sweep job sends (backend/picture.py)
 ==========================  ==============================================================
 
 Every error is JSON ``{"detail": msg, "error": {"type", "message", "field"?}}``; malformed
@@ -45,9 +48,9 @@ from .. import __version__
 from ..core import jobs as J
 from ..core.presets import load_presets_tolerant
 from .engine import Engine
-from .models import check_job_models, model_roots
+from .models import BF16_ARCHES, check_job_models, model_roots
 from .outputs import OutputRoots
-from .preprocess import PreprocessorError, run_preprocessor
+from .preprocess import PreprocessorError, run_detector
 from .sweep import build_plan, decode_control_image
 from .outputs import existing_matches
 from .worker import DEFAULT_MAX_QUEUED, QueueFull, Worker, default_output_root
@@ -77,6 +80,12 @@ class JobAccepted(BaseModel):
 class UnloadResult(BaseModel):
     unloaded: list[str]
     in_use: list[str]
+
+
+class PictureRequest(BaseModel):
+    image: str = Field(description="base64 of the picture file (PNG, JPEG, WebP, BMP or TIFF)")
+    long_side: int = Field(description="long side of the fitted picture in pixels")
+    multiple: int = Field(8, description="both sides a multiple of this (8; 16 for FLUX.1)")
 
 
 class PreprocessRequest(BaseModel):
@@ -269,7 +278,7 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         found, _ = presets()
         changes_for = getattr(engine, "image_changes_for", None)  # with the family's memory profile
         changes = changes_for(job.model.arch) if changes_for else engine.image_changes
-        dtype = "bfloat16" if job.model.arch == "flux" and engine.dtype_name == "float16" else engine.dtype_name
+        dtype = "bfloat16" if job.model.arch in BF16_ARCHES and engine.dtype_name == "float16" else engine.dtype_name
         plan = build_plan(job, found, dtype, changes)
         record = worker.submit(plan)
         return JSONResponse(status_code=202, content={
@@ -327,6 +336,18 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
             raise HTTPException(404, f"job {job_id} has no contact sheet yet (state {record.state})")
         return FileResponse(record.output_dir / record.contact_sheet_file, media_type="image/png")
 
+    @app.get("/v1/jobs/{job_id}/controls/{n}", response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}}}})
+    def job_control(job_id: str, n: int):
+        record = _record(job_id)
+        notes = record.plan.preprocessed
+        if not 0 <= n < len(notes):
+            raise HTTPException(404, f"job {job_id} has {len(notes)} control(s) made from a picture, not {n + 1}")
+        path = record.output_dir / notes[n]["file"]
+        if not path.is_file():
+            raise HTTPException(410, f"control {n} of job {job_id} ({notes[n]['file']}) is no longer on disk")
+        return FileResponse(path, media_type="image/png")
+
     @app.delete("/v1/jobs/{job_id}")
     def cancel(job_id: str, reason: str | None = None) -> dict:
         """Cancel. ``?reason=TEXT``: a client that gave up (disk full on its side, a
@@ -350,13 +371,25 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
                 raise J.JobError(name, f"must be a multiple of {J.SIZE_MULTIPLE} in {J.MIN_SIZE}..{J.MAX_SIZE}")
         image = decode_control_image(J.decode_png(req.image, "image"), "image")
         try:
-            out = run_preprocessor(req.detector, image, req.width, req.height)
+            out, settings = run_detector(req.detector, image, req.width, req.height)
         except PreprocessorError as exc:
             return _error(409, "PreprocessorError", str(exc), "detector")
         buf = io.BytesIO()
         out.save(buf, format="PNG")
         return {"image": base64.b64encode(buf.getvalue()).decode("ascii"), "width": out.width,
-                "height": out.height}
+                "height": out.height, "settings": settings}
+
+    @app.post("/v1/picture")
+    def picture(req: PictureRequest) -> dict:
+        from .picture import fit_picture
+
+        if len(req.image) > (J.MAX_PNG_BYTES + 2) // 3 * 4:
+            raise J.JobError("image", f"the file is larger than the limit of {J.MAX_PNG_BYTES // 2**20} MiB")
+        try:
+            data = base64.b64decode(req.image, validate=True)
+        except (ValueError, TypeError) as exc:
+            raise J.JobError("image", f"not valid base64 ({exc})") from None
+        return fit_picture(data, req.long_side, req.multiple)
 
     def openapi():
         if app.openapi_schema:

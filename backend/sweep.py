@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..core import jobs as J
 from ..core.presets import Preset
+from ..core.edit import EDIT_ARCHES
 from .models import ModelPlan, resolve_models
 
 #: FLUX.1 defaults where neither the job nor the preset's [flux] section sets them: FLUX.1-dev's
@@ -25,6 +26,34 @@ from .models import ModelPlan, resolve_models
 #: negative prompt.
 FLUX_DEFAULTS = {"cfg": 3.5, "steps": 28}
 FLUX_SCHEDULER = "flow_euler"
+#: Qwen-Image defaults where neither the job nor the preset's [qwen] section sets them: true CFG
+#: with the negative prompt (two transformer passes per step) and the model card's 50 steps;
+#: flow-matching Euler only.
+QWEN_DEFAULTS = {"cfg": 4.0, "steps": 50}
+#: Z-Image-Turbo defaults: 8 steps (its card: 8 function evaluations), no classifier-free
+#: guidance (cfg 1; the pipeline's guidance_scale 0), no negative prompt, flow-matching Euler.
+ZIMAGE_DEFAULTS = {"cfg": 1.0, "steps": 8}
+
+
+@dataclass(frozen=True)
+class FlowRules:
+    """How a flow-matching (transformer) family takes a job: one sampler, sides multiples of
+    16, cfg/steps from its preset section (``[flux]``, ``[qwen]``, ``[zimage]``)."""
+
+    label: str
+    defaults: dict
+    no_negative: str = ""  # why it takes no negative prompt ('' = it takes one)
+    fixed_cfg: float | None = None  # the one cfg it samples with
+    restyle: bool = False  # takes an init image
+
+
+FLOW_FAMILIES = {
+    "flux": FlowRules("FLUX.1", FLUX_DEFAULTS, no_negative="guidance-distilled, no true CFG", restyle=True),
+    "qwen": FlowRules("Qwen-Image", QWEN_DEFAULTS),
+    "zimage": FlowRules("Z-Image-Turbo", ZIMAGE_DEFAULTS, no_negative="it samples without CFG", fixed_cfg=1.0),
+}
+#: families whose module does region edits (inpainting of the init image under a mask)
+REGION_ARCHS = ("sd15", "sdxl", "flux")
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
@@ -53,6 +82,7 @@ class StyleSettings:
     cfg: float
     scheduler: str
     units: tuple[UnitSettings, ...]
+    edit: str | None = None  # instruction edit: the edit text (the prompt is composed from it)
 
     def sampling_key(self) -> tuple:
         """Styles with the same key can share a UNet batch."""
@@ -111,12 +141,17 @@ class SweepPlan:
     init: InitImage | None = None  # restyle (img2img); None: text-to-image with the controls
     region: RegionMask | None = None  # region edit (inpainting of init); None: the whole image
     fast: dict | None = None  # the family's fast mode (FastMode.record()); None: the exact path
+    # A sweep from a picture (backend/picture.py): each detector's control file and settings,
+    # filled once the detectors ran; metadata only (the picture's hash is in the params).
+    preprocessed: list = field(default_factory=list)
 
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
         style = self.styles[image.style]
         extra = {"engine_options": dict(self.engine_options)} if self.engine_options else {}
-        if self.init is not None:  # only when set: plain sweeps keep their hashes
+        if style.edit is not None:  # instruction edit: the edit text and the picture it edits
+            extra["edit"] = {"text": style.edit, "image_sha256": self.init.sha256}
+        elif self.init is not None:  # only when set: plain sweeps keep their hashes
             extra["init"] = {"image_sha256": self.init.sha256, "strength": self.init.strength}
         if self.region is not None:
             extra["region"] = {"mask_sha256": self.region.sha256}
@@ -175,8 +210,8 @@ def resolve_style(style: J.Style, index: int, job: J.Job, presets: dict[str, Pre
         if preset is None:
             known = ", ".join(sorted(presets)) or "none"
             raise J.JobError(f"styles[{index}].preset", f"unknown preset {style.preset!r} (known: {known})")
-        preset = preset.for_family(job.model.arch)
-    prompt = style.prompt if style.prompt else preset.prompt
+        preset = preset.for_family("flux" if job.model.arch in EDIT_ARCHES else job.model.arch)  # edits: natural language
+    prompt = style.prompt if style.prompt else (preset.prompt if preset else "")  # "": an edit text alone
     negative = style.negative if style.negative is not None else (preset.negative if preset else "")
     return preset, prompt, negative
 
@@ -224,27 +259,32 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
     fast = fast_mode(job) if job.fast else None
     if fast is not None:
         models = fast_models(job, models, fast)
-    flux = models.arch == "flux"
-    if flux:
+    flow = FLOW_FAMILIES.get(models.arch)
+    if flow or models.arch in EDIT_ARCHES:
+        label = flow.label if flow else job.model.family
         if job.scheduler is not None:
-            raise J.JobError("scheduler", f"{job.scheduler!r}: FLUX.1 samples with its flow-matching Euler "
+            raise J.JobError("scheduler", f"{job.scheduler!r}: {label} samples with its flow-matching Euler "
                                           f"scheduler only; leave scheduler unset")
         for name in ("width", "height"):
             if getattr(job, name) % 16:
-                raise J.JobError(name, f"{getattr(job, name)} px: FLUX.1 needs a multiple of 16")
+                raise J.JobError(name, f"{getattr(job, name)} px: {label} needs a multiple of 16")
     init = None
+    if job.init_image is not None and flow and not flow.restyle:
+        raise J.JobError("init_image", f"restyle (an init image) runs with the SD 1.5, SDXL and FLUX.1 families; "
+                                       f"{job.model.family} does not take one yet")
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
-        init = InitImage(image=image, sha256=pixels_sha256(image), strength=float(job.strength))
+        strength = float(job.strength) if job.strength is not None else None  # None: an instruction edit
+        init = InitImage(image=image, sha256=pixels_sha256(image), strength=strength)
     region = None
     if job.mask_image is not None:
         import numpy as np
 
         from ..core import region as R
 
-        if models.arch not in ("sd15", "sdxl"):
-            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5 and SDXL families; "
-                                           f"{job.model.family} does not take a mask yet")
+        if models.arch not in REGION_ARCHS:
+            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5, SDXL and FLUX.1 "
+                                           f"families; {job.model.family} does not take a mask yet")
         mask = decode_control_image(J.decode_png(job.mask_image, "mask_image"), "mask_image")
         alpha = np.asarray(mask.convert("L"), np.float32) / 255.0
         if not (alpha > 0).any():
@@ -280,36 +320,42 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
                 model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
             ))
-        if fast is not None:  # the fast mode's steps, cfg and sampler where the job sets none
-            steps = int(pick(job.steps, fast.steps, J.DEFAULT_STEPS))
-            if fast.cfg is not None:
-                cfg = float(pick(job.cfg, fast.cfg, J.DEFAULT_CFG))
-            elif flux:
-                flux_values = presets[style.preset].flux if style.preset is not None else {}
-                cfg = float(pick(job.cfg, flux_values.get("cfg"), FLUX_DEFAULTS["cfg"]))
+        if models.arch in EDIT_ARCHES:  # instruction edit (core/edit.py): the edit text, the look of the style
+            from ..core.edit import edit_values
+
+            if models.arch == "kontext" and style.negative:
+                raise J.JobError(f"styles[{si}].negative", "FLUX.1 Kontext has no negative prompt "
+                                                           "(guidance-distilled); say what you want in the edit text")
+            prompt, negative, steps, cfg, scheduler = edit_values(models.arch, job, style, prompt)
+        elif flow or fast is not None:
+            # the flow families: cfg/steps from the family's own preset section only, one sampler;
+            # fast mode: its steps, cfg and sampler where the job sets none
+            values = getattr(presets[style.preset], models.arch) if flow and style.preset is not None else {}
+            if flow and style.negative and flow.no_negative:
+                raise J.JobError(f"styles[{si}].negative", f"{flow.label} has no negative prompt "
+                                                           f"({flow.no_negative}); describe what you want instead")
+            if fast is not None:
+                steps = int(pick(job.steps, fast.steps, J.DEFAULT_STEPS))
+                own_cfg = values.get("cfg") if flow else (preset.cfg if preset else None)
+                cfg = float(pick(job.cfg, fast.cfg if fast.cfg is not None else own_cfg,
+                                 flow.defaults["cfg"] if flow else J.DEFAULT_CFG))
+                scheduler = fast.scheduler
             else:
-                cfg = float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG))
-            scheduler = fast.scheduler
-            if flux and style.negative:
-                raise J.JobError(f"styles[{si}].negative", "FLUX.1 has no negative prompt (guidance-distilled, "
-                                                           "no true CFG); describe what you want instead")
-            if flux:
+                steps = int(pick(job.steps, values.get("steps"), flow.defaults["steps"]))
+                cfg = float(pick(job.cfg, values.get("cfg"), flow.defaults["cfg"]))
+                if flow.fixed_cfg is not None and cfg != flow.fixed_cfg:
+                    raise J.JobError("cfg", f"{cfg:g}: {flow.label} samples with cfg {flow.fixed_cfg:g} only "
+                                            f"(no classifier-free guidance); leave it unset")
+                scheduler = FLUX_SCHEDULER
+            if flow and flow.no_negative:
                 negative = ""
-        elif flux:  # FLUX.1: distilled guidance as cfg, no negative prompt, one sampler
-            flux_values = presets[style.preset].flux if style.preset is not None else {}
-            if style.negative:
-                raise J.JobError(f"styles[{si}].negative", "FLUX.1 has no negative prompt (guidance-distilled, "
-                                                           "no true CFG); describe what you want instead")
-            steps = int(pick(job.steps, flux_values.get("steps"), FLUX_DEFAULTS["steps"]))
-            cfg = float(pick(job.cfg, flux_values.get("cfg"), FLUX_DEFAULTS["cfg"]))
-            negative, scheduler = "", FLUX_SCHEDULER
         else:
             steps = int(pick(job.steps, preset.steps if preset else None, J.DEFAULT_STEPS))
             cfg = float(pick(job.cfg, preset.cfg if preset else None, J.DEFAULT_CFG))
             scheduler = pick(job.scheduler, preset.scheduler if preset else None, J.DEFAULT_SCHEDULER)
         styles.append(StyleSettings(
             name=style.name, preset=style.preset, prompt=prompt, negative=negative,
-            steps=steps, cfg=cfg, scheduler=scheduler, units=tuple(units),
+            steps=steps, cfg=cfg, scheduler=scheduler, units=tuple(units), edit=style.edit,
         ))
 
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,

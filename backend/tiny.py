@@ -17,6 +17,8 @@ Layout (one folder per model, as on the Hugging Face hub)::
     tiny/v1/flux/base                  FLUX.1 pipeline folder: transformer vae text_encoder (CLIP)
                                        tokenizer text_encoder_2 (T5) tokenizer_2 (unigram) scheduler
     tiny/v1/flux/controlnet-<kind>     FluxControlNetModel (depth canny, union with control modes)
+    tiny/v1/qwen/...                   Qwen-Image: see tiny_qwen.py
+    tiny/v1/zimage/...                 Z-Image-Turbo and its union ControlNet (see tiny_zimage.py)
 """
 
 from __future__ import annotations
@@ -84,7 +86,17 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
     return path
 
 
+#: Tiny families built by a module of their own (its ``builder(family, name)``), loaded by
+#: name like the engine's family modules (``families.MODULES``): they use this module's helpers.
+TINY_MODULES = {"qwen": "tiny_qwen", "zimage": "tiny_zimage", "kontext": "tiny_edit", "qwen-edit": "tiny_edit",
+                "qwen-edit-plus": "tiny_edit"}
+
+
 def _builder(family: str, name: str):
+    if family in TINY_MODULES:
+        import importlib
+
+        return importlib.import_module(f".{TINY_MODULES[family]}", __package__).builder(family, name)
     import sys
 
     from .tiny_fast import builder as fast_builder

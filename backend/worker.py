@@ -97,6 +97,7 @@ class JobRecord:
     def preview(self, index: int) -> tuple | None:
         with self.lock:
             return self.previews.get(index)
+    fetched: list = field(default_factory=lambda: [0, 0])  # bytes, files of this job's downloads so far
 
     def on_download(self, progress: dict) -> None:
         with self.lock:
@@ -169,6 +170,8 @@ class JobRecord:
                 "seeds": list(plan.job.seeds),
                 "width": plan.width,
                 "height": plan.height,
+                # a sweep from a picture: the detectors' controls (GET /v1/jobs/{id}/controls/{n})
+                **({"picture_controls": list(plan.preprocessed)} if plan.preprocessed else {}),
             }
 
 
@@ -298,9 +301,12 @@ class Worker:
             record.steps_total = sum(plan.styles[b[0].style].steps for b in self.engine.batches(plan, todo))
             if todo:
                 self.fetch_models(record)
+                self.prepare_picture(record, out)
                 record.set_phase("loading")
                 record.warnings = prompt_warnings(plan, self.engine)
                 manifest.data["warnings"] = list(record.warnings)
+                if plan.preprocessed:  # a sweep from a picture: its controls' files and settings
+                    manifest.data["picture_controls"] = plan.preprocessed
             manifest.write("running")
 
             def on_image(item: PlannedImage, array) -> None:
@@ -356,10 +362,27 @@ class Worker:
         if fetch is None:  # an engine that loads models elsewhere (Ray actors)
             return
         result = fetch(record.plan.models, progress=record.on_download, cancelled=record.cancel_event.is_set)
+        self._downloaded(record, result)
+
+    def prepare_picture(self, record: JobRecord, out: Path) -> None:
+        """A sweep from a photo or sketch: its detectors' weights (a download shown like a
+        model's), then each detector once, the controls saved beside the results
+        (backend/picture.py)."""
+        if any(c.preprocess != "none" for c in record.plan.controls):
+            from .picture import fetch_weights, prepare_controls
+
+            self._downloaded(record, fetch_weights(record.plan, progress=record.on_download,
+                                                   cancelled=record.cancel_event.is_set))
+            record.set_phase("preprocessing")
+            prepare_controls(record.plan, out, cancelled=record.cancel_event.is_set)
+
+    def _downloaded(self, record: JobRecord, result: dict | None) -> None:
         if result and result["files_fetched"]:
-            with record.lock:
+            with record.lock:  # the job's totals: a picture's detectors download after the models
+                record.fetched = [record.fetched[0] + result["bytes_fetched"],
+                                  record.fetched[1] + result["files_fetched"]]
                 record.download = {**(record.download or {}), "finished": True,
-                                   "bytes_fetched": result["bytes_fetched"], "files_fetched": result["files_fetched"]}
+                                   "bytes_fetched": record.fetched[0], "files_fetched": record.fetched[1]}
             log.info("job %s: fetched %d file(s), %d bytes from the hub", record.id, result["files_fetched"],
                      result["bytes_fetched"])
 
@@ -395,10 +418,16 @@ def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
     start and end tokens; FLUX.1: its T5 encoder's 512, the CLIP one only gives the pooled
     summary): it is cut there, as diffusers does, and the user should know."""
     base = engine.cache.base(plan.models).value
-    t5 = plan.models.arch == "flux"
+    if plan.models.arch == "qwen":
+        from .families.qwen import prompt_overflow
+
+        return [f"styles[{i}] ({style.name}): {message}" for i, style in enumerate(plan.styles)
+                for what, text in (("prompt", style.prompt), ("negative prompt", style.negative)) if text
+                for message in [prompt_overflow(base["tokenizer"], what, text)] if message]
+    t5 = plan.models.arch in ("flux", "kontext")
     tokenizer = base["tokenizer_2"] if t5 else base["tokenizer"]
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
-    if t5:
+    if t5 or plan.models.arch == "zimage":  # Z-Image: its Qwen3 encoder reads 512 tokens (the pipeline's)
         limit = min(limit, 512)
     out = []
     for i, style in enumerate(plan.styles):

@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="image side in px (default: " + ", ".join(f"{v} for {k}" for k, v in
                                                                       runner.DEFAULT_SIZE.items()) + ")")
-    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"denoising steps (default {d.steps}; " + ", ".join(f"{v} for {k}" for k, v in
+                                                                          runner.DEFAULT_STEPS.items()) + ")")
     parser.add_argument("--cfg", type=float, default=d.cfg)
     parser.add_argument("--scheduler", default=d.scheduler)
     parser.add_argument("--cases", type=_csv, default=d.cases,
@@ -65,8 +67,9 @@ def spec_from_args(args) -> runner.Spec:
     if unknown:
         raise SystemExit(f"archviz bench: --cases: unknown {unknown[0]!r} (known: {', '.join(runner.CASES)})")
     size = args.size or runner.DEFAULT_SIZE[args.config]
+    steps = args.steps if args.steps is not None else runner.DEFAULT_STEPS.get(args.config, runner.Spec.steps)
     return runner.Spec(config=args.config, device=args.device, styles=args.styles, seeds=args.seeds, size=size,
-                       steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, cases=args.cases, rows=rows,
+                       steps=steps, cfg=args.cfg, scheduler=args.scheduler, cases=args.cases, rows=rows,
                        row_case=args.row_case, baseline=not args.no_baseline, capture=args.capture,
                        threads=args.threads, repeats=args.repeats)
 

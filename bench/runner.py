@@ -1,7 +1,8 @@
 """One benchmark run: the plain diffusers loop and our engine, same models, same sweep.
 
 * two baselines, the family's diffusers pipeline (``StableDiffusion(XL)ControlNetPipeline``,
-  ``FluxControlNetPipeline``) with a list of ControlNets: ``loop``, called once per (style,
+  ``FluxControlNetPipeline``, ``ZImageControlNetPipeline`` whose one ``controlnet`` is then
+  diffusers' multi-ControlNet rule around its nets) with a list of ControlNets: ``loop``, called once per (style,
   seed) as in the seed documents' ArchVizPipeline, and ``batched``, one call per sampling
   group with the lists of prompts and generators, the way a diffusers user batches a sweep
   (fp16 + SDPA on CUDA, fp32 on CPU; CPU ``torch.Generator`` s so every side draws the same
@@ -133,18 +134,36 @@ CONFIGS = {
     "tiny": "the offline tiny SD 1.5 models (CPU, CI)",
     "tiny-sdxl": "the offline tiny SDXL models (CPU, CI)",
     "tiny-flux": "the offline tiny FLUX.1 models (CPU, CI)",
+    "tiny-zimage": "the offline tiny Z-Image-Turbo models (CPU, CI)",
     "sd15": "SD 1.5 UNet, 2 ControlNets v1.1, VAE, CLIP text encoder from the real configs, random weights (GPU)",
     "sdxl": "SDXL UNet, 2 SDXL ControlNets, fp16-fix VAE, both text encoders from the real configs, random "
             "weights (GPU)",
+    "zimage": "Z-Image-Turbo transformer, its union ControlNet 2.1, FLUX VAE, Qwen3-4B encoder from the real "
+              "configs (bench/configs_zimage.py), random weights (GPU)",
+    "flux": "FLUX.1-dev transformer, the Union-Pro 2.0 ControlNet for both units, VAE, CLIP and T5-XXL from the "
+            "real configs, random weights (GPU)",
 }
-DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "sd15": 512, "sdxl": 1024}
+CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
+                "qwen": "Qwen-Image transformer, InstantX union ControlNet, VAE, Qwen2.5-VL text encoder from the "
+                        "real configs, random weights (GPU)"})
+DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "tiny-zimage": 64, "tiny-qwen": 64, "sd15": 512,
+                "sdxl": 1024, "flux": 1024, "zimage": 1024, "qwen": 1328}
+DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.steps
+#: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
+FLOW_ARCHES = ("flux", "qwen", "zimage")
+
+
+def config_arch(config: str) -> str:
+    """The engine arch a --config runs: ``tiny`` -> sd15, ``tiny-flux`` -> flux, ``sdxl`` -> sdxl."""
+    return "sd15" if config == "tiny" else config.removeprefix("tiny-")
 
 
 def model_refs(config: str) -> dict:
     """References the random full-size models are registered under (never real ids)."""
     return {"base": f"archviz-bench/{config}-random-weights", "vae": f"archviz-bench/{config}-vae-random-weights",
             "depth": f"archviz-bench/{config}-controlnet-depth-random-weights",
-            "lines": f"archviz-bench/{config}-controlnet-lines-random-weights"}
+            "lines": f"archviz-bench/{config}-controlnet-lines-random-weights",
+            "union": f"archviz-bench/{config}-controlnet-union-random-weights"}
 
 
 def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None, fast: bool = False):
@@ -169,8 +188,14 @@ def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | No
                                                                               "lines": refs["lines"]}}
         if spec.config == "sdxl":
             model["vae"] = refs["vae"]
+        if spec.config == "qwen":  # every unit runs the one union net
+            model["controlnets"] = {"union": f"archviz-bench/{spec.config}-controlnet-union-random-weights"}
+        if spec.config == "zimage":  # one union net for every unit
+            model["controlnets"] = {"union": refs["depth"]}
+        if spec.config == "flux":  # one union net (no modes) serves both units
+            model["controlnets"] = {"depth": refs["union"], "lines": refs["union"]}
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler, "steps": steps or spec.steps}
-    if "flux" in spec.config:  # distilled guidance from the presets' [flux] sections, one sampler
+    if config_arch(spec.config) in FLOW_ARCHES:  # cfg from the presets' family sections, one sampler
         sampling = {"steps": steps or spec.steps}
     if fast:  # the fast mode's own steps, cfg and sampler
         sampling = {"steps": steps} if steps else {}
@@ -235,6 +260,10 @@ def count_flops(engine, plan) -> dict:
 
     from ..backend.engine import accept_precomputed_cond
 
+    if plan.models.arch == "flux":
+        from .configs_flux import count_flux_flops
+
+        return count_flux_flops(engine, plan)
     base, nets = engine.load(plan.models)
     unet, net = base.value["unet"], nets[0].value
     dev, dtype = engine.device, unet.dtype
@@ -267,11 +296,13 @@ def engine_flops(engine, fl: dict, n_nets: int) -> float:
     stats = engine.stats
     cn_rows = sum(v for k, v in stats.items() if k.startswith("controlnet"))
     embeds = n_nets if engine.options.cond_once else cn_rows
-    return stats["unet"] * fl["unet"] + cn_rows * fl["controlnet"] + embeds * fl["cond_embedding"]
+    denoiser_rows = stats["unet"] + stats["transformer"]
+    return denoiser_rows * fl["unet"] + cn_rows * fl["controlnet"] + embeds * fl["cond_embedding"]
 
 
 def baseline_flops(plan, images, fl: dict) -> float:
-    per_step = 2 * (fl["unet"] + len(plan.controls) * (fl["controlnet"] + fl["cond_embedding"]))
+    rows = 1 if plan.models.arch == "flux" else 2  # FLUX.1: distilled guidance, no CFG halves
+    per_step = rows * (fl["unet"] + len(plan.controls) * (fl["controlnet"] + fl["cond_embedding"]))
     return sum(plan.styles[i.style].steps * per_step for i in images)
 
 
@@ -296,10 +327,11 @@ def baseline_pipeline(engine, plan):
 
     base, nets = engine.load(plan.models)
     c = base.value
-    family = "flux" if plan.models.arch == "flux" else "sd"
-    denoiser = c["transformer"] if family == "flux" else c["unet"]
+    family = plan.models.arch if plan.models.arch in FLOW_ARCHES else "sd"
+    denoiser = c["unet"] if family == "sd" else c["transformer"]
     engine.restore_models([denoiser, *[n.value for n in nets]])
     pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
+    pipe._archviz_nets = nets  # the zimage baseline builds its multi-net per call from them
     if family == "sd":
         pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
     pipe.set_progress_bar_config(disable=True)
@@ -320,7 +352,24 @@ def _pipe_call(pipe, plan, items):
                   control_guidance_end=[u.end for u in style.units],
                   generator=generators if len(items) > 1 else generators[0], output_type="np")
     images = [c.image for c in plan.controls]
-    if plan.models.arch == "flux":
+    if plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
+        common.pop("guidance_scale")
+        negatives = [plan.styles[i.style].negative or " " for i in items]
+        out = pipe(prompts if len(items) > 1 else prompts[0], negative_prompt=negatives if len(items) > 1 else negatives[0],
+                   true_cfg_scale=style.cfg, control_image=images, **common)
+    elif plan.models.arch == "zimage":
+        # ZImageControlNetPipeline takes one net and one image: several units (and windows)
+        # through diffusers' multi-ControlNet rule around its own nets, made per call.
+        from ..backend.families.zimage import PipelineMultiNet, pipeline_control_latents
+
+        nets = [n.value for n in pipe._archviz_nets]
+        latents = [pipeline_control_latents(pipe, image, plan.width, plan.height, net)
+                   for image, net in zip(images, nets)]
+        pipe.controlnet = PipelineMultiNet(nets, latents, style.units, style.steps, pipe.transformer)
+        common = {k: v for k, v in common.items() if not k.startswith(("control", "guidance"))}
+        out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images[0], guidance_scale=0.0,
+                   controlnet_conditioning_scale=1.0, **common)
+    elif plan.models.arch == "flux":
         from ..backend.families.flux import Flux
 
         out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images,
@@ -387,10 +436,20 @@ def build_engine(spec: Spec):
     engine = Engine(spec.device)
     plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
     if not spec.config.startswith("tiny"):
+        from . import configs_flux, configs_qwen, configs_zimage
         from .configs import build_random
 
         t0 = time.perf_counter()
-        comps, nets = build_random(spec.config, engine.device, engine.dtype)
+        if spec.config == "qwen":
+            comps, nets = configs_qwen.build_random(engine.device, engine.cache.dtype_for("qwen"))
+            nets = nets * len(plan.models.controlnets)  # the same union net for every unit
+        elif spec.config == "zimage":
+            comps, nets = configs_zimage.build_random(engine.device, engine.cache.dtype_for("zimage"))
+        elif spec.config == "flux":
+            comps, nets = configs_flux.build_random_flux(engine.device, engine.cache.dtype_for("flux"))
+            nets = nets * len(plan.controls)  # the same union net for every unit
+        else:
+            comps, nets = build_random(spec.config, engine.device, engine.dtype)
         engine.adopt(plan.models, comps, nets)
         say(f"built {CONFIGS[spec.config].split(', random')[0]} (random weights) in {time.perf_counter() - t0:.1f}s")
     torch.manual_seed(0)
@@ -410,8 +469,10 @@ def header(spec: Spec, engine) -> dict:
             "images": len(spec.styles) * len(spec.seeds), "defaults": engine.options.as_dict()}
     say(f"archviz bench: config {spec.config}, {dev.type} ({name}), {engine.dtype_name}, torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}, {info['threads']} torch threads, best of {spec.repeats} timed run(s)")
-    sampling = (f"{spec.scheduler}, cfg {spec.cfg}" if "flux" not in spec.config
-                else "flow_euler, distilled guidance from the presets' [flux] sections")
+    sampling = {"flux": "flow_euler, distilled guidance from the presets' [flux] sections",
+                "qwen": "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections",
+                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts"}.get(
+        config_arch(spec.config), f"{spec.scheduler}, cfg {spec.cfg}")
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
@@ -433,6 +494,9 @@ def run(spec: Spec) -> dict:
     report["header"] = header(spec, engine)
     dev = engine.device
     use_flops = spec.flops if spec.flops is not None else dev.type == "cuda"
+    if use_flops and config_arch(spec.config) in ("qwen", "zimage"):  # count_flops knows the UNet families and FLUX
+        say(f"FLOPs: not counted for {spec.config} (no %-of-peak column)")
+        use_flops = False
 
     if dev.type == "cuda":
         report["matmul_peak_tflops"] = matmul_peak_tflops(dev)
@@ -445,7 +509,8 @@ def run(spec: Spec) -> dict:
     if use_flops:
         fl = count_flops(engine, plans[spec.cases[0]])
         report["flops_per_row"] = fl
-        say(f"FLOPs per image row per forward: UNet {fl['unet'] / 1e9:.1f} G, ControlNet {fl['controlnet'] / 1e9:.1f} G "
+        say(f"FLOPs per image row per forward: {'transformer' if 'flux' in spec.config else 'UNet'} "
+            f"{fl['unet'] / 1e9:.1f} G, ControlNet {fl['controlnet'] / 1e9:.1f} G "
             f"+ conditioning embedding {fl['cond_embedding'] / 1e9:.1f} G")
 
     def rate_fields(flops, seconds):

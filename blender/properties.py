@@ -113,6 +113,9 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
                                     description="0.25 precise: materials and light change a little; 0.45 faithful; "
                                                 "0.6 balanced; 0.8 creative: only the composition is kept; "
                                                 "1 free: the render is all but ignored")
+    edit_text: StringProperty(name="Edit", default="",
+                              description="Instruction edit of the beauty pass, e.g. 'make it a snowy winter "
+                                          "evening' (model kontext or qwen-edit; no control units)")
     region_mode: EnumProperty(name="Region", default="NONE",
                               items=[("NONE", "Whole Image", "Generate the whole image"),
                                      ("SELECTED", "Selected Objects", "Regenerate only the selected objects' pixels "

@@ -470,3 +470,84 @@ def contact_sheets(out_dir, camera_names):
     """Paths of the contact sheets the backend wrote for these cameras."""
     paths = [os.path.join(out_dir, sidecar_filename(name, "contact_sheet.png")) for name in camera_names]
     return [p for p in paths if os.path.exists(p)]
+
+
+# ---------------------------------------------------------------- upscales and region edits
+
+REGION_PREVIEW_SUFFIX = " Region"
+REGION_TINT = (1.0, 0.25, 0.1)  # the mask's colour over the image in the preview
+
+
+def load_upscaled_image(path, source=None):
+    """Load (or reload) an ``archviz upscale`` PNG as the image ``<source>_x<scale>``, a
+    result like the generated ones: its PNG metadata (the upscale's parameters, with the
+    source's inside ``archviz``) as custom properties, and the source's camera, style and
+    seed, so Apply as Texture projects it from the same camera and Add to Compositor lists it."""
+    path = os.path.abspath(os.fspath(path))
+    params = read_png_text(path)
+    try:
+        upscale = json.loads(params.get("archviz", "{}")).get("params", {})
+    except ValueError:
+        upscale = {}
+    scale = upscale.get("scale", "")
+    seed = upscale.get("source", {}).get("seed", params.get("seed", 0))
+    camera = source.get("archviz_camera", "") if source is not None else ""
+    style = source.get("archviz_style", "upscale") if source is not None else "upscale"
+    base = source.name if source is not None else os.path.splitext(os.path.basename(path))[0]
+    image = load_image(f"{base}_x{scale}" if scale else base, path)
+    for key in json.loads(image.get("archviz_param_keys", "[]")):
+        if key in image:
+            del image[key]
+    _set_props(image, params)
+    _set_props(image, {
+        "archviz_param_keys": sorted(params),
+        "archviz_path": path,
+        "archviz_camera": camera,
+        "archviz_style": style,
+        "archviz_seed": seed,
+        "archviz_scale": scale,
+        "archviz_upscale_of": source.name if source is not None else "",
+        "archviz_loaded_at": time.time(),
+    })
+    return image
+
+
+def region_mask_path(image):
+    """The mask PNG a region edit saved beside its image (``<camera>_region_mask.png``);
+    ValueError naming the image when it is not a region edit or the mask is gone."""
+    path = image.get("archviz_path", "")
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"{image.name!r} is not an ArchViz result on disk")
+    if "mask_sha256" not in image and "mask_sha256" not in read_png_text(path):
+        raise ValueError(f"{image.name!r} is not a region edit (its parameters have no mask)")
+    mask = os.path.join(os.path.dirname(path), f"{safe_name(image.get('archviz_camera', ''))}_region_mask.png")
+    if not os.path.isfile(mask):
+        raise ValueError(f"{image.name!r}: its region mask {mask} is not on disk")
+    return mask
+
+
+def region_preview(image, opacity=0.6):
+    """The region edit ``image`` with its mask over it, as the image ``<image> Region``:
+    each pixel tinted toward REGION_TINT by ``opacity`` x the mask's alpha (the feather band
+    shows as a fading rim), every pixel outside the mask as it is. Returns the preview."""
+    mask_path = region_mask_path(image)
+    pixels = read_image_bytes(image["archviz_path"]).astype(np.float32) / 255.0
+    mask = read_image_bytes(mask_path)[:, :, 0].astype(np.float32) / 255.0
+    height, width = pixels.shape[:2]
+    if mask.shape != (height, width):
+        raise ValueError(f"{image.name!r} is {width}x{height} but its region mask is {mask.shape[1]}x{mask.shape[0]}")
+    a = (opacity * mask)[:, :, None]
+    rgb = pixels[:, :, :3] * (1.0 - a) + np.asarray(REGION_TINT, np.float32) * a
+    name = image.name + REGION_PREVIEW_SUFFIX
+    preview = bpy.data.images.get(name)
+    if preview is not None and tuple(preview.size) != (width, height):
+        bpy.data.images.remove(preview)
+        preview = None
+    if preview is None:
+        preview = bpy.data.images.new(name, width, height)
+    rgba = np.concatenate([rgb, np.ones((height, width, 1), np.float32)], axis=2)[::-1]  # Blender: bottom row first
+    preview.pixels.foreach_set(np.ascontiguousarray(rgba).ravel())
+    preview.update()
+    preview["archviz_region_of"] = image.name
+    preview["archviz_mask_path"] = mask_path
+    return preview

@@ -46,7 +46,8 @@ def resolve_cameras(scene, spec="scene", selected=()):
 
 
 def model_spec(model):
-    """A family (sd15, sdxl, flux, tiny, tiny-sdxl, tiny-flux) or a local folder or file (an SD 1.5 base)."""
+    """A family (sd15, sdxl, flux, qwen, zimage, tiny, tiny-sdxl, tiny-flux, tiny-qwen, tiny-zimage) or a
+    local folder or file (an SD 1.5 base)."""
     if model in J.FAMILIES or model in J.FAMILY_ALIASES:
         return {"family": model}
     if os.path.exists(model):
@@ -102,7 +103,7 @@ def control_choices(units, styles, model, base):
 
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
                  scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True, init=None,
-                 strength=None, region=None, region_objects=None, fast=False, preview_every=None):
+                 strength=None, region=None, region_objects=None, edits=None, fast=False, preview_every=None):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
     Each line unit gets the line image its model was trained on (``lines_<style>.png``).
@@ -113,8 +114,10 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     down). ``skip_existing=False`` remakes images already on disk. ``init``/``strength``:
     restyle from ``"beauty"`` (the beauty pass is rendered too) or a PNG (core/restyle.py);
     ``region``/``region_objects``: edit only those classes/objects (core/region.py; the mask
-    is saved as ``<camera>_region_mask.png``). ``fast``: the family's fast mode (labelled,
-    changes the pixels); ``preview_every``: previews every N steps (None: the backend's 4; 0: none)."""
+    is saved as ``<camera>_region_mask.png``); ``edits``: instruction edit texts of ``init``
+    (core/edit.py; the job's styles are the edit texts x ``styles``, with no control units).
+    ``fast``: the family's fast mode (labelled, changes the pixels); ``preview_every``:
+    previews every N steps (None: the backend's 4; 0: none)."""
     check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
     render = render or render_controls
     base = capture_options or CaptureOptions()
@@ -141,7 +144,7 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
                                          output_dir=os.path.abspath(out_dir) if share_disk else None,
                                          name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
                                          max_batch=max_batch, skip_existing=skip_existing, init=init,
-                                         strength=strength, mask=mask, fast=fast,
+                                         strength=strength, mask=mask, edits=edits, fast=fast,
                                          preview_every=preview_every)))
     return out
 

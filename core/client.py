@@ -109,6 +109,17 @@ class Client:
         """The latest preview PNG of a sweep image still denoising (BackendError 404 when
         it has none now: not started, or done). One try: a preview missed is not worth a wait."""
         return self._request("GET", f"/v1/jobs/{job_id}/previews/{index}", raw=True, retry_for=0)
+    def control(self, job_id, index):
+        """PNG bytes of control ``index`` a detector made from a job's picture."""
+        return self._request("GET", f"/v1/jobs/{job_id}/controls/{index}", raw=True)
+
+    def picture(self, data, long_side, multiple=8):
+        """A photo or sketch file's bytes, checked and fitted by the backend (POST /v1/picture):
+        {"image": base64 RGB PNG, "width", "height", "source": {...}}."""
+        import base64
+
+        body = {"image": base64.b64encode(data).decode("ascii"), "long_side": long_side, "multiple": multiple}
+        return self._request("POST", "/v1/picture", body)
 
     def cancel(self, job_id, reason=None, retry_for=None):
         """Cancel a job; with ``reason`` (this client gives up) it ends ``failed`` with it."""

@@ -8,7 +8,7 @@ same code (one source of truth). Every validation error is a :class:`JobError` w
 Wire format (JSON)::
 
     {
-      "model": {"family": "tiny"},                       # sd15 | sdxl | flux | tiny | tiny-sdxl | tiny-flux
+      "model": {"family": "tiny"},                       # sd15 | sdxl | flux | qwen | zimage | tiny | tiny-sdxl | ...
       "controls": [
         {"type": "depth", "image": "<base64 PNG>", "scale": 0.9, "start": 0.0, "end": 1.0,
          "mode": "balanced"},
@@ -23,6 +23,9 @@ Wire format (JSON)::
       "fast": false,                                          # the family's fast mode (changes pixels)
       "preview_every": 4                                      # a preview every N steps (0: none)
     }
+
+An instruction edit (core/edit.py) has ``"model": "kontext"`` or ``"qwen-edit"``, an
+``init_image``, no controls (``[]``), and an ``"edit": "make it snowy"`` in every style.
 
 Fields left out (or ``null``) take the style preset's value, then the built-in default.
 """
@@ -43,13 +46,22 @@ from typing import Any
 # Vocabularies
 # ---------------------------------------------------------------------------------------
 
-#: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux`` are the shrunk, random-weight test families.
-FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux")
+#: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux``/``tiny-qwen``/``tiny-zimage`` are the shrunk,
+#: random-weight test families.
+FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux", "qwen", "tiny-qwen", "zimage", "tiny-zimage")
+#: Instruction-edit families (core/edit.py): they edit the job's init_image by each style's edit text.
+FAMILIES += ("kontext", "qwen-edit", "qwen-edit-2509", "qwen-edit-2511", "tiny-kontext", "tiny-qwen-edit",
+             "tiny-qwen-edit-plus")
 FAMILY_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "tiny-sd15": "tiny", "sd_xl": "sdxl", "flux.1": "flux",
-                  "flux1": "flux", "flux-dev": "flux"}
+                  "flux1": "flux", "flux-dev": "flux", "qwen-image": "qwen", "qwenimage": "qwen",
+                  "z-image": "zimage", "z-image-turbo": "zimage", "zimage-turbo": "zimage"}
 #: family -> the architecture the engine runs
 FAMILY_ARCH = {"sd15": "sd15", "tiny": "sd15", "sdxl": "sdxl", "tiny-sdxl": "sdxl", "flux": "flux",
-               "tiny-flux": "flux"}
+               "tiny-flux": "flux", "qwen": "qwen", "tiny-qwen": "qwen", "zimage": "zimage", "tiny-zimage": "zimage"}
+FAMILY_ALIASES.update({"flux-kontext": "kontext", "flux.1-kontext": "kontext", "qwen-image-edit": "qwen-edit"})
+FAMILY_ARCH.update({"kontext": "kontext", "tiny-kontext": "kontext", "qwen-edit": "qwen-edit",
+                    "qwen-edit-2509": "qwen-edit", "qwen-edit-2511": "qwen-edit", "tiny-qwen-edit": "qwen-edit",
+                    "tiny-qwen-edit-plus": "qwen-edit"})
 
 #: Control image types. ``lines`` is the add-on's own line pass (white lines on black).
 CONTROL_TYPES = ("depth", "normal", "seg", "lines", "canny", "mlsd", "lineart")
@@ -59,8 +71,8 @@ LINE_TYPES = ("lines", "canny", "mlsd", "lineart")
 
 def control_types_for(family: str, union: bool = False) -> tuple[str, ...]:
     """The unit types a family's default ControlNets take (docs/models.md): SD 1.5 all of
-    them; SDXL depth and lines (normal and seg with its ControlNet-Union); FLUX.1 depth and
-    lines (canny-style edges; its union nets have no normal or seg mode). A family name may
+    them; SDXL depth and lines (normal and seg with its ControlNet-Union); FLUX.1 and Z-Image
+    depth and lines (canny-style edges; their union nets have no normal or seg). A family name may
     be an alias; an unknown one (a local model folder: SD 1.5) gets SD 1.5's."""
     arch = FAMILY_ARCH.get(FAMILY_ALIASES.get(family, family), "sd15")
     if arch == "sd15":
@@ -323,8 +335,9 @@ class Style:
     preset: str | None = None
     prompt: str | None = None
     negative: str | None = None
+    edit: str | None = None  # instruction edit (core/edit.py): what to change in the job's init_image
 
-    FIELDS = ("name", "preset", "prompt", "negative")
+    FIELDS = ("name", "preset", "prompt", "negative", "edit")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "style") -> "Style":
@@ -337,7 +350,14 @@ class Style:
         self.preset = _str(self.preset, f"{where}.preset", optional=True, max_len=64)
         self.prompt = _str(self.prompt, f"{where}.prompt", optional=True)
         self.negative = _str(self.negative, f"{where}.negative", optional=True)
-        if self.preset is None and not self.prompt:
+        if self.edit is not None:
+            from .edit import check_edit
+
+            try:
+                self.edit = check_edit(self.edit, f"{where}.edit")
+            except ValueError as exc:
+                raise JobError(f"{where}.edit", str(exc).split(": ", 1)[-1]) from None
+        if self.preset is None and not self.prompt and self.edit is None:
             raise JobError(f"{where}.prompt", "a style needs a preset name or a prompt")
         if self.name is None:
             self.name = self.preset if self.preset is not None else f"style{index + 1}"
@@ -385,7 +405,7 @@ class ModelSpec:
 
     @property
     def is_tiny(self) -> bool:
-        return self.family in ("tiny", "tiny-sdxl", "tiny-flux")
+        return self.family.startswith("tiny")
 
     @property
     def arch(self) -> str:
@@ -473,7 +493,8 @@ class Job:
             raise JobError("model", "expected a model object")
         self.model.validate("model")
 
-        if not 1 <= len(self.controls) <= MAX_CONTROLS:
+        edit = self._check_edit()
+        if not (0 if edit else 1) <= len(self.controls) <= MAX_CONTROLS:
             raise JobError("controls", f"between 1 and {MAX_CONTROLS} controls are needed, got {len(self.controls)}")
         for i, control in enumerate(self.controls):
             control.validate(f"controls[{i}]")
@@ -530,7 +551,39 @@ class Job:
                 self.strength = DEFAULT_STRENGTH
         elif self.strength is not None:
             raise JobError("strength", f"{self.strength:g} given without an init_image to restyle")
+        if edit:
+            self.strength = None  # an instruction edit has none (refused above when given)
         return self
+
+    def _check_edit(self) -> bool:
+        """Instruction edits (core/edit.py): every style has an edit text, the model is an
+        edit family, there is an init_image to edit and no control unit, mask or strength.
+        True for an edit job."""
+        from .edit import is_edit_family
+
+        edits = [isinstance(s, Style) and s.edit is not None for s in self.styles]
+        family = FAMILY_ALIASES.get(self.model.family, self.model.family) if isinstance(self.model, ModelSpec) else ""
+        if not any(edits):
+            if is_edit_family(family):
+                raise JobError("styles", f"model {family} edits the init_image by instruction: give each style "
+                                         f"an edit text")
+            return False
+        if not all(edits):
+            bad = edits.index(False)
+            raise JobError(f"styles[{bad}].edit", "required: in an edit job every style has an edit text")
+        if not is_edit_family(family):
+            raise JobError("model.family", f"{family!r} makes images from text; instruction edits need kontext or "
+                                           f"qwen-edit (tiny-kontext, tiny-qwen-edit offline)")
+        if self.init_image is None:
+            raise JobError("init_image", "an instruction edit needs the picture it edits (the beauty pass or a PNG)")
+        if self.controls:
+            raise JobError("controls", f"{len(self.controls)} control unit(s) given: FLUX.1 Kontext and "
+                                       f"Qwen-Image-Edit have no ControlNet (the picture holds the geometry)")
+        if self.mask_image is not None:
+            raise JobError("mask_image", "an instruction edit takes no mask (say where in the edit text)")
+        if self.strength is not None:
+            raise JobError("strength", f"{self.strength} given: an instruction edit has no strength")
+        return True
 
     def _check_sizes(self) -> None:
         for name in ("width", "height"):
@@ -552,6 +605,17 @@ class Job:
                 raise JobError(f"controls[{i}].image", f"is {w} px wide but width is {self.width}")
             if self.height is not None and h != self.height:
                 raise JobError(f"controls[{i}].image", f"is {h} px high but height is {self.height}")
+        if size is None and not self.controls and self.init_image is not None:  # an instruction edit
+            size = png_size(decode_png(self.init_image, "init_image"), "init_image")
+            for name, value in zip(("width", "height"), size):
+                if getattr(self, name) is not None and getattr(self, name) != value:
+                    raise JobError("init_image", f"is {size[0]}x{size[1]} but {name} is {getattr(self, name)}")
+            for name, value in zip(("width", "height"), size):
+                if value % SIZE_MULTIPLE or not MIN_SIZE <= value <= MAX_SIZE:
+                    raise JobError("init_image", f"{name} {value} must be a multiple of {SIZE_MULTIPLE} from "
+                                                 f"{MIN_SIZE} to {MAX_SIZE}")
+            self.width, self.height = size
+            return
         if size is None and (self.width is None or self.height is None):
             raise JobError("width", "width and height are required when every control is preprocessed")
         if size is not None:

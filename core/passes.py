@@ -57,8 +57,20 @@ VIEW_PERCENTILES = (0.5, 99.5)
 
 
 def size_multiple(model: str) -> int:
-    """The multiple a family's image sides must be: 16 for FLUX.1 (VAE 1/8 and 2x2 patches), else 8."""
-    return 16 if "flux" in str(model).lower() else 8
+    """The multiple a family's image sides must be: 16 for the transformer families (FLUX.1,
+    Kontext, Qwen-Image and its edit models, Z-Image: VAE 1/8 and 2x2 patches), else 8."""
+    model = str(model).lower()
+    return 16 if any(name in model for name in ("flux", "kontext", "qwen", "zimage", "z-image")) else 8
+
+
+def default_long_side(model: str) -> int:
+    """The long side a family renders at by default: Qwen-Image's native 1328 square (its
+    union net was trained there), 1024 for SDXL and the other transformer families, else 512
+    (SD 1.5)."""
+    model = str(model).lower()
+    if "qwen" in model and "edit" not in model:
+        return 1328
+    return 1024 if "sdxl" in model or size_multiple(model) == 16 else 512
 
 
 @dataclass(frozen=True)
@@ -316,6 +328,11 @@ MODEL_LINE_STYLES["tiny"] = MODEL_LINE_STYLES["sd15"]
 MODEL_LINE_STYLES["tiny-sdxl"] = MODEL_LINE_STYLES["sdxl"]
 # FLUX.1's canny and union nets were trained on canny edges, like SDXL's.
 MODEL_LINE_STYLES["flux"] = MODEL_LINE_STYLES["tiny-flux"] = MODEL_LINE_STYLES["sdxl"]
+# Qwen-Image's InstantX union net reads canny edges (and soft edges, depth, pose) from the image.
+MODEL_LINE_STYLES["qwen"] = MODEL_LINE_STYLES["tiny-qwen"] = MODEL_LINE_STYLES["sdxl"]
+# The Z-Image union net was trained on canny, HED (soft) and MLSD lines, read from the image.
+MODEL_LINE_STYLES["zimage"] = MODEL_LINE_STYLES["tiny-zimage"] = {"lines": "canny", "lineart": "softedge",
+                                                                  "canny": "canny", "mlsd": "mlsd"}
 #: The style of lines.png when no model is known (the default SD 1.5 'lines' unit).
 DEFAULT_LINE_STYLE = "lineart"
 

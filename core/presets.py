@@ -33,6 +33,18 @@ A preset file ``<name>.toml`` (the file name is the preset name)::
     [flux.controls.depth]
     scale = 0.6
 
+    [qwen]                         # overrides for the Qwen-Image families: a natural-language
+    prompt = "A modern interior ..."   # prompt and negative, cfg = true CFG (~4, two transformer
+    negative = "blurry, ..."       # passes per step), no scheduler (flow matching)
+    cfg = 4.0
+    steps = 40
+    [qwen.controls.depth]
+    scale = 0.8
+    [zimage]                       # overrides for the Z-Image families (Z-Image-Turbo): a
+    prompt = "A modern interior ..."   # natural-language prompt, about 8 steps, cfg 1 (no
+    cfg = 1.0                      # CFG, no negative prompt), flow matching
+    steps = 8
+
 Built-in presets live in ``presets/`` at the repository root. A user folder
 (``$ARCHVIZ_PRESET_DIR``, else ``$XDG_CONFIG_HOME/archviz/presets`` or
 ``~/.config/archviz/presets``) adds presets or overrides built-in ones of the same name.
@@ -53,12 +65,16 @@ from .jobs import CONTROL_MODES, CONTROL_TYPES, LINE_TYPES, MAX_CFG, MAX_SCALE, 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler", "controls", "sdxl",
-            "flux")
+            "flux", "qwen", "zimage")
 SDXL_KEYS = ("cfg", "steps", "scheduler", "controls", "prompt", "negative")
 #: FLUX.1 has no negative prompt (no true CFG) and one sampler (flow-matching Euler).
 FLUX_KEYS = ("cfg", "steps", "controls", "prompt")
+#: Z-Image-Turbo likewise: no negative prompt, cfg 1 (no CFG), flow-matching Euler only.
+ZIMAGE_KEYS = ("cfg", "steps", "controls", "prompt")
 #: family section -> its keys
-FAMILY_SECTIONS = {"sdxl": SDXL_KEYS, "flux": FLUX_KEYS}
+#: Qwen-Image has true CFG with a negative prompt, and one sampler (flow-matching Euler).
+QWEN_KEYS = ("cfg", "steps", "controls", "prompt", "negative")
+FAMILY_SECTIONS = {"sdxl": SDXL_KEYS, "flux": FLUX_KEYS, "qwen": QWEN_KEYS, "zimage": ZIMAGE_KEYS}
 CONTROL_KEYS = ("scale", "start", "end", "mode", "range", "line_style")
 DEPTH_RANGES = ("view", "sequence", "scene", "manual")  # core.passes.DEPTH_MODES
 LINE_STYLE_CHOICES = ("auto", "canny", "lineart", "mlsd", "softedge")  # core.passes.LINE_STYLES + auto
@@ -103,10 +119,13 @@ class Preset:
     sdxl: dict = field(default_factory=dict)  # cfg/steps/scheduler/prompt/negative/controls
     source: str = ""  # file it came from
     flux: dict = field(default_factory=dict)  # cfg/steps/prompt/controls
+    qwen: dict = field(default_factory=dict)  # cfg/steps/prompt/negative/controls
+    zimage: dict = field(default_factory=dict)  # cfg/steps/prompt/controls
 
     def for_family(self, arch: "str | bool") -> "Preset":
         """This preset with the overrides of the architecture's section applied: ``sdxl``
-        (or True) the ``[sdxl]`` section, ``flux`` the ``[flux]`` one, ``sd15`` none."""
+        (or True) the ``[sdxl]`` section, ``flux``, ``qwen`` and ``zimage`` their own sections,
+        ``sd15`` none."""
         arch = {True: "sdxl", False: "sd15"}.get(arch, arch)
         over = dict(getattr(self, arch, None) or {}) if arch in FAMILY_SECTIONS else {}
         if not over:
@@ -116,7 +135,7 @@ class Preset:
         values = {k: getattr(self, k) for k in ("name", "prompt", "negative", "label", "description", "tags",
                                                 "cfg", "steps", "scheduler", "source")}
         values.update(over)
-        return Preset(controls=controls, sdxl={}, flux={}, **values)
+        return Preset(controls=controls, sdxl={}, flux={}, qwen={}, zimage={}, **values)
 
     def control(self, control_type: str) -> ControlDefaults:
         """The defaults for one control type (canny/mlsd/lineart fall back to ``lines``)."""
@@ -235,7 +254,7 @@ def _controls(table, path, prefix) -> dict[str, ControlDefaults]:
 
 
 def _family_section(data: dict, section: str, path) -> dict:
-    """The ``[sdxl]`` / ``[flux]`` overrides of one preset file (empty when absent)."""
+    """The ``[sdxl]`` / ``[flux]`` / ``[qwen]`` / ``[zimage]`` overrides of one preset file (empty when absent)."""
     out: dict = {}
     if section not in data:
         return out
@@ -288,6 +307,8 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
         controls=_controls(data.get("controls", {}), path, "controls"),
         sdxl=sections["sdxl"],
         flux=sections["flux"],
+        qwen=sections["qwen"],
+        zimage=sections["zimage"],
         source=str(path),
     )
 

@@ -124,11 +124,12 @@ UNIT_PRESETS = {
 
 def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
                cfg=None, scheduler=None, skip_existing=True, max_batch=None, init=None, strength=None,
-               mask=None, fast=False, preview_every=None):
+               mask=None, edits=None, fast=False, preview_every=None):
     """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
     so a bad value is reported before anything is sent. ``init``: restyle from ``"beauty"``
     (the folder's beauty.png) or a PNG's path, at ``strength`` (core/restyle.py); ``mask``:
-    a region edit's 8-bit alpha (core/region.py)."""
+    a region edit's 8-bit alpha (core/region.py); ``edits``: instruction edit texts of the
+    init image, each alone or with each of ``styles`` (core/edit.py)."""
     controls = []
     for i, unit in enumerate(units):
         if unit.line_style and unit.type in J.LINE_TYPES:
@@ -145,6 +146,13 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
             if getattr(unit, key, None) is not None:
                 control[key] = getattr(unit, key)
         controls.append(control)
+    if edits:
+        from .edit import edit_styles
+
+        try:
+            styles = edit_styles(edits, styles)
+        except ValueError as exc:
+            raise J.JobError("edit", str(exc)) from None
     job = {"model": model if isinstance(model, dict) else {"family": model}, "controls": controls,
            "styles": list(styles), "seeds": list(seeds), "name_prefix": name_prefix, "skip_existing": skip_existing}
     if fast:  # the family's labelled fast mode (changes the pixels)
@@ -380,7 +388,11 @@ class SweepRunner:
             for key in ("steps", "cfg", "scheduler", "width", "height"):
                 if status.get(key, t.job.get(key)) is not None:
                     params[key] = status.get(key, t.job.get(key))
-            if t.job.get("init_image") is not None:  # a restyle: its strength on the result too
+            edit = next((s.get("edit") for s in t.job.get("styles", [])
+                         if isinstance(s, dict) and s.get("name") == entry.get("style")), None)
+            if edit is not None:  # an instruction edit: its edit text on the result
+                params["edit"] = edit
+            elif t.job.get("init_image") is not None:  # a restyle: its strength on the result too
                 params["strength"] = t.job.get("strength", status.get("strength"))
             payload = {"path": path, "camera": t.camera, "style": entry.get("style"), "seed": entry.get("seed"),
                        "params": params, "skipped": bool(entry.get("skipped"))}

@@ -2,12 +2,15 @@
 
 A side of ``length`` pixels is covered by tiles of ``tile`` pixels that overlap by at least
 ``overlap``: starts ``0, tile - overlap, 2 (tile - overlap), ...``, the last one moved back
-to end at the border (so it overlaps its neighbour by more). Each tile's weight is 1 in its
-middle and ramps linearly over the ``overlap`` pixels of every side that has a neighbour
-(``(k + 0.5) / overlap`` for pixel k of the ramp); the output is the weighted mean of the
-tiles. Where only one tile lies, the output is that tile's pixels exactly; in an overlap
-band it is a convex blend that moves from one tile to the other across the band.
-Stdlib + numpy only.
+to end at the border (so it overlaps its neighbour by more). Between two neighbours the
+blend band is always ``overlap`` pixels wide, in the middle of what they share: there the
+weight ramps linearly from one tile to the other (``(k + 0.5) / overlap`` for pixel k of the
+band); before the band the first tile counts alone, after it the second. Along a side the
+weights of the tiles add up to 1, so the output (the weighted mean of the tiles) is, where
+only one tile counts, that tile's pixels exactly, and in a band a convex blend that moves
+from one tile to the other. A wider shared strip (the moved-back last tile) is therefore
+not averaged over its whole width: averaging two tiles' different detail over hundreds of
+pixels shows as a soft, lower-contrast stripe. Stdlib + numpy only.
 """
 
 from __future__ import annotations
@@ -32,23 +35,29 @@ def grid(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, in
     return [(x, y, tw, th) for y in starts(height, tile, overlap) for x in starts(width, tile, overlap)]
 
 
-def _ramp(size: int, overlap: int, before: bool, after: bool) -> np.ndarray:
+def _axis(start: int, size: int, length: int, overlap: int) -> np.ndarray:
+    """The weight along one side of the tile starting at ``start`` (see the module's doc)."""
     w = np.ones(size, np.float32)
-    if overlap:
-        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        if before:
-            w[:overlap] = np.minimum(w[:overlap], ramp)
-        if after:
-            w[-overlap:] = np.minimum(w[-overlap:], ramp[::-1])
+    grid_starts = starts(length, size, overlap) if length > size else [0]
+    i = grid_starts.index(start)
+    ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap if overlap else np.zeros(0, np.float32)
+    if i > 0:  # the band with the previous tile: after ``before`` px of what they share
+        shared = grid_starts[i - 1] + size - start
+        before = (shared - overlap) // 2
+        w[:before] = 0.0
+        w[before:before + overlap] = ramp
+    if i < len(grid_starts) - 1:  # the band with the next tile, seen from this one
+        shared = start + size - grid_starts[i + 1]
+        after = (shared - overlap) - (shared - overlap) // 2
+        w[size - after:] = 0.0
+        w[size - after - overlap:size - after] = np.minimum(w[size - after - overlap:size - after], ramp[::-1])
     return w
 
 
 def weights(box, width: int, height: int, overlap: int) -> np.ndarray:
     """The (h, w) weight of one tile of the grid over a ``width`` x ``height`` image."""
     x, y, w, h = box
-    wx = _ramp(w, overlap, x > 0, x + w < width)
-    wy = _ramp(h, overlap, y > 0, y + h < height)
-    return wy[:, None] * wx[None, :]
+    return _axis(y, h, height, overlap)[:, None] * _axis(x, w, width, overlap)[None, :]
 
 
 class Canvas:

@@ -18,6 +18,7 @@ from ..blender.tasks import Task
 from ..core import jobs as J
 from ..core.client import BackendError
 from ..core.passes import PassError, size_multiple
+from ..core.edit import instruction_edit
 from ..core.region import edit_options
 from ..core.sweep import UNIT_PRESETS
 
@@ -47,15 +48,24 @@ class _GenerateBase:
         root, unsaved = output_root(settings)
         if unsaved:
             self.report({"WARNING"}, f"The .blend is not saved: images go to {root}")
-        # FLUX.1 wants sides that are multiples of 16
+        # FLUX.1, Qwen-Image and Z-Image want sides that are multiples of 16
         opts = dataclasses.replace(capture_options(settings), multiple=size_multiple(backend.model))
+        units = units_of(settings)
+        try:
+            edit = instruction_edit(settings.edit_text, settings.region_mode)  # the Edit field: no units
+        except ValueError as exc:
+            raise J.JobError("edit", str(exc)) from None
+        if edit:
+            units = []
+        else:
+            edit = edit_options(settings.use_restyle, settings.restyle_strength, settings.region_mode,
+                                settings.region_classes,
+                                [o.name for o in context.selected_objects if o.type != "CAMERA"])
         camera_jobs = sweeping.prepare_jobs(
-            scene, cameras, units_of(settings), styles, seeds, backend.model, root, opts,
+            scene, cameras, units, styles, seeds, backend.model, root, opts,
             steps=settings.steps or None, cfg=settings.cfg or None,
             scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
-            max_batch=settings.max_batch or None, fast=settings.fast, preview_every=settings.preview_every,
-            **edit_options(settings.use_restyle, settings.restyle_strength, settings.region_mode,
-                           settings.region_classes, [o.name for o in context.selected_objects if o.type != "CAMERA"]))
+            max_batch=settings.max_batch or None, fast=settings.fast, preview_every=settings.preview_every, **edit)
         return Task(scene.name, camera_jobs, root, backend)
 
     def execute(self, context):

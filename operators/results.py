@@ -1,10 +1,11 @@
-"""Operators on generated images: "Apply as texture" and "Add to compositor".
+"""Operators on generated images: "Apply as texture", "Add to compositor", "Upscale" and
+"Show region mask".
 
 Thin: they pick the images, camera and objects from the context and call ``results``.
 """
 
 import bpy
-from bpy.props import IntProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from ..blender import results
 
@@ -126,4 +127,122 @@ class ARCHVIZ_OT_add_to_compositor(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (ARCHVIZ_OT_apply_texture, ARCHVIZ_OT_add_to_compositor)
+def _named_or_shown(op, context):
+    """The image the operator names, else the one shown, else the latest result; None after
+    reporting why."""
+    if op.image:
+        image = bpy.data.images.get(op.image)
+        if image is None:
+            op.report({"ERROR"}, f"No image named {op.image!r}")
+        return image
+    image = _default_image(context)
+    if image is None:
+        op.report({"ERROR"}, "No image: generate one or show it in the Image Editor")
+    return image
+
+
+class ARCHVIZ_OT_upscale(bpy.types.Operator):
+    """Upscale a result 2x or 4x: its passes rendered again at the target size, the image refined tile by tile (archviz upscale)"""
+
+    bl_idname = "archviz.upscale"
+    bl_label = "Upscale"
+
+    image: StringProperty(name="Image", default="",
+                          description="Result to upscale (default: the one in the Image Editor, else the latest result)")
+    scale: EnumProperty(name="Scale", default="2", items=[("2", "2x", "Twice each side"),
+                                                          ("4", "4x", "Four times each side")])
+    tile: IntProperty(name="Tile", default=0, min=0, max=4096,
+                      description="Tile side in px (0: the model's default, 512; 1024 for SDXL and FLUX.1)")
+    overlap: IntProperty(name="Overlap", default=0, min=0, max=1024,
+                         description="Overlap of neighbouring tiles in px (0: the default, 64)")
+
+    @classmethod
+    def poll(cls, context):
+        from ..blender.upscaling import running
+
+        if running() is not None:
+            cls.poll_message_set("An upscale is running")
+            return False
+        return True
+
+    def execute(self, context):
+        from ..blender import upscaling
+        from ..blender.backend import BackendSettings
+
+        image = _named_or_shown(self, context)
+        if image is None:
+            return {"CANCELLED"}
+        if not bpy.data.filepath:
+            self.report({"ERROR"}, "Save the .blend first: the upscale renders its passes again from the saved file")
+            return {"CANCELLED"}
+        settings = BackendSettings(context)
+        if settings.url:
+            self.report({"ERROR"}, f"Upscale runs in this machine's backend Python; the backend is remote ({settings.url})")
+            return {"CANCELLED"}
+        try:
+            argv = upscaling.upscale_argv(image, self.scale, bpy.data.filepath, settings.device, self.tile, self.overlap)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if bpy.data.is_dirty:
+            self.report({"WARNING"}, "Unsaved changes are not in the upscale (it renders the saved .blend)")
+        run = upscaling.UpscaleRun(settings.python, settings.backend_env(), image.name, argv)
+        background = bpy.app.background or context.window is None
+        upscaling.start(run, with_timer=not background)
+        if not background:
+            self.report({"INFO"}, f"Upscaling {image.name!r} {self.scale}x")
+            return {"FINISHED"}
+        upscaling.run_until_done(run)
+        if run.state != "done":
+            self.report({"ERROR"}, f"Upscale of {image.name!r}: {run.message}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, run.message)
+        return {"FINISHED"}
+
+
+class ARCHVIZ_OT_upscale_cancel(bpy.types.Operator):
+    """Stop the running upscale"""
+
+    bl_idname = "archviz.upscale_cancel"
+    bl_label = "Cancel Upscale"
+
+    @classmethod
+    def poll(cls, context):
+        from ..blender.upscaling import running
+
+        return running() is not None
+
+    def execute(self, context):
+        from ..blender.upscaling import running
+
+        running().cancel()
+        return {"FINISHED"}
+
+
+class ARCHVIZ_OT_show_region_mask(bpy.types.Operator):
+    """Show a region edit with its mask over it (the region tinted, its feather band fading)"""
+
+    bl_idname = "archviz.show_region_mask"
+    bl_label = "Show Region Mask"
+
+    image: StringProperty(name="Image", default="",
+                          description="Region edit to preview (default: the one in the Image Editor, else the latest result)")
+
+    def execute(self, context):
+        image = _named_or_shown(self, context)
+        if image is None:
+            return {"CANCELLED"}
+        if image.get("archviz_region_of"):  # the preview itself is shown: preview its source again
+            image = bpy.data.images.get(image["archviz_region_of"]) or image
+        try:
+            preview = results.region_preview(image)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        results.show_in_image_editor(context, preview)
+        self.report({"INFO"}, f"{preview.name!r}: the region of {image.name!r} tinted")
+        return {"FINISHED"}
+
+
+classes = (ARCHVIZ_OT_apply_texture, ARCHVIZ_OT_add_to_compositor, ARCHVIZ_OT_upscale, ARCHVIZ_OT_upscale_cancel,
+           ARCHVIZ_OT_show_region_mask)

@@ -153,6 +153,7 @@ class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
 
             box.prop(settings, "restyle_strength", slider=True)
             box.label(text=f"{strength_name(settings.restyle_strength).capitalize()}, from the beauty pass")
+        box.prop(settings, "edit_text")  # instruction edit (Kontext, Qwen-Image-Edit)
         box.prop(settings, "region_mode")
         if settings.region_mode == "CLASSES":
             box.prop(settings, "region_classes")
@@ -221,6 +222,18 @@ class VIEW3D_PT_archviz_results(ArchVizPanel, bpy.types.Panel):
             layout.label(text=image.name, icon="IMAGE_DATA")
         layout.operator("archviz.apply_texture", icon="TEXTURE")
         layout.operator("archviz.add_to_compositor", icon="NODE_COMPOSITING")
+        from ..blender.upscaling import running
+
+        upscale = running()
+        if upscale is not None:
+            row = layout.row()
+            row.progress(factor=upscale.fraction, type="BAR", text=f"Upscale: {upscale.message}")
+            row.operator("archviz.upscale_cancel", text="", icon="CANCEL")
+        else:
+            row = layout.row(align=True)
+            row.operator("archviz.upscale", text="Upscale 2x", icon="FULLSCREEN_ENTER").scale = "2"
+            row.operator("archviz.upscale", text="4x").scale = "4"
+        layout.operator("archviz.show_region_mask", icon="MOD_MASK")
 
 
 def draw_status(self, context):

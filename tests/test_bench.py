@@ -159,8 +159,10 @@ def test_sdxl_configs_are_the_real_architecture():
 def test_unknown_config_is_refused():
     from archviz_controlnet.bench import runner
 
-    with pytest.raises(ValueError, match=r"--config: unknown 'sd3' \(choose from tiny, tiny-sdxl, tiny-flux, sd15, sdxl\)"):
+    with pytest.raises(ValueError, match=r"--config: unknown 'sd3' \(choose from tiny, tiny-sdxl, tiny-flux, .*sdxl.*\)") \
+            as err:
         runner.make_plan(runner.Spec(config="sd3"), "full")
+    assert all(f", {name}" in str(err.value) for name in ("tiny-zimage", "zimage", "tiny-qwen", "qwen"))
 
 
 @pytest.mark.parametrize("config, size, unet_tflop, controlnet_tflop", [
@@ -188,3 +190,40 @@ def test_adopting_models_larger_than_the_cache_budget_is_an_error(monkeypatch):
     with pytest.raises(RuntimeError,
                        match=r"do not all fit the model cache's budget of 1.0 GB.*ARCHVIZ_MEMORY_BUDGET_GB"):
         runner.build_engine(runner.Spec(config="sd15", device="meta"))
+
+
+def test_flux_configs_build_on_the_meta_device_with_the_published_sizes_and_flops(monkeypatch):
+    """--config flux: FLUX.1-dev (transformer 11.9 B, T5-XXL 4.76 B, CLIP-L, VAE) and the
+    Union-Pro 2.0 ControlNet from the shipped configs, on the meta device (shapes only, never
+    materialised), adopted for both units; the FLOPs of one step at 1024 px."""
+    from archviz_controlnet.bench import configs_flux as F
+    from archviz_controlnet.bench import runner
+
+    monkeypatch.setenv("ARCHVIZ_MEMORY_BUDGET_GB", "256")  # fp32 shapes: ~80 GB, none allocated
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    spec = runner.Spec(config="flux", device="meta", size=runner.DEFAULT_SIZE["flux"],
+                       steps=runner.DEFAULT_STEPS["flux"])
+    engine = runner.build_engine(spec)
+    plan = runner.make_plan(spec, "full")
+    assert (plan.width, plan.height, plan.styles[0].steps, len(plan.images)) == (1024, 1024, 28, 16)
+    assert [(u.type, u.start, u.end) for u in plan.styles[0].units] == [("depth", 0.0, 1.0), ("lines", 0.2, 1.0)]
+    base, nets = engine.load(plan.models)
+    comps = base.value
+    assert comps["transformer"].device.type == "meta" and nets[0].value is nets[1].value  # one union net
+    assert count(comps["transformer"]) == 11_901_408_320  # FLUX.1-dev: "12 B"
+    assert 4.76e9 < count(comps["text_encoder_2"]) < 4.77e9  # T5 v1.1 XXL encoder
+    assert 123.0e6 < count(comps["text_encoder"]) < 123.1e6  # CLIP ViT-L text tower
+    assert 83.8e6 < count(comps["vae"]) < 83.9e6  # the 16-channel FLUX VAE
+    assert 2.0e9 < count(nets[0].value) < 2.2e9  # Union-Pro 2.0: 6 double blocks, about 4 GB in bf16
+    assert comps["tokenizer_2"].model_max_length == F.FLUX_T5_MAX_LENGTH
+    fl = runner.count_flops(engine, plan)
+    # One image, one step at 1024 px: T = 4096 image + 512 text tokens of width d = 3072 through
+    # 19 + 38 blocks, each 12 d^2 multiply-adds per token (a token meets one stream's weights
+    # in a double block) plus attention's 4 T^2 d; the net: 6 double blocks plus its 6
+    # residual projections over the image tokens.
+    t, d = 4096 + 512, 3072
+    block = 24 * d * d * t + 4 * t * t * d
+    assert fl["unet"] == pytest.approx(57 * block, rel=0.01)  # 74.4 TFLOP
+    assert fl["controlnet"] == pytest.approx(6 * block + 6 * 2 * 4096 * d * d, rel=0.01)  # 8.3 TFLOP
+    per_image = runner.baseline_flops(plan, plan.images[:1], fl)
+    assert per_image == 28 * (fl["unet"] + 2 * fl["controlnet"])  # no CFG halves

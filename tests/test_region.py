@@ -1,6 +1,7 @@
 """Region edits: the feathered mask (core/region.py, exact), the engine's inpainting against
-diffusers' StableDiffusionControlNetInpaintPipeline for the same seeds with the tiny SD 1.5
-models, the source's pixels kept outside the feather band, and the bad values."""
+diffusers' StableDiffusion(XL)ControlNetInpaintPipeline and FluxControlNetInpaintPipeline for
+the same seeds with the tiny models, the source's pixels kept outside the feather band, and
+the bad values."""
 
 
 import numpy as np
@@ -162,6 +163,62 @@ def test_region_parameters_metadata_and_errors(engine):
     with pytest.raises(J.JobError, match=r"^mask_image: the mask is empty"):
         build_plan(empty, load_presets(include_user=False))
     flux = J.Job.from_dict({**base, "model": "tiny-flux", "init_image": init, "mask_image": mask})
-    with pytest.raises(J.JobError, match=r"^mask_image: region edits \(inpainting\) run with the SD 1.5 and SDXL "
-                                         r"families; tiny-flux does not take a mask yet$"):
-        build_plan(flux, load_presets(include_user=False))
+    assert build_plan(flux, load_presets(include_user=False)).region.sha256 == plan.region.sha256
+
+
+# ---------------------------------------------------------------- FLUX.1
+
+def flux_inpaint_reference(engine, plan, seed):
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxControlNetInpaintPipeline,
+                           FluxMultiControlNetModel)
+    from PIL import Image
+
+    base, nets = engine.load(plan.models)
+    engine.restore_models([base.value["transformer"], *[n.value for n in nets]])
+    c, style = base.value, plan.styles[0]
+    pipe = FluxControlNetInpaintPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(c["scheduler_config"]), vae=c["vae"],
+        text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], text_encoder_2=c["text_encoder_2"],
+        tokenizer_2=c["tokenizer_2"], transformer=c["transformer"],
+        controlnet=FluxMultiControlNetModel([n.value for n in nets]))
+    pipe.set_progress_bar_config(disable=True)
+    cover = R.latent_cover(plan.region.alpha > 0, pipe.vae_scale_factor)
+    out = pipe(style.prompt, image=plan.init.image, mask_image=Image.fromarray(cover.astype(np.uint8) * 255),
+               control_image=[ci.image for ci in plan.controls], strength=plan.init.strength,
+               num_inference_steps=style.steps, guidance_scale=style.cfg, height=64, width=64,
+               controlnet_conditioning_scale=[u.scale for u in style.units],
+               control_guidance_start=[u.start for u in style.units],
+               control_guidance_end=[u.end for u in style.units],
+               control_mode=[r.union_mode for r in plan.models.controlnets], max_sequence_length=32,
+               generator=torch.Generator("cpu").manual_seed(seed), output_type="np")
+    return out.images[0]
+
+
+@pytest.mark.parametrize("strength", [None, 0.7])
+def test_flux_region_edit_is_diffusers_flux_controlnet_inpainting_blended_into_the_source(engine, strength):
+    from archviz_controlnet.backend.engine import to_uint8
+    from archviz_controlnet.backend.outputs import image_metadata
+    from archviz_controlnet.core.png import encode_png
+    from test_backend_engine import make_plan
+
+    controls = [{"type": "depth", "image": b64(depth_image()), "scale": 0.9},
+                {"type": "canny", "image": b64(lines_image()), "scale": 0.6, "start": 0.2}]
+    extra = {} if strength is None else {"strength": strength}
+    plan = make_plan(family="tiny-flux", controls=controls, seeds=(3, 8), steps=4, cfg=3.5, scheduler=None,
+                     init_image=b64(beauty_image()),
+                     mask_image=J.encode_png(encode_png(R.alpha_png(floor_alpha()))), **extra)
+    assert plan.init.strength == (1.0 if strength is None else strength)
+    ours = engine.generate(plan, plan.images)
+    source = np.asarray(plan.init.image)
+    alpha = plan.region.alpha
+    for item in plan.images:
+        ref = R.blend(source, flux_inpaint_reference(engine, plan, item.seed), alpha)
+        assert np.abs(ours[item.index] - ref).max() < 1e-4, item.seed
+        saved = to_uint8(ours[item.index])
+        assert np.array_equal(saved[alpha == 0], source[alpha == 0])  # outside: the source, bit for bit
+        inside = alpha == 1
+        assert np.abs(saved[inside].astype(int) - source[inside]).mean() > 10  # inside: made anew
+    assert np.abs(ours[0] - ours[1]).max() > 0.01  # two seeds, two images
+    meta = image_metadata(plan, plan.images[0])
+    assert meta["region_coverage"] == f"{R.coverage(floor_alpha()):g}" and meta["mask_sha256"] == plan.region.sha256
+    assert plan.params(plan.images[0])["region"] == {"mask_sha256": plan.region.sha256}

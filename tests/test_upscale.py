@@ -22,7 +22,47 @@ def test_grid_covers_the_image_and_weights_ramp_only_towards_neighbours():
     assert len(boxes) == 3 * 2 and all(b[2:] == (64, 64) for b in boxes)
     w = T.weights((0, 0, 64, 64), 128, 96, 16)
     assert w[0, 0] == 1.0 and w[0, 47] == 1.0 and w[0, 63] == pytest.approx(0.5 / 16)
-    assert w[63, 0] == pytest.approx(0.5 / 16)  # a neighbour below too
+    # a neighbour below too, moved back to end at the border (starts 0, 32): they share 32 px,
+    # and the 16 px band sits in the middle of them
+    assert T.starts(96, 64, 16) == [0, 32]
+    assert w[39, 0] == 1.0 and w[40, 0] == pytest.approx(15.5 / 16) and w[55, 0] == pytest.approx(0.5 / 16)
+    assert w[56:, 0].max() == 0.0
+
+
+@pytest.mark.parametrize("width, height, tile, overlap", [
+    (128, 96, 64, 16), (113, 200, 64, 16), (2048, 1152, 512, 64), (4096, 2304, 512, 64), (1000, 700, 256, 24)])
+def test_weights_add_up_to_one_and_each_blend_band_is_overlap_wide(width, height, tile, overlap):
+    boxes = T.grid(width, height, tile, overlap)
+    total = np.zeros((height, width), np.float64)
+    counting = np.zeros((height, width), np.int32)
+    for box in boxes:
+        x, y, w, h = box
+        wt = T.weights(box, width, height, overlap)
+        assert wt.min() >= 0.0 and wt.max() == 1.0
+        total[y:y + h, x:x + w] += wt
+        counting[y:y + h, x:x + w] += wt > 0
+    assert np.abs(total - 1.0).max() < 1e-6  # a partition of unity: the blend is convex everywhere
+    # along a side, pixels where two tiles count: one band of `overlap` px per pair of neighbours,
+    # however much more the moved-back last tile shares with its neighbour
+    xs = T.starts(width, tile, overlap)
+    assert (counting[0] > 1).sum() == overlap * (len(xs) - 1)
+
+
+def test_a_moved_back_tile_keeps_the_detail_of_the_strip_it_shares():
+    """Two tiles of unrelated detail sharing 320 px (the moved-back last tile of a 1152 px side):
+    outside the 64 px band each pixel is one tile's, so the strip keeps its contrast."""
+    rng = np.random.default_rng(0)
+    width, height, tile, overlap = 1152, 64, 512, 64
+    canvas = T.Canvas(width, height, overlap)
+    for box in T.grid(width, height, tile, overlap):
+        canvas.add(box, rng.random((box[3], box[2], 3), dtype=np.float32))
+    out = canvas.result()
+    strip = out[:, 640:960]  # shared by the tiles starting at 640 and 448
+    band = out[:, 768:832]
+    alone = out[:, 0:448]
+    assert strip[:, :128].std() == pytest.approx(alone.std(), rel=0.05)  # the first tile alone
+    assert strip[:, 192:].std() == pytest.approx(alone.std(), rel=0.05)  # the last tile alone
+    assert band.std() < 0.9 * alone.std()  # only the band mixes them
     with pytest.raises(ValueError, match="overlap must be from 0 to below the tile size 64, got 64"):
         T.starts(128, 64, 64)
 
@@ -165,8 +205,8 @@ def test_archviz_upscale_rerenders_the_passes_and_refines_by_tiles(tmp_path):
     assert again.returncode == 0 and "kept" in again.stdout  # resume
     too_big = run_cli("upscale", image, "--scale", "4", "--scene", scene, "--max-pixels", "10000")
     assert too_big.returncode == 2
-    assert too_big.stderr.strip() == ("archviz upscale: --scale 4: 256x128 = 0.0 megapixels is over the limit "
-                                      "of 0.0 megapixels (--max-pixels)")
+    assert too_big.stderr.strip() == ("archviz upscale: --scale 4: 256x128 = 32,768 pixels is over the limit "
+                                      "of 10,000 pixels (--max-pixels, ARCHVIZ_UPSCALE_MAX_PIXELS)")
     plain = tmp_path / "plain.png"
     plain.write_bytes((passes / "depth.png").read_bytes())
     no_meta = run_cli("upscale", plain, "--scale", "2", "--scene", scene)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 
 #: arch -> module in this package (a module's ``FAMILIES`` maps its arches to instances)
-MODULES = {"sd15": "sd", "sdxl": "sd", "flux": "flux"}
+MODULES = {"sd15": "sd", "sdxl": "sd", "flux": "flux", "zimage": "zimage", "qwen": "qwen"}
+MODULES.update({"kontext": "edit", "qwen-edit": "edit"})  # instruction edits
 
 
 def family_for(arch: str):

@@ -11,6 +11,13 @@ embedding and wants about 4 steps. Differences from the diffusers pipeline that 
   in the same order (controls first, then the initial latents): the same pixels;
 * the T5 + CLIP encode once per style (the expensive part of a FLUX call on a sweep);
 * a unit outside its window or at scale 0 is not run (diffusers runs it at scale 0).
+
+A region edit (an init image and a mask) is ``FluxControlNetInpaintPipeline``: the init
+image's latents noised to the strength, and after every step the latents outside the mask
+put back to the init latents noised to the next step (FLUX.1's transformer has no mask
+input). That pipeline also VAE-encodes the masked image and samples it with each image's
+generator, after the initial noise; nothing reads that sample or draws from the
+generator afterwards, so the engine leaves it out: the same pixels, one VAE encode less.
 """
 
 from __future__ import annotations
@@ -35,6 +42,14 @@ class Control:
     image: torch.Tensor  # (1, 3, H, W) in [-1, 1] (the pipeline's control image)
     mean: torch.Tensor | None = None  # VAE latent distribution of it (1, C, h, w), when the net reads latents
     std: torch.Tensor | None = None
+
+
+@dataclass
+class InitLatents:
+    """A restyle's init image through the VAE encoder (once per job)."""
+
+    dist: object  # its latent distribution; each seed samples it with its own generator
+    mask: torch.Tensor | None = None  # region edit: (1, C, h, w) binarized mask at latent size
 
 
 class Flux(Family):
@@ -101,12 +116,32 @@ class Flux(Family):
     # 3. Latents: per image, each control's latent sample, then the initial noise, from the
     #    image's own generator in diffusers' order; packed 2x2 patches; flow-matching sigmas.
     # 2b. Restyle: the init image as FluxControlNetImg2ImgPipeline prepares it (image
-    #     processor at the job's size, the VAE encoder), once per job.
+    #     processor at the job's size, the VAE encoder), once per job. A region edit
+    #     (FluxControlNetInpaintPipeline): also its binarized mask at latent size, the
+    #     region rounded out to whole latent cells (core/region.latent_cover).
     @torch.no_grad()
     def prepare_init(self, engine, plan, pipe, comps):
         vae = comps["vae"]
         image = pipe.image_processor.preprocess(plan.init.image, height=plan.height, width=plan.width)
-        return vae.encode(image.to(dtype=torch.float32).to(device=engine.device, dtype=vae.dtype)).latent_dist
+        init = InitLatents(vae.encode(image.to(dtype=torch.float32).to(device=engine.device, dtype=vae.dtype))
+                           .latent_dist)
+        if plan.region is not None:
+            from diffusers.image_processor import VaeImageProcessor
+            from PIL import Image
+
+            from ...core.region import latent_cover
+
+            factor = pipe.vae_scale_factor
+            cover = latent_cover(plan.region.alpha > 0, factor)
+            processor = VaeImageProcessor(vae_scale_factor=factor * 2, vae_latent_channels=vae.config.latent_channels,
+                                          do_normalize=False, do_binarize=True, do_convert_grayscale=True)
+            mask = processor.preprocess(Image.fromarray(cover.astype(np.uint8) * 255), height=plan.height,
+                                        width=plan.width)
+            h2, w2 = 2 * (plan.height // (factor * 2)), 2 * (plan.width // (factor * 2))
+            mask = torch.nn.functional.interpolate(mask, size=(h2, w2))
+            channels = comps["transformer"].config.in_channels // 4
+            init.mask = mask.repeat(1, channels, 1, 1).to(device=engine.device, dtype=comps["transformer"].dtype)
+        return init
 
     def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
                         init=None) -> Denoising:
@@ -139,6 +174,7 @@ class Flux(Family):
         h2, w2 = 2 * (plan.height // (pipe.vae_scale_factor * 2)), 2 * (plan.width // (pipe.vae_scale_factor * 2))
         mu = calculate_shift((h2 // 2) * (w2 // 2), cfg.get("base_image_seq_len", 256),
                              cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        region = None
         if init is None:
             latents, image_ids = pipe.prepare_latents(b, channels, plan.height, plan.width, prompt_embeds.dtype,
                                                       engine.device, generators)
@@ -151,10 +187,14 @@ class Flux(Family):
             t_start = int(max(n - n * plan.init.strength, 0))
             timesteps = scheduler.timesteps[t_start * scheduler.order:]
             scheduler.set_begin_index(t_start * scheduler.order)
-            z = torch.cat([init.sample(generator=g) for g in generators]).to(prompt_embeds.dtype)
+            z = torch.cat([init.dist.sample(generator=g) for g in generators]).to(prompt_embeds.dtype)
             z = (z - vae.config.shift_factor) * vae.config.scaling_factor
             noise = randn_tensor((b, channels, h2, w2), generator=generators, device=engine.device,
                                  dtype=prompt_embeds.dtype)
+            if init.mask is not None:  # region edit: what goes back outside the mask after each step
+                region = dict(image_latents=pipe._pack_latents(z, b, channels, h2, w2),
+                              noise=pipe._pack_latents(noise, b, channels, h2, w2),
+                              mask=pipe._pack_latents(init.mask.expand(b, -1, -1, -1), b, channels, h2, w2))
             if len(timesteps):
                 z = scheduler.scale_noise(z, timesteps[:1].repeat(b), noise)
             latents = pipe._pack_latents(z, b, channels, h2, w2)
@@ -163,7 +203,8 @@ class Flux(Family):
         return Denoising(latents, timesteps, scheduler, dict(
             prompt_embeds=prompt_embeds, pooled=pooled, text_ids=text_ids, image_ids=image_ids, controls=controls,
             guidance=guidance, transformer=engine._runtime(transformer),
-            guidance_embeds=bool(transformer.config.guidance_embeds), height=plan.height, width=plan.width))
+            guidance_embeds=bool(transformer.config.guidance_embeds), height=plan.height, width=plan.width,
+            region=region))
 
     # 4. One step: each running unit's block residuals (at its scale; union nets with their
     #    mode), summed in unit order, into the transformer; the flow-matching Euler step.
@@ -198,6 +239,12 @@ class Flux(Family):
                                  controlnet_blocks_repeat=repeat, **common)[0]
         engine.stats["transformer"] += latents.shape[0]
         state.latents = state.scheduler.step(noise, t, latents, return_dict=False)[0]
+        region = v["region"]
+        if region is not None:  # outside the mask: the init latents noised to the next step
+            proper = region["image_latents"]
+            if i < len(state.timesteps) - 1:
+                proper = state.scheduler.scale_noise(proper, torch.tensor([state.timesteps[i + 1]]), region["noise"])
+            state.latents = (1 - region["mask"]) * proper + region["mask"] * state.latents
 
     # 5. Decode: unpack, undo scaling and shift, VAE.
     @torch.no_grad()

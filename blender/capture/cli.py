@@ -38,7 +38,7 @@ def add_arguments(parser):
     parser.add_argument("--camera", default="", help="camera object name (default: the scene camera)")
     parser.add_argument("--long-side", type=int, default=512, help="long side in pixels, multiple of 8 (1024 for SDXL)")
     parser.add_argument("--multiple", type=int, choices=(8, 16, 32, 64), default=8,
-                        help="both sides a multiple of this: 8, or 16 for FLUX.1 (x2, x4 for archviz upscale)")
+                        help="both sides a multiple of this: 8, or 16 for FLUX.1 and Qwen-Image (x2, x4 for archviz upscale)")
     parser.add_argument("--frame", type=int, default=None, help="frame to render (default: the saved current frame)")
     parser.add_argument("--passes", type=_pass_list, default=("depth", "lines", "normal", "seg"),
                         help="comma-separated subset of depth,lines,normal,seg")
