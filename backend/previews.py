@@ -154,7 +154,7 @@ class Previewer:
         self.problem = engine.previews.problem  # a TAESD in the cache that does not load: said, not hidden
         self.projection = None
         if self.tiny is None:
-            channels = int(vae.config.latent_channels)
+            channels = int(getattr(vae.config, "latent_channels", None) or vae.config.z_dim)  # z_dim: Qwen-Image
             self.projection = engine.previews.projection(vae, lambda: fit_projection(
                 lambda z: family.preview_decode(engine, pipe, comps, z), channels, engine.device, vae.dtype))
 

@@ -38,7 +38,8 @@ def engine(home):
     return cpu_engine()
 
 
-FAMILY_KW = {"tiny": {}, "tiny-sdxl": {}, "tiny-flux": {"scheduler": None, "cfg": 3.5}}
+FAMILY_KW = {"tiny": {}, "tiny-sdxl": {}, "tiny-flux": {"scheduler": None, "cfg": 3.5},
+             "tiny-zimage": {"scheduler": None, "cfg": 1.0}, "tiny-qwen": {"scheduler": None, "cfg": 4.0}}
 
 
 def plan_for(family, seeds=(0, 1), steps=8, lines="lines", **extra):
@@ -65,6 +66,19 @@ def decode(png):
 
 
 # -- previews ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["tiny-zimage", "tiny-qwen"])
+def test_previews_for_the_families_without_hooks_of_their_own(engine, family):
+    """Z-Image (4D latents) and Qwen-Image (packed 2x2 tokens) get previews through the
+    base hooks' defaults and the projection fitted to their own VAE; pixels unchanged."""
+    plan = plan_for(family, seeds=(0,), steps=4)
+    plain = engine.generate(plan, plan.images)
+    out, got = collect(engine, plan, every=2)
+    assert [(i, s, n) for i, s, n, _ in got] == [(0, 2, 4)]
+    image = decode(got[0][3])
+    assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+    assert np.array_equal(plain[0], out[0])
+
 
 def test_previews_come_every_n_steps_change_and_leave_the_pixels(engine):
     plan = plan_for("tiny", steps=12)

@@ -175,7 +175,7 @@ class Family:
             if mean is not None and std is not None:
                 m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
                 d = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
-                z = z * d / cfg.scaling_factor + m
+                z = z * d / getattr(cfg, "scaling_factor", 1.0) + m  # Qwen-Image's VAE has no scaling factor
             else:
                 z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
             video = getattr(cfg, "temperal_downsample", None) is not None  # a video VAE (B, C, T, h, w)
