@@ -42,11 +42,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import families as _families
+
 # ---------------------------------------------------------------------------------------
 # Vocabularies
 # ---------------------------------------------------------------------------------------
-
-from . import families as _families
 
 #: Model families (core/families.py), in the order messages list them. The ``tiny-*`` ones
 #: are the shrunk, random-weight test families; the edit ones (core/edit.py) edit the job's

@@ -158,7 +158,7 @@ def test_a_qwen_section_is_validated(tmp_path):
     ({"scheduler": "unipc"}, "scheduler", "flow-matching"),
     ({"controls": [{"type": "depth", "image": b64(depth_image(72, 64))}]}, "width", "Qwen-Image needs a multiple of 16"),
     ({"controls": [{"type": "seg", "image": b64(depth_image())}]}, "controls[0].type", "not trained on 'seg'"),
-    ({"init_image": b64(depth_image())}, "init_image", "does not take an init image"),
+    ({"init_image": b64(depth_image())}, "init_image", "does not take one yet"),
 ])
 def test_qwen_job_errors_name_the_field(extra, field, words):
     from test_backend_engine import make_plan
