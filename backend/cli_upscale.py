@@ -171,7 +171,9 @@ def run(args):
     template = {"model": {"family": family}, "styles": [{"name": "upscale", "prompt": params["prompt"],
                                                          "negative": params["negative"]}],
                 "steps": params["steps"], "cfg": params["cfg"]}
-    if family not in ("flux", "tiny-flux"):
+    from ..core.families import FAMILIES
+
+    if not (family in FAMILIES and FAMILIES[family].arch == "flux"):  # FLUX.1 has one sampler
         template["scheduler"] = params["scheduler"]
     import time
 

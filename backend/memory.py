@@ -89,8 +89,17 @@ QWEN_PROFILES = (
     MemoryProfile("12gb", "8bit", True, "all", 0.0,
                   "8-bit transformer and ControlNet streamed block by block, text encoder on the CPU"),
 )
-#: arch -> its profiles, largest first (the families small enough to need none are absent)
-PROFILES = {"flux": FLUX_PROFILES, "zimage": ZIMAGE_PROFILES, "qwen": QWEN_PROFILES}
+
+
+def profiles_for(arch: str) -> tuple:
+    """An arch's profiles, largest first (its row in backend/families/registry.py names the
+    table; empty for the families small enough to need none)."""
+    from .families.registry import ENGINES
+
+    engine = ENGINES.get(arch)
+    return globals()[engine.memory_profiles] if engine and engine.memory_profiles else ()
+
+
 PROFILE_NAMES = ("auto",) + tuple(p.name for p in FLUX_PROFILES)
 
 #: The profile of a device that is not a CUDA GPU, or of a family small enough to need none.
@@ -105,8 +114,8 @@ def choose_profile(arch: str, device_type: str, free_bytes: int | None, requeste
     ``requested``."""
     if requested not in PROFILE_NAMES:
         raise ValueError(f"memory profile: unknown {requested!r} (choose from {', '.join(PROFILE_NAMES)})")
-    profiles = PROFILES.get(arch)
-    if profiles is None:
+    profiles = profiles_for(arch)
+    if not profiles:
         return NONE
     if requested != "auto":
         return next(p for p in profiles if p.name == requested)

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.jobs import JobError, ModelSpec
+from ..core import families as _families
 from . import hub, tiny
+from .families.registry import ENGINES, arches
 from . import preprocess as _pre
 
 log = logging.getLogger("archviz.backend")
@@ -150,11 +152,12 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
     """References for a job; raises JobError naming the field when a control type has no
     ControlNet in the chosen family."""
     arch = spec.arch
-    if arch == "flux":
+    resolve = ENGINES[arch].resolve  # backend/families/registry.py
+    if resolve == "nets-or-union-modes":
         return _resolve_flux(spec, control_types, control_models)
-    if arch in ("qwen", "zimage"):
+    if resolve == "union-only":
         return _resolve_union(spec, control_types, control_models)
-    if arch in ("kontext", "qwen-edit"):  # instruction edits: a base only, no ControlNet (core/jobs.py)
+    if resolve == "none":  # instruction edits: a base only, no ControlNet (core/jobs.py)
         real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_PLUS.get(spec.family, QWEN_EDIT_BASE)
         folder = "qwen-edit-plus" if spec.family == "tiny-qwen-edit-plus" else arch
         base = spec.base or (str(tiny.tiny_path(folder, "base")) if spec.is_tiny else real)
@@ -346,15 +349,8 @@ def check_job_models(job, roots: list[Path]) -> None:
 # ---------------------------------------------------------------------------------------
 
 #: Pipeline folders the loaders read from a base repository (see :func:`load_base`).
-BASE_COMPONENTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-                   "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                            "scheduler"),
-                   "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                            "scheduler"),
-                   "qwen": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
-                   "zimage": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
-BASE_COMPONENTS["kontext"] = BASE_COMPONENTS["flux"]
-BASE_COMPONENTS["qwen-edit"] = ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler")
+#: (backend/families/registry.py)
+BASE_COMPONENTS = {arch: e.components for arch, e in ENGINES.items()}
 
 
 def base_components(arch: str, separate_vae: bool) -> tuple[str, ...]:
@@ -408,7 +404,8 @@ CATALOG["preprocessors"] = [
     (_pre.DEPTH_REPO, None, "depth model (DPT)"),
     (_pre.ANNOTATOR_REPO, hub.Files(_pre.WEIGHT_FILES["mlsd"] + _pre.WEIGHT_FILES["lineart"]),
      "annotator weights (MLSD, lineart)")]
-FAMILY_NAMES = ("sd15", "sdxl", "flux", "qwen", "zimage")
+#: the text-to-image families (core/families.py): their own CATALOG names list a default sweep's needs
+FAMILY_NAMES = _families.names(tiny=False, edit=False)
 
 
 def catalog_name(repo_id: str) -> str:
@@ -586,29 +583,12 @@ def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     return comps
 
 
-#: The families published and run in bf16: their text encoders and transformers overflow fp16.
-BF16_ARCHES = ("flux", "qwen", "zimage", "kontext", "qwen-edit")
+#: The families published and run in bf16: their text encoders and transformers overflow fp16
+#: (backend/families/registry.py).
+BF16_ARCHES = arches(bf16=True)
 #: The transformer families' base models, loaded component by component from a diffusers
 #: folder: arch -> (the family's name, {component: (library, class)}).
-DIT_BASES = {
-    "flux": ("FLUX.1", {"transformer": ("diffusers", "FluxTransformer2DModel"), "vae": ("diffusers", "AutoencoderKL"),
-                        "text_encoder": ("transformers", "CLIPTextModel"),
-                        "tokenizer": ("transformers", "CLIPTokenizer"),
-                        "text_encoder_2": ("transformers", "T5EncoderModel"),
-                        "tokenizer_2": ("transformers", "T5TokenizerFast")}),
-    "qwen": ("Qwen-Image", {"transformer": ("diffusers", "QwenImageTransformer2DModel"),
-                            "vae": ("diffusers", "AutoencoderKLQwenImage"),
-                            "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
-                            "tokenizer": ("transformers", "Qwen2Tokenizer")}),
-    "zimage": ("Z-Image", {"transformer": ("diffusers", "ZImageTransformer2DModel"),
-                           "vae": ("diffusers", "AutoencoderKL"),
-                           "text_encoder": ("transformers", "AutoModel"),
-                           "tokenizer": ("transformers", "AutoTokenizer")}),
-}
-#: Instruction edits: FLUX.1 Kontext has FLUX.1's layout and classes; Qwen-Image-Edit has
-#: Qwen-Image's and a processor for the picture (:mod:`.qwen_processor`).
-DIT_BASES["kontext"] = ("FLUX.1 Kontext", DIT_BASES["flux"][1])
-DIT_BASES["qwen-edit"] = ("Qwen-Image-Edit", {**DIT_BASES["qwen"][1], "processor": (".qwen_processor", None)})
+DIT_BASES = {arch: e.loaders for arch, e in ENGINES.items() if e.loaders}
 
 
 def _load_dit_base(arch: str, ref: str, dtype, device) -> dict:

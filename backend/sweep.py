@@ -16,44 +16,19 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..core import families
 from ..core import jobs as J
 from ..core.presets import Preset
 from ..core.edit import EDIT_ARCHES
+from .families.registry import (ENGINES, FLUX_DEFAULTS, QWEN_DEFAULTS, ZIMAGE_DEFAULTS, FlowRules,  # noqa: F401
+                                 arches)
 from .models import ModelPlan, resolve_models
 
-#: FLUX.1 defaults where neither the job nor the preset's [flux] section sets them: FLUX.1-dev's
-#: distilled guidance and step count; it samples with flow-matching Euler only and has no
-#: negative prompt.
-FLUX_DEFAULTS = {"cfg": 3.5, "steps": 28}
+#: flow-matching families' rules and defaults, and the arches that do region edits
+#: (backend/families/registry.py)
+FLOW_FAMILIES = {arch: e.flow for arch, e in ENGINES.items() if e.flow}
+REGION_ARCHS = arches(region=True)
 FLUX_SCHEDULER = "flow_euler"
-#: Qwen-Image defaults where neither the job nor the preset's [qwen] section sets them: true CFG
-#: with the negative prompt (two transformer passes per step) and the model card's 50 steps;
-#: flow-matching Euler only.
-QWEN_DEFAULTS = {"cfg": 4.0, "steps": 50}
-#: Z-Image-Turbo defaults: 8 steps (its card: 8 function evaluations), no classifier-free
-#: guidance (cfg 1; the pipeline's guidance_scale 0), no negative prompt, flow-matching Euler.
-ZIMAGE_DEFAULTS = {"cfg": 1.0, "steps": 8}
-
-
-@dataclass(frozen=True)
-class FlowRules:
-    """How a flow-matching (transformer) family takes a job: one sampler, sides multiples of
-    16, cfg/steps from its preset section (``[flux]``, ``[qwen]``, ``[zimage]``)."""
-
-    label: str
-    defaults: dict
-    no_negative: str = ""  # why it takes no negative prompt ('' = it takes one)
-    fixed_cfg: float | None = None  # the one cfg it samples with
-    restyle: bool = False  # takes an init image
-
-
-FLOW_FAMILIES = {
-    "flux": FlowRules("FLUX.1", FLUX_DEFAULTS, no_negative="guidance-distilled, no true CFG", restyle=True),
-    "qwen": FlowRules("Qwen-Image", QWEN_DEFAULTS),
-    "zimage": FlowRules("Z-Image-Turbo", ZIMAGE_DEFAULTS, no_negative="it samples without CFG", fixed_cfg=1.0),
-}
-#: families whose module does region edits (inpainting of the init image under a mask)
-REGION_ARCHS = ("sd15", "sdxl", "flux")
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
 
@@ -210,7 +185,7 @@ def resolve_style(style: J.Style, index: int, job: J.Job, presets: dict[str, Pre
         if preset is None:
             known = ", ".join(sorted(presets)) or "none"
             raise J.JobError(f"styles[{index}].preset", f"unknown preset {style.preset!r} (known: {known})")
-        preset = preset.for_family("flux" if job.model.arch in EDIT_ARCHES else job.model.arch)  # edits: natural language
+        preset = preset.for_family(families.preset_section(job.model.arch))  # edits: [flux], natural language
     prompt = style.prompt if style.prompt else (preset.prompt if preset else "")  # "": an edit text alone
     negative = style.negative if style.negative is not None else (preset.negative if preset else "")
     return preset, prompt, negative

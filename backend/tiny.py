@@ -31,6 +31,8 @@ import threading
 import zlib
 from pathlib import Path
 
+from .families.registry import ENGINES
+
 TINY_VERSION = "v1"
 _BUILD_LOCK = threading.Lock()
 
@@ -88,8 +90,9 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 
 #: Tiny families built by a module of their own (its ``builder(family, name)``), loaded by
 #: name like the engine's family modules (``families.MODULES``): they use this module's helpers.
-TINY_MODULES = {"qwen": "tiny_qwen", "zimage": "tiny_zimage", "kontext": "tiny_edit", "qwen-edit": "tiny_edit",
-                "qwen-edit-plus": "tiny_edit"}
+#: (backend/families/registry.py: ``tiny_module``, ``tiny_folders``)
+TINY_MODULES = {folder: e.tiny_module for e in ENGINES.values() if e.tiny_module != "tiny"
+                for folder in (e.arch, *e.tiny_folders)}
 
 
 def _builder(family: str, name: str):
@@ -111,7 +114,7 @@ def _builder(family: str, name: str):
         if name.startswith("controlnet-") and kind in (*FLUX_CONTROL_KINDS, "union"):
             return lambda out: build_flux_controlnet(out, kind)
         raise ValueError(f"no tiny model {family}/{name}")
-    if family not in ("sd15", "sdxl"):
+    if family not in ENGINES or ENGINES[family].module != "sd":  # the UNet families are built here
         raise ValueError(f"no tiny family {family!r}")
     sdxl = family == "sdxl"
     if name == "base":

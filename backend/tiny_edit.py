@@ -21,8 +21,8 @@ from pathlib import Path
 
 from . import tiny
 
-#: tiny family folders (``tiny.TINY_MODULES`` names this module for them)
-FAMILIES = ("kontext", "qwen-edit", "qwen-edit-plus")
+#: tiny family folders (``tiny.TINY_MODULES`` names this module for them: backend/families/registry.py)
+FAMILIES = tuple(folder for folder, module in tiny.TINY_MODULES.items() if module == __name__.rpartition(".")[2])
 
 
 def builder(family: str, name: str):

@@ -80,7 +80,9 @@ def build_flux_schnell_base(out: Path, tiny) -> None:
 
 def builder(family: str, name: str, tiny):
     """The builder of a tiny fast-mode model, or None when ``family/name`` is not one."""
-    if family in ("sd15", "sdxl") and name == "lcm-lora":
+    from .families.registry import ENGINES
+
+    if family in ENGINES and ENGINES[family].module == "sd" and name == "lcm-lora":  # the UNet families
         return lambda out: build_lcm_lora(out, family, tiny)
     if family == "flux" and name == "base-schnell":
         return lambda out: build_flux_schnell_base(out, tiny)

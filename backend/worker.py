@@ -21,6 +21,7 @@ from ..core.jobs import JobError, sidecar_filename
 from ..core.png import clean_stale_temps
 from .engine import Cancelled, Engine, to_uint8
 from .hub import DownloadCancelled
+from .families.registry import ENGINES
 from .outputs import (Manifest, OutputRoots, atomic_write, existing_matches, image_metadata, png_bytes,
                       write_contact_sheet)
 from .sweep import PlannedImage, SweepPlan
@@ -418,16 +419,17 @@ def prompt_warnings(plan: SweepPlan, engine: Engine) -> list[str]:
     start and end tokens; FLUX.1: its T5 encoder's 512, the CLIP one only gives the pooled
     summary): it is cut there, as diffusers does, and the user should know."""
     base = engine.cache.base(plan.models).value
-    if plan.models.arch == "qwen":
+    reader = ENGINES[plan.models.arch].prompt_reader  # backend/families/registry.py
+    if reader == "qwen":
         from .families.qwen import prompt_overflow
 
         return [f"styles[{i}] ({style.name}): {message}" for i, style in enumerate(plan.styles)
                 for what, text in (("prompt", style.prompt), ("negative prompt", style.negative)) if text
                 for message in [prompt_overflow(base["tokenizer"], what, text)] if message]
-    t5 = plan.models.arch in ("flux", "kontext")
+    t5 = reader == "t5"
     tokenizer = base["tokenizer_2"] if t5 else base["tokenizer"]
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
-    if t5 or plan.models.arch == "zimage":  # Z-Image: its Qwen3 encoder reads 512 tokens (the pipeline's)
+    if t5 or reader == "512":  # Z-Image: its Qwen3 encoder reads 512 tokens (the pipeline's)
         limit = min(limit, 512)
     out = []
     for i, style in enumerate(plan.styles):

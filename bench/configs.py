@@ -194,8 +194,11 @@ def build_random(arch: str, device, dtype, kinds=("depth", "lines"), seed: int =
 
     from ..backend import tiny
 
-    if arch not in ("sd15", "sdxl"):
-        raise ValueError(f"arch: unknown {arch!r} (sd15, sdxl)")
+    from ..backend.families.registry import ENGINES
+
+    unet_arches = [a for a, e in ENGINES.items() if e.module == "sd"]
+    if arch not in unet_arches:
+        raise ValueError(f"arch: unknown {arch!r} ({', '.join(unet_arches)})")
     sdxl = arch == "sdxl"
 
     def strip(config):

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backend.families import registry
+from ..core import families
+
 #: The issue's cases: depth 0.9 on the whole run + lines 0.6 from 20 %, and the seeds'
 #: temporal schedule (depth only for the first half).
 CASES = {
@@ -146,16 +149,16 @@ CONFIGS = {
 CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
                 "qwen": "Qwen-Image transformer, InstantX union ControlNet, VAE, Qwen2.5-VL text encoder from the "
                         "real configs, random weights (GPU)"})
-DEFAULT_SIZE = {"tiny": 64, "tiny-sdxl": 64, "tiny-flux": 64, "tiny-zimage": 64, "tiny-qwen": 64, "sd15": 512,
-                "sdxl": 1024, "flux": 1024, "zimage": 1024, "qwen": 1328}
+#: 64 px for the tiny families, the family's default long side for the others (core/families.py)
+DEFAULT_SIZE = {c: 64 if families.FAMILIES[c].tiny else families.long_side(c) for c in CONFIGS}
 DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.steps
 #: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
-FLOW_ARCHES = ("flux", "qwen", "zimage")
+FLOW_ARCHES = tuple(arch for arch, e in registry.ENGINES.items() if e.flow)  # backend/families/registry.py
 
 
 def config_arch(config: str) -> str:
     """The engine arch a --config runs: ``tiny`` -> sd15, ``tiny-flux`` -> flux, ``sdxl`` -> sdxl."""
-    return "sd15" if config == "tiny" else config.removeprefix("tiny-")
+    return families.arch_of(config, config.removeprefix("tiny-"))
 
 
 def model_refs(config: str) -> dict:

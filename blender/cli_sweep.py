@@ -20,6 +20,8 @@ EXIT_CANCELLED = 130
 
 
 def add_arguments(parser):
+    from ..core import families
+
     parser.add_argument("scene", nargs="?", default=None, help="the .blend file (or --image PATH instead)")
     parser.add_argument("--image", default=None, metavar="PATH",
                         help="sweep from a photo or a sketch (PNG, JPEG, WebP, BMP, TIFF) instead of a scene: "
@@ -30,10 +32,7 @@ def add_arguments(parser):
     parser.add_argument("--seeds", required=True, help="seeds and ranges, e.g. 0-7 or 1,5,9")
     parser.add_argument("--cameras", default="scene",
                         help="scene (default), all, collection:NAME, or comma-separated camera names")
-    parser.add_argument("--model", default="sd15", help="sd15 (default), sdxl, flux, qwen, zimage, tiny, tiny-sdxl, "
-                                                           "tiny-flux, tiny-qwen, tiny-zimage, or a local model folder; "
-                                                           "with --edit: kontext, qwen-edit, qwen-edit-2509, "
-                                                           "qwen-edit-2511, tiny-kontext, tiny-qwen-edit")
+    parser.add_argument("--model", default="sd15", help=families.model_help())
     parser.add_argument("--controls", default=None,
                         help="control units type[:scale[:start[:end]]], comma-separated (default depth,lines; "
                              "values left out come from the style preset); custom:PATH[:scale...] uses a ControlNet "

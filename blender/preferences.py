@@ -4,6 +4,7 @@ drawing: Set up Backend, Doctor and the Models box show the runs of ``runs``."""
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
+from ..core import families
 from ..core.sweep import download_fraction
 from . import runs
 from .ui import draw_lines
@@ -37,27 +38,7 @@ class ARCHVIZ_AP_preferences(bpy.types.AddonPreferences):
                          items=[("auto", "Auto", "CUDA when torch sees an NVIDIA GPU, then MPS (Apple Silicon), "
                                                  "then the CPU"),
                                 ("cuda", "CUDA", ""), ("mps", "MPS", "Apple Silicon GPU"), ("cpu", "CPU", "")])
-    model: EnumProperty(name="Model", default="sd15",
-                        items=[("sd15", "SD 1.5", ""), ("sdxl", "SDXL", ""),
-                               ("flux", "FLUX.1-dev", "Gated, non-commercial licence: accept it on the hub and set "
-                                                      "the Hugging Face token. Depth and lines units, 1024 px"),
-                               ("tiny", "Tiny (offline test)", "Random weights: noise that proves the plumbing"),
-                               ("tiny-sdxl", "Tiny SDXL (offline test)", ""),
-                               ("tiny-flux", "Tiny FLUX (offline test)", ""),
-                               ("qwen", "Qwen-Image", "Apache-2.0, not gated; its union ControlNet takes depth and "
-                                                     "lines units, true CFG with a negative prompt, 1328 px"),
-                               ("tiny-qwen", "Tiny Qwen-Image (offline test)", ""),
-                               ("zimage", "Z-Image-Turbo", "Apache-2.0, 8 steps; one union ControlNet for the "
-                                                           "depth and lines units, 1024 px"),
-                               ("tiny-zimage", "Tiny Z-Image (offline test)", ""),
-                               # instruction edits (the Restyle box's Edit field; no control units)
-                               ("kontext", "FLUX.1 Kontext (edits)", "Instruction edits of the beauty pass. Gated, "
-                                                                     "non-commercial licence"),
-                               ("qwen-edit", "Qwen-Image-Edit (edits)", "Instruction edits of the beauty pass"),
-                               ("qwen-edit-2509", "Qwen-Image-Edit-2509 (edits)", ""),
-                               ("qwen-edit-2511", "Qwen-Image-Edit-2511 (edits)", ""),
-                               ("tiny-kontext", "Tiny Kontext (offline test)", ""),
-                               ("tiny-qwen-edit", "Tiny Qwen-Image-Edit (offline test)", "")])
+    model: EnumProperty(name="Model", default="sd15", items=families.menu_items())  # core/families.py
     model_path: StringProperty(name="Base Model Override", subtype="DIR_PATH", default="",
                                description="Local folder or file used instead of the family's base model")
     output_dir: StringProperty(name="Default Output", subtype="DIR_PATH", default="",

@@ -16,6 +16,7 @@ import threading
 
 import bpy
 
+from ..core import families
 from ..core.backend_setup import BackendSetup
 from ..core.sweep import download_text
 from .ui import redraw
@@ -48,13 +49,8 @@ class DoctorRun:
             self.lines, self.state = [f"the check failed: {type(exc).__name__}: {exc}"], "failed"
 
 
-FAMILIES = [("sd15", "SD 1.5", "Base model, depth and lineart ControlNets"),
-            ("sdxl", "SDXL", "Base model, fp16-fix VAE, depth and canny ControlNets"),
-            ("flux", "FLUX.1-dev", "Gated base model (accept the licence on the hub), depth and canny ControlNets"),
-            ("qwen", "Qwen-Image", "Base model and the InstantX union ControlNet (about 61 GB)"),
-            ("zimage", "Z-Image-Turbo", "Base model and its union ControlNet 2.1 (one file)")]
-FAMILIES += [("kontext", "FLUX.1 Kontext", "Gated instruction-edit model (accept the licence on the hub)"),
-             ("qwen-edit", "Qwen-Image-Edit", "Instruction-edit model")]
+#: (family, label, what Download gets) of the Models box (core/families.py)
+FAMILIES = families.download_items()
 
 
 class ModelsRun:

@@ -46,8 +46,7 @@ def resolve_cameras(scene, spec="scene", selected=()):
 
 
 def model_spec(model):
-    """A family (sd15, sdxl, flux, qwen, zimage, tiny, tiny-sdxl, tiny-flux, tiny-qwen, tiny-zimage) or a
-    local folder or file (an SD 1.5 base)."""
+    """A family (core/families.py, or an alias) or a local folder or file (an SD 1.5 base)."""
     if model in J.FAMILIES or model in J.FAMILY_ALIASES:
         return {"family": model}
     if os.path.exists(model):

@@ -10,16 +10,15 @@ geometry. Stdlib only (the add-on and the backend both use it).
 
 from __future__ import annotations
 
+from . import families as _families
+
 #: model family -> the architecture the engine runs (backend/families/edit.py)
-EDIT_FAMILIES = {"kontext": "kontext", "tiny-kontext": "kontext", "qwen-edit": "qwen-edit",
-                 "qwen-edit-2509": "qwen-edit", "qwen-edit-2511": "qwen-edit", "tiny-qwen-edit": "qwen-edit",
-                 "tiny-qwen-edit-plus": "qwen-edit"}
-EDIT_ARCHES = ("kontext", "qwen-edit")
-#: steps and guidance where neither the job nor ``--steps``/``--cfg`` set them: Kontext's
-#: distilled guidance 2.5 over 28 steps; Qwen-Image-Edit's true CFG 4 over 50 steps, 40 for
-#: -2509 / -2511 (the model cards' values)
-EDIT_DEFAULTS = {"kontext": {"steps": 28, "cfg": 2.5}, "qwen-edit": {"steps": 50, "cfg": 4.0},
-                 "qwen-edit-2509": {"steps": 40, "cfg": 4.0}, "qwen-edit-2511": {"steps": 40, "cfg": 4.0}}
+EDIT_FAMILIES = {f.name: f.arch for f in _families.FAMILY_LIST if _families.ARCHES[f.arch].edit}
+EDIT_ARCHES = _families.arch_names(edit=True)
+#: steps and guidance where neither the job nor ``--steps``/``--cfg`` set them (core/families.py:
+#: Kontext's distilled guidance 2.5 over 28 steps; Qwen-Image-Edit's true CFG 4 over 50 steps,
+#: 40 for -2509 / -2511, the model cards' values)
+EDIT_DEFAULTS = {f.name: f.edit_defaults for f in _families.FAMILY_LIST if f.edit_defaults}
 #: Qwen-Image-Edit's negative prompt when a style gives none (its model card's " ")
 QWEN_EDIT_NEGATIVE = " "
 MAX_EDIT_CHARS = 2000

@@ -42,26 +42,20 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import families as _families
+
 # ---------------------------------------------------------------------------------------
 # Vocabularies
 # ---------------------------------------------------------------------------------------
 
-#: Model families. ``tiny``/``tiny-sdxl``/``tiny-flux``/``tiny-qwen``/``tiny-zimage`` are the shrunk,
-#: random-weight test families.
-FAMILIES = ("sd15", "sdxl", "flux", "tiny", "tiny-sdxl", "tiny-flux", "qwen", "tiny-qwen", "zimage", "tiny-zimage")
-#: Instruction-edit families (core/edit.py): they edit the job's init_image by each style's edit text.
-FAMILIES += ("kontext", "qwen-edit", "qwen-edit-2509", "qwen-edit-2511", "tiny-kontext", "tiny-qwen-edit",
-             "tiny-qwen-edit-plus")
-FAMILY_ALIASES = {"sd1.5": "sd15", "sd-1.5": "sd15", "tiny-sd15": "tiny", "sd_xl": "sdxl", "flux.1": "flux",
-                  "flux1": "flux", "flux-dev": "flux", "qwen-image": "qwen", "qwenimage": "qwen",
-                  "z-image": "zimage", "z-image-turbo": "zimage", "zimage-turbo": "zimage"}
+#: Model families (core/families.py), in the order messages list them. The ``tiny-*`` ones
+#: are the shrunk, random-weight test families; the edit ones (core/edit.py) edit the job's
+#: init_image by each style's edit text.
+FAMILIES = tuple(_families.FAMILIES)
+#: other spellings -> family
+FAMILY_ALIASES = dict(_families.ALIASES)
 #: family -> the architecture the engine runs
-FAMILY_ARCH = {"sd15": "sd15", "tiny": "sd15", "sdxl": "sdxl", "tiny-sdxl": "sdxl", "flux": "flux",
-               "tiny-flux": "flux", "qwen": "qwen", "tiny-qwen": "qwen", "zimage": "zimage", "tiny-zimage": "zimage"}
-FAMILY_ALIASES.update({"flux-kontext": "kontext", "flux.1-kontext": "kontext", "qwen-image-edit": "qwen-edit"})
-FAMILY_ARCH.update({"kontext": "kontext", "tiny-kontext": "kontext", "qwen-edit": "qwen-edit",
-                    "qwen-edit-2509": "qwen-edit", "qwen-edit-2511": "qwen-edit", "tiny-qwen-edit": "qwen-edit",
-                    "tiny-qwen-edit-plus": "qwen-edit"})
+FAMILY_ARCH = {f.name: f.arch for f in _families.FAMILY_LIST}
 
 #: Control image types. ``lines`` is the add-on's own line pass (white lines on black).
 CONTROL_TYPES = ("depth", "normal", "seg", "lines", "canny", "mlsd", "lineart")
@@ -74,10 +68,8 @@ def control_types_for(family: str, union: bool = False) -> tuple[str, ...]:
     them; SDXL depth and lines (normal and seg with its ControlNet-Union); FLUX.1 and Z-Image
     depth and lines (canny-style edges; their union nets have no normal or seg). A family name may
     be an alias; an unknown one (a local model folder: SD 1.5) gets SD 1.5's."""
-    arch = FAMILY_ARCH.get(FAMILY_ALIASES.get(family, family), "sd15")
-    if arch == "sd15":
-        return CONTROL_TYPES
-    if arch == "sdxl" and union:
+    arch = _families.ARCHES[FAMILY_ARCH.get(FAMILY_ALIASES.get(family, family), "sd15")]
+    if arch.all_unit_types or (union and arch.all_unit_types_with_union):
         return CONTROL_TYPES
     return ("depth",) + LINE_TYPES
 
@@ -396,16 +388,16 @@ class ModelSpec:
                 raise JobError(f"{where}.controlnets.{key}", f"unknown control type {key!r}")
             _str(value, f"{where}.controlnets.{key}", max_len=1000)
         self.union = _bool(self.union, f"{where}.union")
-        if self.union and self.arch == "sd15":
+        if self.union and not _families.ARCHES[self.arch].union:
             raise JobError(f"{where}.union", "ControlNet-Union exists for the SDXL and FLUX families only")
 
     @property
     def is_sdxl(self) -> bool:
-        return self.family in ("sdxl", "tiny-sdxl")
+        return self.family in FAMILY_ARCH and self.arch == "sdxl"
 
     @property
     def is_tiny(self) -> bool:
-        return self.family.startswith("tiny")
+        return self.family.startswith("tiny")  # core/families.py names every tiny family tiny-*
 
     @property
     def arch(self) -> str:

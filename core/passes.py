@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import families
+
 # A Z value at or above this means the ray hit no geometry (Cycles writes 1e10 there).
 BACKGROUND_DEPTH = 1e9
 NORMAL_BACKGROUND = (128, 128, 255)
@@ -58,19 +60,16 @@ VIEW_PERCENTILES = (0.5, 99.5)
 
 def size_multiple(model: str) -> int:
     """The multiple a family's image sides must be: 16 for the transformer families (FLUX.1,
-    Kontext, Qwen-Image and its edit models, Z-Image: VAE 1/8 and 2x2 patches), else 8."""
-    model = str(model).lower()
-    return 16 if any(name in model for name in ("flux", "kontext", "qwen", "zimage", "z-image")) else 8
+    Kontext, Qwen-Image and its edit models, Z-Image: VAE 1/8 and 2x2 patches), else 8
+    (core/families.py; a model folder named after a family counts as that family)."""
+    return families.side_multiple(model)
 
 
 def default_long_side(model: str) -> int:
     """The long side a family renders at by default: Qwen-Image's native 1328 square (its
     union net was trained there), 1024 for SDXL and the other transformer families, else 512
-    (SD 1.5)."""
-    model = str(model).lower()
-    if "qwen" in model and "edit" not in model:
-        return 1328
-    return 1024 if "sdxl" in model or size_multiple(model) == 16 else 512
+    (SD 1.5). From core/families.py."""
+    return families.long_side(model)
 
 
 @dataclass(frozen=True)
@@ -317,22 +316,11 @@ MLSD_MIN_LENGTH_AT_512 = 20  # as MLSD annotators drop shorter segments
 
 
 #: The line style each family's ControlNet for each line control type was trained on
-#: (backend/models.py has the model ids): SD 1.5 'lines' and 'lineart' use the lineart
-#: ControlNet, 'canny' and 'mlsd' their own; every SDXL line type runs the canny SDXL
-#: ControlNet (or the union's canny mode).
-MODEL_LINE_STYLES = {
-    "sd15": {"lines": "lineart", "lineart": "lineart", "canny": "canny", "mlsd": "mlsd"},
-    "sdxl": {"lines": "canny", "lineart": "canny", "canny": "canny", "mlsd": "canny"},
-}
-MODEL_LINE_STYLES["tiny"] = MODEL_LINE_STYLES["sd15"]
-MODEL_LINE_STYLES["tiny-sdxl"] = MODEL_LINE_STYLES["sdxl"]
-# FLUX.1's canny and union nets were trained on canny edges, like SDXL's.
-MODEL_LINE_STYLES["flux"] = MODEL_LINE_STYLES["tiny-flux"] = MODEL_LINE_STYLES["sdxl"]
-# Qwen-Image's InstantX union net reads canny edges (and soft edges, depth, pose) from the image.
-MODEL_LINE_STYLES["qwen"] = MODEL_LINE_STYLES["tiny-qwen"] = MODEL_LINE_STYLES["sdxl"]
-# The Z-Image union net was trained on canny, HED (soft) and MLSD lines, read from the image.
-MODEL_LINE_STYLES["zimage"] = MODEL_LINE_STYLES["tiny-zimage"] = {"lines": "canny", "lineart": "softedge",
-                                                                  "canny": "canny", "mlsd": "mlsd"}
+#: (core/families.py; backend/models.py has the model ids): SD 1.5 'lines' and 'lineart' use
+#: the lineart ControlNet, 'canny' and 'mlsd' their own; every SDXL, FLUX.1 and Qwen-Image
+#: line type runs a canny-trained net; Z-Image's union net reads canny, soft and MLSD lines.
+MODEL_LINE_STYLES = {f.name: families.ARCHES[f.arch].line_styles for f in families.FAMILY_LIST
+                     if families.ARCHES[f.arch].line_styles is not None}
 #: The style of lines.png when no model is known (the default SD 1.5 'lines' unit).
 DEFAULT_LINE_STYLE = "lineart"
 

@@ -60,21 +60,21 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import families
 from .jobs import CONTROL_MODES, CONTROL_TYPES, LINE_TYPES, MAX_CFG, MAX_SCALE, MAX_STEPS, SCHEDULER_ALIASES, SCHEDULERS
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
-TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler", "controls", "sdxl",
-            "flux", "qwen", "zimage")
-SDXL_KEYS = ("cfg", "steps", "scheduler", "controls", "prompt", "negative")
-#: FLUX.1 has no negative prompt (no true CFG) and one sampler (flow-matching Euler).
-FLUX_KEYS = ("cfg", "steps", "controls", "prompt")
-#: Z-Image-Turbo likewise: no negative prompt, cfg 1 (no CFG), flow-matching Euler only.
-ZIMAGE_KEYS = ("cfg", "steps", "controls", "prompt")
-#: family section -> its keys
-#: Qwen-Image has true CFG with a negative prompt, and one sampler (flow-matching Euler).
-QWEN_KEYS = ("cfg", "steps", "controls", "prompt", "negative")
-FAMILY_SECTIONS = {"sdxl": SDXL_KEYS, "flux": FLUX_KEYS, "qwen": QWEN_KEYS, "zimage": ZIMAGE_KEYS}
+#: family section -> its keys (core/families.py: ``[sdxl]`` takes every sampling key; FLUX.1
+#: and Z-Image-Turbo have no negative prompt and one sampler, flow-matching Euler; Qwen-Image
+#: has true CFG with a negative prompt and one sampler)
+FAMILY_SECTIONS = families.section_keys()
+TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler",
+            "controls") + tuple(FAMILY_SECTIONS)
+SDXL_KEYS = FAMILY_SECTIONS["sdxl"]
+FLUX_KEYS = FAMILY_SECTIONS["flux"]
+QWEN_KEYS = FAMILY_SECTIONS["qwen"]
+ZIMAGE_KEYS = FAMILY_SECTIONS["zimage"]
 CONTROL_KEYS = ("scale", "start", "end", "mode", "range", "line_style")
 DEPTH_RANGES = ("view", "sequence", "scene", "manual")  # core.passes.DEPTH_MODES
 LINE_STYLE_CHOICES = ("auto", "canny", "lineart", "mlsd", "softedge")  # core.passes.LINE_STYLES + auto
@@ -116,18 +116,22 @@ class Preset:
     steps: int | None = None
     scheduler: str | None = None
     controls: dict[str, ControlDefaults] = field(default_factory=dict)
-    sdxl: dict = field(default_factory=dict)  # cfg/steps/scheduler/prompt/negative/controls
     source: str = ""  # file it came from
-    flux: dict = field(default_factory=dict)  # cfg/steps/prompt/controls
-    qwen: dict = field(default_factory=dict)  # cfg/steps/prompt/negative/controls
-    zimage: dict = field(default_factory=dict)  # cfg/steps/prompt/controls
+    #: family section (FAMILY_SECTIONS) -> its overrides (cfg/steps/prompt/controls... as the
+    #: section's keys allow); ``preset.sdxl``, ``preset.flux``... read them
+    sections: dict = field(default_factory=dict)
+
+    def __getattr__(self, name: str):
+        if name in FAMILY_SECTIONS:
+            return self.__dict__.get("sections", {}).get(name, {})
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def for_family(self, arch: "str | bool") -> "Preset":
         """This preset with the overrides of the architecture's section applied: ``sdxl``
         (or True) the ``[sdxl]`` section, ``flux``, ``qwen`` and ``zimage`` their own sections,
         ``sd15`` none."""
         arch = {True: "sdxl", False: "sd15"}.get(arch, arch)
-        over = dict(getattr(self, arch, None) or {}) if arch in FAMILY_SECTIONS else {}
+        over = dict(self.sections.get(arch) or {}) if arch in FAMILY_SECTIONS else {}
         if not over:
             return self
         controls = dict(self.controls)
@@ -135,7 +139,7 @@ class Preset:
         values = {k: getattr(self, k) for k in ("name", "prompt", "negative", "label", "description", "tags",
                                                 "cfg", "steps", "scheduler", "source")}
         values.update(over)
-        return Preset(controls=controls, sdxl={}, flux={}, qwen={}, zimage={}, **values)
+        return Preset(controls=controls, **values)
 
     def control(self, control_type: str) -> ControlDefaults:
         """The defaults for one control type (canny/mlsd/lineart fall back to ``lines``)."""
@@ -158,7 +162,7 @@ class Preset:
             "scheduler": self.scheduler,
             "controls": {k: v.to_dict() for k, v in self.controls.items()},
             **{section: {k: ({c: d.to_dict() for c, d in v.items()} if k == "controls" else v)
-                         for k, v in getattr(self, section).items()} for section in FAMILY_SECTIONS},
+                         for k, v in self.sections.get(section, {}).items()} for section in FAMILY_SECTIONS},
             "source": self.source,
         }
 
@@ -254,7 +258,7 @@ def _controls(table, path, prefix) -> dict[str, ControlDefaults]:
 
 
 def _family_section(data: dict, section: str, path) -> dict:
-    """The ``[sdxl]`` / ``[flux]`` / ``[qwen]`` / ``[zimage]`` overrides of one preset file (empty when absent)."""
+    """The ``[sdxl]`` / ``[flux]``... (FAMILY_SECTIONS) overrides of one preset file (empty when absent)."""
     out: dict = {}
     if section not in data:
         return out
@@ -305,10 +309,7 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
         steps=_number(data["steps"], path, "steps", 1, MAX_STEPS, integer=True) if "steps" in data else None,
         scheduler=_scheduler(data["scheduler"], path, "scheduler") if "scheduler" in data else None,
         controls=_controls(data.get("controls", {}), path, "controls"),
-        sdxl=sections["sdxl"],
-        flux=sections["flux"],
-        qwen=sections["qwen"],
-        zimage=sections["zimage"],
+        sections=sections,
         source=str(path),
     )
 

@@ -86,7 +86,7 @@ def check_custom_base(units, family):
     """JobError when a custom unit's ControlNet was trained on another base than the one
     this sweep uses (its residuals would not fit the UNet). ``family`` is a model family
     name or a local SD 1.5 base folder."""
-    arch = "sdxl" if family in ("sdxl", "tiny-sdxl") else "sd15"
+    arch = "sdxl" if J.FAMILY_ARCH.get(family) == "sdxl" else "sd15"
     for i, unit in enumerate(units):
         if not unit.model:
             continue

@@ -2,17 +2,19 @@
 (encode prompt -> prepare controls -> prepare latents -> one denoising step -> decode).
 The sweep core in :mod:`..engine` runs them all the same way.
 
-Adding a family: one module here with a :class:`.base.Family` subclass registered in
-:data:`MODULES`, and its tiny config in :mod:`..tiny`.
+Adding a family: one module here with a :class:`.base.Family` subclass, its row in
+:mod:`.registry` (module, ControlNets, components, dtype, flow rules, memory profiles, tiny
+builder) and its tiny config (README, "Adding a family").
 """
 
 from __future__ import annotations
 
 import importlib
 
+from .registry import ENGINES
+
 #: arch -> module in this package (a module's ``FAMILIES`` maps its arches to instances)
-MODULES = {"sd15": "sd", "sdxl": "sd", "flux": "flux", "zimage": "zimage", "qwen": "qwen"}
-MODULES.update({"kontext": "edit", "qwen-edit": "edit"})  # instruction edits
+MODULES = {arch: e.module for arch, e in ENGINES.items()}
 
 
 def family_for(arch: str):
