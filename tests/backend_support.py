@@ -89,7 +89,7 @@ def use_test_home(mp, home: Path | None = None) -> None:
         mp.setenv(key, env[key])
 
 
-def test_threads() -> int:
+def torch_threads() -> int:
     """torch threads for in-process engine tests: ARCHVIZ_TEST_THREADS, 1 by default (tiny
     ops on a shared machine only contend)."""
     return int(os.environ.get("ARCHVIZ_TEST_THREADS", "1"))
@@ -112,12 +112,12 @@ def quiet_test_home():
 
 
 def cpu_engine():
-    """An Engine on the CPU with :func:`test_threads` torch threads."""
+    """An Engine on the CPU with :func:`torch_threads` torch threads."""
     import torch
 
     from archviz_controlnet.backend.engine import Engine
 
-    torch.set_num_threads(test_threads())
+    torch.set_num_threads(torch_threads())
     return Engine("cpu")
 
 

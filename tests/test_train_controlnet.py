@@ -16,7 +16,7 @@ from archviz_controlnet.backend import models as M
 from archviz_controlnet.backend import train as T
 from archviz_controlnet.core import jobs as J
 
-from backend_support import REPO, quiet_test_home, test_threads
+from backend_support import REPO, quiet_test_home, torch_threads
 
 STEPS = 24
 
@@ -24,7 +24,7 @@ STEPS = 24
 @pytest.fixture(scope="module", autouse=True)
 def home():
     with quiet_test_home():
-        torch.set_num_threads(test_threads())
+        torch.set_num_threads(torch_threads())
         yield
 
 
