@@ -1,11 +1,7 @@
 """The FLUX.1 family with the tiny-flux models: the engine against diffusers'
 FluxControlNetPipeline (windows, several units, union modes), units outside their window
 not run, an image the same alone or in a sweep, preset sections, the memory-profile
-choice, and ``archviz sweep --model tiny-flux`` with resume."""
-
-import os
-import subprocess
-import sys
+choice. The CLI sweep and the Blender operator: tests/test_family_front_ends.py."""
 
 import numpy as np
 import pytest
@@ -16,7 +12,7 @@ from archviz_controlnet.backend.engine import Engine
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import TEST_HOME, b64, depth_image, lines_image, cpu_engine, quiet_test_home
+from backend_support import b64, depth_image, lines_image, cpu_engine, quiet_test_home
 
 GB = 2**30
 
@@ -227,28 +223,6 @@ def test_streaming_profiles_need_accelerate_or_run(engine):
         assert np.isfinite(small.generate(plan, plan.images)[0]).all()
 
 
-ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_cli_sweep_and_resume_with_tiny_flux(tmp_path):
-    pytest.importorskip("bpy")
-    scene = tmp_path / "interior.blend"
-    subprocess.run([sys.executable, os.path.join(ROOT, "examples", "build_interior.py"), "--out", str(scene)],
-                   check=True, capture_output=True, timeout=120)
-    env = dict(os.environ, ARCHVIZ_HOME=str(TEST_HOME), OMP_NUM_THREADS="1")
-    cmd = [ARCHVIZ, "sweep", str(scene), "--styles", "modern,japandi", "--seeds", "0-1", "--model", "tiny-flux",
-           "--controls", "depth,lines", "--long-side", "64", "--steps", "2", "--out", str(tmp_path / "out")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert first.returncode == 0, first.stderr
-    assert "4 new image(s), 0 already on disk" in first.stdout
-    pngs = sorted((tmp_path / "out").glob("Camera_*_s[0-9].png"))
-    assert len(pngs) == 4
-    mtimes = [p.stat().st_mtime for p in pngs]
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert second.returncode == 0, second.stderr
-    assert "0 new image(s), 4 already on disk" in second.stdout
-    assert [p.stat().st_mtime for p in pngs] == mtimes
 
 
 def test_unit_types_offered_per_family():
@@ -257,35 +231,6 @@ def test_unit_types_offered_per_family():
     assert "seg" in J.control_types_for("sd15") and "seg" not in J.control_types_for("sdxl")
     assert "normal" in J.control_types_for("sdxl", union=True)
     assert J.control_types_for("/some/local/folder") == J.CONTROL_TYPES  # a local base is SD 1.5
-
-
-def test_blender_generate_with_tiny_flux(tmp_path, monkeypatch):
-    """The panel's Generate with the FLUX family: sides multiples of 16, the family recorded."""
-    bpy = pytest.importorskip("bpy")
-    import archviz_controlnet
-    from archviz_controlnet.operators import generate as gen
-
-    scene = tmp_path / "interior.blend"
-    subprocess.run([sys.executable, os.path.join(ROOT, "examples", "build_interior.py"), "--out", str(scene)],
-                   check=True, capture_output=True, timeout=120)
-    monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
-    monkeypatch.setenv("ARCHVIZ_MODEL", "tiny-flux")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    bpy.ops.wm.open_mainfile(filepath=str(scene))
-    archviz_controlnet.register()
-    try:
-        settings = bpy.context.scene.archviz
-        settings.long_side, settings.steps, settings.output_dir = 96, 2, str(tmp_path / "out")
-        settings.style, settings.seed = "japandi", 3
-        gen.Task.current = None
-        assert bpy.ops.archviz.generate() == {"FINISHED"}, gen.Task.current and gen.Task.current.message
-        image = bpy.data.images["Camera_japandi_s3"]
-        assert tuple(image.size) == (96, 48)  # 16:9 at long side 96 in multiples of 16 (SD: 96 x 56)
-        assert '"family": "tiny-flux"' in image["model"] and image["steps"] == 2
-        assert image["cfg"] == load_presets(include_user=False)["japandi"].flux["cfg"]
-    finally:
-        gen.Task.current = None
-        archviz_controlnet.unregister()
 
 
 def test_quantize_onto_quantizes_piece_by_piece_like_the_whole(engine):

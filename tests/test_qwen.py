@@ -1,13 +1,10 @@
 """The Qwen-Image family with the tiny-qwen models: the engine against diffusers'
 QwenImageControlNetPipeline (true CFG, windows, several units on the one union net), units
 outside their window not run, an image the same alone or in a sweep, preset sections, job
-errors, ``archviz sweep --model tiny-qwen`` with resume, the Blender operator, the bench's
-two baselines and the full-size configs' parameter counts on the meta device."""
+errors, the bench's two baselines and the full-size configs' parameter counts on the meta
+device. The CLI sweep and the Blender operator: tests/test_family_front_ends.py."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ import torch
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import TEST_HOME, b64, cpu_engine, depth_image, lines_image, quiet_test_home
+from backend_support import b64, cpu_engine, depth_image, lines_image, quiet_test_home
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -246,58 +243,6 @@ def test_bench_tiny_qwen_both_baselines(tmp_path, capsys):
     assert report["rows"][0]["max_diff"] <= 1e-3
 
 
-ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_cli_sweep_and_resume_with_tiny_qwen(tmp_path):
-    pytest.importorskip("bpy")
-    scene = tmp_path / "interior.blend"
-    subprocess.run([sys.executable, os.path.join(ROOT, "examples", "build_interior.py"), "--out", str(scene)],
-                   check=True, capture_output=True, timeout=120)
-    env = dict(os.environ, ARCHVIZ_HOME=str(TEST_HOME), OMP_NUM_THREADS="1")
-    cmd = [ARCHVIZ, "sweep", str(scene), "--styles", "modern,japandi", "--seeds", "0-1", "--model", "tiny-qwen",
-           "--controls", "depth,lines", "--long-side", "64", "--steps", "2", "--out", str(tmp_path / "out")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert first.returncode == 0, first.stderr
-    assert "4 new image(s), 0 already on disk" in first.stdout
-    pngs = sorted((tmp_path / "out").glob("Camera_*_s[0-9].png"))
-    assert len(pngs) == 4
-    mtimes = [p.stat().st_mtime for p in pngs]
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert second.returncode == 0, second.stderr
-    assert "0 new image(s), 4 already on disk" in second.stdout
-    assert [p.stat().st_mtime for p in pngs] == mtimes
-
-
-def test_blender_generate_with_tiny_qwen(tmp_path, monkeypatch):
-    """The panel's Generate with the Qwen-Image family: sides multiples of 16, the family and
-    the [qwen] section's true CFG recorded."""
-    bpy = pytest.importorskip("bpy")
-    import archviz_controlnet
-    from archviz_controlnet.operators import generate as gen
-
-    scene = tmp_path / "interior.blend"
-    subprocess.run([sys.executable, os.path.join(ROOT, "examples", "build_interior.py"), "--out", str(scene)],
-                   check=True, capture_output=True, timeout=120)
-    monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
-    monkeypatch.setenv("ARCHVIZ_MODEL", "tiny-qwen")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    bpy.ops.wm.open_mainfile(filepath=str(scene))
-    archviz_controlnet.register()
-    try:
-        settings = bpy.context.scene.archviz
-        settings.long_side, settings.steps, settings.output_dir = 96, 2, str(tmp_path / "out")
-        settings.style, settings.seed = "japandi", 3
-        gen.Task.current = None
-        assert bpy.ops.archviz.generate() == {"FINISHED"}, gen.Task.current and gen.Task.current.message
-        image = bpy.data.images["Camera_japandi_s3"]
-        assert tuple(image.size) == (96, 48)  # 16:9 at long side 96 in multiples of 16
-        assert '"family": "tiny-qwen"' in image["model"] and image["steps"] == 2
-        assert image["cfg"] == load_presets(include_user=False)["japandi"].qwen["cfg"]
-    finally:
-        gen.Task.current = None
-        archviz_controlnet.unregister()
 
 
 GB = 2**30

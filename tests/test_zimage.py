@@ -3,7 +3,7 @@ ZImageControlNetPipeline (one unit as the pipeline takes it; several units and w
 against the same pipeline whose controlnet is a multi-net of diffusers' own nets), units
 outside their window not run, an image the same alone or in a sweep, the union net loaded
 from one checkpoint file, preset sections, job errors, the full-size configs on the meta
-device, ``archviz sweep --model tiny-zimage`` with resume, and the Blender operator."""
+device. The CLI sweep and the Blender operator: tests/test_family_front_ends.py."""
 
 import os
 import subprocess
@@ -361,54 +361,3 @@ def test_bench_tiny_zimage_both_baselines(tmp_path, capsys):
 
 
 ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_cli_sweep_and_resume_with_tiny_zimage(tmp_path):
-    pytest.importorskip("bpy")
-    scene = tmp_path / "interior.blend"
-    subprocess.run([sys.executable, os.path.join(ROOT, "examples", "build_interior.py"), "--out", str(scene)],
-                   check=True, capture_output=True, timeout=120)
-    env = dict(os.environ, ARCHVIZ_HOME=str(TEST_HOME), OMP_NUM_THREADS="1")
-    cmd = [ARCHVIZ, "sweep", str(scene), "--styles", "modern,japandi", "--seeds", "0-1", "--model", "tiny-zimage",
-           "--controls", "depth,lines", "--long-side", "64", "--steps", "2", "--out", str(tmp_path / "out")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert first.returncode == 0, first.stderr
-    assert "4 new image(s), 0 already on disk" in first.stdout
-    pngs = sorted((tmp_path / "out").glob("Camera_*_s[0-9].png"))
-    assert len(pngs) == 4
-    mtimes = [p.stat().st_mtime for p in pngs]
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert second.returncode == 0, second.stderr
-    assert "0 new image(s), 4 already on disk" in second.stdout
-    assert [p.stat().st_mtime for p in pngs] == mtimes
-
-
-def test_blender_generate_with_tiny_zimage(tmp_path, monkeypatch):
-    """The panel's Generate with the Z-Image family: sides multiples of 16, the family and
-    the preset's [zimage] values recorded."""
-    bpy = pytest.importorskip("bpy")
-    import archviz_controlnet
-    from archviz_controlnet.operators import generate as gen
-
-    scene = tmp_path / "interior.blend"
-    subprocess.run([sys.executable, os.path.join(ROOT, "examples", "build_interior.py"), "--out", str(scene)],
-                   check=True, capture_output=True, timeout=120)
-    monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
-    monkeypatch.setenv("ARCHVIZ_MODEL", "tiny-zimage")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    bpy.ops.wm.open_mainfile(filepath=str(scene))
-    archviz_controlnet.register()
-    try:
-        settings = bpy.context.scene.archviz
-        settings.long_side, settings.steps, settings.output_dir = 96, 2, str(tmp_path / "out")
-        settings.style, settings.seed = "japandi", 3
-        gen.Task.current = None
-        assert bpy.ops.archviz.generate() == {"FINISHED"}, gen.Task.current and gen.Task.current.message
-        image = bpy.data.images["Camera_japandi_s3"]
-        assert tuple(image.size) == (96, 48)  # 16:9 at long side 96 in multiples of 16 (SD: 96 x 56)
-        assert '"family": "tiny-zimage"' in image["model"] and image["steps"] == 2
-        assert image["cfg"] == 1.0
-    finally:
-        gen.Task.current = None
-        archviz_controlnet.unregister()
