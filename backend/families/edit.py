@@ -31,6 +31,7 @@ import torch
 
 from .base import Denoising
 from .flux import Flux
+from .qwen import decode_packed, padded_embeds, true_cfg
 
 log = logging.getLogger("archviz.backend")
 
@@ -231,17 +232,6 @@ class QwenEdit(Flux):
         negative = encode(style.negative or " ") if style.cfg > 1 else None
         return QwenEmbeds(encode(style.prompt), negative)
 
-    @staticmethod
-    def _stack(embeds: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompts of different lengths in one batch: zero-padded, with the mask the pipeline
-        makes for a list of prompts (None when none is padded)."""
-        longest = max(e.shape[1] for e in embeds)
-        if all(e.shape[1] == longest for e in embeds):
-            return torch.cat(embeds), None
-        padded = torch.cat([torch.cat([e, e.new_zeros(1, longest - e.shape[1], e.shape[2])], dim=1) for e in embeds])
-        mask = torch.stack([torch.arange(longest, device=padded.device) < e.shape[1] for e in embeds]).long()
-        return padded, mask
-
     def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
                         init=None) -> Denoising:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -250,10 +240,10 @@ class QwenEdit(Flux):
 
         transformer = comps["transformer"]
         b = len(batch)
-        prompt, prompt_mask = self._stack([e.prompt for e in embeds])
+        prompt, prompt_mask = padded_embeds([e.prompt for e in embeds])
         negative = negative_mask = None
         if style.cfg > 1:
-            negative, negative_mask = self._stack([e.negative for e in embeds])
+            negative, negative_mask = padded_embeds([e.negative for e in embeds])
         channels = transformer.config.in_channels // 4
         f = pipe.vae_scale_factor
         h2, w2 = 2 * (plan.height // (f * 2)), 2 * (plan.width // (f * 2))
@@ -291,23 +281,12 @@ class QwenEdit(Flux):
 
         noise = predict(v["prompt"], v["prompt_mask"])
         if v["negative"] is not None:
-            negative = predict(v["negative"], v["negative_mask"])
-            combined = negative + v["cfg"] * (noise - negative)
-            noise = combined * (torch.norm(noise, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+            noise = true_cfg(noise, predict(v["negative"], v["negative_mask"]), v["cfg"])
         state.latents = state.scheduler.step(noise, t, latents, return_dict=False)[0]
 
-    # Decode: unpack to (b, C, 1, h, w), undo the per-channel normalisation, the 3D VAE's
-    # first frame.
-    @torch.no_grad()
+    # Decode: as Qwen-Image (unpack, the per-channel statistics, the 3D VAE's first frame).
     def decode_latents(self, engine, pipe, comps, state, latents) -> list[np.ndarray]:
-        vae = comps["vae"]
-        z = pipe._unpack_latents(latents, state.values["height"], state.values["width"], pipe.vae_scale_factor)
-        z = z.to(vae.dtype)
-        channels = vae.config.z_dim
-        mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(z.device, z.dtype)
-        std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(z.device, z.dtype)
-        image = vae.decode(z / std + mean, return_dict=False)[0][:, :, 0]
-        return pipe.image_processor.postprocess(image, output_type="np")
+        return decode_packed(pipe, comps["vae"], latents, state.values["height"], state.values["width"])
 
 
 FAMILIES = {"kontext": Kontext(), "qwen-edit": QwenEdit()}

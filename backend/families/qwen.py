@@ -60,9 +60,9 @@ _TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, sha
              "<|im_end|>\n<|im_start|>assistant\n", 34)
 
 
-def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One embedding per image, zero-padded to the longest with a mask, as the pipeline does
-    for a list of prompts (no mask when none is padded)."""
+def padded_embeds(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One embedding per image, zero-padded to the longest with a mask, as the Qwen-Image
+    pipelines do for a list of prompts (no mask when none is padded)."""
     longest = max(r.shape[1] for r in rows)
     embeds = torch.cat([torch.cat([r, r.new_zeros(1, longest - r.shape[1], r.shape[2])], dim=1) for r in rows])
     if all(r.shape[1] == longest for r in rows):
@@ -71,6 +71,30 @@ def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None
                                                                                          dtype=torch.long)])
                         for r in rows]).to(embeds.device)
     return embeds, mask
+
+
+def latent_stats(vae, device, dtype):
+    """The Qwen-Image VAE's per-channel latent mean and inverse std, shaped (1, C, 1, 1, 1)."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(device, dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(device, dtype)
+    return mean, inv_std
+
+
+def true_cfg(cond, uncond, scale):
+    """The Qwen-Image pipelines' true CFG: the mix rescaled to the conditional prediction's norm."""
+    mixed = uncond + scale * (cond - uncond)
+    return mixed * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(mixed, dim=-1, keepdim=True))
+
+
+@torch.no_grad()
+def decode_packed(pipe, vae, latents, height: int, width: int) -> list[np.ndarray]:
+    """Packed latents -> images: unpack, undo the per-channel latent statistics, the 3D VAE's
+    first frame."""
+    z = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor).to(vae.dtype)
+    mean, inv_std = latent_stats(vae, z.device, z.dtype)
+    image = vae.decode(z / inv_std + mean, return_dict=False)[0][:, :, 0]
+    return pipe.image_processor.postprocess(image, output_type="np")
 
 
 class Qwen(Family):
@@ -128,12 +152,6 @@ class Qwen(Family):
             out.append(Control(dist.mean, dist.std))
         return out
 
-    def _latent_stats(self, vae, device, dtype):
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean).view(shape).to(device, dtype)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(device, dtype)
-        return mean, inv_std
-
     # 3. Latents: per image, each control's latent sample, then the initial noise, from the
     #    image's own generator in diffusers' order; packed 2x2 patches; the flow-matching
     #    sigmas shifted by the image's token count.
@@ -150,17 +168,17 @@ class Qwen(Family):
                                "only and feeds both CFG passes already); turn the option off")
         transformer, vae = comps["transformer"], comps["vae"]
         b = len(batch)
-        prompt_embeds, prompt_mask = _padded([e.prompt for e in embeds])
+        prompt_embeds, prompt_mask = padded_embeds([e.prompt for e in embeds])
         negative = negative_mask = None
         if embeds[0].negative is not None:
-            negative, negative_mask = _padded([e.negative for e in embeds])
+            negative, negative_mask = padded_embeds([e.negative for e in embeds])
         channels = transformer.config.in_channels // 4
 
         controls = []
         for control in (unit.control for unit in units):
             mean, std = control.mean.expand(b, -1, -1, -1, -1), control.std.expand(b, -1, -1, -1, -1)
             noise = randn_tensor(mean.shape, generator=generators, device=mean.device, dtype=mean.dtype)
-            lat_mean, inv_std = self._latent_stats(vae, mean.device, mean.dtype)
+            lat_mean, inv_std = latent_stats(vae, mean.device, mean.dtype)
             z = ((mean + std * noise) - lat_mean) * inv_std
             z = z.permute(0, 2, 1, 3, 4)
             controls.append(pipe._pack_latents(z, b, channels, z.shape[3], z.shape[4]).to(prompt_embeds.dtype))
@@ -208,19 +226,12 @@ class Qwen(Family):
         noise = transformer(v["prompt_embeds"], v["prompt_mask"])
         if v["negative"] is not None:
             uncond = transformer(v["negative"], v["negative_mask"])
-            mixed = uncond + v["cfg"] * (noise - uncond)
-            noise = mixed * (torch.norm(noise, dim=-1, keepdim=True) / torch.norm(mixed, dim=-1, keepdim=True))
+            noise = true_cfg(noise, uncond, v["cfg"])
         state.latents = state.scheduler.step(noise, t, latents, return_dict=False)[0]
 
     # 5. Decode: unpack, undo the per-channel latent statistics, VAE (first frame).
-    @torch.no_grad()
     def decode_latents(self, engine, pipe, comps, state, latents) -> list[np.ndarray]:
-        vae = comps["vae"]
-        z = pipe._unpack_latents(latents, state.values["height"], state.values["width"], pipe.vae_scale_factor)
-        z = z.to(vae.dtype)
-        mean, inv_std = self._latent_stats(vae, z.device, z.dtype)
-        image = vae.decode(z / inv_std + mean, return_dict=False)[0][:, :, 0]
-        return pipe.image_processor.postprocess(image, output_type="np")
+        return decode_packed(pipe, comps["vae"], latents, state.values["height"], state.values["width"])
 
 
 FAMILIES = {"qwen": Qwen()}
