@@ -39,6 +39,16 @@ def b64(array_or_bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def beauty_image(w: int = SIZE, h: int = SIZE) -> np.ndarray:
+    """A stand-in beauty pass: a warm floor, a grey wall and a blue window, with some texture."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = (150, 150, 145)
+    img[y > h * 0.6] = (160, 110, 70)
+    img[(x > w * 0.55) & (x < w * 0.85) & (y > h * 0.15) & (y < h * 0.5)] = (90, 140, 220)
+    return (img.astype(np.int16) + ((x * 7 + y * 13) % 9 - 4)[..., None]).clip(0, 255).astype(np.uint8)
+
+
 def depth_image(w: int = SIZE, h: int = SIZE) -> np.ndarray:
     """A room-like inverse depth: bright (near) at the bottom, a dark back wall box."""
     y = np.linspace(0, 1, h)[:, None] * np.ones((1, w))

@@ -19,7 +19,7 @@ from archviz_controlnet.backend.families import family_for
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.edit import compose, edit_problem, edit_styles
 
-from backend_support import REPO, b64, cpu_engine, quiet_test_home
+from backend_support import REPO, b64, beauty_image, cpu_engine, quiet_test_home
 
 EDIT = "make it a snowy winter evening"
 
@@ -36,13 +36,8 @@ def engine(home):
 
 
 def picture(w=64, h=48):
-    """A stand-in beauty pass: floor, wall, window, some texture (not square: the sizes follow it)."""
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.zeros((h, w, 3), np.uint8)
-    img[:] = (150, 150, 145)
-    img[y > h * 0.6] = (160, 110, 70)
-    img[(x > w * 0.55) & (x < w * 0.85) & (y > h * 0.15) & (y < h * 0.5)] = (90, 140, 220)
-    return (img.astype(np.int16) + ((x * 7 + y * 13) % 9 - 4)[..., None]).clip(0, 255).astype(np.uint8)
+    """A stand-in beauty pass (not square: the sizes follow it)."""
+    return beauty_image(w, h)
 
 
 def edit_job(family, edits=(EDIT,), styles=(), seeds=(0,), steps=2, init=None, **extra) -> dict:

@@ -11,8 +11,7 @@ import torch
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core import region as R
 
-from backend_support import b64, depth_image, lines_image, cpu_engine, quiet_test_home
-from test_restyle import beauty_image
+from backend_support import b64, beauty_image, depth_image, lines_image, cpu_engine, quiet_test_home
 
 
 # ---------------------------------------------------------------- the mask (numpy)

@@ -13,7 +13,7 @@ from archviz_controlnet.backend.sweep import params_sha256
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.restyle import STRENGTH_STEPS, denoising_steps, parse_strength
 
-from backend_support import b64, depth_image, lines_image, cpu_engine, quiet_test_home
+from backend_support import b64, beauty_image, depth_image, lines_image, cpu_engine, quiet_test_home
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,16 +25,6 @@ def home():
 @pytest.fixture(scope="module")
 def engine(home):
     return cpu_engine()
-
-
-def beauty_image(w=64, h=64):
-    """A stand-in render: a warm floor, a grey wall and a blue window, with some texture."""
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.zeros((h, w, 3), np.uint8)
-    img[:] = (150, 150, 145)
-    img[y > h * 0.6] = (160, 110, 70)
-    img[(x > w * 0.55) & (x < w * 0.85) & (y > h * 0.15) & (y < h * 0.5)] = (90, 140, 220)
-    return (img.astype(np.int16) + ((x * 7 + y * 13) % 9 - 4)[..., None]).clip(0, 255).astype(np.uint8)
 
 
 def plan_for(strength, family="tiny", seeds=(3,), steps=4, controls=None, init=None, **extra):

@@ -11,8 +11,7 @@ import torch
 
 from archviz_controlnet.core import tiles as T
 
-from backend_support import depth_image, lines_image, use_test_home
-from test_restyle import beauty_image
+from backend_support import beauty_image, depth_image, lines_image, use_test_home
 
 
 def test_grid_covers_the_image_and_weights_ramp_only_towards_neighbours():
