@@ -209,3 +209,26 @@ def read_png(path_or_bytes) -> tuple[np.ndarray, dict]:
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
     with Image.open(src) as im:
         return np.asarray(im.convert("RGB")), dict(im.text)
+
+
+def bench_both_baselines(tmp_path, capsys, config: str, steps: int, rows: str):
+    """``archviz bench --config CONFIG`` on the CPU, 2 styles x 2 seeds, with both baselines:
+    the engine's images equal the loop's and the batched call's in both cases. Returns
+    (printed text, the JSON report, {(side, case): side})."""
+    import json
+
+    from archviz_controlnet import cli
+
+    out = tmp_path / "report.json"
+    rc = cli.main(["bench", "--config", config, "--device", "cpu", "--styles", "modern,industrial", "--seeds",
+                   "0-1", "--steps", str(steps), "--threads", "1", "--rows", rows, "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    sides = {(s["side"], s["case"]): s for s in report["sides"]}
+    assert set(sides) == {(side, case) for side in ("loop", "batched", "ours") for case in ("full", "early-depth")}
+    for case in ("full", "early-depth"):
+        ours = sides["ours", case]
+        assert ours["images"] == 4 and ours["finite"]
+        assert ours["max_diff_vs"]["loop"] <= 1e-3 and ours["max_diff_vs"]["batched"] <= 1e-3
+    return text, report, sides

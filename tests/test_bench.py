@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from backend_support import use_test_home
+from backend_support import bench_both_baselines, use_test_home
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,21 +70,9 @@ def test_bench_cli_tiny_sides_match_and_report_has_its_rows(tmp_path, capsys):
 
 def test_bench_tiny_flux_both_baselines(tmp_path, capsys):
     """FluxControlNetPipeline per (style, seed) and batched against the engine: same images."""
-    from archviz_controlnet import cli
-
-    out = tmp_path / "report.json"
-    rc = cli.main(["bench", "--config", "tiny-flux", "--device", "cpu", "--styles", "modern,industrial", "--seeds",
-                   "0-1", "--steps", "3", "--threads", "1", "--rows", "window-skip", "--json", str(out)])
-    assert rc == 0
-    text = capsys.readouterr().out
-    report = json.loads(out.read_text())
-    sides = {(s["side"], s["case"]): s for s in report["sides"]}
-    assert set(sides) == {(side, case) for side in ("loop", "batched", "ours") for case in ("full", "early-depth")}
+    text, report, sides = bench_both_baselines(tmp_path, capsys, "tiny-flux", 3, "window-skip")
     for case in ("full", "early-depth"):
-        ours = sides["ours", case]
-        assert ours["images"] == 4 and ours["finite"]
-        assert ours["max_diff_vs"]["loop"] <= 1e-3 and ours["max_diff_vs"]["batched"] <= 1e-3
-        assert ours["forwards"]["transformer"] == 3 * 4  # guidance-distilled: one row per image and step
+        assert sides["ours", case]["forwards"]["transformer"] == 3 * 4  # guidance-distilled: one row per image and step
     assert sides["ours", "early-depth"]["forwards"]["controlnet0"] < sides["ours", "full"]["forwards"]["controlnet0"]
     assert "archviz bench: config tiny-flux" in text and "ratio vs batched" in text
     assert report["rows"][0]["max_diff"] <= 1e-3

@@ -4,7 +4,6 @@ outside their window not run, an image the same alone or in a sweep, preset sect
 errors, the bench's two baselines and the full-size configs' parameter counts on the meta
 device. The CLI sweep and the Blender operator: tests/test_family_front_ends.py."""
 
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import b64, cpu_engine, depth_image, lines_image, quiet_test_home
+from backend_support import b64, bench_both_baselines, cpu_engine, depth_image, lines_image, quiet_test_home
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -223,21 +222,9 @@ def test_bench_qwen_config_builds_on_the_meta_device(monkeypatch):
 
 def test_bench_tiny_qwen_both_baselines(tmp_path, capsys):
     """QwenImageControlNetPipeline per (style, seed) and batched against the engine: same images."""
-    from archviz_controlnet import cli
-
-    out = tmp_path / "report.json"
-    rc = cli.main(["bench", "--config", "tiny-qwen", "--device", "cpu", "--styles", "modern,industrial", "--seeds",
-                   "0-1", "--steps", "3", "--threads", "1", "--rows", "window-skip", "--json", str(out)])
-    assert rc == 0
-    text = capsys.readouterr().out
-    report = json.loads(out.read_text())
-    sides = {(s["side"], s["case"]): s for s in report["sides"]}
-    assert set(sides) == {(side, case) for side in ("loop", "batched", "ours") for case in ("full", "early-depth")}
+    text, report, sides = bench_both_baselines(tmp_path, capsys, "tiny-qwen", 3, "window-skip")
     for case in ("full", "early-depth"):
-        ours = sides["ours", case]
-        assert ours["images"] == 4 and ours["finite"]
-        assert ours["max_diff_vs"]["loop"] <= 1e-3 and ours["max_diff_vs"]["batched"] <= 1e-3
-        assert ours["forwards"]["transformer"] == 3 * 4 * 2  # true CFG: two passes per image and step
+        assert sides["ours", case]["forwards"]["transformer"] == 3 * 4 * 2  # true CFG: two passes per image and step
     assert sides["ours", "early-depth"]["forwards"]["controlnet0"] < sides["ours", "full"]["forwards"]["controlnet0"]
     assert "archviz bench: config tiny-qwen" in text and "ratio vs batched" in text
     assert report["rows"][0]["max_diff"] <= 1e-3
