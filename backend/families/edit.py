@@ -47,16 +47,24 @@ class KontextInit:
     ids: torch.Tensor  # (L, 3): their positions, first axis 1 (the latents' own are 0)
 
 
-class Kontext(Flux):
+class Edit(Flux):
+    """An instruction-edit family: the transformer only, no control units (a job with
+    controls is refused before it gets here)."""
+
+    def modules(self, comps, nets):
+        return [comps["transformer"]]
+
+    def prepare_controls(self, engine, plan, pipe, nets) -> list:
+        return []
+
+
+class Kontext(Edit):
     """FLUX.1 Kontext dev: FLUX.1's transformer, encoders and sampler; the picture's tokens
     next to the noise. Guidance-distilled (``cfg`` is the distilled guidance, 2.5 by default);
     no negative prompt."""
 
     arch = "kontext"
     bytes_per_image_512 = 1.0 * 2**30  # twice FLUX.1's tokens (the picture's as well)
-
-    def modules(self, comps, nets):
-        return [comps["transformer"]]
 
     def pipeline(self, comps: dict, nets=None):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
@@ -66,9 +74,6 @@ class Kontext(Flux):
             vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"],
             text_encoder_2=comps["text_encoder_2"], tokenizer_2=comps["tokenizer_2"],
             transformer=comps["transformer"])
-
-    def prepare_controls(self, engine, plan, pipe, nets) -> list:
-        return []
 
     # The picture as FluxKontextPipeline prepares it (its own size rounded to 16, resized and
     # normalised by the image processor), through the VAE encoder (mode), once per job.
@@ -159,7 +164,7 @@ class QwenEmbeds:
     negative: torch.Tensor | None  # (1, L', D): with true CFG (cfg > 1) only
 
 
-class QwenEdit(Flux):
+class QwenEdit(Edit):
     """Qwen-Image-Edit: the Qwen-Image MMDiT, Qwen2.5-VL (text and picture) as the text
     encoder, the Wan-style VAE. True classifier-free guidance (``cfg`` = ``true_cfg_scale``,
     4 by default) against a negative prompt (the style's, else " " as the model card does).
@@ -172,9 +177,6 @@ class QwenEdit(Flux):
     text_encoders = ("text_encoder",)
     bytes_per_image_512 = 1.5 * 2**30
 
-    def modules(self, comps, nets):
-        return [comps["transformer"]]
-
     def pipeline(self, comps: dict, nets=None):
         from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline, QwenImageEditPlusPipeline
 
@@ -183,9 +185,6 @@ class QwenEdit(Flux):
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(comps["scheduler_config"]), vae=comps["vae"],
             text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], processor=comps["processor"],
             transformer=comps["transformer"])
-
-    def prepare_controls(self, engine, plan, pipe, nets) -> list:
-        return []
 
     # The picture at the condition size (about 1 MP of its aspect ratio, multiples of 32),
     # its VAE latents (mode, normalised per channel), once per job; the resized picture is
