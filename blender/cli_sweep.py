@@ -155,15 +155,14 @@ def run(args):
     import bpy  # noqa: F401 - Blender first, before the modules that use it
 
     from ..core import jobs as J
-    from ..core.client import BackendAuthError, BackendError
+    from ..core.client import BackendError
     from ..core.passes import PassError, default_long_side, size_multiple
     from ..core.png import clean_stale_temps
     from ..core.sweep import ControlUnit
-    from .backend import connect
     from .capture.blendfile import BlendFileError, open_blend
     from .capture.render import CaptureError, CaptureOptions
     from .results import variant_exr
-    from .sweeping import model_roots_of, prepare_jobs, resolve_cameras
+    from .sweeping import prepare_jobs, resolve_cameras
 
     try:
         seeds = J.parse_seeds(args.seeds)
@@ -208,10 +207,7 @@ def run(args):
     try:
         cameras = resolve_cameras(scene, args.cameras)
         print(f"rendering control passes for {len(cameras)} camera(s): {', '.join(c.name for c in cameras)}")
-        client, proc = connect(url=args.backend, token=args.token, device=args.device,
-                               log_path=os.path.join(out_dir, "backend.log") if not args.backend else None,
-                               output_roots=[out_dir],
-                               model_roots=model_roots_of(model) + [u.model for u in units if u.model])
+        client, proc = _connect(args, out_dir, model, units)
         camera_jobs = prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir,
                                    CaptureOptions(long_side=long_side, multiple=size_multiple(model),
                                                   depth_range=args.depth_range, near=args.near, far=args.far,
@@ -225,12 +221,8 @@ def run(args):
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
-    except BackendAuthError as exc:
-        print(f"archviz sweep: {exc}; give the server's token with --token TOKEN or ARCHVIZ_TOKEN", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except BackendError as exc:
-        print(f"archviz sweep: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _backend_failure(exc)
     if proc is not None:
         print(f"started a backend at {proc.url} (log: {proc.log_path})")
     try:
@@ -291,14 +283,13 @@ def run_image(args):
         return EXIT_BAD_INPUT
 
     from ..core import jobs as J
-    from ..core.client import BackendAuthError, BackendError
+    from ..core.client import BackendError
     from ..core.passes import PassError, default_long_side, size_multiple
     from ..core.picture import picture_job, unit_detectors
     from ..core.png import atomic_write, clean_stale_temps
     from ..core.sweep import ControlUnit, check_custom_base
-    from .backend import connect
     from .capture.render import CaptureOptions
-    from .sweeping import control_choices, model_roots_of, model_spec
+    from .sweeping import control_choices, model_spec
 
     out_dir = os.path.abspath(args.out)
     name = J.safe_name(os.path.splitext(os.path.basename(args.image))[0])
@@ -322,16 +313,9 @@ def run_image(args):
     for folder in (out_dir, os.path.join(out_dir, "passes", name)):
         clean_stale_temps(folder)
     try:
-        client, proc = connect(url=args.backend, token=args.token, device=args.device,
-                               log_path=os.path.join(out_dir, "backend.log") if not args.backend else None,
-                               output_roots=[out_dir],
-                               model_roots=model_roots_of(model) + [u.model for u in units if u.model])
-    except BackendAuthError as exc:
-        print(f"archviz sweep: {exc}; give the server's token with --token TOKEN or ARCHVIZ_TOKEN", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        client, proc = _connect(args, out_dir, model, units)
     except BackendError as exc:
-        print(f"archviz sweep: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _backend_failure(exc)
     if proc is not None:
         print(f"started a backend at {proc.url} (log: {proc.log_path})")
     try:
@@ -369,6 +353,28 @@ def run_image(args):
             return EXIT_FAILED
     print(f"controls: {passes_dir}")
     return EXIT_CANCELLED if state == "cancelled" else 0
+
+
+def _connect(args, out_dir, model, units):
+    """(client, the backend process this command started or None) for a sweep into
+    ``out_dir``: ``--backend URL``, or a local backend that may read the model folders."""
+    from .backend import connect
+    from .sweeping import model_roots_of
+
+    return connect(url=args.backend, token=args.token, device=args.device,
+                   log_path=os.path.join(out_dir, "backend.log") if not args.backend else None,
+                   output_roots=[out_dir], model_roots=model_roots_of(model) + [u.model for u in units if u.model])
+
+
+def _backend_failure(exc):
+    """A backend that cannot be had or refuses the token, in one line; the exit status."""
+    from ..core.client import BackendAuthError
+
+    if isinstance(exc, BackendAuthError):
+        print(f"archviz sweep: {exc}; give the server's token with --token TOKEN or ARCHVIZ_TOKEN", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"archviz sweep: {exc}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _preview_problem(args):
@@ -478,8 +484,7 @@ def _follow(args, client, proc, camera_jobs, out_dir, total, on_image=None):
         state = "cancelled"
     except BackendAuthError as exc:
         bar.close()
-        print(f"archviz sweep: {exc}; give the server's token with --token TOKEN or ARCHVIZ_TOKEN", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _backend_failure(exc)
     except (BackendError, OSError) as exc:
         bar.close()
         what = ("gave up: " if isinstance(exc, SweepGaveUp) else "") + str(exc)
