@@ -22,6 +22,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 import threading
 from dataclasses import dataclass
 
@@ -122,30 +123,8 @@ def missing_backend_message(python, output):
 # ---------------------------------------------------------------------------- the torch check
 
 #: Run by the backend's Python: imports torch and prints one JSON line about it.
-TORCH_CHECK = r"""
-import json, platform, sys
-out = {"python": sys.version.split()[0]}
-try:
-    import torch
-except Exception as exc:
-    out["error"] = "%s: %s" % (type(exc).__name__, exc)
-    print(json.dumps(out))
-    raise SystemExit(0)
-out["torch"] = torch.__version__
-out["cuda_build"] = torch.version.cuda
-cuda = torch.cuda.is_available()
-mps_backend = getattr(torch.backends, "mps", None)
-mps = bool(mps_backend is not None and mps_backend.is_available())
-out["cuda_available"], out["mps_available"] = cuda, mps
-if cuda:
-    props = torch.cuda.get_device_properties(0)
-    out.update(device="cuda", device_name=props.name, vram_mib=props.total_memory // 2**20)
-elif mps:
-    out.update(device="mps", device_name="Apple GPU (MPS)")
-else:
-    out.update(device="cpu", device_name=platform.processor() or platform.machine() or "CPU")
-print(json.dumps(out))
-"""
+#: The check run in the backend's Python (its source; see that file).
+TORCH_CHECK_SCRIPT = Path(__file__).resolve().parent.parent / "backend" / "torch_check.py"
 
 
 @dataclass
@@ -169,9 +148,10 @@ class TorchCheck:
 
 
 def check_torch(python, timeout=300, env=None):
-    """Run :data:`TORCH_CHECK` in ``python`` (a real subprocess)."""
+    """Run :data:`TORCH_CHECK_SCRIPT` in ``python`` (a real subprocess)."""
     try:
-        proc = subprocess.run([python, "-c", TORCH_CHECK], capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run([python, "-c", TORCH_CHECK_SCRIPT.read_text()], capture_output=True, text=True,
+                              timeout=timeout, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return TorchCheck(python, False, error=f"cannot run {python}: {exc}")
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
