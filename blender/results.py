@@ -17,6 +17,7 @@ import numpy as np
 
 from ..core.exr import write_exr
 from ..core.jobs import safe_name, sidecar_filename
+from . import compat
 
 # Names other code and tests rely on.
 CONTROL_IMAGE_PREFIX = "archviz_"  # the control passes' datablocks: archviz_depth, archviz_lines, ...
@@ -24,7 +25,7 @@ UV_MAP_NAME = "ArchViz Projection"
 MODIFIER_NAME = "ArchViz Projection"
 MATERIAL_PREFIX = "ArchViz "
 PREVIOUS_MATERIALS_KEY = "archviz_previous_materials"
-COMPOSITOR_GROUP_NAME = "ArchViz Compositor"
+COMPOSITOR_GROUP_NAME = compat.COMPOSITOR_GROUP_NAME
 NODE_RENDER_LAYERS = "ArchViz Render Layers"
 NODE_SWITCH = "ArchViz Switch"
 NODE_OVER = "ArchViz Over"
@@ -92,6 +93,9 @@ def load_image(name, path):
         image.source = "FILE"
         image.filepath = path
         image.reload()
+    # The panels draw images by their previews, which Blender makes only when asked:
+    # without this the thumbnails stay blank. Reloaded, they follow new pixels.
+    image.preview_ensure().reload()
     return image
 
 
@@ -108,10 +112,6 @@ def show_preview(png, folder, info):
     path = os.path.join(folder, ".preview.png")
     atomic_write(path, png)
     image = load_image(PREVIEW_IMAGE, path)
-    try:  # the panel's thumbnail follows the new pixels (no icon previews in some background builds)
-        image.preview_ensure().reload()
-    except (AttributeError, RuntimeError):
-        pass
     for key in ("camera", "style", "seed", "step", "steps"):
         if info.get(key) is not None:
             image[f"archviz_{key}"] = info[key]
@@ -188,7 +188,7 @@ def _projection_material(image):
     map, as emission, so the variant looks as generated whatever the scene's lights."""
     name = MATERIAL_PREFIX + image.name
     material = bpy.data.materials.get(name) or bpy.data.materials.new(name)
-    tree = material.node_tree
+    tree = compat.node_tree(material)
     tree.nodes.clear()
     uv = tree.nodes.new("ShaderNodeUVMap")
     uv.name = uv.label = "ArchViz UV"
@@ -287,22 +287,6 @@ def remove_projection(objects):
 
 # ---------------------------------------------------------------- compositor
 
-def _group_output(tree):
-    """The active Group Output, with an Image (colour) output socket on the group."""
-    if not any(item.item_type == "SOCKET" and item.in_out == "OUTPUT" for item in tree.interface.items_tree):
-        tree.interface.new_socket(name="Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-    outputs = [n for n in tree.nodes if n.bl_idname == "NodeGroupOutput"]
-    for node in outputs:
-        if node.is_active_output:
-            return node
-    if outputs:
-        return outputs[0]
-    node = tree.nodes.new("NodeGroupOutput")
-    node.name = NODE_OUTPUT
-    node.location = (600, 0)
-    return node
-
-
 def _render_layers(tree):
     for node in tree.nodes:
         if node.bl_idname == "CompositorNodeRLayers":
@@ -315,14 +299,16 @@ def _render_layers(tree):
 
 def add_to_compositor(scene, images, active=0):
     """Put a switch over ``images`` (the variants) over the render layers in the
-    scene's compositor (``scene.compositing_node_group``); return that node tree.
+    scene's compositor (compat.compositor_tree); return that node tree.
 
     Nodes: "ArchViz Variant <image>" (Image) for each variant -> "ArchViz Switch" (Menu
     Switch, one item per image name, set to ``images[active]``) -> Foreground of
     "ArchViz Over" (Alpha Over) whose Background is what fed the Group Output before
     (the Render Layers image in a new tree) -> Group Output. A scene without a
     compositor gets a new group; an existing one is extended. A second call updates the
-    same nodes: the switch then covers exactly the images given.
+    same nodes: the switch then covers exactly the images given. Where the compositor
+    has no Menu Switch (4.x) the active variant is linked to the Foreground directly, and
+    its Composite node takes the place of the Group Output.
     """
     images = list(images)
     if not images:
@@ -333,12 +319,9 @@ def add_to_compositor(scene, images, active=0):
     if len(set(names)) != len(names):
         raise ValueError(f"the same image is given twice: {', '.join(names)}")
 
-    tree = scene.compositing_node_group
-    if tree is None:
-        tree = bpy.data.node_groups.new(COMPOSITOR_GROUP_NAME, "CompositorNodeTree")
-        scene.compositing_node_group = tree
+    tree = compat.compositor_tree(scene)
     nodes, links = tree.nodes, tree.links
-    output = _group_output(tree)
+    output = compat.compositor_output(tree, NODE_OUTPUT, (600, 0))
 
     over = nodes.get(NODE_OVER)
     if over is None:
@@ -346,24 +329,16 @@ def add_to_compositor(scene, images, active=0):
         over.name = over.label = NODE_OVER
         over.location = (300, 0)
         feed = output.inputs[0].links[0].from_socket if output.inputs[0].is_linked else None
-        links.new(feed or _render_layers(tree).outputs["Image"], over.inputs["Background"])
+        links.new(feed or _render_layers(tree).outputs["Image"], compat.alpha_over_inputs(over)[0])
     links.new(over.outputs["Image"], output.inputs[0])
-
-    switch = nodes.get(NODE_SWITCH)
-    if switch is None:
-        switch = nodes.new("GeometryNodeMenuSwitch")  # Blender 5's compositor has the Menu Switch
-        switch.name = switch.label = NODE_SWITCH
-        switch.data_type = "RGBA"
-        switch.location = (50, -200)
-    switch.enum_items.clear()
-    for name in names:
-        switch.enum_items.new(name)
+    foreground = compat.alpha_over_inputs(over)[1]
 
     variants = {n.image.name: n for n in nodes
                 if n.bl_idname == "CompositorNodeImage" and n.name.startswith(NODE_VARIANT_PREFIX) and n.image}
     for name, node in list(variants.items()):
         if name not in names:
             nodes.remove(node)
+    variant_nodes = []
     for index, image in enumerate(images):
         node = variants.get(image.name)
         if node is None:
@@ -372,16 +347,45 @@ def add_to_compositor(scene, images, active=0):
         node.name = NODE_VARIANT_PREFIX + image.name  # Blender cuts node names at 63 characters
         node.label = image.name
         node.location = (-300, -200 - 220 * index)
+        variant_nodes.append(node)
+
+    if not compat.has_compositor_menu_switch():
+        # No Menu Switch in this compositor: the active variant feeds the Foreground
+        # directly; choosing another variant is linking its node there.
+        links.new(variant_nodes[active].outputs["Image"], foreground)
+        return tree
+    switch = nodes.get(NODE_SWITCH)
+    if switch is None:
+        switch = nodes.new("GeometryNodeMenuSwitch")
+        switch.name = switch.label = NODE_SWITCH
+        switch.data_type = "RGBA"
+        switch.location = (50, -200)
+    switch.enum_items.clear()
+    for name in names:
+        switch.enum_items.new(name)
+    for index, node in enumerate(variant_nodes):
         links.new(node.outputs["Image"], switch.inputs[index + 1])  # input 0 is the menu
     switch.inputs["Menu"].default_value = names[active]
-    links.new(switch.outputs["Output"], over.inputs["Foreground"])
+    links.new(switch.outputs["Output"], foreground)
     return tree
 
 
 def active_variant(tree):
-    """The image name the ArchViz switch passes on, or None without one."""
-    switch = tree.nodes.get(NODE_SWITCH) if tree else None
-    return switch.inputs["Menu"].default_value if switch else None
+    """The image name the ArchViz compositor setup passes on (the switch's choice, or the
+    variant linked straight to the Alpha Over), or None without one."""
+    if tree is None:
+        return None
+    switch = tree.nodes.get(NODE_SWITCH)
+    if switch is not None:
+        return switch.inputs["Menu"].default_value
+    over = tree.nodes.get(NODE_OVER)
+    if over is None:
+        return None
+    foreground = compat.alpha_over_inputs(over)[1]
+    if not foreground.is_linked:
+        return None
+    node = foreground.links[0].from_node
+    return node.image.name if getattr(node, "image", None) else None
 
 
 # ---------------------------------------------------------------- multilayer EXR

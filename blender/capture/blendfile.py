@@ -50,6 +50,8 @@ def open_blend(path):
     BlendFileError for a file Blender cannot read (truncated, damaged)."""
     import bpy
 
+    from .. import compat
+
     check_blend_file(path)
     try:
         bpy.ops.wm.open_mainfile(filepath=os.path.abspath(path))
@@ -65,10 +67,10 @@ def open_blend(path):
             reason = detail
         raise BlendFileError(f"cannot open {path}: {reason}") from None
     saved = tuple(bpy.data.version[:2])
-    running = tuple(bpy.app.version[:2])
-    if saved > running:
+    if compat.newer_than_running(saved):
+        running = compat.VERSION
         return (f"warning: {path} was saved by Blender {saved[0]}.{saved[1]}, newer than this Blender "
-                f"{bpy.app.version_string}: data may be lost or read wrong; open it with Blender "
+                f"{compat.VERSION_STRING}: data may be lost or read wrong; open it with Blender "
                 f"{saved[0]}.{saved[1]} or later, or save it from there for {running[0]}.{running[1]}")
     return None
 

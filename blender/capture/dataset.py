@@ -27,6 +27,7 @@ from ...core import dataset as D
 from ...core import passes as core_passes
 from ...core.exr import read_exr
 from ...core.png import atomic_write
+from .. import compat
 from .render import (EXR_NAME, CaptureError, CaptureOptions, _bounds_corners, _depsgraph, _overrides, beauty_engine,
                      class_legend, render_controls, renderable_objects)
 
@@ -236,8 +237,8 @@ def _materials_in_view(scene, view_layer, exr_path):
     """Names of the materials any pixel of the last capture shows (material pass index j is
     the j-th material of :func:`.render.class_legend`)."""
     channels = read_exr(exr_path)
-    mat = next(v for k, v in channels.items() if k.endswith("Material Index.X"))
-    z = next(v for k, v in channels.items() if k.endswith("Depth.Z"))
+    mat = compat.pass_channel(channels, "Material Index.X")
+    z = compat.pass_channel(channels, "Depth.Z")
     ids = set(np.unique(np.rint(mat[core_passes.geometry_mask(z)])).astype(int).tolist())
     materials, _pairs, _src = class_legend(scene, renderable_objects(scene, view_layer), CaptureOptions())
     return [m for j, m in enumerate(materials, start=1) if j in ids]

@@ -19,6 +19,7 @@ from ...core import classes as core_classes
 from ...core import passes as core_passes
 from ...core.exr import read_exr
 from ...core.png import atomic_write, write_png
+from .. import compat
 
 PASS_NAMES = ("depth", "lines", "normal", "seg")
 EXR_NAME = "passes.exr"
@@ -407,8 +408,8 @@ def _configure_render(ov, scene, view_layer, camera, size, exr_path):
     ov.set(cycles, "filter_width", 0.01)
     ov.set(cycles, "use_auto_tile", False)
     settings = render.image_settings
-    ov.set(settings, "media_type", "MULTI_LAYER_IMAGE")
-    ov.set(settings, "file_format", "OPEN_EXR_MULTILAYER")
+    for attr, value in compat.output_format(settings, "EXR_MULTILAYER"):
+        ov.set(settings, attr, value)
     ov.set(settings, "color_depth", "32")
     ov.set(settings, "exr_codec", "ZIP")
     for attr in ("use_pass_z", "use_pass_normal", "use_pass_object_index", "use_pass_material_index"):
@@ -416,9 +417,9 @@ def _configure_render(ov, scene, view_layer, camera, size, exr_path):
 
 
 def _find_channel(channels, suffix):
-    for name, arr in channels.items():
-        if name.endswith(suffix):
-            return arr
+    arr = compat.pass_channel(channels, suffix)
+    if arr is not None:
+        return arr
     raise CaptureError(f"the render did not write a {suffix!r} pass (channels: {', '.join(sorted(channels))})")
 
 
@@ -546,8 +547,8 @@ def render_beauty(scene, view_layer, camera, size, path, options):
     with _overrides() as ov:
         render = _frame(ov, scene, view_layer, camera, engine, size, path)
         settings = render.image_settings
-        ov.set(settings, "media_type", "IMAGE")
-        ov.set(settings, "file_format", "PNG")
+        for attr, value in compat.output_format(settings, "PNG"):
+            ov.set(settings, attr, value)
         ov.set(settings, "color_mode", "RGB")
         ov.set(settings, "color_depth", "8")
         if engine == "CYCLES":
@@ -712,6 +713,6 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         "object_index": {obj.name: i for i, obj in enumerate(objects, start=1)},
         "unclassified": sorted(n for n, entries in sources.items() if any(e["rule"] == "fallback" for e in entries)),
         "files": {k: os.path.basename(v) for k, v in files.items()} | {"exr": EXR_NAME},
-        "blender": bpy.app.version_string,
+        "blender": compat.VERSION_STRING,
     }
     return CaptureResult(out_dir=out_dir, files=files, info=info)
