@@ -14,14 +14,18 @@ import bpy
 
 from ..core.backend_setup import SETUP_HINT, missing_backend_message, missing_modules
 from ..core.client import BackendError, BackendProcess, Client
+from . import compat
 from .preferences import preferences
 
 _started = {}  # (python, device, ...) -> BackendProcess started by this Blender/Python process
 
 
 class BackendSettings:
-    """Where the backend runs: the add-on preferences, or environment variables when the
-    add-on is registered by a script without being enabled in Blender's preferences."""
+    """Where the backend runs: the add-on preferences, and over them the environment
+    variables a script sets (``ARCHVIZ_BACKEND_URL``, ``ARCHVIZ_TOKEN``, ``ARCHVIZ_PYTHON``,
+    ``ARCHVIZ_DEVICE``, ``ARCHVIZ_MODEL``, ``ARCHVIZ_RAY``): a ``blender -b`` script that
+    sets ``ARCHVIZ_MODEL=tiny`` gets tiny whatever the preferences say. Without
+    preferences (the add-on registered by a script) the variables alone decide."""
 
     def __init__(self, context):
         prefs = preferences(context)
@@ -37,17 +41,18 @@ class BackendSettings:
             self.hf_token = prefs.hf_token.strip()
             self.ray = prefs.ray_address.strip()
         else:
-            self.url = env.get("ARCHVIZ_BACKEND_URL", "")
-            self.token = env.get("ARCHVIZ_TOKEN", "")
-            self.python = env.get("ARCHVIZ_PYTHON", "") or default_python("")
-            self.device = env.get("ARCHVIZ_DEVICE", "auto")
-            self.model = env.get("ARCHVIZ_MODEL", "sd15")
+            self.url, self.token, self.python = "", "", default_python("")
+            self.device, self.model = "auto", "sd15"
             self.hf_cache = ""
             self.offline = False
             self.hf_token = ""  # HF_TOKEN from the environment reaches the backend as it is
-            self.ray = env.get("ARCHVIZ_RAY", "")
+            self.ray = ""
+        for attr, name in (("url", "ARCHVIZ_BACKEND_URL"), ("token", "ARCHVIZ_TOKEN"), ("python", "ARCHVIZ_PYTHON"),
+                           ("device", "ARCHVIZ_DEVICE"), ("model", "ARCHVIZ_MODEL"), ("ray", "ARCHVIZ_RAY")):
+            if env.get(name):
+                setattr(self, attr, env[name])
         # An add-on must not go online when Blender says no (Preferences > System > Network).
-        self.blender_offline = not getattr(bpy.app, "online_access", True)
+        self.blender_offline = not compat.online_access()
 
     def backend_env(self):
         env = dict(os.environ)

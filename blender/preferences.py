@@ -6,7 +6,7 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from ..core import families
 from ..core.sweep import download_fraction
-from . import runs
+from . import compat, runs
 from .ui import draw_lines
 
 # The add-on's own package (``archviz_controlnet``, or ``bl_ext.<repo>.archviz_controlnet``
@@ -70,7 +70,7 @@ def offline_reason(context):
     prefs = preferences(context)
     if prefs is not None and prefs.offline:
         return "The add-on's Offline preference is on"
-    if not getattr(bpy.app, "online_access", True):
+    if not compat.online_access():
         return "Blender's Allow Online Access is off (Preferences > System > Network)"
     return ""
 
@@ -103,7 +103,7 @@ def draw_preferences(prefs, context, layout):
     layout.operator("archviz.doctor", icon="CHECKMARK")
     report = runs.doctor
     if report is not None:
-        box = layout.box()
+        box = layout.box().column(align=True)  # one report, not a list of separate rows
         for line in report.lines:
             icon = "ERROR" if line.startswith(("ERROR", "WARNING")) else "NONE"
             draw_lines(box, line, icon=icon, width=110)

@@ -13,6 +13,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
 from ..core.classes import ADE20K, DEFAULT_BACKGROUND_CLASS, DEFAULT_FALLBACK_CLASS
 from ..core.sweep import UNIT_PRESETS, ControlUnit
 from .capture.render import CaptureOptions
+from .compat import BLEND_RELATIVE
 from .preferences import ARCHVIZ_AP_preferences, preferences  # noqa: F401 - registered here; preferences() for callers
 
 
@@ -63,7 +64,7 @@ class ARCHVIZ_PG_control_unit(bpy.types.PropertyGroup):
     end: FloatProperty(name="End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
                        description="Fraction of the steps where this unit stops")
     mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="balanced")
-    model_path: StringProperty(name="ControlNet", subtype="DIR_PATH",
+    model_path: StringProperty(options=BLEND_RELATIVE, name="ControlNet", subtype="DIR_PATH",
                                description="Folder of a ControlNet trained with archviz train-controlnet (Custom units)")
 
 
@@ -130,10 +131,10 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
                                    description="Class of pixels with no geometry (the world, seen through windows)")
     fallback_class: EnumProperty(name="Unclassified", items=_FALLBACK_ITEMS, default=DEFAULT_FALLBACK_CLASS,
                                  description="Class of objects that no property, IFC class or name keyword classifies")
-    class_table: StringProperty(name="Keyword Table", subtype="FILE_PATH", default="",
+    class_table: StringProperty(options=BLEND_RELATIVE, name="Keyword Table", subtype="FILE_PATH", default="",
                                 description="Class table (JSON keyword -> class, or TOML/JSON laid out like core/class_table.toml), "
                                             "tried before the built-in table")
-    output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="//archviz/",
+    output_dir: StringProperty(options=BLEND_RELATIVE, name="Output", subtype="DIR_PATH", default="//archviz/",
                                description="Folder for control passes and generated images (// = next to the .blend)")
 
     # Generation

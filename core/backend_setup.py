@@ -105,8 +105,10 @@ def find_backend_venv(data_venv, blender_config_dir=""):
 
 def missing_modules(python=None):
     """The backend modules the running interpreter lacks (only this interpreter can be
-    asked without starting a process; ``python`` names another one: nothing is checked)."""
-    if python and os.path.realpath(python) != os.path.realpath(sys.executable):
+    asked without starting a process; ``python`` names another one: nothing is checked).
+    Paths are compared as given, not resolved: a venv's ``python`` is a link to the Python
+    it was made from (Blender's own, say), yet it is another interpreter with other packages."""
+    if python and os.path.normpath(os.path.abspath(python)) != os.path.normpath(sys.executable):
         return []
     return [m for m in BACKEND_MODULES if importlib.util.find_spec(m) is None]
 

@@ -6,6 +6,7 @@ import bpy
 from bpy.props import StringProperty
 
 from ..blender.capture.render import CaptureError, render_controls
+from ..blender.compat import BLEND_RELATIVE
 from ..blender.properties import capture_options, output_root
 from ..blender.results import show_control_images
 from ..core.classes import ClassError
@@ -20,7 +21,7 @@ class ARCHVIZ_OT_render_controls(bpy.types.Operator):
     bl_label = "Render Control Passes"
     bl_options = {"REGISTER"}
 
-    output_dir: StringProperty(name="Output", default="", subtype="DIR_PATH",
+    output_dir: StringProperty(options=BLEND_RELATIVE, name="Output", default="", subtype="DIR_PATH",
                                description="Folder for the passes (default: the scene's ArchViz output folder)")
 
     @classmethod

@@ -4,7 +4,7 @@
 
 import bpy
 
-from ..blender import runs
+from ..blender import compat, runs
 from ..blender.backend import BackendSettings, backend_venv_dir
 from ..blender.preferences import preferences
 
@@ -19,6 +19,10 @@ class ARCHVIZ_OT_setup_backend(bpy.types.Operator):
     def poll(cls, context):
         if runs.setup is not None and runs.setup.state == "running":
             cls.poll_message_set("The backend is being set up")
+            return False
+        if not compat.online_access():  # Set up Backend downloads torch and the rest with pip
+            cls.poll_message_set("Blender's Allow Online Access is off (Preferences > System > Network): "
+                                 "Set up Backend downloads packages")
             return False
         return True
 
@@ -57,7 +61,7 @@ class ARCHVIZ_OT_doctor(bpy.types.Operator):
         prefs = preferences(context)
         backend = BackendSettings(context)
         doctor = runs.start_doctor(backend.python, backend.backend_env(), backend.offline,
-                                   backend_venv_dir(prefs.venv_dir if prefs else ""), bpy.app.online_access)
+                                   backend_venv_dir(prefs.venv_dir if prefs else ""), compat.online_access())
         if bpy.app.background:
             for line in doctor.lines:
                 print(line)

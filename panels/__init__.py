@@ -5,9 +5,21 @@ import no operator module. The preferences draw themselves (``blender.preference
 import bpy
 
 from ..blender.results import CONTROL_IMAGE_PREFIX
-from ..blender.ui import draw_lines
+from ..blender.ui import draw_lines, text_width
 from ..core.passes import PassError, control_resolution
 from ..core.sweep import download_fraction, download_text
+
+
+def style_defaults(name):
+    """The style preset ``name`` (its cfg and steps stand where the panel's are 0), or an
+    empty one when it cannot be read (the Generate button then reports why)."""
+    from ..core.presets import Preset, PresetError, load_presets
+
+    try:
+        preset = load_presets().get(name)
+    except PresetError:
+        preset = None
+    return preset or Preset(name=name or "", prompt="")
 
 
 class ArchVizPanel:
@@ -48,7 +60,7 @@ class VIEW3D_PT_archviz(ArchVizPanel, bpy.types.Panel):
             grid = layout.grid_flow(columns=2, even_columns=True)
             for image in previews:
                 cell = grid.column()
-                cell.template_icon(icon_value=image.preview.icon_id if image.preview else 0, scale=5.0)
+                cell.template_icon(icon_value=layout.icon(image), scale=5.0)  # makes the preview if missing
                 cell.label(text=image.name[len(CONTROL_IMAGE_PREFIX):].title())
 
 
@@ -101,8 +113,9 @@ class ARCHVIZ_UL_controls(bpy.types.UIList):
         row.prop(item, "end", text="")
 
 
-def draw_progress(layout, task):
-    """Progress bar, message and Cancel for the running (or last) generation."""
+def draw_progress(layout, task, width=40):
+    """Progress bar, message and Cancel for the running (or last) generation; the message
+    wraps at ``width`` characters."""
     if task is None:
         return
     col = layout.column(align=True)
@@ -113,16 +126,16 @@ def draw_progress(layout, task):
         col.progress(factor=task.fraction, type="BAR",
                      text=f"{task.images_done}/{task.images_total} images, {task.fraction:.0%}")
         col.operator("archviz.cancel", icon="CANCEL")
-    col.label(text=task.message, icon="ERROR" if task.state == "failed" else "INFO")
+    draw_lines(col, task.message, icon="ERROR" if task.state == "failed" else "INFO", width=width)
     if task.state == "running" and task.preview:  # the image being made, a few steps behind
         image = bpy.data.images.get("ArchViz Preview")
         if image is not None:
             box = col.box()
             box.label(text=f"{task.preview.get('style')} s{task.preview.get('seed')}: step "
                            f"{task.preview.get('step')}/{task.preview.get('steps')}", icon="IMAGE_DATA")
-            box.template_icon(icon_value=image.preview.icon_id if image.preview else 0, scale=6.0)
+            box.template_icon(icon_value=box.icon(image), scale=6.0)
     if task.device_warning:
-        draw_lines(col.box(), task.device_warning, icon="ERROR")
+        draw_lines(col.box(), task.device_warning, icon="ERROR", width=width)
 
 
 class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
@@ -134,9 +147,8 @@ class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
 
         layout = self.layout
         settings = context.scene.archviz
-        row = layout.row(align=True)
-        row.prop(settings, "style", text="")
-        row.prop(settings, "seed")
+        layout.prop(settings, "style", text="")  # a row of its own: long preset names are not cut
+        layout.prop(settings, "seed")
         layout.operator("archviz.generate", icon="IMAGE_DATA")
         box = layout.box()
         box.label(text="Sweep")
@@ -157,10 +169,10 @@ class VIEW3D_PT_archviz_generate(ArchVizPanel, bpy.types.Panel):
         box.prop(settings, "region_mode")
         if settings.region_mode == "CLASSES":
             box.prop(settings, "region_classes")
-        draw_progress(layout, Task.current)
+        draw_progress(layout, Task.current, width=text_width(context))
         row = layout.row(align=True)
         row.operator("archviz.backend_start", icon="PLAY")
-        row.operator("archviz.backend_stop", icon="SNAP_FACE")
+        row.operator("archviz.backend_stop", icon="CANCEL")
 
 
 class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
@@ -197,8 +209,11 @@ class VIEW3D_PT_archviz_units(ArchVizPanel, bpy.types.Panel):
             col.prop(unit, "mode")
         col = layout.column()
         col.use_property_split = True
-        col.prop(settings, "steps")
-        col.prop(settings, "cfg")
+        style = style_defaults(settings.style)
+        # 0 means "the style's value": say which value that is instead of showing 0.00
+        col.prop(settings, "steps", text="Steps" if settings.steps or style.steps is None
+                 else f"Steps (style: {style.steps})")
+        col.prop(settings, "cfg", text="CFG" if settings.cfg or style.cfg is None else f"CFG (style: {style.cfg:g})")
         col.prop(settings, "scheduler")
         col.prop(settings, "max_batch")
         col.prop(settings, "fast")

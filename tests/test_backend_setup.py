@@ -92,7 +92,11 @@ def test_setup_operator_reports_failure_through_blender(tmp_path, monkeypatch):
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon_utils.enable("archviz_controlnet", default_set=True)
+    system = bpy.context.preferences.system
     try:
+        system.use_online_access = False  # Blender's Allow Online Access off: no pip downloads
+        assert not bpy.ops.archviz.setup_backend.poll()
+        system.use_online_access = True
         prefs = properties.preferences()
         prefs.venv_dir = str(tmp_path / "venv")
         prefs.pip_args = "--no-index"  # offline: torch cannot be found, pip says so
@@ -102,6 +106,7 @@ def test_setup_operator_reports_failure_through_blender(tmp_path, monkeypatch):
             bpy.ops.archviz.setup_backend()
         assert os.path.exists(venv_python(str(tmp_path / "venv")))  # the venv itself was made
     finally:
+        system.use_online_access = False
         addon_utils.disable("archviz_controlnet", default_set=True)
 
 
@@ -247,6 +252,19 @@ def test_missing_backend_message():
     assert S.missing_backend_message("/x/python", "address already in use") is None
     assert S.missing_modules("/some/other/python") == []  # only this interpreter can be asked in-process
     assert S.missing_modules() == []  # this one has the backend
+
+
+def test_a_venv_of_the_same_python_is_another_interpreter(tmp_path, monkeypatch):
+    """A venv's python links to the Python it was made from (a Blender 4.x Python and the
+    project venv share one binary here): it is still another interpreter, never judged by
+    what this one lacks or has."""
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(tmp_path / "venv")
+    python = str(tmp_path / "venv" / "bin" / "python")
+    monkeypatch.setattr(S, "BACKEND_MODULES", (*S.BACKEND_MODULES, "archviz_no_such_module"))
+    assert S.missing_modules() == ["archviz_no_such_module"]  # this interpreter is asked in-process
+    assert S.missing_modules(python) == []  # the venv is not: the process it starts tells
 
 
 @pytest.fixture
