@@ -16,13 +16,13 @@ import platform
 import shutil
 import sys
 
-from . import models as M
-
 def families(fp16: bool) -> dict:
     """Per real family (``archviz models`` names, :data:`.models.CATALOG`): each repo's state
     as :func:`.hub.cache_problem` judges it, the rule downloads and offline loads use, and
     whether the family can generate from the cache alone."""
     from . import hub
+    from . import models as M  # needs the backend's packages (Pillow...): imported here, so a bare
+    # Python still gets its torch and packages reported
 
     out = {}
     for family in M.FAMILY_NAMES:
@@ -88,10 +88,13 @@ def probe() -> dict:
         out["families"] = families(fp16_for("auto"))
     except Exception as exc:  # noqa: BLE001 - reported, not hidden
         out["hub_error"] = f"{type(exc).__name__}: {exc}"
-    from . import tiny
+    buildable = bool(t.get("ok") and out["modules"]["diffusers"] and out["modules"]["transformers"])
+    try:
+        from . import tiny
 
-    out["tiny"] = {"root": str(tiny.tiny_root()), "built": tiny.tiny_root().is_dir(),
-                   "buildable": bool(t.get("ok") and out["modules"]["diffusers"] and out["modules"]["transformers"])}
+        out["tiny"] = {"root": str(tiny.tiny_root()), "built": tiny.tiny_root().is_dir(), "buildable": buildable}
+    except Exception as exc:  # noqa: BLE001 - reported, not hidden
+        out["tiny"] = {"root": "", "built": False, "buildable": False, "error": f"{type(exc).__name__}: {exc}"}
     return out
 
 

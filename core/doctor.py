@@ -115,7 +115,7 @@ def diagnose(facts):
     probe = facts.get("probe")
     gpus = tuple(devices.GpuInfo(**g) for g in facts.get("gpus") or ())
     setup = ("click Set up Backend in the add-on preferences (it makes a venv with the right torch), or "
-             f"{facts['backend_python']} -m pip install -r backend/requirements.txt")
+             f"{facts['backend_python']} -m pip install -r {os.path.join(PACKAGE_DIR, 'backend', 'requirements.txt')}")
     offline = facts.get("offline_env") or facts.get("offline_switch") or facts.get("blender_online") is False
     torch = (probe or {}).get("torch") or {}
     if probe is None:
