@@ -9,6 +9,7 @@
 ``GET /v1/jobs/{id}/images/{n}``  PNG of sweep image ``n`` (style_index * len(seeds) + seed_index)
 ``GET /v1/jobs/{id}/previews/{n}``  the latest preview PNG of image ``n`` while it denoises
 ``GET /v1/jobs/{id}/contact_sheet``  the contact sheet PNG
+``GET /v1/jobs/{id}/manifest``       the job's manifest.json
 ``GET /v1/jobs/{id}/controls/{n}``  control ``n`` a detector made from the job's picture
 ``DELETE /v1/jobs/{id}``    cancel (queued: at once; running: within one denoising step)
 ``POST /v1/unload``         drop every warm model not in use
@@ -335,6 +336,16 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         if not record.contact_sheet_file:
             raise HTTPException(404, f"job {job_id} has no contact sheet yet (state {record.state})")
         return FileResponse(record.output_dir / record.contact_sheet_file, media_type="image/png")
+
+    @app.get("/v1/jobs/{job_id}/manifest", response_class=FileResponse,
+             responses={200: {"content": {"application/json": {}}}})
+    def job_manifest(job_id: str):
+        """The job's manifest.json as written in its output folder (a remote client keeps a copy)."""
+        record = _record(job_id)
+        path = record.output_dir / record.manifest_file if record.manifest_file else None
+        if path is None or not path.is_file():
+            raise HTTPException(404, f"job {job_id} has no manifest yet (state {record.state})")
+        return FileResponse(path, media_type="application/json")
 
     @app.get("/v1/jobs/{job_id}/controls/{n}", response_class=FileResponse,
              responses={200: {"content": {"image/png": {}}}})

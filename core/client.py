@@ -109,6 +109,11 @@ class Client:
         """The latest preview PNG of a sweep image still denoising (BackendError 404 when
         it has none now: not started, or done). One try: a preview missed is not worth a wait."""
         return self._request("GET", f"/v1/jobs/{job_id}/previews/{index}", raw=True, retry_for=0)
+    def sidecar(self, job_id, kind):
+        """Bytes of a job's ``manifest`` (JSON) or ``contact_sheet`` (PNG) as the backend
+        wrote them in its own output folder."""
+        return self._request("GET", f"/v1/jobs/{job_id}/{kind}", raw=True)
+
     def control(self, job_id, index):
         """PNG bytes of control ``index`` a detector made from a job's picture."""
         return self._request("GET", f"/v1/jobs/{job_id}/controls/{index}", raw=True)

@@ -238,6 +238,7 @@ class _Tracked:
     error: str = ""
     downloaded: bool = False  # the end of the job's model download was reported
     previews: dict = field(default_factory=dict)  # image index -> step of the last preview reported
+    sidecars: bool = False  # the manifest and contact sheet are in the local folder
 
 
 #: Seconds a client that gave up on an unreachable backend still tries to cancel its jobs.
@@ -402,6 +403,8 @@ class SweepRunner:
                             image=payload))
         if self.previews:
             self._previews(t, status, emit)
+        if t.state in TERMINAL_STATES and not t.sidecars:
+            self._local_sidecars(t, status)
         if t.state == "failed":
             error = status.get("error") or {"message": "the job failed without a message"}
             t.error = error.get("message", str(error)) if isinstance(error, dict) else str(error)
@@ -427,6 +430,23 @@ class SweepRunner:
                             image={"camera": t.camera, "index": key, "style": entry.get("style"),
                                    "seed": entry.get("seed"), "step": step, "steps": entry.get("steps"),
                                    "png": png}))
+
+    def _local_sidecars(self, t, status):
+        """The job's manifest and contact sheet in the local output folder. A backend on
+        this machine wrote them there; a remote one wrote them in its own folder, so they
+        are downloaded (a sheet a job did not make, e.g. cancelled early, is skipped)."""
+        t.sidecars = True
+        for kind in ("manifest", "contact_sheet"):
+            remote = status.get(kind)
+            if not remote:
+                continue
+            local = os.path.join(self.out_dir, os.path.basename(remote))
+            if os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local):
+                continue
+            try:
+                atomic_write(local, self.client.sidecar(t.job_id, kind))
+            except BackendError as exc:  # the images are what matters: say so, keep them
+                self.errors.append(f"{t.camera}: the {kind.replace('_', ' ')} could not be fetched: {exc}")
 
     def _local_copy(self, t, entry):
         """The image in the local output folder: the backend's file when it is already
