@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: setup test demo train-demo passes serve extension clean
+.PHONY: setup test test-blenders demo train-demo passes serve extension clean
 
 # The venv is rebuilt only when the pins or the package layout change; pip's own
 # cache (~/.cache/pip) makes a rebuild cheap on a machine that has done it once.
@@ -22,6 +22,30 @@ setup: $(STAMP)
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The add-on in every Blender it claims: one venv per Blender holding only its bpy (and what
+# bpy brings, as Blender's own Python has it), each running tests/blenders/drive.py against a
+# backend served from the project venv. 4.x ships numpy 1.x like the real 4.2/4.5; 5.2 brings
+# numpy 2.x. The venvs are kept between runs like the project venv (pip's cache makes a
+# rebuild cheap). Python 3.13 for 5.2: python3.13 on PATH, or pyenv's.
+BLENDER_VENVS := .venvs
+BPY_42 := 4.2.23
+BPY_45 := 4.5.15
+BPY_52 := 5.2.4
+PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13))
+
+$(BLENDER_VENVS)/bpy-%/.installed:
+	rm -rf $(BLENDER_VENVS)/bpy-$*
+	case "$*" in 5.*) py="$(PYTHON313)"; numpy="";; *) py="$(PYTHON)"; numpy="numpy<2";; esac; \
+	  test -n "$$py" || { echo "no Python 3.13 for bpy $*: install one or set PYTHON313"; exit 1; }; \
+	  $$py -m venv $(BLENDER_VENVS)/bpy-$* && \
+	  $(BLENDER_VENVS)/bpy-$*/bin/pip install --quiet bpy==$* $$numpy
+	touch $@
+
+test-blenders: setup $(BLENDER_VENVS)/bpy-$(BPY_42)/.installed $(BLENDER_VENVS)/bpy-$(BPY_45)/.installed \
+		$(BLENDER_VENVS)/bpy-$(BPY_52)/.installed
+	ARCHVIZ_BLENDER_VENVS=4.2=$(CURDIR)/$(BLENDER_VENVS)/bpy-$(BPY_42),4.5=$(CURDIR)/$(BLENDER_VENVS)/bpy-$(BPY_45),5.2=$(CURDIR)/$(BLENDER_VENVS)/bpy-$(BPY_52) \
+		$(BIN)/python -m pytest -q tests/blenders
 
 examples/interior.blend: examples/build_interior.py $(STAMP)
 	$(BIN)/python examples/build_interior.py --out $@
@@ -47,4 +71,4 @@ extension: setup
 		build --source-dir . --output-dir dist
 
 clean:
-	rm -rf $(VENV) dist $(OUT) examples/interior.blend .pytest_cache
+	rm -rf $(VENV) $(BLENDER_VENVS) dist $(OUT) examples/interior.blend .pytest_cache
