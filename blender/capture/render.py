@@ -19,6 +19,7 @@ from ...core import classes as core_classes
 from ...core import passes as core_passes
 from ...core.exr import read_exr
 from ...core.png import atomic_write, write_png
+from . import ifc as capture_ifc
 
 PASS_NAMES = ("depth", "lines", "normal", "seg")
 EXR_NAME = "passes.exr"
@@ -133,12 +134,13 @@ def _has_faces(obj, depsgraph):
         return True
 
 
-def renderable_objects(scene, view_layer, with_faceless=False):
-    """Objects that render: visible ones of the scene, plus the objects that collection
-    instances (linked furniture, say) bring in. Meshes without faces are left out."""
+def _render_candidates(scene, view_layer):
+    """Objects a Cycles render of ``view_layer`` draws (:mod:`.ifc`: hide_render, camera
+    visibility, collection exclusion, not the viewport's flags), plus the objects that
+    collection instances (linked furniture, say) bring in."""
     depsgraph = _depsgraph(scene, view_layer)
-    found = [o for o in scene.objects
-             if o.type in RENDERABLE_TYPES and not o.hide_render and o.visible_get(view_layer=view_layer)]
+    collections = capture_ifc.render_collections(view_layer)
+    found = [o for o in scene.objects if o.type in RENDERABLE_TYPES and capture_ifc.render_visible(o, collections)]
     seen = set(found)
     for inst in depsgraph.object_instances:
         if inst.is_instance:
@@ -146,7 +148,27 @@ def renderable_objects(scene, view_layer, with_faceless=False):
             if obj.type in RENDERABLE_TYPES and obj not in seen and not obj.hide_render:
                 seen.add(obj)
                 found.append(obj)
+    return found, depsgraph
+
+
+def renderable_objects(scene, view_layer, with_faceless=False):
+    """Objects that render: what Cycles draws of the scene, plus the objects that
+    collection instances bring in, less IFC elements that are no geometry (IfcSpace,
+    IfcOpeningElement, ...: :func:`non_physical_objects`). Meshes without faces are left
+    out."""
+    found, depsgraph = _render_candidates(scene, view_layer)
+    reader = capture_ifc.IfcReader(scene)
+    found = [o for o in found if not reader.facts(o).non_physical()]
     return found if with_faceless else [o for o in found if _has_faces(o, depsgraph)]
+
+
+def non_physical_objects(scene, view_layer):
+    """IFC elements that Cycles would draw but that are no geometry (IfcSpace,
+    IfcOpeningElement, IfcVirtualElement, IfcAnnotation, IfcGrid): the capture hides
+    them from its render, whatever their flags."""
+    found, _ = _render_candidates(scene, view_layer)
+    reader = capture_ifc.IfcReader(scene)
+    return [o for o in found if reader.facts(o).non_physical()]
 
 
 def _bounds_corners(objects, depsgraph):
@@ -327,15 +349,6 @@ def _collection_of(obj, scene):
     return obj.users_collection[0] if obj.users_collection else scene.collection
 
 
-def _predefined_type(obj):
-    """The IFC PredefinedType of an object, when a custom property carries it."""
-    for key in ("PredefinedType", "ifc_predefined", "predefined_type"):
-        value = obj.get(key)
-        if value not in (None, ""):
-            return str(value)
-    return ""
-
-
 def class_table(options):
     return (core_classes.KeywordTable.from_file(options.class_table) if options.class_table
             else core_classes.KeywordTable())
@@ -356,16 +369,35 @@ def class_legend(scene, objects, options, table=None):
             if slot.material is not None and slot.material not in materials:
                 materials.append(slot.material)
     pairs = {}  # (object index, material index) -> Resolution
+    reader = capture_ifc.IfcReader(scene)
+    depsgraph, inclined = _depsgraph(scene, scene.view_layers[0]), {}
     for oi, obj in enumerate(objects, start=1):
         coll = _collection_of(obj, scene)
+        facts = reader.facts(obj)
         obj_mats = [s.material for s in obj.material_slots if s.material is not None] or [None]
         for mat in obj_mats:
             mi = materials.index(mat) + 1 if mat is not None else 0
-            pairs[(oi, mi)] = core_classes.classify(
+            res = core_classes.classify(
                 (_custom_class(obj), _custom_class(mat), _custom_class(coll)),
                 (obj.name, mat.name if mat else "", coll.name if coll is not scene.collection else ""),
-                table, fallback=options.fallback_class, predefined=_predefined_type(obj))
+                table, fallback=options.fallback_class, predefined=facts.predefined,
+                ifc_class=facts.ifc_class or None, parents=facts.parents)
+            pairs[(oi, mi)] = _inclined(res, obj, table, depsgraph, inclined)
     return materials, pairs, table
+
+
+def _inclined(res, obj, table, depsgraph, cache):
+    """A facing rule with an ``inclined`` class (a slab) gives way to that class where the
+    object's upward faces are mostly sloped: a pitched roof of slabs is a roof, edges and all."""
+    facing = table.facing.get(res.cls)
+    if res.rule == "property" or facing is None or not facing.inclined:
+        return res
+    if obj not in cache:
+        faces = capture_ifc.face_normals_z(obj, depsgraph)
+        cache[obj] = faces is not None and core_classes.inclined_object(facing, *faces)
+    if not cache[obj]:
+        return res
+    return core_classes.Resolution(facing.inclined, res.rule, f"{res.source}, inclined", res.parent)
 
 
 # ---------------------------------------------------------------- render
@@ -502,10 +534,14 @@ def render_controls(scene, out_dir, options=None):
             depth_range = None  # fitted to the rendered view
         timings["depth_range"] = time.perf_counter() - t0
         materials, pairs, table = class_legend(scene, objects, options)
+        # IfcSpace & co. are hidden from this render only: the user's flags come back after.
+        left_out = non_physical_objects(scene, view_layer)
         factor = options.supersample
         exr_path = os.path.join(os.path.abspath(out_dir), EXR_NAME)
         t0 = time.perf_counter()
         with _overrides() as ov:
+            for obj in left_out:
+                ov.set(obj, "hide_render", True)
             for i, obj in enumerate(objects, start=1):
                 ov.set(obj, "pass_index", i)
             for j, mat in enumerate(materials, start=1):
@@ -520,11 +556,14 @@ def render_controls(scene, out_dir, options=None):
         t0 = time.perf_counter()
         channels = read_exr(exr_path)
         result = _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, frame,
-                                 camera, scene, objects, materials, pairs, table)
+                                 camera, scene, objects, materials, pairs, table, left_out=left_out)
         timings["images"] = time.perf_counter() - t0
         if options.beauty:
             result.files["beauty"] = os.path.join(out_dir, "beauty.png")
-            result.info["beauty"] = render_beauty(scene, view_layer, camera, size, result.files["beauty"], options)
+            with _overrides() as ov:
+                for obj in left_out:
+                    ov.set(obj, "hide_render", True)
+                result.info["beauty"] = render_beauty(scene, view_layer, camera, size, result.files["beauty"], options)
             result.info["files"]["beauty"] = "beauty.png"
     finally:
         if options.frame is not None:
@@ -535,6 +574,28 @@ def render_controls(scene, out_dir, options=None):
     atomic_write(os.path.join(out_dir, "passes.json"), json.dumps(result.info, indent=2).encode())
     result.files["json"] = os.path.join(out_dir, "passes.json")
     return result
+
+
+#: At most this many pixel-centre rays measure what a left-out object would have covered.
+LEFT_OUT_RAYS = 4096
+
+
+def left_out_figures(scene, depsgraph, camera, left_out, size, z):
+    """What passes.json says of the non-physical IFC elements the render left out: per
+    object, its IFC class and the share of the view it would have covered had it been
+    drawn (pixel-centre rays on a grid of at most LEFT_OUT_RAYS, against ``z``, the
+    depth drawn, inf where the background shows)."""
+    if not left_out:
+        return {}
+    reader = capture_ifc.IfcReader(scene)
+    origins, dirs, forward = _camera_rays_world(scene, camera, depsgraph, size)
+    step = max(1, int(np.ceil(np.sqrt(size[0] * size[1] / LEFT_OUT_RAYS))))
+    grid = np.zeros((size[1], size[0]), dtype=bool)
+    grid[step // 2::step, step // 2::step] = True
+    sel = grid.ravel()
+    shares = capture_ifc.would_cover(left_out, origins[sel], dirs[sel], forward, np.asarray(z).ravel()[sel])
+    return {obj.name: {"ifc_class": reader.facts(obj).ifc_class, "reason": "non-physical IFC element",
+                       "pixels": round(shares[obj.name], 5)} for obj in left_out}
 
 
 def render_beauty(scene, view_layer, camera, size, path, options):
@@ -581,15 +642,15 @@ def _labels(obj_id, mat_id, hit, facing_nz, pairs, table, fallback):
         fell_back[sel] = res.rule == "fallback"
         if table.is_facing(res.cls):
             f = table.facing[res.cls]
-            nz = facing_nz[sel]
-            labels[sel] = np.where(nz >= f.min_cos, index[f.up], np.where(nz <= -f.min_cos, index[f.down], index[f.side]))
+            bands = np.array([index[f.up], index[f.down], index[f.side], index[f.sloped or f.up]])
+            labels[sel] = bands[core_classes.facing_band(facing_nz[sel], f)]
         else:
             labels[sel] = index[res.cls]
     return labels, class_names, fell_back & hit
 
 
 def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, frame, camera, scene,
-                    objects, materials, pairs, table):
+                    objects, materials, pairs, table, left_out=()):
     factor = options.supersample
     z_fine = _find_channel(channels, "Depth.Z")
     world_fine = np.stack([_find_channel(channels, f"Normal.{c}") for c in "XYZ"], axis=-1)
@@ -606,8 +667,9 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
     cam_n = core_passes.camera_space_normals(world_n, rot)
     orthographic = camera.data.type == "ORTHO"
     rays = core_passes.pixel_rays(size, frame, orthographic=orthographic)
-    inside = _camera_inside_object(camera, objects, obj_id, hit, _depsgraph(scene, scene.view_layers[0])
-                                   if bpy.context.scene != scene else bpy.context.evaluated_depsgraph_get(), scene)
+    depsgraph = (_depsgraph(scene, scene.view_layers[0]) if bpy.context.scene != scene
+                 else bpy.context.evaluated_depsgraph_get())
+    inside = _camera_inside_object(camera, objects, obj_id, hit, depsgraph, scene)
     if inside is not None:
         raise CaptureError(f"camera {camera.name!r} is inside object {inside.name!r} and sees nothing but its inside "
                            "faces: move the camera out of it or hide it from renders (a room shell needs its "
@@ -639,8 +701,15 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         # and mlsd masks are the blocks any fine line crosses.
         # Creases compare neighbouring normals only, which any rotation keeps: the world
         # normals serve as they are.
-        mask_fine = core_passes.line_mask(z_fine, world_fine, ids=(obj_fine, mat_fine), orthographic=orthographic,
-                                          crease_angle=options.crease_angle)
+        # Class and material changes are lines; where two objects of one class and material
+        # meet, only an edge of the geometry is (modelling seams are not).
+        rays_fine = core_passes.pixel_rays((size[0] * factor, size[1] * factor), frame, orthographic=orthographic)
+        hit_fine = core_passes.geometry_mask(z_fine)
+        labels_fine, _names, _fb = _labels(obj_fine, mat_fine, hit_fine,
+                                           core_passes.toward_viewer(world_fine, rot, rays_fine)[..., 2],
+                                           pairs, table, options.fallback_class)
+        mask_fine = core_passes.line_mask(z_fine, world_fine, ids=(labels_fine, mat_fine), seam_ids=(obj_fine,),
+                                          orthographic=orthographic, crease_angle=options.crease_angle)
         mask = core_passes.thin(core_passes.block_any(mask_fine, factor)) if factor > 1 else mask_fine
         line_files = {}
         for style in styles:
@@ -711,6 +780,7 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         "objects": sources,
         "object_index": {obj.name: i for i, obj in enumerate(objects, start=1)},
         "unclassified": sorted(n for n, entries in sources.items() if any(e["rule"] == "fallback" for e in entries)),
+        "left_out": left_out_figures(scene, depsgraph, camera, left_out, size, np.where(hit, z, np.inf)),
         "files": {k: os.path.basename(v) for k, v in files.items()} | {"exr": EXR_NAME},
         "blender": bpy.app.version_string,
     }
