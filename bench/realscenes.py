@@ -346,45 +346,64 @@ def expected_class(ifc_class, predefined, nz):
             "IfcRailing": "railing", "IfcBeam": "ceiling", "IfcMember": "ceiling", "IfcSite": "grass"}[ifc_class]
 
 
-def _pixel_hits(scene, camera, size, step):
-    """Ray-cast the pixel centres of every ``step``-th row and column: {(row, col): (object,
-    world normal z turned toward the camera)} for what is physical and renders (IFC
-    non-physical elements and objects hidden from renders are looked through)."""
-    import bpy
+def ray_hit(scene, depsgraph, origin, direction):
+    """The first physical, rendered thing a ray meets: (object, location, unit normal turned
+    toward the ray's origin, material), or None. IFC non-physical elements and objects hidden from
+    renders are looked through."""
     import mathutils
+    import numpy as np
+
+    start, d = mathutils.Vector(origin), mathutils.Vector(direction)
+    for _ in range(16):
+        ok, loc, normal, face, obj, _m = scene.ray_cast(depsgraph, start, d)
+        if not ok:
+            return None
+        obj = obj.original
+        if obj.name.split("/", 1)[0] not in NON_PHYSICAL and not obj.hide_render:
+            n = np.array(normal)
+            slots = obj.material_slots
+            mat = slots[obj.data.polygons[face].material_index].material if slots and obj.type == "MESH" else None
+            return obj, np.array(loc), (-n if n @ np.array(direction) > 0 else n), mat
+        start = loc + d * 1e-4
+    return None
+
+
+def camera_rays(scene, camera, size):
+    """The camera's origin, world-space unit directions of each pixel centre (h, w, 3)
+    and its forward axis."""
     import numpy as np
 
     from ..core import passes as P
 
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    w, h = size
-    rays = P.pixel_rays((w, h), [tuple(v) for v in camera.data.view_frame(scene=scene)])
+    rays = P.pixel_rays(size, [tuple(v) for v in camera.data.view_frame(scene=scene)])
     mw = np.array(camera.matrix_world)
     rot = mw[:3, :3] / np.linalg.norm(mw[:3, :3], axis=0)
+    dirs = rays @ rot.T
+    return mw[:3, 3], dirs / np.linalg.norm(dirs, axis=-1, keepdims=True), -rot[:, 2]
+
+
+def pixel_hits(scene, camera, size, step):
+    """Ray-cast the pixel centres of every ``step``-th row and column: {(row, col): (object,
+    world normal z turned toward the camera, z along the camera axis)}."""
+    import bpy
+
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    origin, dirs, forward = camera_rays(scene, camera, size)
     out = {}
-    for r in range(step // 2, h, step):
-        for c in range(step // 2, w, step):
-            d = rot @ rays[r, c]
-            d /= np.linalg.norm(d)
-            start, direction = mathutils.Vector(mw[:3, 3]), mathutils.Vector(d)
-            for _ in range(16):
-                ok, loc, normal, _i, obj, _m = scene.ray_cast(depsgraph, start, direction)
-                if not ok:
-                    break
-                obj = obj.original
-                if obj.name.split("/", 1)[0] not in NON_PHYSICAL and not obj.hide_render:
-                    n = np.array(normal)
-                    out[(r, c)] = (obj, float(-n[2] if n @ d > 0 else n[2]))
-                    break
-                start = loc + direction * 1e-4
+    for r in range(step // 2, size[1], step):
+        for c in range(step // 2, size[0], step):
+            hit = ray_hit(scene, depsgraph, origin, dirs[r, c])
+            if hit is not None:
+                out[(r, c)] = (hit[0], float(hit[2][2]), float((hit[1] - origin) @ forward))
     return out
 
 
 def class_figures(scene, camera, result, step=4):
     """{class: [pixels sampled, pixels right]} for the house elements the IFC file names,
     judged against ray casts: each sampled pixel's seg colour against what the IFC class
-    and PredefinedType of the element hit say. Pixels on an object's outline and surfaces
-    near the 60-degree facing threshold are left out."""
+    and PredefinedType of the element hit say. Left out: pixels on an element's outline,
+    surfaces near the 60-degree facing threshold, and coincident surfaces of two elements
+    (the render shows another element at the same depth: a tie either way)."""
     import numpy as np
     from PIL import Image
 
@@ -394,15 +413,21 @@ def class_figures(scene, camera, result, step=4):
     with Image.open(result.files["seg"]) as im:
         seg = np.array(im.convert("RGB"))
     ids = np.load(result.files["object_ids"])
+    z = np.load(result.files["depth_raw"])
     index = result.info["object_index"]
+    name_of = {i: n for n, i in index.items()}
     figures = {}
-    for (r, c), (obj, nz) in _pixel_hits(scene, camera, tuple(result.info["resolution"]), step).items():
+    for (r, c), (obj, nz, hit_z) in pixel_hits(scene, camera, tuple(result.info["resolution"]), step).items():
         if obj.name not in TRUTH or 0.45 < abs(nz) < 0.55:
             continue
         block = ids[max(0, r - 1):r + 2, max(0, c - 1):c + 2]
         own = index.get(obj.name, -1)
         if (ids[r, c] == own and not (block == own).all()) or (ids[r, c] != own and (block == own).any()):
             continue  # the element's outline; where something else covers it, it counts
+        shown = name_of.get(int(ids[r, c]), "")
+        if shown and shown != obj.name and abs(z[r, c] - hit_z) <= 5e-3 * hit_z \
+                and shown.split("/", 1)[0] not in NON_PHYSICAL:
+            continue  # two elements in one surface
         want = expected_class(*TRUTH[obj.name], nz)
         fig = figures.setdefault(want, [0, 0])
         fig[0] += 1
@@ -410,35 +435,47 @@ def class_figures(scene, camera, result, step=4):
     return figures
 
 
-def seam_figures(result, depth_rel=0.02, normal_codes=4):
-    """(seam pairs, pairs lit): neighbouring pixels of two objects of one class that meet
-    in one plane (inverse depth runs on straight across the pair, normals agree), and how
-    many of those pairs the lines image marks. A modelling seam has no edge to draw."""
+def seam_figures(scene, camera, result, plane_mm=2.0, normal_codes=3):
+    """(seam pairs, pairs lit): neighbouring pixels of two objects of one class and one
+    material whose ray-cast hits lie in one plane (normals agree, each hit within
+    ``plane_mm`` of the other's plane), no third object within a pixel (in the render's own
+    object pass), and how many of
+    those pairs the lines image marks. A modelling seam has no edge to draw."""
+    import bpy
     import numpy as np
     from PIL import Image
 
-    z = np.load(result.files["depth_raw"]).astype(np.float64)
     ids = np.load(result.files["object_ids"])
     cls = np.load(result.files["class_ids"])
     with Image.open(result.files["lines"]) as im:
         lit = np.array(im.convert("L")) > 0
     with Image.open(result.files["normal"]) as im:
         n = np.array(im.convert("RGB")).astype(np.int64)
-    w = np.where(np.isfinite(z), 1.0 / np.maximum(z, 1e-9), 0.0)
+    from ..core.exr import read_exr
+
+    channels = read_exr(os.path.join(result.out_dir, result.info["files"]["exr"]))
+    fine = next(np.rint(v).astype(np.int64) for name, v in channels.items()
+                if name.endswith(("Object Index.X", "IndexOB.X")))
+    k = fine.shape[0] // ids.shape[0]
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    origin, dirs, _forward = camera_rays(scene, camera, tuple(result.info["resolution"]))
     total = lit_pairs = 0
-    for axis in (0, 1):
-        m = z.shape[axis]
-
-        def take(a, k):
-            return np.take(a, np.arange(k, m - 3 + k), axis=axis)
-
-        (i0, i1, i2, i3), (w0, w1, w2, w3) = [take(ids, k) for k in range(4)], [take(w, k) for k in range(4)]
-        seam = (i1 != i2) & (i1 > 0) & (i2 > 0) & (i0 == i1) & (i3 == i2) & (take(cls, 1) == take(cls, 2))
-        tol = depth_rel * w1
-        seam &= (np.abs((w2 - w1) - (w1 - w0)) <= tol) & (np.abs((w3 - w2) - (w2 - w1)) <= tol)
-        seam &= (np.abs(take(n, 1) - take(n, 2)) <= normal_codes).all(axis=-1)
-        total += int(seam.sum())
-        lit_pairs += int((seam & (take(lit, 1) | take(lit, 2))).sum())
+    for dr, dc in ((0, 1), (1, 0)):
+        a, b = ids[:ids.shape[0] - dr, :ids.shape[1] - dc], ids[dr:, dc:]
+        cand = (a != b) & (a > 0) & (b > 0) & (cls[:cls.shape[0] - dr, :cls.shape[1] - dc] == cls[dr:, dc:])
+        cand &= (np.abs(n[:n.shape[0] - dr, :n.shape[1] - dc] - n[dr:, dc:]) <= normal_codes).all(axis=-1)
+        for r, c in zip(*np.nonzero(cand)):
+            block = fine[max(0, r - 1) * k:(r + 2 + dr) * k, max(0, c - 1) * k:(c + 2 + dc) * k]
+            if not np.isin(block, (ids[r, c], ids[r + dr, c + dc])).all():
+                continue  # a third object's outline is near: its line may be drawn there
+            ha = ray_hit(scene, depsgraph, origin, dirs[r, c])
+            hb = ray_hit(scene, depsgraph, origin, dirs[r + dr, c + dc])
+            if ha is None or hb is None or ha[0] == hb[0] or ha[3] != hb[3] or ha[2] @ hb[2] < 0.999:
+                continue
+            if abs((hb[1] - ha[1]) @ ha[2]) * 1000.0 > plane_mm:
+                continue
+            total += 1
+            lit_pairs += bool(lit[r, c] or lit[r + dr, c + dc])
     return total, lit_pairs
 
 
@@ -465,7 +502,7 @@ def measure(scene, cameras, sizes, out_dir, repeats=1, figures=True, **options):
                 row.update(view_figures(result.info))
                 row["render_s"] = result.info["timings"]["render"]
                 if figures:
-                    row["seams"] = seam_figures(result)
+                    row["seams"] = seam_figures(scene, scene.objects[cam], result)
                     row["classes"] = class_figures(scene, scene.objects[cam], result) if TRUTH else {}
         rows.append(row)
     return rows
