@@ -5,7 +5,6 @@ class, non-physical elements are never drawn, pitched roofs of slabs are roofs, 
 modelling seams draw no line."""
 
 import json
-import os
 
 import numpy as np
 import pytest

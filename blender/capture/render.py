@@ -632,20 +632,31 @@ def _labels(obj_id, mat_id, hit, facing_nz, pairs, table, fallback):
     class_names = sorted(names)
     index = {n: i for i, n in enumerate(class_names)}
     labels = np.zeros(obj_id.shape, dtype=np.int64)
-    fell_back = hit.copy()
+    fell_back = np.zeros(obj_id.shape, dtype=bool)
     # Pixels of pairs nothing names (objects rendered with another material index) fall back.
-    todo = [((None, None), core_classes.Resolution(fallback, "fallback", "fallback"), hit)]
-    todo += [(key, res, hit & (obj_id == key[0]) & (mat_id == key[1])) for key, res in pairs.items()]
-    for _key, res, sel in todo:
-        if not sel.any():
-            continue
-        fell_back[sel] = res.rule == "fallback"
+    fallback_res = core_classes.Resolution(fallback, "fallback", "fallback")
+    # One pass over the pixels grouped by (object, material): the cost does not grow with
+    # the number of objects in the scene, only with those in view.
+    keys = obj_id[hit].astype(np.int64) * 65536 + mat_id[hit]
+    nz = np.asarray(facing_nz)[hit]
+    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    out_labels = np.zeros(keys.shape, dtype=np.int64)
+    out_fell = np.zeros(keys.shape, dtype=bool)
+    start = 0
+    for key, count in zip(uniq.tolist(), counts.tolist()):
+        sel = order[start:start + count]
+        start += count
+        res = pairs.get((key // 65536, key % 65536), fallback_res)
+        out_fell[sel] = res.rule == "fallback"
         if table.is_facing(res.cls):
             f = table.facing[res.cls]
             bands = np.array([index[f.up], index[f.down], index[f.side], index[f.sloped or f.up]])
-            labels[sel] = bands[core_classes.facing_band(facing_nz[sel], f)]
+            out_labels[sel] = bands[core_classes.facing_band(nz[sel], f)]
         else:
-            labels[sel] = index[res.cls]
+            out_labels[sel] = index[res.cls]
+    labels[hit] = out_labels
+    fell_back[hit] = out_fell
     return labels, class_names, fell_back & hit
 
 
@@ -748,11 +759,12 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
     n_hit = max(1, int(hit.sum()))
     shares = np.bincount(labels[hit], minlength=len(class_names)) / n_hit
     sources = {}
+    in_view = dict(zip(*(a.tolist() for a in np.unique(obj_id[hit].astype(np.int64) * 65536 + mat_id[hit],
+                                                          return_counts=True))))
     for (oi, mi), res in pairs.items():
         obj = objects[oi - 1]
         entry = {"material": materials[mi - 1].name if mi else None, **res.as_dict(table)}
-        sel = hit & (obj_id == oi) & (mat_id == mi)
-        entry["pixels"] = round(float(sel.sum()) / n_hit, 5)
+        entry["pixels"] = round(in_view.get(oi * 65536 + mi, 0) / n_hit, 5)
         sources.setdefault(obj.name, []).append(entry)
     data = camera.data
     info = {
