@@ -144,6 +144,9 @@ def test_assembly_parts_take_the_class_of_their_aggregate(tmp_path):
         entry = info["objects"][name][0]
         assert entry["rule"] == "aggregate" and entry["parent"] == parent, (name, entry)
     assert info["objects"]["IfcMember/Sparren"][0]["rule"] == "ifc"
+    assert info["ifc"]["IfcMember/Wange-L"] == {"class": "IfcMember", "predefined": None, "storey": "EG",
+                                                "parents": [["IfcStair", "IfcStair/Treppe"]], "source": "name"}
+    assert info["ifc"]["IfcPlate/Paneel-0"]["parents"] == [["IfcCurtainWall", "IfcCurtainWall/CW-1"]]
 
 
 # ---------------------------------------------------------------- 2. non-physical elements, render visibility

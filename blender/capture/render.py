@@ -580,6 +580,21 @@ def render_controls(scene, out_dir, options=None):
 LEFT_OUT_RAYS = 4096
 
 
+def ifc_provenance(scene, objects):
+    """What passes.json says of the IFC data of each IFC object: its class, PredefinedType,
+    storey, the aggregates above it (nearest first) and where that came from ("bonsai":
+    Bonsai's live IFC data; "name": Bonsai-style names and custom properties)."""
+    reader = capture_ifc.IfcReader(scene)
+    out = {}
+    for obj in objects:
+        facts = reader.facts(obj)
+        if facts.ifc_class:
+            out[obj.name] = {"class": facts.ifc_class, "predefined": facts.predefined or None,
+                             "storey": facts.storey or None, "parents": [list(p) for p in facts.parents],
+                             "source": facts.source}
+    return out
+
+
 def left_out_figures(scene, depsgraph, camera, left_out, size, z):
     """What passes.json says of the non-physical IFC elements the render left out: per
     object, its IFC class and the share of the view it would have covered had it been
@@ -793,6 +808,7 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         "object_index": {obj.name: i for i, obj in enumerate(objects, start=1)},
         "unclassified": sorted(n for n, entries in sources.items() if any(e["rule"] == "fallback" for e in entries)),
         "left_out": left_out_figures(scene, depsgraph, camera, left_out, size, np.where(hit, z, np.inf)),
+        "ifc": ifc_provenance(scene, objects),
         "files": {k: os.path.basename(v) for k, v in files.items()} | {"exr": EXR_NAME},
         "blender": bpy.app.version_string,
     }
