@@ -536,6 +536,9 @@ def main(argv=None) -> int:
     for label, build, cams, blend in scenes:
         if args.scenes and label not in args.scenes.split(","):
             continue
+        if label == "FZK-Bonsai" and not (data / HOUSE_IFC).is_file():
+            print(f"realscenes: no {HOUSE_IFC} in {data}: FZK-Bonsai left out", file=sys.stderr)
+            continue
         TRUTH.clear()
         scene = build()
         bpy.ops.wm.save_as_mainfile(filepath=str(out / blend))
