@@ -188,13 +188,20 @@ def world_matrix(obj):
 
 # ---------------------------------------------------------------- what left-out objects would cover
 
-def would_cover(objects, origins, dirs, forward, z_drawn, orthographic=False):
+def would_cover(objects, origins, dirs, forward, z_drawn):
     """Per object, the share of the rays (pixel centres) on which it would be the nearest
     thing had it been drawn: its faces (from its own mesh data, whatever the viewport
-    shows) hit nearer than ``z_drawn`` (the depth the render drew; inf = background)."""
+    shows) hit nearer than ``z_drawn`` (the depth the render drew along ``forward``;
+    inf = background). Rays that miss the object's box, or meet it behind what was
+    drawn, are not cast: a model's hundreds of openings inside walls cost little."""
     from mathutils import Vector
     from mathutils.bvhtree import BVHTree
 
+    origins = np.broadcast_to(np.asarray(origins, dtype=np.float64), np.shape(dirs))
+    dirs = np.asarray(dirs, dtype=np.float64)
+    z_drawn = np.asarray(z_drawn, dtype=np.float64)
+    along = dirs @ np.asarray(forward, dtype=np.float64)  # z per unit of ray length
+    safe = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
     out = {}
     for obj in objects:
         if obj.type != "MESH" or not len(obj.data.polygons):
@@ -204,12 +211,17 @@ def would_cover(objects, origins, dirs, forward, z_drawn, orthographic=False):
         co = np.empty(len(obj.data.vertices) * 3)
         obj.data.vertices.foreach_get("co", co)
         world = co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3]
-        tree = BVHTree.FromPolygons(world.tolist(), [tuple(p.vertices) for p in obj.data.polygons])
+        t1, t2 = (world.min(axis=0) - origins) / safe, (world.max(axis=0) - origins) / safe
+        t_in = np.maximum(np.minimum(t1, t2).max(axis=1), 0.0)
+        t_out = np.maximum(t1, t2).min(axis=1)
+        rays = np.nonzero((t_out >= t_in) & (t_in * along < z_drawn))[0]
         count = 0
-        for o, d, z in zip(origins, dirs, z_drawn):
-            loc, _n, _i, _dist = tree.ray_cast(Vector(o), Vector(d))
-            if loc is not None and float(np.dot(np.array(loc) - o, forward)) < z:
-                count += 1
+        if len(rays):
+            tree = BVHTree.FromPolygons(world.tolist(), [tuple(p.vertices) for p in obj.data.polygons])
+            for i in rays:
+                loc = tree.ray_cast(Vector(origins[i]), Vector(dirs[i]))[0]
+                if loc is not None and float(np.dot(np.array(loc) - origins[i], forward)) < z_drawn[i]:
+                    count += 1
         out[obj.name] = count / max(1, len(z_drawn))
     return out
 
