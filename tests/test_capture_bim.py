@@ -247,8 +247,8 @@ def test_walls_split_per_storey_in_one_plane_draw_no_seam(tmp_path):
     lines = load(result.files["lines"]) > 0
     size = (96, 96)
     (c_seam, r_seam), = np.rint(project(bpy.context.scene, cam, [(-0.8, -0.15, 0.0)], size)).astype(int)
-    (c_left, _), (c_mid, _) = np.rint(project(bpy.context.scene, cam, [(-1.8, -0.15, 0), (0.1, -0.15, 0)],
-                                               size)).astype(int)
+    ends = [(-1.8, -0.15, 0), (0.1, -0.15, 0)]
+    (c_left, _), (c_mid, _) = np.rint(project(bpy.context.scene, cam, ends, size)).astype(int)
     seam_band = lines[r_seam - 1:r_seam + 2, c_left + 2:c_mid - 2]
     assert seam_band.shape[1] > 10 and not seam_band.any()  # the storey seam: no line
     (c_mat, r_mat), = np.rint(project(bpy.context.scene, cam, [(0.4, -0.15, -1.0)], size)).astype(int)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...core import classes as core_classes
 
+
 # ---------------------------------------------------------------- render visibility
 
 def render_collections(view_layer):

@@ -774,8 +774,8 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
     n_hit = max(1, int(hit.sum()))
     shares = np.bincount(labels[hit], minlength=len(class_names)) / n_hit
     sources = {}
-    in_view = dict(zip(*(a.tolist() for a in np.unique(obj_id[hit].astype(np.int64) * 65536 + mat_id[hit],
-                                                          return_counts=True))))
+    keys, counts = np.unique(obj_id[hit].astype(np.int64) * 65536 + mat_id[hit], return_counts=True)
+    in_view = dict(zip(keys.tolist(), counts.tolist()))
     for (oi, mi), res in pairs.items():
         obj = objects[oi - 1]
         entry = {"material": materials[mi - 1].name if mi else None, **res.as_dict(table)}
