@@ -1,8 +1,10 @@
 """Semantic classes for the seg control image: the ADE20K palette and how an object's
-class is found: custom property, then the IFC class of a Bonsai-style name, then keywords
+class is found: custom property, then the assembly it is a generic part of (an IfcMember
+of an IfcStair is stairs), then the IFC class of a Bonsai-style name, then keywords
 (English, German, French, Spanish, Italian, Dutch) over names, then a fallback. A class
-may be a facing rule (floor where a surface faces up, ceiling where it faces down),
-decided per pixel from the normal pass.
+may be a facing rule (floor where a surface faces up and lies near horizontal, ceiling
+where it faces down), decided per pixel from the normal pass. IFC elements that are no
+geometry (IfcSpace, IfcOpeningElement, ...) get no class: they are never drawn.
 
 The rules live in one editable file, ``class_table.toml`` beside this module.
 """
@@ -95,8 +97,13 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl")
 SPATIAL_IFC_CLASSES = ("IfcProject", "IfcSite", "IfcBuilding", "IfcBuildingStorey", "IfcSpace", "IfcZone",
                        "IfcSpatialZone", "IfcExternalSpatialElement", "IfcFacility", "IfcFacilityPart")
 
+#: IFC entities that are no geometry: a control image never draws them, whatever their
+#: flags in Blender (CONVENTIONS.md, "IFC and Bonsai").
+NON_PHYSICAL_IFC_CLASSES = ("IfcSpace", "IfcOpeningElement", "IfcOpeningStandardCase", "IfcVirtualElement",
+                            "IfcAnnotation", "IfcGrid", "IfcGridAxis")
+
 #: Rules that can give a class, in the words passes.json uses.
-RULES = ("property", "ifc", "keyword", "facing", "fallback")
+RULES = ("property", "aggregate", "ifc", "keyword", "facing", "fallback")
 
 _IFC_NAME = re.compile(r"^(Ifc[A-Za-z]+)/(.*)$", re.S)
 _SUFFIXES = ("", "s", "es", "en", "e", "n", "i")
@@ -108,17 +115,27 @@ class ClassError(ValueError):
 
 @dataclass(frozen=True)
 class Facing:
-    """A class decided per pixel: ``up`` where the visible surface faces up, ``down``
-    where it faces down, ``side`` in between (|world normal z| < ``min_cos``)."""
+    """A class decided per pixel: ``up`` where the visible surface faces up and lies
+    near horizontal (world normal z >= ``flat_cos``), ``sloped`` where it faces up but is
+    inclined (``min_cos`` <= z < ``flat_cos``: a pitched roof), ``down`` where it faces
+    down (z <= -``min_cos``), ``side`` in between (|z| < ``min_cos``)."""
 
     name: str
     up: str
     down: str
     side: str
     min_cos: float = 0.5
+    sloped: str = ""  # empty: the same as up
+    flat_cos: float = 0.0  # 0: every up-facing surface is up
+    inclined: str = ""  # a class or facing rule for a whole object whose upward faces are mostly sloped
 
     def as_dict(self):
-        return {"up": self.up, "down": self.down, "side": self.side, "min_cos": self.min_cos}
+        out = {"up": self.up, "down": self.down, "side": self.side, "min_cos": self.min_cos}
+        if self.sloped and self.flat_cos:
+            out.update(sloped=self.sloped, flat_cos=self.flat_cos)
+        if self.inclined:
+            out["inclined"] = self.inclined
+        return out
 
 
 def check_class(name, what="class"):
@@ -182,6 +199,11 @@ def is_spatial_container(name):
     return ifc_class in SPATIAL_IFC_CLASSES
 
 
+def is_non_physical(ifc_class):
+    """Whether an IFC class is never geometry in a control image (IfcSpace, ...)."""
+    return ifc_class in NON_PHYSICAL_IFC_CLASSES
+
+
 class KeywordTable:
     """The class table: facing rules, IFC classes and ordered keywords.
 
@@ -189,17 +211,27 @@ class KeywordTable:
     entries and facing rules replace built-in entries of the same name.
     """
 
-    def __init__(self, entries=None, ifc=None, facing=None, builtin=True):
+    def __init__(self, entries=None, ifc=None, facing=None, builtin=True, aggregate=None):
         """``entries``: (keyword, class) pairs tried before the built-in keywords;
-        ``ifc`` and ``facing``: entries that replace built-in ones of the same name.
+        ``ifc`` and ``facing``: entries that replace built-in ones of the same name;
+        ``aggregate``: {"parts": [...], "parents": {IfcClass: class}}, its parts list
+        replacing the built-in one and its parents added.
         ``builtin=False`` leaves the built-in table out."""
         base = _builtin_data() if builtin else {}
         self.facing = {}
         for name, spec in {**base.get("facing", {}), **(facing or {})}.items():
             self.facing[str(name).strip().lower()] = self._facing(name, spec)
+        for f in self.facing.values():
+            if f.inclined:
+                self.check(f.inclined, what=f"'inclined' class of facing rule {f.name!r}")
         self.ifc = {}
         for key, spec in {**base.get("ifc", {}), **(ifc or {})}.items():
             self.ifc[str(key)] = self._ifc(key, spec)
+        agg = {**base.get("aggregate", {}), **(aggregate or {})}
+        self.aggregate_parts = self._parts(agg.get("parts", []))
+        parents = {**base.get("aggregate", {}).get("parents", {}), **(aggregate or {}).get("parents", {})}
+        self.aggregate_parents = {str(k): self.check(v, what=f"class for aggregate parent {k!r}")
+                                  for k, v in parents.items()}
         pairs = list(entries or [])
         for block in base.get("keyword", []):
             pairs.extend(_keyword_block(block))
@@ -217,7 +249,25 @@ class KeywordTable:
             raise ClassError(f"facing rule {name!r}: min_cos must be a number in (0, 1], got {min_cos!r}")
         if str(name).strip().lower() in ADE20K:
             raise ClassError(f"facing rule {name!r} has the name of an ADE20K class; pick another name")
-        return Facing(str(name).strip().lower(), up, down, side, float(min_cos))
+        sloped, flat_cos = "", 0.0
+        if "sloped" in spec or "flat_cos" in spec:
+            if not {"sloped", "flat_cos"} <= set(spec):
+                raise ClassError(f"facing rule {name!r}: 'sloped' and 'flat_cos' go together")
+            sloped = check_class(spec["sloped"], what=f"'sloped' class of facing rule {name!r}")
+            flat_cos = spec["flat_cos"]
+            if isinstance(flat_cos, bool) or not isinstance(flat_cos, (int, float)) or not min_cos < flat_cos <= 1.0:
+                raise ClassError(f"facing rule {name!r}: flat_cos must be a number above min_cos ({min_cos}) "
+                                 f"and at most 1, got {flat_cos!r}")
+        inclined = str(spec.get("inclined", "")).strip().lower()
+        if inclined and not flat_cos:
+            raise ClassError(f"facing rule {name!r}: 'inclined' needs 'sloped' and 'flat_cos'")
+        return Facing(str(name).strip().lower(), up, down, side, float(min_cos), sloped, float(flat_cos), inclined)
+
+    @staticmethod
+    def _parts(parts):
+        if not isinstance(parts, list) or not all(isinstance(p, str) and p.startswith("Ifc") for p in parts):
+            raise ClassError(f"aggregate parts must be a list of IFC class names such as 'IfcMember', got {parts!r}")
+        return tuple(parts)
 
     def _ifc(self, key, spec):
         if isinstance(spec, str):
@@ -250,8 +300,22 @@ class KeywordTable:
         """The ADE20K classes a class or facing rule can give."""
         if cls in self.facing:
             f = self.facing[cls]
-            return [f.up, f.down, f.side]
+            return [f.up, f.down, f.side] + ([f.sloped] if f.sloped and f.flat_cos else [])
         return [cls]
+
+    def aggregate_class(self, ifc_class, parents):
+        """(class, parent name) when ``ifc_class`` is a generic part (IfcMember, IfcPlate,
+        ...) and an aggregate above it decides (IfcStair, IfcRailing, ...), else None.
+        ``parents``: (IFC class, name) of the aggregates above, nearest first; a generic
+        parent in between (an IfcElementAssembly) is looked through."""
+        if ifc_class not in self.aggregate_parts:
+            return None
+        for parent_class, parent_name in parents:
+            if parent_class in self.aggregate_parents:
+                return self.aggregate_parents[parent_class], parent_name
+            if parent_class not in self.aggregate_parts:
+                return None
+        return None
 
     def lookup(self, name):
         name_words = words(name)
@@ -299,24 +363,27 @@ class KeywordTable:
                 raise ClassError(f"class table {path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ClassError(f"class table {path} must be an object of keyword -> class, or keyword/ifc/facing tables")
-        structured = set(data) & {"keyword", "ifc", "facing"}
+        structured = set(data) & {"keyword", "ifc", "facing", "aggregate"}
         if not structured:
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
                 raise ClassError(f"class table {path} must be a JSON object of keyword -> class name strings")
             return cls.with_user_entries(data.items())
-        unknown = set(data) - {"keyword", "ifc", "facing"}
+        unknown = set(data) - {"keyword", "ifc", "facing", "aggregate"}
         if unknown:
-            raise ClassError(f"class table {path}: unknown section {sorted(unknown)[0]!r} (known: keyword, ifc, facing)")
+            raise ClassError(f"class table {path}: unknown section {sorted(unknown)[0]!r} "
+                             "(known: keyword, ifc, facing, aggregate)")
         pairs = []
         blocks = data.get("keyword", [])
         if not isinstance(blocks, list):
             raise ClassError(f"class table {path}: 'keyword' must be a list of {{class = ..., en = [...]}} blocks")
         for block in blocks:
             pairs.extend(_keyword_block(block))
-        for section in ("ifc", "facing"):
+        for section in ("ifc", "facing", "aggregate"):
             if not isinstance(data.get(section, {}), dict):
                 raise ClassError(f"class table {path}: '{section}' must be a table")
-        return cls.with_user_entries(pairs, ifc=data.get("ifc"), facing=data.get("facing"))
+        if not isinstance(data.get("aggregate", {}).get("parents", {}), dict):
+            raise ClassError(f"class table {path}: 'aggregate.parents' must be a table of IfcClass = class")
+        return cls(entries=pairs, ifc=data.get("ifc"), facing=data.get("facing"), aggregate=data.get("aggregate"))
 
 
 def _keyword_block(block):
@@ -357,30 +424,41 @@ class Resolution:
     cls: str
     rule: str
     source: str
+    parent: str = ""  # the aggregate that decided (rule "aggregate")
 
     def as_dict(self, table):
         out = {"class": self.cls, "rule": "facing" if table.is_facing(self.cls) else self.rule,
                "from": self.source}
+        if self.parent:
+            out["parent"] = self.parent
         if table.is_facing(self.cls):
             out["decided_by"] = self.rule
             out["facing"] = table.facing[self.cls].as_dict()
         return out
 
 
-def classify(props, names, table, fallback=DEFAULT_FALLBACK_CLASS, predefined=""):
+def classify(props, names, table, fallback=DEFAULT_FALLBACK_CLASS, predefined="", ifc_class=None, parents=()):
     """One object's (and one of its materials') class.
 
     ``props``: ``archviz_class`` custom property values of the object, its material and
     its collection (None where unset). ``names``: the object's, material's and
-    collection's names. ``predefined``: the IFC PredefinedType if known.
-    Order: property, IFC class of a Bonsai-style object name, keywords of the object's
-    own name, material name, collection name (skipped for spatial containers), fallback.
+    collection's names. ``predefined``: the IFC PredefinedType if known; ``ifc_class``:
+    the IFC class when known otherwise than from the name (Bonsai's IFC data);
+    ``parents``: (IFC class, name) of the aggregates the object is a part of, nearest
+    first. Order: property, the aggregate a generic part belongs to, IFC class of a
+    Bonsai-style object name, keywords of the object's own name, material name,
+    collection name (skipped for spatial containers), fallback.
     """
     for source, value in zip(("object property", "material property", "collection property"), props):
         if value not in (None, ""):
             return Resolution(table.check(value, what=f"archviz_class on the {source.split()[0]}"), "property", source)
     obj_name, mat_name, coll_name = (list(names) + ["", "", ""])[:3]
-    ifc_class, own_name = parse_ifc_name(obj_name)
+    named_class, own_name = parse_ifc_name(obj_name)
+    ifc_class = ifc_class or named_class
+    hit = table.aggregate_class(ifc_class, parents)
+    if hit is not None:
+        parent_class = next(pc for pc, pn in parents if pn == hit[1])
+        return Resolution(hit[0], "aggregate", f"{ifc_class} in {parent_class}", parent=hit[1])
     if coll_name and is_spatial_container(coll_name):
         coll_name = ""
     ifc = table.ifc_lookup(ifc_class, predefined)
@@ -406,11 +484,36 @@ def resolve_class(props, names, table, fallback=DEFAULT_FALLBACK_CLASS):
     return res.cls, res.source
 
 
+def inclined_object(facing, normals_z, areas):
+    """Whether an object under a facing rule with an ``inclined`` class is inclined as a
+    whole: more of its upward area (world normal z >= min_cos) is sloped (z < flat_cos)
+    than near horizontal. ``normals_z``, ``areas``: per face, in world space."""
+    if not facing.inclined:
+        return False
+    nz, area = np.asarray(normals_z, dtype=np.float64), np.asarray(areas, dtype=np.float64)
+    up = nz >= facing.min_cos
+    sloped = float(area[up & (nz < facing.flat_cos)].sum())
+    return sloped > float(area[up].sum()) - sloped
+
+
+def facing_band(world_nz, facing):
+    """Per-pixel band of a facing rule for the normals' z (turned toward the camera):
+    0 up (z >= flat_cos, or >= min_cos where the rule has no sloped class), 1 down
+    (z <= -min_cos), 2 side, 3 sloped (min_cos <= z < flat_cos)."""
+    nz = np.asarray(world_nz, dtype=np.float64)
+    band = np.where(nz >= facing.min_cos, 0, np.where(nz <= -facing.min_cos, 1, 2))
+    if facing.sloped and facing.flat_cos:
+        band = np.where((band == 0) & (nz < facing.flat_cos), 3, band)
+    return band
+
+
 def facing_labels(world_nz, facing):
     """Per-pixel ADE20K class names for the normals' z (turned toward the camera) under
-    one facing rule: ``up`` at z >= min_cos, ``down`` at z <= -min_cos, else ``side``."""
-    nz = np.asarray(world_nz, dtype=np.float64)
-    return np.where(nz >= facing.min_cos, facing.up, np.where(nz <= -facing.min_cos, facing.down, facing.side))
+    one facing rule: ``up`` where the surface faces up (and lies near horizontal, where
+    the rule has a ``sloped`` class for inclined ones), ``down`` at z <= -min_cos, else
+    ``side``."""
+    names = np.array([facing.up, facing.down, facing.side, facing.sloped or facing.up])
+    return names[facing_band(world_nz, facing)]
 
 
 def palette_lut(class_names):

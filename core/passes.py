@@ -230,7 +230,7 @@ def _shifted(axis, start, stop, ndim):
     return tuple(index)
 
 
-def _pair_edges(w, z, n, ids, hit, axis, crease_cos, depth_tolerance):
+def _pair_edges(w, z, n, ids, hit, axis, crease_cos, depth_tolerance, seam_ids=(), seam_tolerance=0.002):
     """Edges between each pixel and its next neighbour along ``axis``.
 
     Returns a bool mask over the pairs and which side of each pair is nearer the camera.
@@ -265,15 +265,25 @@ def _pair_edges(w, z, n, ids, hit, axis, crease_cos, depth_tolerance):
     slope = np.minimum(before, after)
     slope[np.isinf(slope)] = 0.0
     edge |= both & (step > 2.0 * slope + depth_tolerance * np.maximum(wa, wb))
+    # Seams: where two objects meet, a line only where one stands in front of the other
+    # (a step in depth finer than depth_tolerance); a bend is a line where it is a crease,
+    # as inside one object, so how a surface was split into objects never shows.
+    for id_pass in seam_ids:
+        apart = step > 2.0 * slope + seam_tolerance * np.maximum(wa, wb)
+        edge |= both & (sl(id_pass, None, -1) != sl(id_pass, 1, None)) & apart
 
     a_nearer = np.where(both, sl(z, None, -1) <= sl(z, 1, None), ha)
     return edge, a_nearer
 
 
-def line_mask(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0, depth_tolerance=0.02):
+def line_mask(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0, depth_tolerance=0.02,
+              seam_ids=(), seam_tolerance=0.002):
     """bool (h, w): 1-px lines at silhouettes, depth jumps, creases sharper than
-    ``crease_angle`` degrees and boundaries between ``ids`` (object and material id
-    passes). Each line is drawn on the nearer side of the edge, so it follows the outline
+    ``crease_angle`` degrees and boundaries between ``ids`` (class and material id
+    passes). Boundaries between ``seam_ids`` (object ids) are lines only where one side
+    stands in front of the other (a depth step over ``seam_tolerance`` of the depth) or
+    at a crease: two walls of one class meeting in one plane draw nothing.
+    Each line is drawn on the nearer side of the edge, so it follows the outline
     of the object in front; flat faces stay empty."""
     if not 0.0 < crease_angle < 180.0:
         raise PassError(f"crease angle must be between 0 and 180 degrees, got {crease_angle!r}")
@@ -285,8 +295,9 @@ def line_mask(z, camera_normals, ids=(), orthographic=False, crease_angle=30.0, 
     ids = [np.asarray(i) for i in ids]
     crease_cos = math.cos(math.radians(crease_angle))
     lines = np.zeros(z.shape, dtype=bool)
+    seam_ids = [np.asarray(i) for i in seam_ids]
     for axis in (0, 1):
-        edge, a_nearer = _pair_edges(w, z, n, ids, hit, axis, crease_cos, depth_tolerance)
+        edge, a_nearer = _pair_edges(w, z, n, ids, hit, axis, crease_cos, depth_tolerance, seam_ids, seam_tolerance)
         mark_a = edge & a_nearer
         mark_b = edge & ~a_nearer
         if axis == 0:

@@ -240,7 +240,7 @@ def test_spatial_containers_never_decide():
 def test_facing_rules_in_the_table_and_from_the_user(tmp_path):
     table = C.KeywordTable()
     slab = table.facing["slab"]
-    nz = np.array([0.9, -0.9, 0.1])
+    nz = np.array([1.0, -0.9, 0.1])
     assert C.facing_labels(nz, slab).tolist() == ["floor", "ceiling", "wall"]
     assert C.facing_labels(nz, table.facing["roof"]).tolist() == ["building", "ceiling", "building"]
     path = tmp_path / "mine.toml"
@@ -268,7 +268,7 @@ def test_builtin_table_is_one_readable_file():
 
     with open(C.TABLE_PATH, "rb") as fh:
         data = tomllib.load(fh)
-    assert set(data) == {"facing", "ifc", "keyword"}
+    assert set(data) == {"facing", "ifc", "keyword", "aggregate"}
     langs = {lang for block in data["keyword"] for lang in block if lang != "class"}
     assert langs == set(C.LANGUAGES)
     for cls in ("wall", "floor", "ceiling", "windowpane", "door", "stairs", "railing", "roof", "column", "earth",

@@ -20,6 +20,7 @@ from ...core import passes as core_passes
 from ...core.exr import read_exr
 from ...core.png import atomic_write, write_png
 from .. import compat
+from . import ifc as capture_ifc
 
 PASS_NAMES = ("depth", "lines", "normal", "seg")
 EXR_NAME = "passes.exr"
@@ -134,12 +135,13 @@ def _has_faces(obj, depsgraph):
         return True
 
 
-def renderable_objects(scene, view_layer, with_faceless=False):
-    """Objects that render: visible ones of the scene, plus the objects that collection
-    instances (linked furniture, say) bring in. Meshes without faces are left out."""
+def _render_candidates(scene, view_layer):
+    """Objects a Cycles render of ``view_layer`` draws (:mod:`.ifc`: hide_render, camera
+    visibility, collection exclusion, not the viewport's flags), plus the objects that
+    collection instances (linked furniture, say) bring in."""
     depsgraph = _depsgraph(scene, view_layer)
-    found = [o for o in scene.objects
-             if o.type in RENDERABLE_TYPES and not o.hide_render and o.visible_get(view_layer=view_layer)]
+    collections = capture_ifc.render_collections(view_layer)
+    found = [o for o in scene.objects if o.type in RENDERABLE_TYPES and capture_ifc.render_visible(o, collections)]
     seen = set(found)
     for inst in depsgraph.object_instances:
         if inst.is_instance:
@@ -147,7 +149,27 @@ def renderable_objects(scene, view_layer, with_faceless=False):
             if obj.type in RENDERABLE_TYPES and obj not in seen and not obj.hide_render:
                 seen.add(obj)
                 found.append(obj)
+    return found, depsgraph
+
+
+def renderable_objects(scene, view_layer, with_faceless=False):
+    """Objects that render: what Cycles draws of the scene, plus the objects that
+    collection instances bring in, less IFC elements that are no geometry (IfcSpace,
+    IfcOpeningElement, ...: :func:`non_physical_objects`). Meshes without faces are left
+    out."""
+    found, depsgraph = _render_candidates(scene, view_layer)
+    reader = capture_ifc.IfcReader(scene)
+    found = [o for o in found if not reader.facts(o).non_physical()]
     return found if with_faceless else [o for o in found if _has_faces(o, depsgraph)]
+
+
+def non_physical_objects(scene, view_layer):
+    """IFC elements that Cycles would draw but that are no geometry (IfcSpace,
+    IfcOpeningElement, IfcVirtualElement, IfcAnnotation, IfcGrid): the capture hides
+    them from its render, whatever their flags."""
+    found, _ = _render_candidates(scene, view_layer)
+    reader = capture_ifc.IfcReader(scene)
+    return [o for o in found if reader.facts(o).non_physical()]
 
 
 def _bounds_corners(objects, depsgraph):
@@ -328,15 +350,6 @@ def _collection_of(obj, scene):
     return obj.users_collection[0] if obj.users_collection else scene.collection
 
 
-def _predefined_type(obj):
-    """The IFC PredefinedType of an object, when a custom property carries it."""
-    for key in ("PredefinedType", "ifc_predefined", "predefined_type"):
-        value = obj.get(key)
-        if value not in (None, ""):
-            return str(value)
-    return ""
-
-
 def class_table(options):
     return (core_classes.KeywordTable.from_file(options.class_table) if options.class_table
             else core_classes.KeywordTable())
@@ -357,16 +370,35 @@ def class_legend(scene, objects, options, table=None):
             if slot.material is not None and slot.material not in materials:
                 materials.append(slot.material)
     pairs = {}  # (object index, material index) -> Resolution
+    reader = capture_ifc.IfcReader(scene)
+    depsgraph, inclined = _depsgraph(scene, scene.view_layers[0]), {}
     for oi, obj in enumerate(objects, start=1):
         coll = _collection_of(obj, scene)
+        facts = reader.facts(obj)
         obj_mats = [s.material for s in obj.material_slots if s.material is not None] or [None]
         for mat in obj_mats:
             mi = materials.index(mat) + 1 if mat is not None else 0
-            pairs[(oi, mi)] = core_classes.classify(
+            res = core_classes.classify(
                 (_custom_class(obj), _custom_class(mat), _custom_class(coll)),
                 (obj.name, mat.name if mat else "", coll.name if coll is not scene.collection else ""),
-                table, fallback=options.fallback_class, predefined=_predefined_type(obj))
+                table, fallback=options.fallback_class, predefined=facts.predefined,
+                ifc_class=facts.ifc_class or None, parents=facts.parents)
+            pairs[(oi, mi)] = _inclined(res, obj, table, depsgraph, inclined)
     return materials, pairs, table
+
+
+def _inclined(res, obj, table, depsgraph, cache):
+    """A facing rule with an ``inclined`` class (a slab) gives way to that class where the
+    object's upward faces are mostly sloped: a pitched roof of slabs is a roof, edges and all."""
+    facing = table.facing.get(res.cls)
+    if res.rule == "property" or facing is None or not facing.inclined:
+        return res
+    if obj not in cache:
+        faces = capture_ifc.face_normals_z(obj, depsgraph)
+        cache[obj] = faces is not None and core_classes.inclined_object(facing, *faces)
+    if not cache[obj]:
+        return res
+    return core_classes.Resolution(facing.inclined, res.rule, f"{res.source}, inclined", res.parent)
 
 
 # ---------------------------------------------------------------- render
@@ -503,10 +535,14 @@ def render_controls(scene, out_dir, options=None):
             depth_range = None  # fitted to the rendered view
         timings["depth_range"] = time.perf_counter() - t0
         materials, pairs, table = class_legend(scene, objects, options)
+        # IfcSpace & co. are hidden from this render only: the user's flags come back after.
+        left_out = non_physical_objects(scene, view_layer)
         factor = options.supersample
         exr_path = os.path.join(os.path.abspath(out_dir), EXR_NAME)
         t0 = time.perf_counter()
         with _overrides() as ov:
+            for obj in left_out:
+                ov.set(obj, "hide_render", True)
             for i, obj in enumerate(objects, start=1):
                 ov.set(obj, "pass_index", i)
             for j, mat in enumerate(materials, start=1):
@@ -521,11 +557,14 @@ def render_controls(scene, out_dir, options=None):
         t0 = time.perf_counter()
         channels = read_exr(exr_path)
         result = _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, frame,
-                                 camera, scene, objects, materials, pairs, table)
+                                 camera, scene, objects, materials, pairs, table, left_out=left_out)
         timings["images"] = time.perf_counter() - t0
         if options.beauty:
             result.files["beauty"] = os.path.join(out_dir, "beauty.png")
-            result.info["beauty"] = render_beauty(scene, view_layer, camera, size, result.files["beauty"], options)
+            with _overrides() as ov:
+                for obj in left_out:
+                    ov.set(obj, "hide_render", True)
+                result.info["beauty"] = render_beauty(scene, view_layer, camera, size, result.files["beauty"], options)
             result.info["files"]["beauty"] = "beauty.png"
     finally:
         if options.frame is not None:
@@ -536,6 +575,43 @@ def render_controls(scene, out_dir, options=None):
     atomic_write(os.path.join(out_dir, "passes.json"), json.dumps(result.info, indent=2).encode())
     result.files["json"] = os.path.join(out_dir, "passes.json")
     return result
+
+
+#: At most this many pixel-centre rays measure what a left-out object would have covered.
+LEFT_OUT_RAYS = 4096
+
+
+def ifc_provenance(scene, objects):
+    """What passes.json says of the IFC data of each IFC object: its class, PredefinedType,
+    storey, the aggregates above it (nearest first) and where that came from ("bonsai":
+    Bonsai's live IFC data; "name": Bonsai-style names and custom properties)."""
+    reader = capture_ifc.IfcReader(scene)
+    out = {}
+    for obj in objects:
+        facts = reader.facts(obj)
+        if facts.ifc_class:
+            out[obj.name] = {"class": facts.ifc_class, "predefined": facts.predefined or None,
+                             "storey": facts.storey or None, "parents": [list(p) for p in facts.parents],
+                             "source": facts.source}
+    return out
+
+
+def left_out_figures(scene, depsgraph, camera, left_out, size, z):
+    """What passes.json says of the non-physical IFC elements the render left out: per
+    object, its IFC class and the share of the view it would have covered had it been
+    drawn (pixel-centre rays on a grid of at most LEFT_OUT_RAYS, against ``z``, the
+    depth drawn, inf where the background shows)."""
+    if not left_out:
+        return {}
+    reader = capture_ifc.IfcReader(scene)
+    origins, dirs, forward = _camera_rays_world(scene, camera, depsgraph, size)
+    step = max(1, int(np.ceil(np.sqrt(size[0] * size[1] / LEFT_OUT_RAYS))))
+    grid = np.zeros((size[1], size[0]), dtype=bool)
+    grid[step // 2::step, step // 2::step] = True
+    sel = grid.ravel()
+    shares = capture_ifc.would_cover(left_out, origins[sel], dirs[sel], forward, np.asarray(z).ravel()[sel])
+    return {obj.name: {"ifc_class": reader.facts(obj).ifc_class, "reason": "non-physical IFC element",
+                       "pixels": round(shares[obj.name], 5)} for obj in left_out}
 
 
 def render_beauty(scene, view_layer, camera, size, path, options):
@@ -572,25 +648,36 @@ def _labels(obj_id, mat_id, hit, facing_nz, pairs, table, fallback):
     class_names = sorted(names)
     index = {n: i for i, n in enumerate(class_names)}
     labels = np.zeros(obj_id.shape, dtype=np.int64)
-    fell_back = hit.copy()
+    fell_back = np.zeros(obj_id.shape, dtype=bool)
     # Pixels of pairs nothing names (objects rendered with another material index) fall back.
-    todo = [((None, None), core_classes.Resolution(fallback, "fallback", "fallback"), hit)]
-    todo += [(key, res, hit & (obj_id == key[0]) & (mat_id == key[1])) for key, res in pairs.items()]
-    for _key, res, sel in todo:
-        if not sel.any():
-            continue
-        fell_back[sel] = res.rule == "fallback"
+    fallback_res = core_classes.Resolution(fallback, "fallback", "fallback")
+    # One pass over the pixels grouped by (object, material): the cost does not grow with
+    # the number of objects in the scene, only with those in view.
+    keys = obj_id[hit].astype(np.int64) * 65536 + mat_id[hit]
+    nz = np.asarray(facing_nz)[hit]
+    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    out_labels = np.zeros(keys.shape, dtype=np.int64)
+    out_fell = np.zeros(keys.shape, dtype=bool)
+    start = 0
+    for key, count in zip(uniq.tolist(), counts.tolist()):
+        sel = order[start:start + count]
+        start += count
+        res = pairs.get((key // 65536, key % 65536), fallback_res)
+        out_fell[sel] = res.rule == "fallback"
         if table.is_facing(res.cls):
             f = table.facing[res.cls]
-            nz = facing_nz[sel]
-            labels[sel] = np.where(nz >= f.min_cos, index[f.up], np.where(nz <= -f.min_cos, index[f.down], index[f.side]))
+            bands = np.array([index[f.up], index[f.down], index[f.side], index[f.sloped or f.up]])
+            out_labels[sel] = bands[core_classes.facing_band(nz[sel], f)]
         else:
-            labels[sel] = index[res.cls]
+            out_labels[sel] = index[res.cls]
+    labels[hit] = out_labels
+    fell_back[hit] = out_fell
     return labels, class_names, fell_back & hit
 
 
 def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, frame, camera, scene,
-                    objects, materials, pairs, table):
+                    objects, materials, pairs, table, left_out=()):
     factor = options.supersample
     z_fine = _find_channel(channels, "Depth.Z")
     world_fine = np.stack([_find_channel(channels, f"Normal.{c}") for c in "XYZ"], axis=-1)
@@ -607,8 +694,9 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
     cam_n = core_passes.camera_space_normals(world_n, rot)
     orthographic = camera.data.type == "ORTHO"
     rays = core_passes.pixel_rays(size, frame, orthographic=orthographic)
-    inside = _camera_inside_object(camera, objects, obj_id, hit, _depsgraph(scene, scene.view_layers[0])
-                                   if bpy.context.scene != scene else bpy.context.evaluated_depsgraph_get(), scene)
+    depsgraph = (_depsgraph(scene, scene.view_layers[0]) if bpy.context.scene != scene
+                 else bpy.context.evaluated_depsgraph_get())
+    inside = _camera_inside_object(camera, objects, obj_id, hit, depsgraph, scene)
     if inside is not None:
         raise CaptureError(f"camera {camera.name!r} is inside object {inside.name!r} and sees nothing but its inside "
                            "faces: move the camera out of it or hide it from renders (a room shell needs its "
@@ -640,8 +728,15 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         # and mlsd masks are the blocks any fine line crosses.
         # Creases compare neighbouring normals only, which any rotation keeps: the world
         # normals serve as they are.
-        mask_fine = core_passes.line_mask(z_fine, world_fine, ids=(obj_fine, mat_fine), orthographic=orthographic,
-                                          crease_angle=options.crease_angle)
+        # Class and material changes are lines; where two objects of one class and material
+        # meet, only an edge of the geometry is (modelling seams are not).
+        rays_fine = core_passes.pixel_rays((size[0] * factor, size[1] * factor), frame, orthographic=orthographic)
+        hit_fine = core_passes.geometry_mask(z_fine)
+        labels_fine, _names, _fb = _labels(obj_fine, mat_fine, hit_fine,
+                                           core_passes.toward_viewer(world_fine, rot, rays_fine)[..., 2],
+                                           pairs, table, options.fallback_class)
+        mask_fine = core_passes.line_mask(z_fine, world_fine, ids=(labels_fine, mat_fine), seam_ids=(obj_fine,),
+                                          orthographic=orthographic, crease_angle=options.crease_angle)
         mask = core_passes.thin(core_passes.block_any(mask_fine, factor)) if factor > 1 else mask_fine
         line_files = {}
         for style in styles:
@@ -680,11 +775,12 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
     n_hit = max(1, int(hit.sum()))
     shares = np.bincount(labels[hit], minlength=len(class_names)) / n_hit
     sources = {}
+    keys, counts = np.unique(obj_id[hit].astype(np.int64) * 65536 + mat_id[hit], return_counts=True)
+    in_view = dict(zip(keys.tolist(), counts.tolist()))
     for (oi, mi), res in pairs.items():
         obj = objects[oi - 1]
         entry = {"material": materials[mi - 1].name if mi else None, **res.as_dict(table)}
-        sel = hit & (obj_id == oi) & (mat_id == mi)
-        entry["pixels"] = round(float(sel.sum()) / n_hit, 5)
+        entry["pixels"] = round(in_view.get(oi * 65536 + mi, 0) / n_hit, 5)
         sources.setdefault(obj.name, []).append(entry)
     data = camera.data
     info = {
@@ -712,6 +808,8 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         "objects": sources,
         "object_index": {obj.name: i for i, obj in enumerate(objects, start=1)},
         "unclassified": sorted(n for n, entries in sources.items() if any(e["rule"] == "fallback" for e in entries)),
+        "left_out": left_out_figures(scene, depsgraph, camera, left_out, size, np.where(hit, z, np.inf)),
+        "ifc": ifc_provenance(scene, objects),
         "files": {k: os.path.basename(v) for k, v in files.items()} | {"exr": EXR_NAME},
         "blender": compat.VERSION_STRING,
     }
