@@ -451,11 +451,11 @@ def seam_figures(scene, camera, result, plane_mm=2.0, normal_codes=3):
         lit = np.array(im.convert("L")) > 0
     with Image.open(result.files["normal"]) as im:
         n = np.array(im.convert("RGB")).astype(np.int64)
+    from ..blender import compat
     from ..core.exr import read_exr
 
     channels = read_exr(os.path.join(result.out_dir, result.info["files"]["exr"]))
-    fine = next(np.rint(v).astype(np.int64) for name, v in channels.items()
-                if name.endswith(("Object Index.X", "IndexOB.X")))
+    fine = np.rint(compat.pass_channel(channels, "Object Index.X")).astype(np.int64)
     k = fine.shape[0] // ids.shape[0]
     depsgraph = bpy.context.evaluated_depsgraph_get()
     origin, dirs, _forward = camera_rays(scene, camera, tuple(result.info["resolution"]))
