@@ -550,8 +550,10 @@ def explain(exc: BaseException, repo_id: str, label: str, token=None, seconds: f
         return HubError(f"{label} {repo_id} was not found on {constants.ENDPOINT}{hint}")
     if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)) and offline():
         return ModelOfflineError(f"{label} {repo_id} is not in the Hugging Face cache and downloads are off")
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, LocalEntryNotFoundError) and cause is not None:  # the hub could not be reached
+    import httpx2
+
+    cause = exc if isinstance(exc, httpx2.TransportError) else exc.__cause__ or exc.__context__
+    if cause is not None and (isinstance(exc, LocalEntryNotFoundError) or cause is exc):  # the hub could not be reached
         return HubError(f"{label} {repo_id} could not be fetched: the hub at {constants.ENDPOINT} cannot be "
                         f"reached ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}); "
                         "check the network or proxy, or work offline from the cache (HF_HUB_OFFLINE=1)")
