@@ -102,3 +102,48 @@ def test_a_custom_controlnet_config_is_checked_against_its_weights_before_buildi
         print(f"custom ControlNet configs refused: server RSS {before:.0f} MB -> +{grown:.0f} MB")
         assert grown < 100
         assert server.alive()
+
+
+def _status_mb(pid: int, key: str) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(key + ":")) / 1024
+
+
+def test_concurrent_picture_uploads_are_decoded_one_at_a_time_and_released(tmp_path):
+    """Four uploads at once of a 12-megapixel RGBA PNG (48 MB of pixels, a few hundred KB
+    on the wire): the server's peak (VmHWM) and what it keeps afterwards stay bounded."""
+    import base64
+    import io
+
+    import httpx
+    from PIL import Image
+
+    w, h = 4000, 3000
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., :3] = 90
+    rgba[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = (200, 60, 30, 255)
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG", compress_level=1)
+    del rgba
+    body = {"image": base64.b64encode(buf.getvalue()).decode("ascii"), "long_side": 512, "multiple": 8}
+    with running_server(env=base_env()) as server:
+        first = server.post("/v1/picture", body)  # warm: Pillow's code, the first answer's buffers
+        assert first.status_code == 200 and (first.json()["width"], first.json()["height"]) == (512, 384)
+        assert first.json()["source"] == {**first.json()["source"], "width": w, "height": h, "format": "PNG"}
+        rss0, hwm0 = _status_mb(server.proc.pid, "VmRSS"), _status_mb(server.proc.pid, "VmHWM")
+        answers = []
+
+        def upload():
+            answers.append(httpx.post(server.url + "/v1/picture", json=body, timeout=120).status_code)
+
+        threads = [threading.Thread(target=upload) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=150)
+        rss1, hwm1 = _status_mb(server.proc.pid, "VmRSS"), _status_mb(server.proc.pid, "VmHWM")
+        print(f"4 concurrent 12 MP RGBA uploads ({len(buf.getvalue())} bytes each): server RSS {rss0:.0f} MB -> "
+              f"{rss1:.0f} MB kept, peak {hwm0:.0f} MB -> {hwm1:.0f} MB")
+        assert answers == [200] * 4
+        assert hwm1 - rss0 < 400  # one decode at a time: ~2 x 48 MB of pixels, not 4 x 5 copies
+        assert rss1 - rss0 < 100  # released after the answers
