@@ -58,21 +58,81 @@ def _say(args, **event):
 
 
 def read_params(path):
-    """The generation parameters from an archviz PNG's metadata, or ValueError naming the file."""
+    """The generation parameters from an archviz PNG's metadata, or ValueError naming the
+    file (and the field): the pixel count is checked from the header before anything is
+    decoded, and the metadata's fields before any is used."""
     from PIL import Image, UnidentifiedImageError
+
+    from ..core import jobs as J
 
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > J.MAX_PNG_PIXELS:
+                raise ValueError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} megapixels is over the limit of "
+                                 f"{J.MAX_PNG_PIXELS / 1e6:.0f} megapixels")
             text = dict(im.text)
             pixels = im.convert("RGB")
             pixels.load()
-    except (OSError, UnidentifiedImageError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, at open: our limit's words
+        raise ValueError(f"{path}: the picture is over the limit of {J.MAX_PNG_PIXELS / 1e6:.0f} megapixels "
+                         f"({str(exc).split(',')[0]})") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     try:
         params = json.loads(text["archviz"])["params"]
     except (KeyError, ValueError, TypeError):
         raise ValueError(f"{path} has no archviz metadata (not an image made by archviz sweep)") from None
+    check_params(params, path)
     return pixels, params, text
+
+
+def check_params(params, path) -> None:
+    """ValueError naming the file and the field when the metadata's ``params`` are not what
+    archviz sweep writes (a hand-edited or hostile PNG)."""
+    import math
+
+    from ..core import jobs as J
+    from ..core.families import FAMILIES
+
+    def bad(field, why):
+        return ValueError(f"{path}: its archviz metadata's params.{field} {why} (not an image made by archviz "
+                          "sweep, or edited since)")
+
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: its archviz metadata's params is {J._short(params, 40)}, not an object (not an "
+                         "image made by archviz sweep, or edited since)")
+    model = params.get("model")
+    if not isinstance(model, dict) or model.get("family") not in FAMILIES:
+        family = model.get("family") if isinstance(model, dict) else model
+        raise bad("model.family", f"is {J._short(family, 40)}, not one of {', '.join(FAMILIES)}")
+    for key in ("prompt", "negative"):
+        value = params.get(key)
+        if not isinstance(value, str) or len(value) > J.MAX_PROMPT_CHARS or "\0" in value:
+            raise bad(key, f"is {J._short(value, 40)}, not a text of at most {J.MAX_PROMPT_CHARS} characters")
+    for key, lo, hi, whole in (("steps", 1, J.MAX_STEPS, True), ("cfg", 0, J.MAX_CFG, False),
+                               ("seed", 0, 2**32 - 1, True)):
+        value = params.get(key)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int))
+                or not math.isfinite(value) or not lo <= value <= hi):
+            raise bad(key, f"is {J._short(value, 40)}, not a number from {lo} to {hi}")
+    if "scheduler" in params and not (isinstance(params["scheduler"], str) and len(params["scheduler"]) <= 64):
+        raise bad("scheduler", f"is {J._short(params['scheduler'], 40)}, not a scheduler's name")
+    controls = params.get("controls")
+    if not isinstance(controls, list) or not 1 <= len(controls) <= 8:
+        raise bad("controls", f"is {J._short(controls, 40)}, not a list of 1 to 8 control units")
+    for i, c in enumerate(controls):
+        if not isinstance(c, dict) or c.get("type") not in J.CONTROL_TYPES:
+            kind = c.get("type") if isinstance(c, dict) else c
+            raise bad(f"controls[{i}].type", f"is {J._short(kind, 40)}, not one of {', '.join(J.CONTROL_TYPES)}")
+        for key in ("scale", "start", "end"):
+            value = c.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not 0 <= value <= J.MAX_SCALE):
+                raise bad(f"controls[{i}].{key}", f"is {J._short(value, 40)}, not a number from 0 to {J.MAX_SCALE}")
+        for key in ("mode", "model"):
+            if c.get(key) is not None and not isinstance(c[key], str):
+                raise bad(f"controls[{i}].{key}", f"is {J._short(c[key], 40)}, not a text")
 
 
 def run(args):

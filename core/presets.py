@@ -434,6 +434,19 @@ def load_presets_tolerant(directories: list[str | os.PathLike] | None = None, *,
     return presets, errors
 
 
+def style_names_problem(names, known=None) -> str | None:
+    """Why these ``--styles`` names cannot be presets (one line), or None: each must be a
+    preset's name (lowercase letters, digits, '-', '_'), and one of ``known`` when given
+    (the presets a local backend has)."""
+    for name in names:
+        if not _NAME_RE.match(name):
+            return (f"--styles: {_short(name)} is not a preset name (lowercase letters, digits, '-' or '_'; "
+                    "archviz presets lists them)")
+        if known is not None and name not in known:
+            return f"--styles: unknown preset {name!r} (known: {', '.join(sorted(known))})"
+    return None
+
+
 class PresetCache:
     """:func:`load_presets_tolerant` parsed once per change: each call stats the folders'
     ``*.toml`` files and parses again only when one was added, removed or changed (a server
