@@ -74,9 +74,13 @@ def read_params(path):
             text = dict(im.text)
             pixels = im.convert("RGB")
             pixels.load()
-    except Image.DecompressionBombError as exc:  # Pillow's own guard, at open: our limit's words
-        raise ValueError(f"{path}: the picture is over the limit of {J.MAX_PNG_PIXELS / 1e6:.0f} megapixels "
-                         f"({str(exc).split(',')[0]})") from None
+    except Image.DecompressionBombError:  # Pillow's own guard fired at open: our limit, the header's size
+        from ..core.png import png_size
+
+        with open(path, "rb") as fh:
+            size = png_size(fh.read(24))
+        said = f"{size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} megapixels" if size else "the picture"
+        raise ValueError(f"{path}: {said} is over the limit of {J.MAX_PNG_PIXELS / 1e6:.0f} megapixels") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     try:

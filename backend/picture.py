@@ -122,11 +122,12 @@ def _bomb_error(data: bytes, field: str, exc: Exception) -> J.JobError:
     """The README's pixel limit for a header Pillow refused as a decompression bomb: with the
     PNG's width and height from its IHDR chunk, else the pixel count Pillow gave."""
     import re
-    import struct
 
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
-        return pixel_limit_error(field, "PNG", w, h)
+    from ..core.png import png_size
+
+    size = png_size(data[:24])
+    if size:
+        return pixel_limit_error(field, "PNG", *size)
     m = re.search(r"\((\d+) pixels\)", str(exc))
     size = f" of {int(m.group(1)) / 1e6:.0f} megapixels" if m else ""
     return J.JobError(field, f"a picture{size} is over the limit of {J.MAX_PNG_PIXELS / 1e6:.0f} megapixels")

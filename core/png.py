@@ -301,3 +301,11 @@ def png_problem(path, flag, max_bytes=None, max_pixels=None):
         return (f"{flag} {path}: the PNG is cut short or damaged (its image data gives {inflated} of the "
                 f"{raw_size} bytes its header says)")
     return None
+
+
+def png_size(head):
+    """(width, height) from a PNG's first 24 bytes (its IHDR), or None when they are not
+    a PNG's: the size of a picture Pillow refuses to open as a decompression bomb."""
+    if head[:8] == _SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    return None

@@ -79,7 +79,7 @@ def test_upscale_refuses_a_bomb_header_and_hostile_metadata_in_one_line(tmp_path
     good = {"model": {"family": "tiny"}, "prompt": "a room", "negative": "", "steps": 2, "cfg": 5.0, "seed": 0,
             "scheduler": "unipc", "controls": [{"type": "depth", "scale": 1.0}]}
     cases = {
-        bomb_png(tmp_path / "bomb.png", 30000, 30000): "bomb.png: the picture is over the limit of 36 megapixels",
+        bomb_png(tmp_path / "bomb.png", 30000, 30000): "bomb.png: 30000x30000 = 900 megapixels is over the limit of 36",
         bomb_png(tmp_path / "big.png", 8000, 8000): "big.png: 8000x8000 = 64 megapixels is over the limit of 36",
         archviz_png(tmp_path / "one.png", {"params": 1}): "one.png: its archviz metadata's params is 1, not an object",
         archviz_png(tmp_path / "empty.png", {"params": {}}): "empty.png: its archviz metadata's params.model.family "
