@@ -179,8 +179,20 @@ def run(args):
     from ..core.render_child import RenderCrash, run_passes_child
     from ..core.passes import line_style_for
 
-    passes_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "passes_upscale",
-                              J.safe_name(args.camera or "scene") + f"_{width}x{height}")
+    # A pass folder of this run's own: two upscales into one folder at once (two sweeps
+    # with --upscale) never render into, or read from, each other's passes.
+    import tempfile
+
+    from ..core.png import current_umask
+
+    upscale_root = os.path.join(os.path.dirname(os.path.abspath(out)), "passes_upscale")
+    try:
+        os.makedirs(upscale_root, exist_ok=True)
+        passes_dir = tempfile.mkdtemp(prefix=J.safe_name(os.path.splitext(os.path.basename(out))[0]) + "_"
+                                      + J.safe_name(args.camera or "scene") + f"_{width}x{height}_", dir=upscale_root)
+        os.chmod(passes_dir, 0o777 & ~current_umask())
+    except OSError as exc:
+        return _fail(f"cannot create the pass folder in {upscale_root}: {exc.strerror}", EXIT_SCENE_ERROR)
     line_styles = sorted({line_style_for(c["type"], "sd15" if family == "tiny" else family.replace("tiny-", ""))
                           for c in params["controls"] if c["type"] in J.LINE_TYPES})
     # The image's sides were rounded to the family's multiple at its long side; the same

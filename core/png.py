@@ -309,3 +309,42 @@ def png_size(head):
     if head[:8] == _SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 24:
         return struct.unpack(">II", head[16:24])
     return None
+
+
+def temp_name(path):
+    """A unique temporary name next to ``path`` (``.NAME.PID.RANDOM.tmp``, the name
+    :func:`clean_stale_temps` knows), for a file another program writes (Blender's EXR)."""
+    import secrets
+
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+class folder_lock:
+    """``with folder_lock(folder, waiting):`` an exclusive ``flock`` on the folder itself
+    (no lock file left behind), so runs writing into one folder take turns; ``waiting()``
+    is called once when another run holds it. Where ``fcntl`` does not exist (Windows)
+    nothing is locked."""
+
+    def __init__(self, folder, waiting=None):
+        self.folder, self.waiting, self.fd = folder, waiting, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if self.waiting:
+                self.waiting()
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+        return False
