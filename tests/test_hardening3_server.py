@@ -147,3 +147,15 @@ def test_concurrent_picture_uploads_are_decoded_one_at_a_time_and_released(tmp_p
         assert answers == [200] * 4
         assert hwm1 - rss0 < 400  # one decode at a time: ~2 x 48 MB of pixels, not 4 x 5 copies
         assert rss1 - rss0 < 100  # released after the answers
+        # A header Pillow itself refuses as a decompression bomb: the README's limit, in its words.
+        import struct
+        import zlib
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+        bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(bytes(4096))) + chunk(b"IEND", b""))
+        refused = server.post("/v1/picture", {**body, "image": base64.b64encode(bomb).decode("ascii")})
+        assert refused.status_code == 422 and refused.json()["error"]["message"] == (
+            "image: PNG of 30000x30000 = 900 megapixels is over the limit of 36 megapixels"), refused.text
