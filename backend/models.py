@@ -628,9 +628,9 @@ def check_config_fits_weights(cls, folder: Path, variant: str | None, ref: str, 
     try:
         with torch.device("meta"):
             model = cls.from_config(config)
-    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
-        raise ModelNotFoundError(f"{what} {ref!r}: config.json does not describe a {cls.__name__} "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    except Exception as exc:  # noqa: BLE001 - from_pretrained below says what is wrong in its own words
+        log.debug("%s %s: no shape check (the config does not build on the meta device: %s)", what, ref, exc)
+        return
     for name, tensor in model.state_dict().items():
         shape = header.get(name)
         if shape is None or shape == list(tensor.shape):
