@@ -479,12 +479,19 @@ def fetch_models(plan: ModelPlan, dtype, progress=None, cancelled=lambda: False)
     return fetch(needs, dtype, progress, cancelled) if needs else None
 
 
+def _ensure_tiny(path: Path) -> Path:
+    try:
+        return tiny.ensure_tiny(path)
+    except tiny.NotATinyModel as exc:
+        raise ModelNotFoundError(str(exc)) from None
+
+
 def local_folder(ref: str, components: tuple[str, ...] | None, what: str, dtype) -> Path:
     """The folder to load ``ref`` from: a local folder as it is (checked), a tiny model
     (built on first use), or the complete hub snapshot of a repository id."""
     path = Path(ref).expanduser()
     if tiny.is_tiny_path(path):
-        tiny.ensure_tiny(path)
+        _ensure_tiny(path)
     if path.is_dir():
         problem = hub.check_loadable(path, components, _fp16(dtype), pickle_allowed(ref))
         if problem:
@@ -788,7 +795,7 @@ def _load_zimage_controlnet(ref: str, dtype):
 
     path = Path(ref).expanduser()
     if tiny.is_tiny_path(path):  # the tiny net's folder, or its checkpoint file
-        tiny.ensure_tiny(path.parent if path.suffix == ".safetensors" else path)
+        _ensure_tiny(path.parent if path.suffix == ".safetensors" else path)
     if path.is_file():
         config = {"config": str(path.parent)} if (path.parent / "config.json").is_file() else {}
         return _from_single_file(ZImageControlNetModel, ref, "ControlNet", torch_dtype=dtype, **config)

@@ -61,16 +61,18 @@ def is_tiny_path(path: str | os.PathLike) -> bool:
         return False
 
 
+class NotATinyModel(ValueError):
+    """A path inside the tiny store that is not a tiny model's own folder."""
+
+
 def ensure_tiny(path: str | os.PathLike) -> Path:
     """Build the tiny model that lives at ``path`` unless it is already on disk.
 
     Only a tiny model's own folder (``tiny/<version>/<family>/<name>`` of a model this
     module builds) is built, or replaced when a build died halfway; any other path in the
     tiny store (a folder inside a model, a family folder, an unknown name) is a
-    ``ModelNotFoundError`` and nothing there is touched: a job must never make the server
+    :class:`NotATinyModel` and nothing there is touched: a job must never make the server
     delete or rewrite files it did not create for that job."""
-    from .models import ModelNotFoundError
-
     path = Path(os.path.realpath(Path(path).expanduser()))
     rel = path.relative_to(Path(os.path.realpath(tiny_root())))
     try:
@@ -79,7 +81,7 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
         family, name = rel.parts
         builder = _builder(family, name)
     except ValueError:
-        raise ModelNotFoundError(f"{path} is not one of the tiny models (they are the folders "
+        raise NotATinyModel(f"{path} is not one of the tiny models (they are the folders "
                                  f"{tiny_root()}/FAMILY/NAME the server builds, e.g. sd15/controlnet-depth); "
                                  "nothing in the tiny store was changed") from None
     with _BUILD_LOCK:
