@@ -240,7 +240,7 @@ def png_problem(path, flag, max_bytes=None, max_pixels=None):
     inflated, every chunk's CRC up to IEND, and the image data inflated in steps of 1 MiB
     to exactly the size its header gives (a cut or damaged file is found here, before
     any render)."""
-    from .jobs import MAX_PNG_BYTES, MAX_PNG_PIXELS
+    from .limits import MAX_PNG_BYTES, MAX_PNG_PIXELS
 
     max_bytes = MAX_PNG_BYTES if max_bytes is None else max_bytes
     max_pixels = MAX_PNG_PIXELS if max_pixels is None else max_pixels
