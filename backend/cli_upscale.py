@@ -58,21 +58,85 @@ def _say(args, **event):
 
 
 def read_params(path):
-    """The generation parameters from an archviz PNG's metadata, or ValueError naming the file."""
+    """The generation parameters from an archviz PNG's metadata, or ValueError naming the
+    file (and the field): the pixel count is checked from the header before anything is
+    decoded, and the metadata's fields before any is used."""
     from PIL import Image, UnidentifiedImageError
+
+    from ..core import jobs as J
 
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > J.MAX_PNG_PIXELS:
+                raise ValueError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} megapixels is over the limit of "
+                                 f"{J.MAX_PNG_PIXELS / 1e6:.0f} megapixels")
             text = dict(im.text)
             pixels = im.convert("RGB")
             pixels.load()
-    except (OSError, UnidentifiedImageError) as exc:
+    except Image.DecompressionBombError:  # Pillow's own guard fired at open: our limit, the header's size
+        from ..core.png import png_size
+
+        with open(path, "rb") as fh:
+            size = png_size(fh.read(24))
+        said = f"{size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} megapixels" if size else "the picture"
+        raise ValueError(f"{path}: {said} is over the limit of {J.MAX_PNG_PIXELS / 1e6:.0f} megapixels") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     try:
         params = json.loads(text["archviz"])["params"]
     except (KeyError, ValueError, TypeError):
         raise ValueError(f"{path} has no archviz metadata (not an image made by archviz sweep)") from None
+    check_params(params, path)
     return pixels, params, text
+
+
+def check_params(params, path) -> None:
+    """ValueError naming the file and the field when the metadata's ``params`` are not what
+    archviz sweep writes (a hand-edited or hostile PNG)."""
+    import math
+
+    from ..core import jobs as J
+    from ..core.families import FAMILIES
+
+    def bad(field, why):
+        return ValueError(f"{path}: its archviz metadata's params.{field} {why} (not an image made by archviz "
+                          "sweep, or edited since)")
+
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: its archviz metadata's params is {J._short(params, 40)}, not an object (not an "
+                         "image made by archviz sweep, or edited since)")
+    model = params.get("model")
+    if not isinstance(model, dict) or model.get("family") not in FAMILIES:
+        family = model.get("family") if isinstance(model, dict) else model
+        raise bad("model.family", f"is {J._short(family, 40)}, not one of {', '.join(FAMILIES)}")
+    for key in ("prompt", "negative"):
+        value = params.get(key)
+        if not isinstance(value, str) or len(value) > J.MAX_PROMPT_CHARS or "\0" in value:
+            raise bad(key, f"is {J._short(value, 40)}, not a text of at most {J.MAX_PROMPT_CHARS} characters")
+    for key, lo, hi, whole in (("steps", 1, J.MAX_STEPS, True), ("cfg", 0, J.MAX_CFG, False),
+                               ("seed", 0, 2**32 - 1, True)):
+        value = params.get(key)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int))
+                or not math.isfinite(value) or not lo <= value <= hi):
+            raise bad(key, f"is {J._short(value, 40)}, not a number from {lo} to {hi}")
+    if "scheduler" in params and not (isinstance(params["scheduler"], str) and len(params["scheduler"]) <= 64):
+        raise bad("scheduler", f"is {J._short(params['scheduler'], 40)}, not a scheduler's name")
+    controls = params.get("controls")
+    if not isinstance(controls, list) or not 1 <= len(controls) <= 8:
+        raise bad("controls", f"is {J._short(controls, 40)}, not a list of 1 to 8 control units")
+    for i, c in enumerate(controls):
+        if not isinstance(c, dict) or c.get("type") not in J.CONTROL_TYPES:
+            kind = c.get("type") if isinstance(c, dict) else c
+            raise bad(f"controls[{i}].type", f"is {J._short(kind, 40)}, not one of {', '.join(J.CONTROL_TYPES)}")
+        for key in ("scale", "start", "end"):
+            value = c.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not 0 <= value <= J.MAX_SCALE):
+                raise bad(f"controls[{i}].{key}", f"is {J._short(value, 40)}, not a number from 0 to {J.MAX_SCALE}")
+        for key in ("mode", "model"):
+            if c.get(key) is not None and not isinstance(c[key], str):
+                raise bad(f"controls[{i}].{key}", f"is {J._short(c[key], 40)}, not a text")
 
 
 def run(args):
@@ -115,8 +179,20 @@ def run(args):
     from ..core.render_child import RenderCrash, run_passes_child
     from ..core.passes import line_style_for
 
-    passes_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "passes_upscale",
-                              J.safe_name(args.camera or "scene") + f"_{width}x{height}")
+    # A pass folder of this run's own: two upscales into one folder at once (two sweeps
+    # with --upscale) never render into, or read from, each other's passes.
+    import tempfile
+
+    from ..core.png import current_umask
+
+    upscale_root = os.path.join(os.path.dirname(os.path.abspath(out)), "passes_upscale")
+    try:
+        os.makedirs(upscale_root, exist_ok=True)
+        passes_dir = tempfile.mkdtemp(prefix=J.safe_name(os.path.splitext(os.path.basename(out))[0]) + "_"
+                                      + J.safe_name(args.camera or "scene") + f"_{width}x{height}_", dir=upscale_root)
+        os.chmod(passes_dir, 0o777 & ~current_umask())
+    except OSError as exc:
+        return _fail(f"cannot create the pass folder in {upscale_root}: {exc.strerror}", EXIT_SCENE_ERROR)
     line_styles = sorted({line_style_for(c["type"], "sd15" if family == "tiny" else family.replace("tiny-", ""))
                           for c in params["controls"] if c["type"] in J.LINE_TYPES})
     # The image's sides were rounded to the family's multiple at its long side; the same

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -51,6 +52,17 @@ _SINGLE_RE = re.compile(r"^(?P<stem>[^.]+)(?:\.(?P<variant>[A-Za-z0-9_]+))?\.saf
 _BIN_RE = re.compile(r"^(?P<stem>[^.]+)(?:\.(?P<variant>[A-Za-z0-9_]+))?\.bin$")
 
 Progress = Callable[[dict], None]
+
+#: A commit id as the hub answers it (and as the cache's folders are named): 40 hex digits.
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+#: Seconds one hub request may take to connect, or wait between two reads, before it is
+#: tried again (``ARCHVIZ_HUB_TIMEOUT``), and how many times a listing is tried
+#: (``ARCHVIZ_HUB_TRIES``; a download resumes by huggingface_hub's own retries).
+DEFAULT_HUB_TIMEOUT = 30.0
+DEFAULT_HUB_TRIES = 3
+#: Free disk space kept while bytes arrive (the check before the download is not enough:
+#: another program may fill the disk meanwhile).
+MIN_FREE_WHILE_DOWNLOADING = 64 * 2**20
 
 
 class HubError(RuntimeError):
@@ -71,6 +83,128 @@ class DiskSpaceError(HubError):
 
 class DownloadCancelled(HubError):
     """The job that asked for the download was cancelled."""
+
+
+class OversizeDownload(HubError):
+    """A file's body went on past the size the hub's listing gave for it."""
+
+
+class HubTimeout(HubError):
+    """The hub accepted the connection (or not) and did not answer in time."""
+
+
+def _env_number(name: str, default: float, lo: float, hi: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HubError(f"{name}={raw!r} is not a number of seconds") from None
+    if not lo <= value <= hi:
+        raise HubError(f"{name}={raw!r} must be between {lo:g} and {hi:g}")
+    return value
+
+
+def hub_timeout() -> float:
+    return _env_number("ARCHVIZ_HUB_TIMEOUT", DEFAULT_HUB_TIMEOUT, 0.1, 3600)
+
+
+def hub_tries() -> int:
+    return int(_env_number("ARCHVIZ_HUB_TRIES", DEFAULT_HUB_TRIES, 1, 20))
+
+
+_configured: float | None = None
+
+
+def configure_client() -> float:
+    """Give every request of huggingface_hub's shared HTTP client connect, read, write and
+    pool timeouts. Its API calls (the repo info, the tree listing) pass ``timeout=None``, so
+    a hub that accepts the connection and never answers would hold the caller forever: a
+    request hook of the client (installed through huggingface_hub's own
+    ``set_client_factory``) fills each timeout the call left open. Downloads use its
+    ``HF_HUB_DOWNLOAD_TIMEOUT`` / ``HF_HUB_ETAG_TIMEOUT``, set to the same value. Returns
+    the timeout in seconds (``ARCHVIZ_HUB_TIMEOUT``)."""
+    global _configured
+    seconds = hub_timeout()
+    if _configured == seconds:
+        return seconds
+    import httpx2
+    from huggingface_hub import constants, set_client_factory
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    def bounded(request):
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {key: given.get(key) if given.get(key) is not None else seconds
+                                         for key in ("connect", "read", "write", "pool")}
+
+    def factory():
+        return httpx2.Client(event_hooks={"request": [hf_request_event_hook, bounded]}, follow_redirects=True,
+                             timeout=httpx2.Timeout(seconds))
+
+    set_client_factory(factory)
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = seconds
+    constants.HF_HUB_ETAG_TIMEOUT = seconds
+    _configured = seconds
+    return seconds
+
+
+def _interruptible(call: Callable, cancelled: Callable[[], bool]):
+    """``call()`` in a helper thread, given up the moment ``cancelled()`` is true (a hub
+    that stopped answering must not hold a cancelled job: the helper ends at its timeout)."""
+    box: dict = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="hub-call", daemon=True).start()
+    while not done.wait(0.1):
+        if cancelled():
+            raise DownloadCancelled("the download was cancelled")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    import httpx2
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _valid_commit(sha, repo_id: str, label: str) -> str:
+    """The commit id a hub answered, when it is one (40 hex digits): it names folders in
+    the cache, so anything else (``../../x``) is refused before a byte is written."""
+    if not isinstance(sha, str) or not COMMIT_RE.match(sha):
+        raise HubError(f"{label} {repo_id}: the hub at {_endpoint()} answered a commit id that is not 40 hex "
+                       f"digits ({sha!r:.60}); nothing was written")
+    return sha
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
+def _under(path: Path, root: Path) -> Path:
+    """``path`` resolved, when it lies inside ``root``; a HubError otherwise."""
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != base and base not in real.parents:
+        raise HubError(f"{path} is outside the Hugging Face cache {root}; nothing was written")
+    return real
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,8 +396,8 @@ def cached_state(repo_id: str, components, fp16: bool, label: str = "", allow_bi
 
     state = RepoState(repo_id, components, label or repo_id)
     ref = storage_folder(repo_id) / "refs" / "main"
-    if not ref.is_file():
-        return state
+    if not ref.is_file() or not COMMIT_RE.match(ref.read_text().strip()):
+        return state  # not cached, or a ref that is no commit id (never used as a path)
     try:
         tree = get_cached_repo_tree(repo_id, revision="main")
     except CachedRepoTreeNotFoundError:
@@ -283,26 +417,80 @@ def _fill(state: RepoState, listing: dict[str, int], fp16: bool, allow_bin: bool
     state.missing = {p: s for p, s in state.files.items() if not (snap / p).is_file()}
 
 
-def list_remote(state: RepoState, fp16: bool, token=None, allow_bin: bool = False) -> RepoState:
-    """Fill ``state`` from the hub's listing: repo info and the recursive tree, through
-    ``snapshot_download`` with no file selected (it writes the listing and ``refs/main``
-    into the cache, so the next run can check completeness offline)."""
-    from huggingface_hub import get_cached_repo_tree, snapshot_download
+def list_remote(state: RepoState, fp16: bool, token=None, allow_bin: bool = False,
+                cancelled: Callable[[], bool] = lambda: False) -> RepoState:
+    """Fill ``state`` from the hub's listing: the repo info (whose commit id must be 40 hex
+    digits before it names anything in the cache), then the recursive tree through
+    ``snapshot_download`` at that commit with no file selected (it writes the listing into
+    the cache; ``refs/main`` is written here, inside the cache, so the next run can check
+    completeness offline). Each try has the hub timeout (:func:`configure_client`); a try
+    that times out or cannot connect is repeated :func:`hub_tries` times with a growing
+    pause, and ``cancelled`` interrupts it at once."""
+    from huggingface_hub import HfApi, get_cached_repo_tree, snapshot_download
 
+    seconds = configure_client()
+    tries = hub_tries()
     quiet = logging.getLogger("huggingface_hub._snapshot_download")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "No files matched": on purpose, nothing is downloaded here
+
+    def listing() -> str:
+        info = HfApi().repo_info(state.repo_id, revision="main", token=token)
+        commit = _valid_commit(info.sha, state.repo_id, state.label)
+        _under(storage_folder(state.repo_id) / "snapshots" / commit, cache_dir())
+        snapshot_download(state.repo_id, revision=commit, allow_patterns=["\0nothing"], token=token,
+                          tqdm_class=_SilentBar)
+        return commit
+
     try:
-        snapshot_download(state.repo_id, allow_patterns=["\0nothing"], token=token, tqdm_class=_SilentBar)
-    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one clear line
-        raise explain(exc, state.repo_id, state.label, token) from None
+        for attempt in range(tries):
+            try:
+                commit = _interruptible(listing, cancelled)
+                break
+            except DownloadCancelled:
+                raise
+            except HubError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every hub failure becomes one clear line
+                retry = _timed_out(exc) or _unreachable(exc)
+                if not retry or attempt == tries - 1:
+                    raise explain(exc, state.repo_id, state.label, token, seconds, tries) from None
+                pause = min(8.0, 0.5 * 2 ** attempt)
+                log.warning("%s %s: the hub at %s did not answer (try %d of %d); trying again in %g s", state.label,
+                            state.repo_id, _endpoint(), attempt + 1, tries, pause)
+                _pause(pause, cancelled)
     finally:
         quiet.setLevel(level)
-    state.commit = (storage_folder(state.repo_id) / "refs" / "main").read_text().strip()
+    ref = _under(storage_folder(state.repo_id) / "refs" / "main", cache_dir())
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ref.with_name(f".main.{os.getpid()}.tmp")
+    tmp.write_text(commit)
+    os.replace(tmp, ref)
+    state.commit = commit
     tree = get_cached_repo_tree(state.repo_id, revision=state.commit)
     _fill(state, {f.path: f.size for f in tree}, fp16, allow_bin)
     state.listed = True
     return state
+
+
+def _pause(seconds: float, cancelled: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cancelled():
+            raise DownloadCancelled("the download was cancelled")
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def _unreachable(exc: BaseException) -> bool:
+    import httpx2
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (httpx2.ConnectError, httpx2.RemoteProtocolError, httpx2.ReadError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _SilentBar:
@@ -332,13 +520,20 @@ class _SilentBar:
         pass
 
 
-def explain(exc: BaseException, repo_id: str, label: str, token=None) -> HubError:
-    """One line for a hub failure: gated/private (accept the licence, give a token),
-    not found, offline, or the hub's own message."""
+def explain(exc: BaseException, repo_id: str, label: str, token=None, seconds: float | None = None,
+            tries: int = 1) -> HubError:
+    """One line for a hub failure: no answer in time, gated/private (accept the licence,
+    give a token), not found, offline, or the hub's own message."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         OfflineModeIsEnabled, RepositoryNotFoundError)
 
+    if _timed_out(exc) and not offline():
+        seconds = seconds if seconds is not None else hub_timeout()
+        times = f" ({tries} tries)" if tries > 1 else ""
+        return HubTimeout(f"{label} {repo_id} could not be fetched: the hub at {constants.ENDPOINT} did not answer in "
+                          f"{seconds:g} s{times}; check the network or proxy, set ARCHVIZ_HUB_TIMEOUT for a slow "
+                          "link, or work offline from the cache (HF_HUB_OFFLINE=1)")
     page = f"{constants.ENDPOINT.rstrip('/')}/{repo_id}"
     status = getattr(getattr(exc, "response", None), "status_code", None)
     has_token = bool(token or _token_present())
@@ -355,8 +550,10 @@ def explain(exc: BaseException, repo_id: str, label: str, token=None) -> HubErro
         return HubError(f"{label} {repo_id} was not found on {constants.ENDPOINT}{hint}")
     if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)) and offline():
         return ModelOfflineError(f"{label} {repo_id} is not in the Hugging Face cache and downloads are off")
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, LocalEntryNotFoundError) and cause is not None:  # the hub could not be reached
+    import httpx2
+
+    cause = exc if isinstance(exc, httpx2.TransportError) else exc.__cause__ or exc.__context__
+    if cause is not None and (isinstance(exc, LocalEntryNotFoundError) or cause is exc):  # the hub could not be reached
         return HubError(f"{label} {repo_id} could not be fetched: the hub at {constants.ENDPOINT} cannot be "
                         f"reached ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}); "
                         "check the network or proxy, or work offline from the cache (HF_HUB_OFFLINE=1)")
@@ -379,7 +576,8 @@ def _token_present() -> bool:
 def ref_snapshot(repo_id: str) -> Path | None:
     """The snapshot folder the cache's ``refs/main`` points at, when there is one."""
     ref = storage_folder(repo_id) / "refs" / "main"
-    snap = storage_folder(repo_id) / "snapshots" / ref.read_text().strip() if ref.is_file() else None
+    commit = ref.read_text().strip() if ref.is_file() else ""
+    snap = storage_folder(repo_id) / "snapshots" / commit if COMMIT_RE.match(commit) else None
     return snap if snap is not None and snap.is_dir() else None
 
 
@@ -436,11 +634,28 @@ class _Tally:
         self.emit()
 
     def add(self, n: int) -> None:
+        """Count ``n`` bytes that arrived, before they are written: a file may not grow past
+        the size its listing gave, and the disk must keep room for the rest."""
         if self.cancelled():
             raise DownloadCancelled("the download was cancelled")
         with self.lock:
+            listed = self.current.get("file_total", 0)
+            would = self.current.get("file_done", 0) + n
+            if n > 0 and would > listed:
+                raise OversizeDownload(
+                    f"{self.current.get('repo')} {self.current.get('file')}: the hub sent more than the {listed} "
+                    f"bytes ({human(listed)}) its listing gives for this file; the download was stopped and "
+                    "the partial file removed")
+            if n > 0:
+                free = free_bytes(cache_dir())
+                rest = self.total - self.done
+                if free - n < rest + MIN_FREE_WHILE_DOWNLOADING:
+                    raise DiskSpaceError(
+                        f"not enough free disk space to go on downloading: {rest} bytes ({human(rest)}) still to "
+                        f"write in {cache_dir()}, {free} bytes ({human(free)}) free now (another program is "
+                        f"filling the disk); free some space or set HF_HOME to a larger disk")
             self.done += n
-            self.current["file_done"] = self.current.get("file_done", 0) + n
+            self.current["file_done"] = would
         self.emit()
 
     def finish_file(self) -> None:
@@ -497,6 +712,19 @@ def remove_litter(repo_id: str) -> int:
     return removed
 
 
+def _remove_oversize(repo_id: str, listed: int) -> None:
+    """Delete the repository's partial downloads that hold the listed size or more: the
+    hub sent a body longer than its listing, and huggingface_hub would otherwise take such a
+    file as finished on the next try."""
+    blobs = storage_folder(repo_id) / "blobs"
+    for path in blobs.glob("*.incomplete") if blobs.is_dir() else ():
+        try:
+            if path.stat().st_size >= listed:
+                path.unlink()
+        except OSError as exc:
+            log.warning("could not delete %s: %s", path, exc.strerror)
+
+
 def ensure(needs: list[tuple[str, tuple[str, ...] | None, str]], fp16: bool, progress: Progress | None = None,
            token=None, allow_bin: Callable[[str], bool] = lambda _ref: False,
            cancelled: Callable[[], bool] = lambda: False) -> dict:
@@ -514,7 +742,7 @@ def ensure(needs: list[tuple[str, tuple[str, ...] | None, str]], fp16: bool, pro
             if offline():
                 unlisted[repo_id] = _offline_snapshot(state, fp16, allow_bin(repo_id))
                 continue
-            list_remote(state, fp16, token, allow_bin(repo_id))
+            list_remote(state, fp16, token, allow_bin(repo_id), cancelled)
         states.append(state)
     todo = [(s, p, size) for s in states for p, size in s.missing.items()]
     needed = sum(size for _s, _p, size in todo)
@@ -533,12 +761,17 @@ def ensure(needs: list[tuple[str, tuple[str, ...] | None, str]], fp16: bool, pro
         if cancelled():
             raise DownloadCancelled("the download was cancelled")
         tally.start(state.repo_id, path, size)
+        seconds = configure_client()
         try:
-            hf_hub_download(state.repo_id, path, revision=state.commit, token=token, tqdm_class=tally.bar_class())
+            _interruptible(lambda: hf_hub_download(state.repo_id, path, revision=state.commit, token=token,
+                                                   tqdm_class=tally.bar_class(), etag_timeout=seconds), cancelled)
+        except OversizeDownload:
+            _remove_oversize(state.repo_id, size)
+            raise
+        except HubError:
+            raise
         except Exception as exc:  # noqa: BLE001 - one clear line, whatever the hub did
-            if isinstance(exc, DownloadCancelled):
-                raise
-            raise explain(exc, state.repo_id, state.label, token) from None
+            raise explain(exc, state.repo_id, state.label, token, seconds) from None
         tally.finish_file()
         tally.emit()
     for state in states:

@@ -23,6 +23,7 @@ folder, ``--model-root`` folders). The server never reads weights from anywhere 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import re
@@ -478,12 +479,19 @@ def fetch_models(plan: ModelPlan, dtype, progress=None, cancelled=lambda: False)
     return fetch(needs, dtype, progress, cancelled) if needs else None
 
 
+def _ensure_tiny(path: Path) -> Path:
+    try:
+        return tiny.ensure_tiny(path)
+    except tiny.NotATinyModel as exc:
+        raise ModelNotFoundError(str(exc)) from None
+
+
 def local_folder(ref: str, components: tuple[str, ...] | None, what: str, dtype) -> Path:
     """The folder to load ``ref`` from: a local folder as it is (checked), a tiny model
     (built on first use), or the complete hub snapshot of a repository id."""
     path = Path(ref).expanduser()
     if tiny.is_tiny_path(path):
-        tiny.ensure_tiny(path)
+        _ensure_tiny(path)
     if path.is_dir():
         problem = hub.check_loadable(path, components, _fp16(dtype), pickle_allowed(ref))
         if problem:
@@ -513,11 +521,163 @@ def _load(cls, folder: Path, sub: str, ref: str, what: str, dtype=None, **kwargs
         kwargs.update(torch_dtype=dtype, use_safetensors=_use_safetensors(ref))
         if variant:
             kwargs["variant"] = variant
+    if "ControlNet" in cls.__name__:  # a custom net's config is checked before it is built
+        check_config_fits_weights(cls, target, kwargs.get("variant"), ref, what)
     try:
         return cls.from_pretrained(str(target), **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"{what} {ref!r}: cannot load {sub or 'the model'} from {target}: "
                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+#: Bounds on a model's config.json, checked before anything is built from it: its size,
+#: every whole number in it, the length of every list.
+MAX_CONFIG_BYTES = 1 * 2**20
+MAX_CONFIG_INT = 65536
+MAX_CONFIG_LIST = 64
+#: config field -> (regex over the weights' tensor names whose groups count it, per-block or not)
+_COUNTED_FIELDS = {
+    "layers_per_block": (re.compile(r"^down_blocks\.(\d+)\.resnets\.(\d+)\."), True),
+    "num_layers": (re.compile(r"^()transformer_blocks\.(\d+)\."), False),
+    "num_single_layers": (re.compile(r"^()single_transformer_blocks\.(\d+)\."), False),
+}
+
+
+def _weights_header(folder: Path, variant: str | None) -> dict[str, list[int]] | None:
+    """{tensor name: shape} from the safetensors header(s) of a model folder (sharded or
+    not), read without loading a tensor; None when the folder has no safetensors weights."""
+    from safetensors import safe_open
+
+    stem = "diffusion_pytorch_model"
+    suffix = f".{variant}" if variant else ""
+    single = folder / f"{stem}{suffix}.safetensors"
+    index = folder / f"{stem}.safetensors.index{suffix}.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        files = sorted({folder / f for f in json.loads(index.read_text()).get("weight_map", {}).values()})
+    else:
+        return None
+    shapes = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():
+                shapes[key] = list(fh.get_slice(key).get_shape())
+    return shapes
+
+
+def _config_ints(config, path=""):
+    """(field, value) of every whole number and list in a config, nested lists included."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            yield from _config_ints(value, f"{path}.{key}" if path else key)
+    elif isinstance(config, list):
+        yield path, config
+        for i, value in enumerate(config):
+            yield from _config_ints(value, f"{path}[{i}]")
+    elif isinstance(config, int) and not isinstance(config, bool):
+        yield path, config
+
+
+def check_config_fits_weights(cls, folder: Path, variant: str | None, ref: str, what: str) -> None:
+    """Refuse a model folder whose ``config.json`` the weights do not bear out, before
+    anything is built from it (a custom ControlNet with ``layers_per_block = 100000`` would
+    allocate gigabytes before its weights are read): the config's size, every number and
+    list against bounds, the layer counts against the tensor names of the safetensors
+    header, then the model built on the ``meta`` device (no memory) against the header's
+    shapes. Raises :class:`ModelNotFoundError` naming the model and the field."""
+    import torch
+
+    config_path = folder / "config.json"
+    try:
+        size = config_path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ModelNotFoundError(f"{what} {ref!r}: config.json is {size} bytes; at most {MAX_CONFIG_BYTES} are "
+                                     "accepted")
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{what} {ref!r}: config.json cannot be read ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(f"{what} {ref!r}: config.json is not a JSON object")
+    for field, value in _config_ints(config):
+        if isinstance(value, list) and len(value) > MAX_CONFIG_LIST:
+            raise ModelNotFoundError(f"{what} {ref!r}: config.json's {field} has {len(value)} entries; at most "
+                                     f"{MAX_CONFIG_LIST} are accepted")
+        if isinstance(value, int) and not -MAX_CONFIG_INT <= value <= MAX_CONFIG_INT:
+            raise ModelNotFoundError(f"{what} {ref!r}: config.json's {field} is {value}; at most {MAX_CONFIG_INT} "
+                                     "is accepted")
+    header = _weights_header(folder, variant)
+    if header is None:
+        return
+    for field, (regex, per_block) in _COUNTED_FIELDS.items():
+        if field not in config or config[field] is None:
+            continue
+        counts: dict[str, int] = {}
+        for key in header:
+            m = regex.match(key)
+            if m:
+                counts[m.group(1)] = max(counts.get(m.group(1), 0), int(m.group(2)) + 1)
+        if not counts:
+            continue
+        wanted = config[field]
+        found = max(counts.values())
+        if isinstance(wanted, list):
+            ok = all(counts.get(str(i), 0) in (0, w) for i, w in enumerate(wanted) if isinstance(w, int))
+            bad = next((w for i, w in enumerate(wanted) if counts.get(str(i), 0) not in (0, w)), wanted)
+        else:
+            ok = isinstance(wanted, int) and (found == wanted if not per_block else
+                                              all(c in (wanted, wanted + 1) for c in counts.values()))
+            bad = wanted
+        if not ok:
+            raise ModelNotFoundError(f"{what} {ref!r}: config.json's {field} is {bad}, but its weights have {found} "
+                                     "per block" if per_block else
+                                     f"{what} {ref!r}: config.json's {field} is {bad}, but its weights have {found}")
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - from_pretrained below says what is wrong in its own words
+        log.debug("%s %s: no shape check (the config does not build on the meta device: %s)", what, ref, exc)
+        return
+    for name, tensor in model.state_dict().items():
+        shape = header.get(name)
+        if shape is None or shape == list(tensor.shape):
+            continue
+        built = list(tensor.shape)
+        field = _field_of(cls, config, name, built, shape)
+        named = f"config.json's {field}" if field else "config.json"
+        raise ModelNotFoundError(f"{what} {ref!r}: {named} does not match the weights: {name} is {shape} in the "
+                                 f"weights, {built} from the config")
+
+
+def _field_of(cls, config: dict, name: str, built: list[int], shape: list[int]) -> str:
+    """The config field that gives tensor ``name`` its wrong shape: of the fields whose value
+    is one of the wrong dimensions, the first that, set to the weights' dimension, builds
+    the tensor right (on the meta device)."""
+    import torch
+
+    pairs = [(b, h) for b, h in zip(built, shape) if b != h]
+    candidates = []
+    for key, value in config.items():
+        if isinstance(value, int) and not isinstance(value, bool) and any(value == b for b, _h in pairs):
+            candidates.append((key, None, next(h for b, h in pairs if b == value)))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, int) and any(item == b for b, _h in pairs):
+                    candidates.append((key, i, next(h for b, h in pairs if b == item)))
+    for key, index, right in candidates[:12]:
+        trial = dict(config)
+        if index is None:
+            trial[key] = right
+        else:
+            trial[key] = [right if j == index else v for j, v in enumerate(config[key])]
+        try:
+            with torch.device("meta"):
+                fixed = cls.from_config(trial).state_dict().get(name)
+        except Exception:  # noqa: BLE001 - a trial config that does not build names nothing
+            continue
+        if fixed is not None and list(fixed.shape) == shape:
+            return key
+    return candidates[0][0] if candidates else ""
 
 
 def _from_single_file(cls, ref: str, what: str, **kwargs):
@@ -635,7 +795,7 @@ def _load_zimage_controlnet(ref: str, dtype):
 
     path = Path(ref).expanduser()
     if tiny.is_tiny_path(path):  # the tiny net's folder, or its checkpoint file
-        tiny.ensure_tiny(path.parent if path.suffix == ".safetensors" else path)
+        _ensure_tiny(path.parent if path.suffix == ".safetensors" else path)
     if path.is_file():
         config = {"config": str(path.parent)} if (path.parent / "config.json").is_file() else {}
         return _from_single_file(ZImageControlNetModel, ref, "ControlNet", torch_dtype=dtype, **config)

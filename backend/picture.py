@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -48,9 +49,35 @@ def fit_size(width: int, height: int, long_side: int, multiple: int) -> tuple[in
     return (long_side, short) if width >= height else (short, long_side)
 
 
+#: Pictures decoded at once by the server (each a few hundred MB at 36 megapixels); further
+#: uploads wait their turn instead of multiplying the memory.
+MAX_DECODES_IN_FLIGHT = 1
+_DECODES = threading.BoundedSemaphore(MAX_DECODES_IN_FLIGHT)
+_ORIENTATION = 0x0112
+
+
+def pixel_limit_error(field: str, fmt: str, w: int, h: int) -> J.JobError:
+    """The README's words for a picture over the pixel limit (a bomb header as well)."""
+    return J.JobError(field, f"{fmt} of {w}x{h} = {w * h / 1e6:.0f} megapixels is over the limit of "
+                             f"{J.MAX_PNG_PIXELS / 1e6:.0f} megapixels")
+
+
 def open_picture(data: bytes, field: str = "image"):
-    """The picture in ``data`` as a Pillow RGB image; a JobError naming ``field`` when it is
-    not an image of an accepted format, cannot be decoded, is too small or too large."""
+    """(the picture in ``data`` as a Pillow RGB image, its format): :func:`decode_picture`
+    at full size."""
+    image, fmt, _seen = decode_picture(data, field)
+    return image, fmt
+
+
+def decode_picture(data: bytes, field: str = "image", long_side: int | None = None):
+    """(the picture in ``data`` as a Pillow RGB image, its format, its (width, height) as
+    seen); a JobError naming ``field`` when it is not an image of an accepted format,
+    cannot be decoded, is too small or too large.
+
+    With ``long_side``, the picture is decoded no larger than needed for that size: a JPEG
+    at a reduced DCT scale (Pillow's ``draft``), anything else reduced by a whole factor
+    right after decoding (``Image.reduce``, premultiplied alpha), before the colour work
+    that copies it."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -59,19 +86,51 @@ def open_picture(data: bytes, field: str = "image"):
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
             fmt, (w, h) = im.format, im.size
             if w * h > J.MAX_PNG_PIXELS:
-                raise J.JobError(field, f"{fmt} of {w}x{h} = {w * h / 1e6:.0f} megapixels is over the limit of "
-                                        f"{J.MAX_PNG_PIXELS / 1e6:.0f} megapixels")
+                raise pixel_limit_error(field, fmt, w, h)
             if min(w, h) < MIN_SIDE:
                 raise J.JobError(field, f"{fmt} of {w}x{h} px is too small: a picture needs at least {MIN_SIDE} px "
                                         "on its short side")
+            seen = (h, w) if im.getexif().get(_ORIENTATION) in (5, 6, 7, 8) else (w, h)
+            factor = max(1, max(w, h) // long_side) if long_side else 1
+            if factor > 1 and fmt == "JPEG":
+                im.draft(im.mode, (-(-w // factor), -(-h // factor)))
             im.load()
-            return _rgb(im), fmt
+            small = im
+            factor = max(1, max(im.size) // long_side) if long_side else 1
+            if factor > 1:
+                if small.mode.startswith("I;16"):
+                    small = small.convert("I")
+                elif small.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+                    small = small.convert("RGBA" if small.mode in ("P", "PA") else "RGB")
+                small = small.reduce(factor)
+                small.info = dict(im.info)
+                exif = im.getexif()
+                if exif.get(_ORIENTATION):
+                    small.info["exif"] = exif.tobytes()
+            return _rgb(small), fmt, seen
     except UnidentifiedImageError:
         raise J.JobError(field, f"not an image ({', '.join(FORMATS)} are read)") from None
     except J.JobError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fired at open: say it in our words
+        raise _bomb_error(data, field, exc) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise J.JobError(field, f"the image is damaged and cannot be decoded ({exc})") from None
+
+
+def _bomb_error(data: bytes, field: str, exc: Exception) -> J.JobError:
+    """The README's pixel limit for a header Pillow refused as a decompression bomb: with the
+    PNG's width and height from its IHDR chunk, else the pixel count Pillow gave."""
+    import re
+
+    from ..core.png import png_size
+
+    size = png_size(data[:24])
+    if size:
+        return pixel_limit_error(field, "PNG", *size)
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" of {int(m.group(1)) / 1e6:.0f} megapixels" if m else ""
+    return J.JobError(field, f"a picture{size} is over the limit of {J.MAX_PNG_PIXELS / 1e6:.0f} megapixels")
 
 
 def _rgb(im):
@@ -103,14 +162,29 @@ def fit_picture(data: bytes, long_side: int, multiple: int) -> dict:
     if not J.MIN_SIZE <= long_side <= J.MAX_SIZE or long_side % multiple:
         raise J.JobError("long_side", f"must be a multiple of {multiple} in {J.MIN_SIZE}..{J.MAX_SIZE}, "
                                       f"got {long_side}")
-    image, fmt = open_picture(data)
-    w, h = fit_size(image.width, image.height, long_side, multiple)
-    fitted = image.resize((w, h), Image.LANCZOS) if (w, h) != image.size else image
-    buf = io.BytesIO()
-    fitted.save(buf, format="PNG")
+    with _DECODES:  # one decode at a time: a few hundred MB each for the largest pictures
+        try:
+            image, fmt, (sw, sh) = decode_picture(data, long_side=long_side)
+            w, h = fit_size(sw, sh, long_side, multiple)
+            fitted = image.resize((w, h), Image.LANCZOS) if (w, h) != image.size else image
+            del image
+            buf = io.BytesIO()
+            fitted.save(buf, format="PNG")
+            del fitted
+        finally:
+            _trim_heap()  # hand the decode's freed heap back to the OS
     return {"image": base64.b64encode(buf.getvalue()).decode("ascii"), "width": w, "height": h,
-            "source": {"width": image.width, "height": image.height, "format": fmt,
+            "source": {"width": sw, "height": sh, "format": fmt,
                        "file_sha256": hashlib.sha256(data).hexdigest()}}
+
+
+def _trim_heap() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def fetch_weights(plan, progress=None, cancelled: Callable[[], bool] = lambda: False) -> dict:

@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..core import jobs as J
-from ..core.presets import load_presets_tolerant
+from ..core.presets import PresetCache
 from .engine import Engine
 from .models import BF16_ARCHES, check_job_models, model_roots
 from .outputs import OutputRoots
@@ -188,8 +188,11 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
 
         dirs = [builtin_dir(), *preset_dirs]
 
+    preset_cache = PresetCache(dirs)  # parsed once per change of the preset files, not per request
+    app.state.presets = preset_cache
+
     def presets():
-        return load_presets_tolerant(dirs)
+        return preset_cache.get()
 
     if token:
         @app.middleware("http")

@@ -61,15 +61,32 @@ def is_tiny_path(path: str | os.PathLike) -> bool:
         return False
 
 
+class NotATinyModel(ValueError):
+    """A path inside the tiny store that is not a tiny model's own folder."""
+
+
 def ensure_tiny(path: str | os.PathLike) -> Path:
-    """Build the tiny model that lives at ``path`` unless it is already on disk."""
-    path = Path(path)
-    rel = path.resolve().relative_to(tiny_root().resolve())
-    family, name = rel.parts[0], rel.parts[1]
+    """Build the tiny model that lives at ``path`` unless it is already on disk.
+
+    Only a tiny model's own folder (``tiny/<version>/<family>/<name>`` of a model this
+    module builds) is built, or replaced when a build died halfway; any other path in the
+    tiny store (a folder inside a model, a family folder, an unknown name) is a
+    :class:`NotATinyModel` and nothing there is touched: a job must never make the server
+    delete or rewrite files it did not create for that job."""
+    path = Path(os.path.realpath(Path(path).expanduser()))
+    rel = path.relative_to(Path(os.path.realpath(tiny_root())))
+    try:
+        if len(rel.parts) != 2:
+            raise ValueError("not a model folder")
+        family, name = rel.parts
+        builder = _builder(family, name)
+    except ValueError:
+        raise NotATinyModel(f"{path} is not one of the tiny models (they are the folders "
+                                 f"{tiny_root()}/FAMILY/NAME the server builds, e.g. sd15/controlnet-depth); "
+                                 "nothing in the tiny store was changed") from None
     with _BUILD_LOCK:
         if (path / ".complete").exists():
             return path
-        builder = _builder(family, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
         try:

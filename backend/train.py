@@ -102,9 +102,17 @@ def read_pairs(data_dir: str | os.PathLike, control: str = "") -> tuple[list[Pai
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TrainError(f"{meta} line {n} is not JSON: {exc.msg}") from None
+            except RecursionError:
+                raise TrainError(f"{meta} line {n} is nested too deeply") from None
+            if not isinstance(row, dict):
+                raise TrainError(f"{meta} line {n} is a JSON {type(row).__name__}, not an object "
+                                 '({"file_name": ..., "controls": {...}, "text": ...})')
+            if not isinstance(row.get("controls") or {}, dict):
+                raise TrainError(f"{meta} line {n}: controls {_short(row['controls'])} is not an object")
+            rows.append(row)
     if not rows:
         raise TrainError(f"--data {str(data_dir)!r} is empty: {METADATA} lists no pairs")
     available = list((rows[0].get("controls") or {}).keys())
@@ -112,23 +120,74 @@ def read_pairs(data_dir: str | os.PathLike, control: str = "") -> tuple[list[Pai
     if ctype not in CONTROL_TYPES:
         raise TrainError(f"--control {ctype!r} is not a control type ({', '.join(CONTROL_TYPES)})")
     pairs = []
+    base = Path(os.path.abspath(root))
     for n, row in enumerate(rows, start=1):
         controls = row.get("controls") or {}
         if ctype not in controls:
             raise TrainError(f"{meta} line {n} has no {ctype!r} control (it has {', '.join(controls) or 'none'})")
         if "file_name" not in row:
             raise TrainError(f"{meta} line {n} has no file_name (the target image)")
-        target, cond = root / row["file_name"], root / controls[ctype]
-        for path in (target, cond):
-            if not path.is_file():
-                raise TrainError(f"{meta} line {n}: {path} is missing")
-        with Image.open(target) as a, Image.open(cond) as b:
-            if a.size != b.size:
-                raise TrainError(f"{meta} line {n}: target {row['file_name']} is {a.size[0]}x{a.size[1]} but its "
-                                 f"{ctype} control is {b.size[0]}x{b.size[1]} (pairs must be aligned)")
-        pairs.append(Pair(target, cond, str(row.get("text", "")), int(row.get("seed", n)),
-                          str(row.get("name", Path(row["file_name"]).stem))))
+        target = _data_file(base, row["file_name"], f"{meta} line {n}: file_name")
+        cond = _data_file(base, controls[ctype], f"{meta} line {n}: controls.{ctype}")
+        sizes = [_check_image(path, f"{meta} line {n}: {what} {path.relative_to(base)}")
+                 for path, what in ((target, "target"), (cond, f"{ctype} control"))]
+        if sizes[0] != sizes[1]:
+            raise TrainError(f"{meta} line {n}: target {row['file_name']} is {sizes[0][0]}x{sizes[0][1]} but its "
+                             f"{ctype} control is {sizes[1][0]}x{sizes[1][1]} (pairs must be aligned)")
+        seed = row.get("seed", n)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise TrainError(f"{meta} line {n}: seed {_short(seed)} is not a whole number from 0 to {2**32 - 1}")
+        text, name = row.get("text", ""), row.get("name", target.stem)
+        for key, value in (("text", text), ("name", name)):
+            if not isinstance(value, str):
+                raise TrainError(f"{meta} line {n}: {key} {_short(value)} is not a text")
+        pairs.append(Pair(target, cond, text, seed, name))
     return pairs, ctype
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _data_file(base: Path, name, where: str) -> Path:
+    """The dataset file ``name`` names: a relative path inside the dataset folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise TrainError(f"{where} {_short(name)} is not a file name")
+    path = Path(os.path.normpath(base / name))  # ".." and absolute names leave the folder; links may
+    if base not in path.parents:
+        raise TrainError(f"{where} {name!r} is outside the dataset folder {base}")
+    if not path.is_file():
+        raise TrainError(f"{where}: {path} is missing")
+    return path
+
+
+def _check_image(path: Path, where: str) -> tuple[int, int]:
+    """The size of a dataset image, decoded whole once here (a cut or damaged file is found
+    before any model loads); its header's pixel count is checked first."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..core.jobs import MAX_PNG_PIXELS
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PNG_PIXELS:
+                raise TrainError(f"{where} is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
+                                 f"{MAX_PNG_PIXELS / 1e6:.0f} megapixels")
+            im.load()
+            return w, h
+    except Image.DecompressionBombError:  # Pillow's own guard fired at open: the size from the header
+        from ..core.png import png_size
+
+        with open(path, "rb") as fh:
+            size = png_size(fh.read(24))
+        said = f" is {size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} megapixels," if size else ""
+        raise TrainError(f"{where}{said or ' is'} over the limit of {MAX_PNG_PIXELS / 1e6:.0f} megapixels") from None
+    except UnidentifiedImageError:
+        raise TrainError(f"{where} is not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise TrainError(f"{where} is damaged and cannot be decoded ({exc})") from None
 
 
 def split_pairs(pairs: list[Pair], val_views: int) -> tuple[list[Pair], list[Pair]]:
@@ -328,6 +387,13 @@ class Trainer:
         self.cfg = cfg
         self.log = log
         self.out = Path(cfg.out).expanduser().resolve()
+        for folder in (self.out, *self.out.parents):  # said now, not after the models load
+            if folder.exists():
+                if not folder.is_dir():
+                    raise TrainError(f"--out {cfg.out!r}: {folder} is a file, not a folder")
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise TrainError(f"--out {cfg.out!r}: {folder} cannot be written")
+                break
         pairs, self.control = read_pairs(cfg.data, cfg.control)
         self.train_pairs, self.val_pairs = split_pairs(pairs, cfg.val_views)
         self.size = training_size(pairs, cfg.resolution)
@@ -429,7 +495,25 @@ class Trainer:
             self.step = int(state["step"])
             self.history = state.get("history", [])
             self.notes.append(f"resumed from {path} at step {self.step}")
+            self._truncate_log(self.step)
         return self
+
+    def _truncate_log(self, step: int) -> None:
+        """``train_log.jsonl`` cut back to the checkpoint's ``step``: the steps a killed run
+        logged after its last checkpoint are trained again, and logged once."""
+        log_path = self.out / STATE_DIR / "train_log.jsonl"
+        if not log_path.is_file():
+            return
+        kept = []
+        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by the kill
+        tmp = log_path.with_name(f".train_log.{os.getpid()}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, log_path)
 
     # -- one step ----------------------------------------------------------------------
 

@@ -148,7 +148,7 @@ def run(args):
             args.strength = None  # an instruction edit has none
     if args.controls is None:
         args.controls = "depth,lines"
-    problem = problem or _preview_problem(args)
+    problem = problem or _preview_problem(args) or _styles_problem(args)
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -277,7 +277,7 @@ def run_image(args):
         problem = check_out_dir(args.out)
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
-    problem = problem or _preview_problem(args)
+    problem = problem or _preview_problem(args) or _styles_problem(args)
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -375,6 +375,18 @@ def _backend_failure(exc):
         return EXIT_BAD_INPUT
     print(f"archviz sweep: {exc}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _styles_problem(args):
+    """``--styles`` checked before any render or backend: preset names, and with a backend
+    this command starts, presets it has (a remote backend may have presets of its own)."""
+    from ..core.presets import load_presets_tolerant, style_names_problem
+
+    names = [s.strip() for s in (args.styles or "").split(",") if s.strip()]
+    if not names:
+        return None
+    known = None if args.backend else set(load_presets_tolerant()[0])
+    return style_names_problem(names, known)
 
 
 def _preview_problem(args):

@@ -45,6 +45,13 @@ def check_edit(text, field: str = "edit") -> str:
                          f"\"make it a snowy winter evening\"")
     if len(text) > MAX_EDIT_CHARS:
         raise ValueError(f"{field}: the edit text is {len(text)} characters long (at most {MAX_EDIT_CHARS})")
+    if "\0" in text:
+        raise ValueError(f"{field}: the edit text contains a NUL character (at {text.index(chr(0))})")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{field}: the edit text is not valid Unicode (a lone surrogate {text[exc.start]!r} at "
+                         f"{exc.start})") from None
     return text.strip()
 
 

@@ -113,11 +113,8 @@ MAX_SEEDS = 1024
 MAX_STYLES = 64
 MAX_CONTROLS = 8
 MAX_BATCH = 64
-#: A control image (or a photo to preprocess): at most this many bytes of PNG, and at most
-#: this many pixels (checked from the PNG header before anything is decoded, so a
-#: decompression bomb is refused without being inflated).
-MAX_PNG_BYTES = 16 * 2**20
-MAX_PNG_PIXELS = 36_000_000  # e.g. 6000 x 6000
+#: A control image (or a photo to preprocess): see core/limits.py.
+from .limits import MAX_PNG_BYTES, MAX_PNG_PIXELS  # noqa: E402 - re-exported as J.MAX_PNG_*
 #: Prompts are cut to the text encoder's window (77 CLIP tokens) by the backend, which
 #: says so in a warning; this is only a bound on what is worth sending at all.
 MAX_PROMPT_CHARS = 4000

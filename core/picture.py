@@ -45,8 +45,17 @@ def picture_problem(path):
         return f"--image {path} cannot be read ({exc.strerror})"
     if not head:
         return f"--image {path} is empty (0 bytes), not a picture"
-    if sniff(head) is None:
+    kind = sniff(head)
+    if kind is None:
         return f"--image {path} is not an image ({FORMATS_TEXT} are read)"
+    from .png import png_problem
+
+    size = os.path.getsize(path)
+    if size > J.MAX_PNG_BYTES:  # the backend takes no more: said here, not as a broken pipe
+        return (f"--image {path} is {size / 2**20:.1f} MiB; a picture may be at most {J.MAX_PNG_BYTES // 2**20} MiB "
+                "(save it smaller, e.g. as JPEG or at a lower resolution)")
+    if kind == "PNG":
+        return png_problem(path, "--image")  # a bomb header or a cut file, before any backend starts
     return None
 
 

@@ -227,3 +227,124 @@ def read_text(path):
 
 def write_png(path, image, text=None):
     atomic_write(path, encode_png(image, text=text))
+
+
+#: Channels per PNG colour type (grey, RGB, palette, grey + alpha, RGBA).
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def png_problem(path, flag, max_bytes=None, max_pixels=None):
+    """Why the file at ``path`` is not a whole PNG within the limits (one line starting
+    with ``flag``), or None. Stdlib only, bounded memory: the file size and the header's
+    pixel count against the jobs' limits (16 MiB, 36 megapixels) before anything is
+    inflated, every chunk's CRC up to IEND, and the image data inflated in steps of 1 MiB
+    to exactly the size its header gives (a cut or damaged file is found here, before
+    any render)."""
+    from .limits import MAX_PNG_BYTES, MAX_PNG_PIXELS
+
+    max_bytes = MAX_PNG_BYTES if max_bytes is None else max_bytes
+    max_pixels = MAX_PNG_PIXELS if max_pixels is None else max_pixels
+    try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            return (f"{flag} {path} is {size / 2**20:.1f} MiB; a picture may be at most {max_bytes // 2**20} MiB "
+                    "(save it smaller, e.g. as JPEG or at a lower resolution)")
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        return f"{flag} {path} cannot be read ({exc.strerror})"
+    if not data.startswith(_SIGNATURE):
+        return f"{flag} {path}: not a PNG file"
+    pos, width, height, raw_size, interlaced = 8, 0, 0, None, False
+    inflate = zlib.decompressobj()
+    inflated = 0
+    while True:
+        if pos + 8 > len(data):
+            return f"{flag} {path}: the PNG is cut short (no IEND chunk after {len(data)} bytes)"
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        crc = data[pos + 8 + length:pos + 12 + length]
+        if len(body) < length or len(crc) < 4:
+            return f"{flag} {path}: the PNG is cut short (its {kind.decode('latin-1')!r} chunk at byte {pos} ends past " \
+                   f"the file's {len(data)} bytes)"
+        if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
+            return f"{flag} {path}: the PNG is damaged (bad checksum of its {kind.decode('latin-1')!r} chunk at byte {pos})"
+        if kind == b"IHDR":
+            if length != 13:
+                return f"{flag} {path}: the PNG is damaged (its header is {length} bytes, not 13)"
+            width, height, depth, colour, _c, _f, interlace = struct.unpack(">IIBBBBB", body)
+            if width * height > max_pixels:
+                return (f"{flag} {path}: PNG of {width}x{height} = {width * height / 1e6:.0f} megapixels is over the "
+                        f"limit of {max_pixels / 1e6:.0f} megapixels")
+            if colour not in _CHANNELS or not width or not height:
+                return f"{flag} {path}: the PNG is damaged (colour type {colour}, {width}x{height} px)"
+            interlaced = bool(interlace)
+            raw_size = height * (1 + (width * _CHANNELS[colour] * depth + 7) // 8)
+        elif kind == b"IDAT":
+            if raw_size is None:
+                return f"{flag} {path}: the PNG is damaged (image data before its header)"
+            try:
+                chunk = inflate.decompress(body, 2**20)
+                while chunk:
+                    inflated += len(chunk)
+                    if not interlaced and inflated > raw_size:
+                        return f"{flag} {path}: the PNG is damaged (its image data is longer than its header says)"
+                    chunk = inflate.decompress(inflate.unconsumed_tail, 2**20) if inflate.unconsumed_tail else b""
+            except zlib.error as exc:
+                return f"{flag} {path}: the PNG is damaged (its image data does not inflate: {exc})"
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if raw_size is None:
+        return f"{flag} {path}: the PNG is damaged (no header)"
+    if not inflate.eof or (not interlaced and inflated != raw_size):
+        return (f"{flag} {path}: the PNG is cut short or damaged (its image data gives {inflated} of the "
+                f"{raw_size} bytes its header says)")
+    return None
+
+
+def png_size(head):
+    """(width, height) from a PNG's first 24 bytes (its IHDR), or None when they are not
+    a PNG's: the size of a picture Pillow refuses to open as a decompression bomb."""
+    if head[:8] == _SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    return None
+
+
+def temp_name(path):
+    """A unique temporary name next to ``path`` (``.NAME.PID.RANDOM.tmp``, the name
+    :func:`clean_stale_temps` knows), for a file another program writes (Blender's EXR)."""
+    import secrets
+
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+class folder_lock:
+    """``with folder_lock(folder, waiting):`` an exclusive ``flock`` on the folder itself
+    (no lock file left behind), so runs writing into one folder take turns; ``waiting()``
+    is called once when another run holds it. Where ``fcntl`` does not exist (Windows)
+    nothing is locked."""
+
+    def __init__(self, folder, waiting=None):
+        self.folder, self.waiting, self.fd = folder, waiting, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if self.waiting:
+                self.waiting()
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+        return False

@@ -61,7 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import families
-from .jobs import CONTROL_MODES, CONTROL_TYPES, LINE_TYPES, MAX_CFG, MAX_SCALE, MAX_STEPS, SCHEDULER_ALIASES, SCHEDULERS
+from .jobs import (CONTROL_MODES, CONTROL_TYPES, LINE_TYPES, MAX_CFG, MAX_PROMPT_CHARS, MAX_SCALE, MAX_STEPS,
+                   SCHEDULER_ALIASES, SCHEDULERS)
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -78,6 +79,14 @@ ZIMAGE_KEYS = FAMILY_SECTIONS["zimage"]
 CONTROL_KEYS = ("scale", "start", "end", "mode", "range", "line_style")
 DEPTH_RANGES = ("view", "sequence", "scene", "manual")  # core.passes.DEPTH_MODES
 LINE_STYLE_CHOICES = ("auto", "canny", "lineart", "mlsd", "softedge")  # core.passes.LINE_STYLES + auto
+
+#: Limits on one preset file (a preset is a few KB; the built-in ones are under 3 KB).
+MAX_PRESET_BYTES = 64 * 1024
+#: Nesting of tables and arrays (``[flux.controls.depth]`` is 3 deep).
+MAX_PRESET_DEPTH = 8
+#: label, description and each tag; prompts follow the jobs' 4000-character rule.
+MAX_LABEL_CHARS = 500
+MAX_TAGS = 32
 
 
 class PresetError(ValueError):
@@ -193,15 +202,25 @@ def user_dir() -> Path:
 def _number(value, path, key, lo, hi, integer=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
-        raise PresetError(path, key, f"expected {kind}, got {value!r}")
+        raise PresetError(path, key, f"expected {kind}, got {_short(value)}")
     if not math.isfinite(value) or not lo <= value <= hi:
         raise PresetError(path, key, f"must be between {lo} and {hi}, got {value!r}")
     return int(value) if integer else float(value)
 
 
-def _text(value, path, key):
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _text(value, path, key, max_len: int = MAX_PROMPT_CHARS):
+    """A string of at most ``max_len`` characters with no NUL (the jobs' prompt rule)."""
     if not isinstance(value, str):
-        raise PresetError(path, key, f"expected a string, got {value!r}")
+        raise PresetError(path, key, f"expected a string, got {_short(value)}")
+    if len(value) > max_len:
+        raise PresetError(path, key, f"is {len(value)} characters long; at most {max_len} are accepted")
+    if "\0" in value:
+        raise PresetError(path, key, "contains a NUL character")
     return value
 
 
@@ -297,13 +316,17 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise PresetError(path, "tags", "expected a list of strings")
+    if len(tags) > MAX_TAGS:
+        raise PresetError(path, "tags", f"has {len(tags)} tags; at most {MAX_TAGS} are accepted")
+    for i, tag in enumerate(tags):
+        _text(tag, path, f"tags[{i}]", MAX_LABEL_CHARS)
     sections = {section: _family_section(data, section, path) for section in FAMILY_SECTIONS}
     return Preset(
         name=name,
         prompt=prompt,
         negative=_text(data.get("negative", ""), path, "negative"),
-        label=_text(data.get("label", ""), path, "label"),
-        description=_text(data.get("description", ""), path, "description"),
+        label=_text(data.get("label", ""), path, "label", MAX_LABEL_CHARS),
+        description=_text(data.get("description", ""), path, "description", MAX_LABEL_CHARS),
         tags=tuple(tags),
         cfg=_number(data["cfg"], path, "cfg", 0.0, MAX_CFG) if "cfg" in data else None,
         steps=_number(data["steps"], path, "steps", 1, MAX_STEPS, integer=True) if "steps" in data else None,
@@ -314,11 +337,64 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
     )
 
 
+def nesting_depth(text: str) -> int:
+    """How deep the TOML ``text`` nests arrays and inline tables (``[``/``{`` outside strings
+    and comments), plus the dotted depth of its table headers: measured before tomllib
+    parses it, since tomllib recurses once per level."""
+    deepest = depth = i = 0
+    n = len(text)
+    line_start = True
+    while i < n:
+        c = text[i]
+        if c in "\"'":
+            quote = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else c
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                i += 2 if (c == '"' and text[i] == "\\") else 1
+            i += len(quote)
+            line_start = False
+            continue
+        if c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        if c == "\n":
+            line_start = True
+        elif c == "[" and line_start and depth == 0:  # a table header: [a.b.c] or [[a.b]]
+            end = text.find("]", i)
+            header = text[i:end if end >= 0 else n].strip("[ ")
+            deepest = max(deepest, header.count(".") + 1)
+            i = end + 1 if end >= 0 else n
+            while i < n and text[i] == "]":
+                i += 1
+            line_start = False
+            continue
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        if not c.isspace():
+            line_start = False
+        i += 1
+    return deepest
+
+
 def load_preset_file(path: str | os.PathLike) -> Preset:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_PRESET_BYTES + 1)
+        if len(raw) > MAX_PRESET_BYTES:
+            size = os.path.getsize(path)
+            raise PresetError(path, "", f"the file is {size} bytes; a preset may be at most {MAX_PRESET_BYTES} "
+                                        f"bytes ({MAX_PRESET_BYTES // 1024} KiB)")
+        text = raw.decode("utf-8")
+        depth = nesting_depth(text)
+        if depth > MAX_PRESET_DEPTH:
+            raise PresetError(path, "", f"tables and arrays nested {depth} levels deep; at most "
+                                        f"{MAX_PRESET_DEPTH} are accepted")
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(path, "", f"not valid TOML ({exc})") from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8; a file saved as Latin-1 must not stop the rest
@@ -356,6 +432,55 @@ def load_presets_tolerant(directories: list[str | os.PathLike] | None = None, *,
                 continue
             presets[preset.name] = preset
     return presets, errors
+
+
+def style_names_problem(names, known=None) -> str | None:
+    """Why these ``--styles`` names cannot be presets (one line), or None: each must be a
+    preset's name (lowercase letters, digits, '-', '_'), and one of ``known`` when given
+    (the presets a local backend has)."""
+    for name in names:
+        if not _NAME_RE.match(name):
+            return (f"--styles: {_short(name)} is not a preset name (lowercase letters, digits, '-' or '_'; "
+                    "archviz presets lists them)")
+        if known is not None and name not in known:
+            return f"--styles: unknown preset {name!r} (known: {', '.join(sorted(known))})"
+    return None
+
+
+class PresetCache:
+    """:func:`load_presets_tolerant` parsed once per change: each call stats the folders'
+    ``*.toml`` files and parses again only when one was added, removed or changed (a server
+    asks on every request)."""
+
+    def __init__(self, directories: list[str | os.PathLike] | None = None, *, include_user: bool = True):
+        import threading
+
+        self.directories, self.include_user = directories, include_user
+        self._key: tuple | None = None
+        self._value: tuple[dict[str, Preset], list[PresetError]] = ({}, [])
+        self._lock = threading.Lock()
+        self.parses = 0
+
+    def _stamp(self) -> tuple:
+        stamp = []
+        for folder in preset_folders(self.directories, self.include_user):
+            stamp.append(str(folder))
+            for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                stamp.append((path.name, st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamp)
+
+    def get(self) -> tuple[dict[str, Preset], list[PresetError]]:
+        with self._lock:
+            stamp = self._stamp()
+            if stamp != self._key:
+                self._value = load_presets_tolerant(self.directories, include_user=self.include_user)
+                self._key = stamp
+                self.parses += 1
+            return self._value
 
 
 def load_presets(directories: list[str | os.PathLike] | None = None, *, include_user: bool = True) -> dict[str, Preset]:

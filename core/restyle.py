@@ -80,9 +80,11 @@ def restyle_problem(args) -> str | None:
     if args.init != BEAUTY:
         if not os.path.isfile(args.init):
             return f"--init {args.init!r}: no such file (give beauty or a PNG's path)"
-        with open(args.init, "rb") as fh:
-            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
-                return f"--init {args.init!r}: not a PNG file"
+        from .png import png_problem
+
+        problem = png_problem(args.init, "--init")  # whole and within the limits, before any render
+        if problem:
+            return problem
         args.init = os.path.abspath(args.init)
     try:
         args.strength = parse_strength(args.strength) if args.strength is not None else DEFAULT_STRENGTH

@@ -107,6 +107,22 @@ def build_repos(root: Path) -> dict[str, Path]:
     return repos
 
 
+class SilentHub:
+    """``with SilentHub() as url:`` a hub that accepts connections (the kernel completes
+    them in the listen backlog) and never answers a byte; closed on exit."""
+
+    def __enter__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
 def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -141,6 +157,8 @@ class FakeHub:
         self.log: list[dict] = []
         self.sent: dict[str, int] = {}  # "repo/path" -> body bytes sent so far (last GET)
         self.holds: dict[str, int] = {}  # path suffix -> hold the body after this many bytes
+        self.shas: dict[str, str] = {}  # repo id -> the commit id its info answers (a hostile hub's)
+        self.endless: dict[str, int] = {}  # path suffix -> send a body with no length, up to this many bytes
         self.released = threading.Event()
         self._lock = threading.Lock()
         hub = self
@@ -227,6 +245,19 @@ class FakeHub:
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def _endless(self, h, name, cap):
+        sent = 0
+        block = bytes(CHUNK * 16)
+        self.sent[name] = 0
+        try:
+            while sent < cap:
+                h.wfile.write(block)
+                sent += len(block)
+                self.sent[name] = sent
+        finally:
+            h.close_connection = True
+            self._record(kind="resolve", method="GET", file=name, status=200, bytes=sent)
+
     def _repo(self, h, repo_id, head):
         repo = self.repos.get(repo_id)
         if repo is None:
@@ -242,7 +273,7 @@ class FakeHub:
             self._send(h, 404, head=head, error=("RevisionNotFound", "Revision not found"))
             return
         if what == "revision":
-            data = {"id": repo.id, "modelId": repo.id, "sha": repo.commit, "private": False,
+            data = {"id": repo.id, "modelId": repo.id, "sha": self.shas.get(repo.id, repo.commit), "private": False,
                     "gated": "manual" if repo.id in self.gated else False, "disabled": False,
                     "downloads": 0, "likes": 0, "tags": [], "library_name": "diffusers",
                     "siblings": [{"rfilename": p} for p in repo.files]}
@@ -301,12 +332,19 @@ class FakeHub:
         if start:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        endless = next((n for suffix, n in self.endless.items() if name.endswith(suffix)), None)
+        if endless is not None and not head:  # a body that never ends: no length, closed only at the cap
+            headers.pop("Content-Length")
+            headers["Connection"] = "close"
         h.send_response(status)
         for k, v in headers.items():
             h.send_header(k, v)
         h.end_headers()
         if head:
             self._record(kind="resolve", method="HEAD", file=name, status=status, bytes=0)
+            return
+        if endless is not None:
+            self._endless(h, name, endless)
             return
         hold = next((n for suffix, n in self.holds.items() if name.endswith(suffix)), None)
         sent = 0

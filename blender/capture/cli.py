@@ -128,11 +128,13 @@ def _run_child(args):
         from ...core.png import looks_full
 
         exr = os.path.join(os.path.abspath(args.out), "passes.exr")
-        if looks_full(exr):
+        if getattr(exc, "cut", False) or (not hasattr(exc, "cut") and os.path.exists(exr) and looks_full(exr)):
+            written = getattr(exc, "written", None)
+            written = written if written is not None else os.path.getsize(exr)
             print(f"archviz passes: disk full while writing {exr} (the renderer could write only "
-                  f"{os.path.getsize(exr)} bytes of it, removed); the files finished before it are kept",
-                  file=sys.stderr)
-            os.unlink(exr)
+                  f"{written} bytes of it, removed); the files finished before it are kept", file=sys.stderr)
+            if not hasattr(exc, "written"):
+                os.unlink(exr)
         else:
             print(f"archviz passes: the renderer wrote a damaged {exr}: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR

@@ -8,6 +8,7 @@ when it returns, also when it fails.
 
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ import numpy as np
 
 from ...core import classes as core_classes
 from ...core import passes as core_passes
-from ...core.exr import read_exr
-from ...core.png import atomic_write, write_png
+from ...core.exr import ExrError, read_exr
+from ...core.png import atomic_write, folder_lock, looks_full, temp_name, write_png
 from .. import compat
 from . import ifc as capture_ifc
 
@@ -507,7 +508,14 @@ def render_controls(scene, out_dir, options=None):
         raise CaptureError(f"cannot create output folder {out_dir}: {exc.strerror}") from exc
     if not os.access(out_dir, os.W_OK):
         raise CaptureError(f"output folder {out_dir} is not writable")
+    # Runs rendering into one folder take turns: each file below is written under a unique
+    # temporary name and renamed, and the folder's set of files stays one run's.
+    with folder_lock(out_dir, lambda: print(f"archviz passes: waiting for another run writing into {out_dir}",
+                                             file=sys.stderr, flush=True)):
+        return _render_controls(scene, out_dir, options, wanted, camera)
 
+
+def _render_controls(scene, out_dir, options, wanted, camera):
     started = time.perf_counter()
     frame_before = scene.frame_current
     if options.frame is not None:
@@ -539,6 +547,7 @@ def render_controls(scene, out_dir, options=None):
         left_out = non_physical_objects(scene, view_layer)
         factor = options.supersample
         exr_path = os.path.join(os.path.abspath(out_dir), EXR_NAME)
+        exr_tmp = temp_name(exr_path)  # Blender writes it there; renamed once it reads back whole
         t0 = time.perf_counter()
         with _overrides() as ov:
             for obj in left_out:
@@ -547,15 +556,21 @@ def render_controls(scene, out_dir, options=None):
                 ov.set(obj, "pass_index", i)
             for j, mat in enumerate(materials, start=1):
                 ov.set(mat, "pass_index", j)
-            _configure_render(ov, scene, view_layer, camera, (size[0] * factor, size[1] * factor), exr_path)
+            _configure_render(ov, scene, view_layer, camera, (size[0] * factor, size[1] * factor), exr_tmp)
             bpy.ops.render.render(write_still=True, scene=scene.name, layer=view_layer.name)
             rot = np.array(camera.matrix_world.to_3x3().normalized(), dtype=np.float64)
             frame = [tuple(v) for v in camera.data.view_frame(scene=scene)]
         timings["render"] = time.perf_counter() - t0
-        if not os.path.exists(exr_path):
+        if not os.path.exists(exr_tmp):
             raise CaptureError(f"Cycles did not write {exr_path}")
         t0 = time.perf_counter()
-        channels = read_exr(exr_path)
+        try:
+            channels = read_exr(exr_tmp)
+        except ExrError as exc:  # said for passes.exr, with what the renderer managed to write
+            exc.written, exc.cut = os.path.getsize(exr_tmp), looks_full(exr_tmp)
+            os.unlink(exr_tmp)
+            raise
+        os.replace(exr_tmp, exr_path)
         result = _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, frame,
                                  camera, scene, objects, materials, pairs, table, left_out=left_out)
         timings["images"] = time.perf_counter() - t0
@@ -614,12 +629,21 @@ def left_out_figures(scene, depsgraph, camera, left_out, size, z):
                        "pixels": round(shares[obj.name], 5)} for obj in left_out}
 
 
+def _npy(array) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
 def render_beauty(scene, view_layer, camera, size, path, options):
     """beauty.png: the scene from the same camera at the control size, with its own
     materials, lights and colour management, EEVEE or Cycles at ``options.beauty_samples``.
     Returns what passes.json records (engine, samples, seconds)."""
     engine = beauty_engine(options.beauty_engine)
     started = time.perf_counter()
+    final, path = path, temp_name(path)  # renamed into place once written whole
     with _overrides() as ov:
         render = _frame(ov, scene, view_layer, camera, engine, size, path)
         settings = render.image_settings
@@ -634,7 +658,8 @@ def render_beauty(scene, view_layer, camera, size, path, options):
             ov.set(scene.eevee, "taa_render_samples", options.beauty_samples)
         bpy.ops.render.render(write_still=True, scene=scene.name, layer=view_layer.name)
     if not os.path.exists(path):
-        raise CaptureError(f"{engine} did not write {path}")
+        raise CaptureError(f"{engine} did not write {final}")
+    os.replace(path, final)
     return {"engine": engine, "samples": options.beauty_samples, "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -711,9 +736,7 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
         write_png(files["depth"], depth_u8)
         files["depth_raw"] = os.path.join(out_dir, "depth.npy")
         raw = np.where(hit, z, np.inf).astype(np.float32)
-        with open(files["depth_raw"] + ".tmp", "wb") as fh:
-            np.save(fh, raw)
-        os.replace(files["depth_raw"] + ".tmp", files["depth_raw"])
+        atomic_write(files["depth_raw"], _npy(raw))
     geo = depth_u8[hit]
     depth_stats = {"levels_used": int(len(np.unique(geo))),
                    "clipped_near": round(float((geo == 255).mean()), 4),
@@ -768,9 +791,7 @@ def _write_controls(channels, out_dir, wanted, options, size, depth_range, rot, 
     for key, ids in (("object_ids", np.where(hit, obj_id, 0).astype(np.int32)),
                      ("class_ids", np.where(hit, ade[labels], -1).astype(np.int16))):
         files[key] = os.path.join(out_dir, f"{key}.npy")
-        with open(files[key] + ".tmp", "wb") as fh:
-            np.save(fh, ids)
-        os.replace(files[key] + ".tmp", files[key])
+        atomic_write(files[key], _npy(ids))
 
     n_hit = max(1, int(hit.sum()))
     shares = np.bincount(labels[hit], minlength=len(class_names)) / n_hit
