@@ -9,12 +9,12 @@ OUT    ?= out
 
 # The venv is rebuilt only when the pins or the package layout change; pip's own
 # cache (~/.cache/pip) makes a rebuild cheap on a machine that has done it once.
-$(STAMP): requirements.txt backend/requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt backend/setup/requirements-nodeps.txt pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
 	# controlnet_aux without its declared deps (torchvision/timm would pull a CUDA torch)
-	$(BIN)/pip install --quiet --no-deps -r backend/requirements-nodeps.txt
+	$(BIN)/pip install --quiet --no-deps -r backend/setup/requirements-nodeps.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -10,14 +10,14 @@ import sys
 COMMANDS = {
     "passes": ("archviz_controlnet.blender.capture.cli", "render exact control passes from a .blend camera"),
     "sweep": ("archviz_controlnet.blender.cli_sweep", "render passes and sweep styles x seeds x cameras through the backend"),
-    "serve": ("archviz_controlnet.backend.cli_serve", "start the generation backend (HTTP on loopback)"),
-    "upscale": ("archviz_controlnet.backend.cli_upscale", "exact tiled upscaling of a generated image (passes re-rendered at the target size)"),
-    "presets": ("archviz_controlnet.backend.cli_presets", "list the style presets"),
+    "serve": ("archviz_controlnet.backend.cli.serve", "start the generation backend (HTTP on loopback)"),
+    "upscale": ("archviz_controlnet.backend.cli.upscale", "exact tiled upscaling of a generated image (passes re-rendered at the target size)"),
+    "presets": ("archviz_controlnet.backend.cli.presets", "list the style presets"),
     "bench": ("archviz_controlnet.bench.cli", "time our engine against the plain diffusers loop, side by side"),
     "doctor": ("archviz_controlnet.core.doctor", "can a real generation run here? torch, GPU, models, cache, and fixes"),
-    "models": ("archviz_controlnet.backend.cli_models", "list, download, verify or remove hub models (HF cache)"),
+    "models": ("archviz_controlnet.backend.cli.models", "list, download, verify or remove hub models (HF cache)"),
     "dataset": ("archviz_controlnet.blender.capture.dataset", "render paired ControlNet training data (target + controls per view) from .blend scenes"),
-    "train-controlnet": ("archviz_controlnet.backend.train", "train a ControlNet on pairs from archviz dataset (frozen base, zero convs)"),
+    "train-controlnet": ("archviz_controlnet.backend.train.controlnet", "train a ControlNet on pairs from archviz dataset (frozen base, zero convs)"),
 }
 
 

@@ -3,10 +3,10 @@ and ``--config sdxl`` build the full-size models with random weights and no down
 
 Copied from the model repos' config files: ``stable-diffusion-v1-5/stable-diffusion-v1-5``
 (``unet/config.json``, ``vae/config.json``, ``text_encoder/config.json``, the scheduler is
-``backend.tiny``'s copy of ``scheduler/scheduler_config.json``) and
+``backend.models.tiny``'s copy of ``scheduler/scheduler_config.json``) and
 ``lllyasviel/control_v11f1p_sd15_depth`` / ``control_v11p_sd15_lineart`` (``config.json``; the
 two ControlNet 1.1 models share it). Architecture and FLOPs are those of the real models;
-only the weights are random. The tokenizer is ``backend.tiny``'s generated CLIP tokenizer,
+only the weights are random. The tokenizer is ``backend.models.tiny``'s generated CLIP tokenizer,
 padding to the real 77 tokens; the text encoder has the real 12 layers x 768 width.
 """
 
@@ -182,7 +182,7 @@ SDXL_CONTROLNET = {
 def build_random(arch: str, device, dtype, kinds=("depth", "lines"), seed: int = 0) -> tuple[dict, list]:
     """(components, controlnets) of SD 1.5 (``arch`` "sd15") or SDXL ("sdxl") built from the
     real configs with seeded random weights directly on ``device``. A fresh ControlNet's zero
-    convolutions are zero (it would steer nothing); like ``backend.tiny``, they get small
+    convolutions are zero (it would steer nothing); like ``backend.models.tiny``, they get small
     seeded weights so the ControlNets change the images and a wrong skip or scale shows in
     the pixel difference."""
     import tempfile
@@ -192,9 +192,9 @@ def build_random(arch: str, device, dtype, kinds=("depth", "lines"), seed: int =
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from ..backend import tiny
+    from ..backend.models import tiny
 
-    from ..backend.families.registry import ENGINES
+    from ..backend.engine.families.registry import ENGINES
 
     unet_arches = [a for a, e in ENGINES.items() if e.module == "sd"]
     if arch not in unet_arches:

@@ -8,7 +8,7 @@ From the model repos' config files: ``black-forest-labs/FLUX.1-dev`` (``transfor
 (``config.json``: six double-stream blocks, no single-stream blocks, no control-mode
 embedding; one net serves every unit, each with its own control image). Architecture and
 FLOPs are the real models'; only the weights are random. The tokenizers are
-``backend.tiny``'s generated CLIP and T5 tokenizers; the T5 one pads to the real 512 tokens.
+``backend.models.tiny``'s generated CLIP and T5 tokenizers; the T5 one pads to the real 512 tokens.
 
 Published sizes (checked on the meta device by tests/test_bench.py): transformer 11.9 B
 parameters, T5-XXL encoder 4.76 B, CLIP-L text tower 123 M, VAE 83.8 M; the Union-Pro 2.0
@@ -112,7 +112,7 @@ def build_random_flux(device, dtype, seed: int = 0) -> tuple[dict, list]:
     """(components, [union net]) of FLUX.1-dev and the Union-Pro 2.0 ControlNet from the
     real configs with seeded random weights, built directly on ``device`` (``meta``: shapes
     only, no memory). A fresh FluxControlNetModel's zero-initialised output projections
-    get small seeded weights, like ``backend.tiny``'s, so the net changes the images."""
+    get small seeded weights, like ``backend.models.tiny``'s, so the net changes the images."""
     import tempfile
     from pathlib import Path
 
@@ -120,7 +120,7 @@ def build_random_flux(device, dtype, seed: int = 0) -> tuple[dict, list]:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxControlNetModel, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from ..backend import tiny
+    from ..backend.models import tiny
     from .configs import SD15_TEXT_ENCODER
 
     def seeded(offset, make):

@@ -6,7 +6,7 @@ Written after the model repos' config files: ``Qwen/Qwen-Image`` (``transformer/
 ``scheduler/scheduler_config.json``) and ``InstantX/Qwen-Image-ControlNet-Union``
 (``config.json``: 5 double blocks of the transformer's width). Architecture and FLOPs are
 those of the real models; only the weights are random. The tokenizer is
-``backend.tiny_qwen``'s generated Qwen BPE tokenizer (its ids are a subset of the real
+``backend.models.tiny.qwen``'s generated Qwen BPE tokenizer (its ids are a subset of the real
 vocabulary's range, so the real-size embedding table reads them).
 
 Published sizes (bf16 files on the hub): transformer 40.9 GB (20.4 B parameters), text
@@ -142,7 +142,7 @@ def build_random(device, dtype, seed: int = 0) -> tuple[dict, list]:
     from diffusers import AutoencoderKLQwenImage, QwenImageControlNetModel, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from ..backend import tiny_qwen
+    from ..backend.models.tiny import qwen as tiny_qwen
 
     def seeded(offset, make):
         torch.manual_seed(seed + offset)

@@ -14,7 +14,7 @@ parameter count (and so the 6.71 GB checkpoint, in bf16) does not depend on the 
 
 :func:`parameter_counts` builds each on the meta device (no memory) and the tests compare
 them with the published sizes (6.15 B transformer, about 4 B encoder, 3.35 B net). The
-tokenizer is :mod:`..backend.tiny_zimage`'s generated BPE one (its ids are a subset of the
+tokenizer is :mod:`..backend.models.tiny.zimage`'s generated BPE one (its ids are a subset of the
 real vocabulary's range), so prompts are shorter than the real tokenizer's.
 """
 
@@ -138,7 +138,7 @@ def build_random(device, dtype, kinds=("depth", "lines"), seed: int = 0) -> tupl
 
     import torch
 
-    from ..backend import tiny_zimage
+    from ..backend.models.tiny import zimage as tiny_zimage
 
     models = build_models(device, seed=seed)
     net = models.pop("controlnet")

@@ -71,9 +71,9 @@ def job_dict(out: str, args, seeds: int | None = None) -> dict:
 
 
 def _timed(engine, args, presets, root: str) -> float:
-    from ..backend.outputs import OutputRoots
-    from ..backend.sweep import build_plan
-    from ..backend.worker import Worker
+    from ..backend.server.outputs import OutputRoots
+    from ..backend.engine.sweep import build_plan
+    from ..backend.server.worker import Worker
     from ..core import jobs as J
 
     worker = Worker(engine, OutputRoots(root))
@@ -92,9 +92,9 @@ def _timed(engine, args, presets, root: str) -> float:
 
 
 def _warm(engine, args, presets, root: str, images: int) -> None:
-    from ..backend.outputs import OutputRoots
-    from ..backend.sweep import build_plan
-    from ..backend.worker import Worker
+    from ..backend.server.outputs import OutputRoots
+    from ..backend.engine.sweep import build_plan
+    from ..backend.server.worker import Worker
     from ..core import jobs as J
 
     worker = Worker(engine, OutputRoots(root))
@@ -106,7 +106,7 @@ def _warm(engine, args, presets, root: str, images: int) -> None:
 
 def run_ray_scaling(args) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # CPU actors: one thread per slot
-    from ..backend.engine import Engine
+    from ..backend.engine.runner import Engine
     from ..core.presets import load_presets
     from ..distributed.cluster import connect
     from ..distributed.engine import RayEngine

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend.families import registry
+from ..backend.engine.families import registry
 from ..core import families
 
 #: The issue's cases: depth 0.9 on the whole run + lines 0.6 from 20 %, and the seeds'
@@ -153,7 +153,7 @@ CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
 DEFAULT_SIZE = {c: 64 if families.FAMILIES[c].tiny else families.long_side(c) for c in CONFIGS}
 DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.steps
 #: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
-FLOW_ARCHES = tuple(arch for arch, e in registry.ENGINES.items() if e.flow)  # backend/families/registry.py
+FLOW_ARCHES = tuple(arch for arch, e in registry.ENGINES.items() if e.flow)  # backend/engine/families/registry.py
 
 
 def config_arch(config: str) -> str:
@@ -172,7 +172,7 @@ def model_refs(config: str) -> dict:
 def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None, fast: bool = False):
     import base64
 
-    from ..backend.sweep import build_plan
+    from ..backend.engine.sweep import build_plan
     from ..core import jobs as J
     from ..core.presets import load_presets
 
@@ -261,7 +261,7 @@ def count_flops(engine, plan) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..backend.engine import accept_precomputed_cond
+    from ..backend.engine.runner import accept_precomputed_cond
 
     if plan.models.arch == "flux":
         from .configs_flux import count_flux_flops
@@ -326,7 +326,7 @@ def baseline_pipeline(engine, plan):
     """The family's diffusers pipeline over the same warm models, with the list of
     ControlNets (StableDiffusion(XL)ControlNetPipeline wraps it in a MultiControlNetModel,
     FluxControlNetPipeline gets a FluxMultiControlNetModel)."""
-    from ..backend.engine import make_scheduler
+    from ..backend.engine.runner import make_scheduler
 
     base, nets = engine.load(plan.models)
     c = base.value
@@ -363,7 +363,7 @@ def _pipe_call(pipe, plan, items):
     elif plan.models.arch == "zimage":
         # ZImageControlNetPipeline takes one net and one image: several units (and windows)
         # through diffusers' multi-ControlNet rule around its own nets, made per call.
-        from ..backend.families.zimage import PipelineMultiNet, pipeline_control_latents
+        from ..backend.engine.families.zimage import PipelineMultiNet, pipeline_control_latents
 
         nets = [n.value for n in pipe._archviz_nets]
         latents = [pipeline_control_latents(pipe, image, plan.width, plan.height, net)
@@ -373,7 +373,7 @@ def _pipe_call(pipe, plan, items):
         out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images[0], guidance_scale=0.0,
                    controlnet_conditioning_scale=1.0, **common)
     elif plan.models.arch == "flux":
-        from ..backend.families.flux import Flux
+        from ..backend.engine.families.flux import Flux
 
         out = pipe(prompts if len(items) > 1 else prompts[0], control_image=images,
                    control_mode=[r.union_mode for r in plan.models.controlnets],
@@ -434,7 +434,7 @@ def dynamo_graphs() -> int:
 def build_engine(spec: Spec):
     import torch
 
-    from ..backend.engine import Engine
+    from ..backend.engine.runner import Engine
 
     engine = Engine(spec.device)
     plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
@@ -723,7 +723,8 @@ def adopt_fast(spec, engine, plan) -> None:
     import tempfile
     from pathlib import Path
 
-    from ..backend import tiny, tiny_fast
+    from ..backend.models import tiny
+    from ..backend.models.tiny import fast as tiny_fast
 
     if plan.models.arch == "flux":
         raise RuntimeError("fast mode on the full-size random FLUX.1 config needs a random schnell base (not built "

@@ -2,7 +2,7 @@
 terminal or a render box, with a progress bar. Re-running resumes: images already on
 disk with the same parameters are kept, not made again (``--remake`` makes them again).
 ``archviz sweep --image PATH ...``: the same sweep from a photo or a sketch instead of a
-scene; the backend runs the detectors on it (core/picture.py, backend/picture.py).
+scene; the backend runs the detectors on it (core/picture.py, backend/server/picture.py).
 
 Exit status: 0 done; 1 the sweep failed (the backend, a full disk, a timeout); 2 a bad
 argument or a file that cannot be read (not a .blend, empty, truncated, a folder; an

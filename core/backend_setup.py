@@ -2,7 +2,7 @@
 
 In a worker thread: ``python -m venv``, then torch from the index that suits the machine
 (:func:`.devices.choose_torch`: the CUDA build the NVIDIA driver supports, MPS on Apple
-Silicon, else the CPU build), then the rest of ``backend/requirements.txt``, then a check
+Silicon, else the CPU build), then the rest of ``backend/setup/requirements.txt``, then a check
 in the new venv that imports torch and reports the device it sees. pip's output is read
 as it comes so the preferences can show progress; a failure keeps pip's last lines.
 
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from . import devices
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REQUIREMENTS = os.path.join(PACKAGE_DIR, "backend", "requirements.txt")
+REQUIREMENTS = os.path.join(PACKAGE_DIR, "backend", "setup", "requirements.txt")
 #: What the backend process imports before it can serve (a Python without them is not set up).
 BACKEND_MODULES = ("uvicorn", "fastapi", "torch", "diffusers", "transformers")
 SETUP_HINT = ("set up the backend first: Edit > Preferences > Add-ons > ArchViz ControlNet > Set up Backend "
               "(or set Python to an interpreter that has it; from a terminal: pip install -r "
-              "backend/requirements.txt)")
+              "backend/setup/requirements.txt)")
 
 
 def venv_python(venv_dir):
@@ -126,7 +126,7 @@ def missing_backend_message(python, output):
 
 #: Run by the backend's Python: imports torch and prints one JSON line about it.
 #: The check run in the backend's Python (its source; see that file).
-TORCH_CHECK_SCRIPT = Path(__file__).resolve().parent.parent / "backend" / "torch_check.py"
+TORCH_CHECK_SCRIPT = Path(__file__).resolve().parent.parent / "backend" / "setup" / "torch_check.py"
 
 
 @dataclass

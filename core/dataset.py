@@ -1,6 +1,6 @@
 """Paired training data for ControlNets, the parts that need no Blender: view seeds, the
 layout of a dataset folder, captions and the resume check. ``blender/capture/dataset.py`` places
-the cameras and renders; ``backend/train.py`` reads what this layout describes.
+the cameras and renders; ``backend/train/controlnet.py`` reads what this layout describes.
 
 Layout (the ``imagefolder`` + ``metadata.jsonl`` convention that Hugging Face ``datasets``
 and diffusers' ControlNet training example read)::

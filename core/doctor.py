@@ -1,7 +1,7 @@
 """``archviz doctor``: can a real generation run here, and if not, what to do about it.
 
 :func:`collect` gathers the facts: this machine (OS, ``nvidia-smi``), and what the
-backend's Python says about itself (``python -m archviz_controlnet.backend.probe``: torch
+backend's Python says about itself (``python -m archviz_controlnet.backend.setup.probe``: torch
 and its device, the backend packages, the Hugging Face cache and which families' weights
 it holds, token present or not, offline or not). :func:`diagnose` is a pure function of
 those facts: the problems, each with its fix, and whether a real generation can run.
@@ -24,7 +24,7 @@ from .backend_setup import PACKAGE_DIR, default_venv_dir, find_backend_venv, ven
 EXIT_OK = 0
 EXIT_CANNOT_GENERATE = 1
 REAL_FAMILIES = ("sd15", "sdxl")
-PROBE_MODULE = "archviz_controlnet.backend.probe"
+PROBE_MODULE = "archviz_controlnet.backend.setup.probe"
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def diagnose(facts):
     probe = facts.get("probe")
     gpus = tuple(devices.GpuInfo(**g) for g in facts.get("gpus") or ())
     setup = ("click Set up Backend in the add-on preferences (it makes a venv with the right torch), or "
-             f"{facts['backend_python']} -m pip install -r {os.path.join(PACKAGE_DIR, 'backend', 'requirements.txt')}")
+             f"{facts['backend_python']} -m pip install -r {os.path.join(PACKAGE_DIR, 'backend', 'setup', 'requirements.txt')}")
     offline = facts.get("offline_env") or facts.get("offline_switch") or facts.get("blender_online") is False
     torch = (probe or {}).get("torch") or {}
     if probe is None:

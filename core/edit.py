@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import families as _families
 
-#: model family -> the architecture the engine runs (backend/families/edit.py)
+#: model family -> the architecture the engine runs (backend/engine/families/edit.py)
 EDIT_FAMILIES = {f.name: f.arch for f in _families.FAMILY_LIST if _families.ARCHES[f.arch].edit}
 EDIT_ARCHES = _families.arch_names(edit=True)
 #: steps and guidance where neither the job nor ``--steps``/``--cfg`` set them (core/families.py:

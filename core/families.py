@@ -6,11 +6,11 @@ its tiny, random-weight test family share one. Everything the add-on, the CLI an
 validator know about a family is read from here (core/jobs.py, core/passes.py,
 core/presets.py, core/edit.py, blender/preferences.py, blender/runs.py, the CLI help);
 what the backend knows about an architecture (its pipeline classes, ControlNets, memory
-profiles, tiny builder) lives on its Family class in backend/families/.
+profiles, tiny builder) lives on its Family class in backend/engine/families/.
 
 Adding a family: an :class:`Arch` in :data:`ARCHES` when it is a new architecture, its
 :class:`Family` records (the real one and its ``tiny-`` one) in :data:`FAMILY_LIST`, its
-module in backend/families/ and its tiny builder (README, "Adding a family").
+module in backend/engine/families/ and its tiny builder (README, "Adding a family").
 
 Stdlib only: Blender's Python and the backend both import it.
 """
@@ -57,7 +57,7 @@ class Family:
     name: str
     arch: str
     label: str  # in menus and messages
-    tiny: bool = False  # shrunk random-weight test models (backend/tiny.py), no download
+    tiny: bool = False  # shrunk random-weight test models (backend/models/tiny/__init__.py), no download
     aliases: tuple[str, ...] = ()  # other spellings the job validator accepts
     menu: bool = True  # listed in the Blender model menu and the CLI help
     menu_help: str = ""  # the menu item's tooltip

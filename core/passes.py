@@ -327,7 +327,7 @@ MLSD_MIN_LENGTH_AT_512 = 20  # as MLSD annotators drop shorter segments
 
 
 #: The line style each family's ControlNet for each line control type was trained on
-#: (core/families.py; backend/models.py has the model ids): SD 1.5 'lines' and 'lineart' use
+#: (core/families.py; backend/models/registry.py has the model ids): SD 1.5 'lines' and 'lineart' use
 #: the lineart ControlNet, 'canny' and 'mlsd' their own; every SDXL, FLUX.1 and Qwen-Image
 #: line type runs a canny-trained net; Z-Image's union net reads canny, soft and MLSD lines.
 MODEL_LINE_STYLES = {f.name: families.ARCHES[f.arch].line_styles for f in families.FAMILY_LIST

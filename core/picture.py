@@ -3,7 +3,7 @@
 Stdlib only: the picture is checked here as far as that is possible without decoding it
 (there, a file, not empty, an image format by its first bytes); the backend decodes it,
 refuses a damaged or too small one, and fits it to the model's size (``POST /v1/picture``,
-backend/picture.py). Each control unit then names the detector the backend runs on the
+backend/server/picture.py). Each control unit then names the detector the backend runs on the
 picture: depth -> DPT depth; lines -> the line style its model was trained on (SD 1.5
 lineart, SDXL and FLUX.1 canny; ``--line-style`` overrides), as for passes from a scene.
 """
@@ -15,7 +15,7 @@ import os
 
 from . import jobs as J
 
-#: First bytes of the formats the backend reads (backend/picture.py FORMATS).
+#: First bytes of the formats the backend reads (backend/server/picture.py FORMATS).
 SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
               (b"MM\x00*", "TIFF"))
 FORMATS_TEXT = "PNG, JPEG, WebP, BMP or TIFF"

@@ -1,4 +1,4 @@
-"""Tiles for exact tiled upscaling (backend/upscale.py): the grid and the blend weights.
+"""Tiles for exact tiled upscaling (backend/engine/upscale.py): the grid and the blend weights.
 
 A side of ``length`` pixels is covered by tiles of ``tile`` pixels that overlap by at least
 ``overlap``: starts ``0, tile - overlap, 2 (tile - overlap), ...``, the last one moved back

@@ -10,7 +10,7 @@ never load ``ray``.
   :class:`~..backend.engine.Engine`, running one engine batch per call and streaming its
   steps and images back.
 * :mod:`.engine` is :class:`RayEngine`, a drop-in for the local ``Engine`` under the
-  backend's :class:`~..backend.worker.Worker`: it fans a job's batches out over the
+  backend's :class:`~..backend.server.worker.Worker`: it fans a job's batches out over the
   actors, retries the batches of a lost actor elsewhere, and hands every finished image to
   the worker, which writes PNGs, manifest and contact sheet exactly as for a local job.
 * :mod:`.options` holds the command-line options shared by ``archviz serve`` and

@@ -3,7 +3,7 @@
 Each actor owns a :class:`~..backend.engine.Engine` (the very engine of the single-process
 backend, with its warm model cache), so models load once per actor and stay loaded
 between batches and jobs. :meth:`SweepActor.run` makes one engine batch of a
-:class:`~..backend.sweep.SweepPlan` and streams ``("step", n)`` and
+:class:`~..backend.engine.sweep.SweepPlan` and streams ``("step", n)`` and
 ``("image", index, float32 HxWx3 array)`` back as they happen (a Ray streaming
 generator). The images are made here and written by the driver, so the output folder
 only has to exist where the driver runs.
@@ -48,7 +48,7 @@ def _quiet_libraries() -> None:
 class SweepActor:
     def __init__(self, device: str = "auto", budget_bytes: int | None = None, max_batch: int | None = None,
                  options=None):
-        from ..backend.engine import Engine
+        from ..backend.engine.runner import Engine
 
         _quiet_libraries()
         self.engine = Engine(device, budget_bytes=budget_bytes, max_batch=max_batch, options=options)
@@ -61,7 +61,7 @@ class SweepActor:
     @ray.method(concurrency_group="control")
     def info(self) -> dict:
         from .. import __version__
-        from ..backend.sweep import ENGINE_VERSION
+        from ..backend.engine.sweep import ENGINE_VERSION
 
         ctx = ray.get_runtime_context()
         return {"device": str(self.engine.device), "dtype": self.engine.dtype_name, "pid": os.getpid(),

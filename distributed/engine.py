@@ -1,6 +1,6 @@
 """``RayEngine``: the backend's engine, fanned out over Ray actors.
 
-It has the interface the backend's :class:`~..backend.worker.Worker` and HTTP server use
+It has the interface the backend's :class:`~..backend.server.worker.Worker` and HTTP server use
 of :class:`~..backend.engine.Engine` (``generate``, ``batches``, ``batch_limit``,
 ``device``, ``dtype_name``, ``cache``, ``unload``), so a job runs through the very same
 worker code as on one GPU: the same resume check (``skip_existing`` by
@@ -40,8 +40,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..backend.engine import Cancelled, Engine
-from ..backend.sweep import PlannedImage, SweepPlan
+from ..backend.engine.runner import Cancelled, Engine
+from ..backend.engine.sweep import PlannedImage, SweepPlan
 from .cluster import LOCAL, RayUnavailable, connect, import_ray
 
 log = logging.getLogger("archviz.ray")
@@ -186,7 +186,7 @@ class RayEngine:
         self.actor_device = "cuda" if self.use_gpu else "cpu"
         self.budget_bytes = budget_bytes
         self.options = options  # EngineOptions or changes to the defaults, for every actor (None: the defaults)
-        from ..backend.engine import EngineOptions
+        from ..backend.engine.runner import EngineOptions
 
         self.image_changes = EngineOptions.resolve(options, self.actor_device).image_changes()
         env_batch = os.environ.get("ARCHVIZ_MAX_BATCH")

@@ -12,9 +12,9 @@ import sys
 def sd15_available():
     """(True, "") when every SD 1.5 model a default sweep loads is a complete snapshot in the
     Hugging Face cache (for the precision the backend runs here), else (False, first missing)."""
-    from archviz_controlnet.backend import hub
-    from archviz_controlnet.backend import models as M
-    from archviz_controlnet.backend.cli_models import fp16_for
+    from archviz_controlnet.backend.models import hub
+    from archviz_controlnet.backend.models import registry as M
+    from archviz_controlnet.backend.cli.models import fp16_for
 
     fp16 = fp16_for("auto")
     for repo, components, label in M.CATALOG["sd15"]:

@@ -125,7 +125,7 @@ def cpu_engine():
     """An Engine on the CPU with :func:`torch_threads` torch threads."""
     import torch
 
-    from archviz_controlnet.backend.engine import Engine
+    from archviz_controlnet.backend.engine.runner import Engine
 
     torch.set_num_threads(torch_threads())
     return Engine("cpu")

@@ -66,8 +66,8 @@ def _model_folder(src: Path, dst: Path, stem: str, bin_name: str) -> None:
 
 def build_repos(root: Path) -> dict[str, Path]:
     """The SD 1.5 base and its depth and lineart ControlNets, tiny, under their real ids."""
-    from archviz_controlnet.backend import models as M
-    from archviz_controlnet.backend import tiny
+    from archviz_controlnet.backend.models import registry as M
+    from archviz_controlnet.backend.models import tiny
 
     repos = {}
     base = root / M.SD15_BASE

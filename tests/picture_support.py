@@ -36,7 +36,7 @@ def build_picture_repos(root: Path) -> dict[str, Path]:
     """{repo id: folder} of the detectors' repositories, built once under ``root``."""
     import torch
 
-    from archviz_controlnet.backend import preprocess as P
+    from archviz_controlnet.backend.models import preprocess as P
 
     dpt, ann = root / DEPTH_REPO, root / ANNOTATOR_REPO
     if not (root / ".built").exists():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend import models as M
-from archviz_controlnet.backend import tiny
-from archviz_controlnet.backend.engine import make_scheduler
-from archviz_controlnet.backend.sweep import build_plan
+from archviz_controlnet.backend.models import registry as M
+from archviz_controlnet.backend.models import tiny
+from archviz_controlnet.backend.engine.runner import make_scheduler
+from archviz_controlnet.backend.engine.sweep import build_plan
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
@@ -301,9 +301,9 @@ import sys, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from diffusers.utils import logging as dlog; dlog.set_verbosity_error(); dlog.disable_progress_bar()
 from backend_support import b64, depth_image
-from archviz_controlnet.backend import models as M
-from archviz_controlnet.backend.engine import Engine
-from archviz_controlnet.backend.sweep import build_plan
+from archviz_controlnet.backend.models import registry as M
+from archviz_controlnet.backend.engine.runner import Engine
+from archviz_controlnet.backend.engine.sweep import build_plan
 from archviz_controlnet.core import jobs as J
 torch.set_num_threads(1)
 def plan(family):

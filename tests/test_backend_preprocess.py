@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from archviz_controlnet.backend import preprocess as P
+from archviz_controlnet.backend.models import preprocess as P
 
 
 @pytest.fixture()
@@ -65,7 +65,7 @@ def test_missing_depth_model_is_named(annotators):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("controlnet_aux") is None,
-                    reason="controlnet_aux not installed (pip install --no-deps -r backend/requirements-nodeps.txt)")
+                    reason="controlnet_aux not installed (pip install --no-deps -r backend/setup/requirements-nodeps.txt)")
 def test_controlnet_aux_detectors_run_with_local_weights(annotators):
     P._aux("mlsd")  # imports the submodules without controlnet_aux/__init__ (no torchvision here)
     from controlnet_aux.lineart import Generator

@@ -317,8 +317,8 @@ def test_token_protects_everything_but_health(tmp_path, monkeypatch):
     """In-process app (no second server process): the studio token check."""
     from fastapi.testclient import TestClient
 
-    from archviz_controlnet.backend.engine import Engine
-    from archviz_controlnet.backend.server import create_app
+    from archviz_controlnet.backend.engine.runner import Engine
+    from archviz_controlnet.backend.server.app import create_app
 
     monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
     with TestClient(create_app(Engine("cpu"), token="s3cret")) as client:

@@ -106,7 +106,7 @@ def test_lineart_width_scales_with_resolution():
 
 
 def test_line_style_follows_the_model():
-    from archviz_controlnet.backend import models
+    from archviz_controlnet.backend.models import registry as models
 
     ids = {"sd15": models.SD15_CONTROLNETS, "sdxl": models.SDXL_CONTROLNETS}
     for family, table in ids.items():

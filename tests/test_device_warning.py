@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from archviz_controlnet.backend import engine as E
+from archviz_controlnet.backend.engine import runner as E
 from archviz_controlnet.core import devices as D
 from backend_support import TEST_HOME, base_env, running_server
 

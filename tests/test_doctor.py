@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from archviz_controlnet.backend import models as M
-from archviz_controlnet.backend import tiny
+from archviz_controlnet.backend.models import registry as M
+from archviz_controlnet.backend.models import tiny
 from archviz_controlnet.core import devices as D
 from archviz_controlnet.core import doctor
 from backend_support import TEST_HOME

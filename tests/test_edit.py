@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend.families import family_for
+from archviz_controlnet.backend.engine.families import family_for
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.edit import compose, edit_problem, edit_styles
 
@@ -46,7 +46,7 @@ def edit_job(family, edits=(EDIT,), styles=(), seeds=(0,), steps=2, init=None, *
 
 
 def plan_of(job: dict):
-    from archviz_controlnet.backend.sweep import build_plan
+    from archviz_controlnet.backend.engine.sweep import build_plan
     from archviz_controlnet.core.presets import load_presets
 
     return build_plan(J.Job.from_dict(job), load_presets(include_user=False), "float32")
@@ -54,7 +54,7 @@ def plan_of(job: dict):
 
 def reference(engine, plan, style_index, seed):
     """The plain diffusers pipeline call for one (edit text, seed)."""
-    from archviz_controlnet.backend.families.flux import Flux
+    from archviz_controlnet.backend.engine.families.flux import Flux
 
     base, _nets = engine.load(plan.models)
     comps = base.value
@@ -106,7 +106,7 @@ def test_engine_equals_the_diffusers_pipeline_alone_and_in_a_sweep(engine, famil
 
 
 def test_the_picture_is_encoded_once_per_job(engine, monkeypatch):
-    from archviz_controlnet.backend.families.edit import Kontext
+    from archviz_controlnet.backend.engine.families.edit import Kontext
 
     calls = []
     original = Kontext.prepare_init
@@ -143,7 +143,7 @@ def test_real_edit_models_and_their_defaults():
         plan = plan_of(edit_job(family, steps=None))
         assert (plan.models.base, plan.styles[0].steps, plan.styles[0].cfg) == (repo, steps, cfg), family
         assert plan.models.controlnets == ()
-    from archviz_controlnet.backend.models import CATALOG
+    from archviz_controlnet.backend.models.registry import CATALOG
 
     assert CATALOG["kontext"][0][0] == cases["kontext"][0] and CATALOG["qwen-edit-2511"][0][0] == cases["qwen-edit-2511"][0]
     assert "processor" in CATALOG["qwen-edit"][0][1]

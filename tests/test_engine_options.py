@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend import engine as E
-from archviz_controlnet.backend.engine import Engine, EngineOptions
+from archviz_controlnet.backend.engine import runner as E
+from archviz_controlnet.backend.engine.runner import Engine, EngineOptions
 
 from backend_support import use_test_home
 from test_backend_engine import make_plan
@@ -197,7 +197,7 @@ def test_serve_records_image_changing_options_in_every_image(tmp_path, plan):
     never takes one for the other."""
     from backend_support import base_env, read_png, running_server
 
-    from archviz_controlnet.backend.sweep import build_plan, params_sha256
+    from archviz_controlnet.backend.engine.sweep import build_plan, params_sha256
     from archviz_controlnet.core.presets import load_presets
 
     env = {**base_env(), "ARCHVIZ_ENGINE_OPTIONS": "quantize=int8,token_merging=0.1"}

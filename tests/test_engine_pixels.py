@@ -4,7 +4,7 @@ with a stated tolerance. Float results differ in their last bits between CPUs (A
 AVX-512 kernels sum in other orders), so the check compares pixels, never hashes: every
 image within ``MAX_DIFF`` levels of 255 everywhere and ``MEAN_DIFF`` on average. A change
 of the engine's behaviour (a window, a mode, a seed's noise) moves pixels far more than
-that. A real change needs a new ``ENGINE_VERSION`` (backend/sweep.py) and a new record,
+that. A real change needs a new ``ENGINE_VERSION`` (backend/engine/sweep.py) and a new record,
 never a silent one.
 
 Record (only when pixels are meant to change, with ENGINE_VERSION bumped)::
@@ -58,7 +58,7 @@ CASES = {
 
 
 def as_saved(array: np.ndarray) -> np.ndarray:
-    from archviz_controlnet.backend.engine import to_uint8
+    from archviz_controlnet.backend.engine.runner import to_uint8
 
     return np.ascontiguousarray(to_uint8(array))
 
@@ -84,7 +84,7 @@ def compute(engine) -> dict:
 def engine():
     with pytest.MonkeyPatch.context() as mp:
         use_test_home(mp)
-        from archviz_controlnet.backend.engine import Engine
+        from archviz_controlnet.backend.engine.runner import Engine
 
         torch.set_num_threads(1)
         yield Engine("cpu")
@@ -109,7 +109,7 @@ def test_tolerance_tells_a_changed_image_from_cpu_noise():
 
 
 def test_sd_images_are_those_recorded_before_the_engine_split(engine):
-    from archviz_controlnet.backend.sweep import ENGINE_VERSION
+    from archviz_controlnet.backend.engine.sweep import ENGINE_VERSION
 
     meta = json.loads(DATA.read_text())
     if meta["versions"] != versions():
@@ -135,8 +135,8 @@ if __name__ == "__main__" and "--record" in sys.argv:
     os.environ.setdefault("ARCHVIZ_TEST_THREADS", "1")
     with pytest.MonkeyPatch.context() as mp:
         use_test_home(mp)
-        from archviz_controlnet.backend.engine import Engine
-        from archviz_controlnet.backend.sweep import ENGINE_VERSION
+        from archviz_controlnet.backend.engine.runner import Engine
+        from archviz_controlnet.backend.engine.sweep import ENGINE_VERSION
 
         torch.set_num_threads(1)
         images = compute(Engine("cpu"))

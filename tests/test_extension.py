@@ -23,8 +23,8 @@ def test_extension_builds_with_blender_tooling(tmp_path):
             "panels/__init__.py", "blender/capture/render.py", "core/passes.py", "core/class_table.toml"} <= names
     assert not any(n.startswith(("tests/", ".venv/", ".ci/", "bench/", ".git")) or "__pycache__" in n for n in names)
     # The backend the add-on starts runs from the extension's own files: archviz serve reads
-    # its --ray options from distributed/ and the tiny families (a preference) from backend/tiny.py.
-    assert {"blender/tasks.py", "distributed/options.py", "backend/tiny.py", "backend/cli_serve.py"} <= names
+    # its --ray options from distributed/ and the tiny families (a preference) from backend/models/tiny/__init__.py.
+    assert {"blender/tasks.py", "distributed/options.py", "backend/models/tiny/__init__.py", "backend/cli/serve.py"} <= names
     # Every file the shipped README links to (images, docs) is shipped with it.
     import re
 
@@ -57,7 +57,7 @@ def test_remote_url_default_is_the_port_archviz_serve_listens_on():
     import urllib.parse
 
     from archviz_controlnet.blender import properties
-    from archviz_controlnet.backend import cli_serve
+    from archviz_controlnet.backend.cli import serve as cli_serve
 
     parser = argparse.ArgumentParser()
     cli_serve.add_arguments(parser)

@@ -69,7 +69,7 @@ def test_every_preset_section_is_parsed_and_applied(tmp_path):
     preset = PR.load_preset_file(path)
     for arch in F.ARCHES.values():
         section = F.preset_section(arch.name)
-        applied = preset.for_family(section)  # as backend/sweep.py applies it
+        applied = preset.for_family(section)  # as backend/engine/sweep.py applies it
         if section in sections:
             assert getattr(preset, section)["prompt"] == f"{section} prompt"
             assert applied.prompt == f"{section} prompt" and applied.cfg == 2.0
@@ -130,16 +130,18 @@ def test_every_menu_family_is_in_the_blender_model_enum():
 
 def test_every_arch_has_its_backend_row_and_module_without_torch_in_the_light_modules():
     code = ("import sys\n"
-            "from archviz_controlnet.backend import models, sweep, memory, tiny\n"
-            "from archviz_controlnet.backend.families import registry, MODULES\n"
+            "from archviz_controlnet.backend.engine import sweep, memory\n"
+            "from archviz_controlnet.backend.models import registry, tiny\n"
+            "from archviz_controlnet.backend.engine.families import registry, MODULES\n"
             "assert 'torch' not in sys.modules, 'a light module imported torch'\n")
     import subprocess
 
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 
-    from archviz_controlnet.backend import memory, models, sweep, tiny
-    from archviz_controlnet.backend.families import MODULES, family_for, registry
+    from archviz_controlnet.backend.engine import memory, sweep
+    from archviz_controlnet.backend.models import registry as models, tiny
+    from archviz_controlnet.backend.engine.families import MODULES, family_for, registry
 
     assert set(registry.ENGINES) == set(F.ARCHES) == set(MODULES) == set(models.BASE_COMPONENTS)
     for name, arch in F.ARCHES.items():
@@ -158,11 +160,11 @@ def test_every_arch_has_its_backend_row_and_module_without_torch_in_the_light_mo
         assert profiles == (getattr(memory, engine.memory_profiles) if engine.memory_profiles else ())
         assert memory.choose_profile(name, "cuda", 80 * 2**30).name == (profiles[0].name if profiles else "none")
         folders = (name, *engine.tiny_folders)
-        if engine.tiny_module == "tiny":
+        if not engine.tiny_module:
             assert name not in tiny.TINY_MODULES
         else:
             assert all(tiny.TINY_MODULES[f] == engine.tiny_module for f in folders)
-            assert importlib.util.find_spec(f"archviz_controlnet.backend.{engine.tiny_module}") is not None
+            assert importlib.util.find_spec(f"archviz_controlnet.backend.models.tiny.{engine.tiny_module}") is not None
         family = family_for(name)
         assert family.arch == name and importlib.import_module(family.__module__).__name__.endswith(engine.module)
     for family in F.FAMILY_LIST:  # every family's tiny models have a builder
@@ -172,14 +174,14 @@ def test_every_arch_has_its_backend_row_and_module_without_torch_in_the_light_mo
 
 
 #: Hand-kept collections of family or arch names outside core/families.py and
-#: backend/families/, and why each stays: (file, names) -> reason.
+#: backend/engine/families/, and why each stays: (file, names) -> reason.
 ALLOWED = {
     ("core/doctor.py", frozenset({"sd15", "sdxl"})):
         "the doctor checks the default SD families' downloads only, by choice",
-    ("backend/models.py", frozenset({"qwen-edit-2509", "qwen-edit-2511"})): "hub ids of those models",
-    ("backend/models.py", frozenset({"qwen", "zimage"})): "hub ids of the union-only nets",
-    ("backend/models.py", frozenset({"kontext", "qwen-edit"})): "CATALOG: download names of hub ids",
-    ("backend/train.py", frozenset({"sd15", "sdxl", "tiny", "tiny-sdxl"})):
+    ("backend/models/registry.py", frozenset({"qwen-edit-2509", "qwen-edit-2511"})): "hub ids of those models",
+    ("backend/models/registry.py", frozenset({"qwen", "zimage"})): "hub ids of the union-only nets",
+    ("backend/models/registry.py", frozenset({"kontext", "qwen-edit"})): "CATALOG: download names of hub ids",
+    ("backend/train/controlnet.py", frozenset({"sd15", "sdxl", "tiny", "tiny-sdxl"})):
         "ControlNet training exists for the UNet families only: their base ids",
     ("bench/runner.py", frozenset({"flux", "sd15", "sdxl", "tiny", "tiny-flux", "tiny-sdxl", "tiny-zimage",
                                    "zimage"})): "bench --config descriptions (CONFIGS)",
@@ -212,7 +214,7 @@ def test_no_module_keeps_its_own_list_of_families():
     found, used = [], set()
     for path in files:
         rel = path.relative_to(ROOT).as_posix()
-        if rel == "core/families.py" or rel.startswith("backend/families/"):
+        if rel == "core/families.py" or rel.startswith("backend/engine/families/"):
             continue
         for line, hits in _name_collections(path):
             if (rel, hits) in ALLOWED:
@@ -220,7 +222,7 @@ def test_no_module_keeps_its_own_list_of_families():
             else:
                 found.append(f"{rel}:{line}: {sorted(hits)}")
     assert not found, "family names kept by hand (derive them from core/families.py or " \
-                      "backend/families/registry.py):\n" + "\n".join(found)
+                      "backend/engine/families/registry.py):\n" + "\n".join(found)
     assert used == set(ALLOWED), f"allow-list entries no longer needed: {set(ALLOWED) - used}"
 
 

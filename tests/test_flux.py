@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend import memory as M
-from archviz_controlnet.backend.engine import Engine
+from archviz_controlnet.backend.engine import memory as M
+from archviz_controlnet.backend.engine.runner import Engine
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
@@ -196,7 +196,7 @@ def test_a_memory_profile_is_recorded_and_runs(engine):
     changes = small.image_changes_for("flux")
     assert changes == {"memory_profile": "24gb", "quantize": "int8-weight"}
     assert small.image_changes_for("sd15") == {} and engine.image_changes_for("flux") == {}
-    from archviz_controlnet.backend.sweep import build_plan
+    from archviz_controlnet.backend.engine.sweep import build_plan
 
     labelled = build_plan(plan.job, load_presets(include_user=False), "float32", changes)
     assert labelled.params(labelled.images[0])["engine_options"] == changes
@@ -239,7 +239,7 @@ def test_quantize_onto_quantizes_piece_by_piece_like_the_whole(engine):
     import copy
 
     pytest.importorskip("torchao")
-    from archviz_controlnet.backend.engine import quantize_linear, quantize_onto
+    from archviz_controlnet.backend.engine.runner import quantize_linear, quantize_onto
 
     plan = plan_of(seeds=(0,), steps=2)
     base, _ = engine.load(plan.models)

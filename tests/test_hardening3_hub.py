@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from archviz_controlnet.backend import models as M
+from archviz_controlnet.backend.models import registry as M
 from backend_support import TEST_HOME, b64, depth_image, running_server
 from fake_hub import FakeHub, SilentHub, build_repos
 

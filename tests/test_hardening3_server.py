@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archviz_controlnet.backend import tiny
+from archviz_controlnet.backend.models import tiny
 from backend_support import TEST_HOME, b64, base_env, depth_image, running_server
 
 

@@ -193,7 +193,7 @@ def test_model_paths_stay_inside_the_roots_and_pickle_is_never_loaded(server, ro
 
 
 def test_pickle_allowed_per_model_only():
-    from archviz_controlnet.backend import models
+    from archviz_controlnet.backend.models import registry as models
 
     old = os.environ.get("ARCHVIZ_ALLOW_PICKLE")
     try:
@@ -213,8 +213,8 @@ def test_pickle_allowed_per_model_only():
 def test_body_limit_token_and_health_in_process(tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from archviz_controlnet.backend.engine import Engine
-    from archviz_controlnet.backend.server import create_app
+    from archviz_controlnet.backend.engine.runner import Engine
+    from archviz_controlnet.backend.server.app import create_app
 
     monkeypatch.setenv("ARCHVIZ_HOME", str(TEST_HOME))
     token = "correct-horse-battery-staple-42"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archviz_controlnet.backend import models as M
+from archviz_controlnet.backend.models import registry as M
 from backend_support import TEST_HOME, b64, depth_image, read_png
 from fake_hub import FakeHub, build_repos
 
@@ -27,7 +27,7 @@ ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
 BASE, DEPTH, LINEART = M.SD15_BASE, M.SD15_CONTROLNETS["depth"], M.SD15_CONTROLNETS["lineart"]
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
-#: What the SD 1.5 loaders read (backend/models.py load_base / load_controlnet) on an fp32
+#: What the SD 1.5 loaders read (backend/models/registry.py load_base / load_controlnet) on an fp32
 #: device: written out here, independently of the selection code under test.
 LOADED_FP32 = {
     BASE: ["model_index.json", "unet/config.json", UNET, "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
@@ -292,7 +292,7 @@ def test_job_status_errors_gated_and_offline_through_the_backend(repos, tmp_path
 
 FP16_LOAD = r"""
 import sys, torch
-from archviz_controlnet.backend import models as M
+from archviz_controlnet.backend.models import registry as M
 comps = M.load_base(M.SD15_BASE, None, "sd15", torch.float16, "cpu")
 net = M.load_controlnet(M.ControlNetRef(M.SD15_CONTROLNETS["depth"]), torch.float16, "cpu")
 from safetensors.torch import load_file
@@ -362,7 +362,7 @@ def test_archviz_models_list_download_verify_remove(repos, tmp_path):
 
 def test_selection_rules_on_real_repo_layouts():
     """The listing rules on the file lists of the real repos (as the hub lists them)."""
-    from archviz_controlnet.backend.hub import HubError, select_files
+    from archviz_controlnet.backend.models.hub import HubError, select_files
 
     sdxl_base = ["model_index.json", "sd_xl_base_1.0.safetensors", "sd_xl_offset_example-lora_1.0.safetensors",
                  "unet/config.json", "unet/diffusion_pytorch_model.safetensors",

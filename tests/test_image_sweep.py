@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from archviz_controlnet.backend import picture as BP
-from archviz_controlnet.backend import preprocess as P
+from archviz_controlnet.backend.server import picture as BP
+from archviz_controlnet.backend.models import preprocess as P
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core import picture as CP
 from backend_support import TEST_HOME, pixel_sha256, read_png

@@ -55,7 +55,7 @@ MAY_IMPORT = {
     "panels": {"core", "blender"},
     "backend": {"core", "distributed"},
     "distributed": {"core", "backend"},
-    "bench": {"core", "backend", "distributed", "blender.capture"},
+    "bench": {"core", "backend", "distributed", "blender.capture", "blender.compat"},
     "cli": set(),  # finds each command's module by name (COMMANDS), imports none directly
     "__init__": {"blender", "operators", "panels"},
 }
@@ -133,6 +133,56 @@ def test_each_room_imports_only_what_the_code_map_allows():
     assert set(map(_room, graph)) == set(MAY_IMPORT)  # a new top-level package needs a rule here
     wrong = sorted(f"{s} -> {t}" for s, targets in graph.items() for t in targets if not _allowed(s, t))
     assert wrong == []
+
+
+#: backend/'s rooms: each package's docstring ends with its "May import:" line, which this
+#: test reads and holds it to (imports inside the same room are always allowed).
+BACKEND_ROOMS = ("engine", "models", "server", "cli", "train", "setup")
+
+
+def _may_import_line(package_dir):
+    doc = ast.get_docstring(ast.parse(open(os.path.join(package_dir, "__init__.py"), encoding="utf-8").read()))
+    lines = [line for line in (doc or "").splitlines() if line.startswith("May import:")]
+    assert len(lines) == 1, f"{package_dir}/__init__.py: its docstring needs one 'May import:' line"
+    return {name.strip() for name in lines[0][len("May import:"):].rstrip(".").split(",") if name.strip()}
+
+
+def test_backend_has_few_rooms_and_each_says_what_it_holds():
+    backend = os.path.join(ROOT, "backend")
+    entries = sorted(n for n in os.listdir(backend) if n != "__pycache__")
+    assert len(entries) <= 8, entries
+    assert entries == sorted(["__init__.py", *BACKEND_ROOMS])
+    for room in BACKEND_ROOMS:
+        assert _may_import_line(os.path.join(backend, room))
+    assert _may_import_line(backend) == MAY_IMPORT["backend"]
+
+
+def test_each_backend_room_imports_only_what_its_docstring_allows():
+    graph = _graph()
+    prefix = f"{PACKAGE}.backend."
+    rules = {room: _may_import_line(os.path.join(ROOT, "backend", room)) for room in BACKEND_ROOMS}
+    wrong, seen = [], set()
+    for source, targets in graph.items():
+        if not source.startswith(prefix):
+            continue
+        room = source[len(prefix):].split(".")[0]
+        seen.add(room)
+        for target in targets:
+            name = target[len(PACKAGE) + 1:]
+            if target == PACKAGE or name.startswith(f"backend.{room}") or name == "backend":
+                continue
+            if not any(name == rule or name.startswith(rule + ".") or rule.startswith(name + ".")
+                       for rule in rules[room]):
+                wrong.append(f"{source} -> {target}")
+    assert seen == set(BACKEND_ROOMS)
+    assert sorted(wrong) == []
+
+
+def test_the_backend_rule_reader_sees_a_wrong_import():
+    """Two rooms that may not import each other: server -> cli would be found."""
+    rules = _may_import_line(os.path.join(ROOT, "backend", "server"))
+    assert "backend.engine" in rules and "core" in rules
+    assert not any("backend.cli" == rule or "backend.cli".startswith(rule + ".") for rule in rules)
 
 
 def test_no_import_circle():

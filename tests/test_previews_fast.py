@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend import previews as P
-from archviz_controlnet.backend import tiny
-from archviz_controlnet.backend.families import family_for
+from archviz_controlnet.backend.engine import previews as P
+from archviz_controlnet.backend.models import tiny
+from archviz_controlnet.backend.engine.families import family_for
 from archviz_controlnet.core import jobs as J
 
 from backend_support import b64, cpu_engine, depth_image, lines_image, quiet_test_home, running_server
@@ -238,7 +238,7 @@ def fast_plan(family, seeds=(0, 1), lines="lines", **extra):
 def test_fast_sd_equals_the_diffusers_pipeline_with_the_lcm_lora(engine, family, lines):
     from diffusers import ControlNetModel, LCMScheduler
 
-    from archviz_controlnet.backend.models import load_base
+    from archviz_controlnet.backend.models.registry import load_base
 
     plan = fast_plan(family, lines=lines)
     style = plan.styles[0]
@@ -357,8 +357,8 @@ def test_bench_rows_previews_and_fast(tmp_path, config):
 def test_a_lora_repository_is_its_one_weights_file():
     """What the hub code fetches and accepts for the fast-mode LoRAs (archviz models
     download sd15-lcm-lora): the one pytorch_lora_weights.safetensors, nothing else."""
-    from archviz_controlnet.backend import hub
-    from archviz_controlnet.backend.models import CATALOG, local_lora
+    from archviz_controlnet.backend.models import hub
+    from archviz_controlnet.backend.models.registry import CATALOG, local_lora
 
     listing = ["README.md", ".gitattributes", "image.png", "pytorch_lora_weights.safetensors"]
     assert hub.select_files(listing, None, fp16=True) == ["pytorch_lora_weights.safetensors"]

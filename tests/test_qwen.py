@@ -166,7 +166,7 @@ def test_qwen_job_errors_name_the_field(extra, field, words):
 
 
 def test_unit_types_line_style_size_and_ids():
-    from archviz_controlnet.backend import models as M
+    from archviz_controlnet.backend.models import registry as M
     from archviz_controlnet.core import passes as P
 
     assert J.control_types_for("qwen") == J.control_types_for("tiny-qwen") == ("depth", "lines", "canny", "mlsd",
@@ -182,7 +182,7 @@ def test_unit_types_line_style_size_and_ids():
 
 
 def test_long_prompts_are_reported(engine):
-    from archviz_controlnet.backend.families.qwen import MAX_SEQUENCE_LENGTH, prompt_overflow
+    from archviz_controlnet.backend.engine.families.qwen import MAX_SEQUENCE_LENGTH, prompt_overflow
 
     base, _ = engine.load(plan_of().models)
     tok = base.value["tokenizer"]
@@ -239,7 +239,7 @@ GB = 2**30
                                            (15.5, "16gb"), (7, "16gb")])
 def test_memory_profile_is_chosen_from_free_vram(free_gb, name):
     """Qwen-Image's 8-bit transformer alone is 20.4 GB: a 24 GB card streams it."""
-    from archviz_controlnet.backend import memory as M
+    from archviz_controlnet.backend.engine import memory as M
 
     profile = M.choose_profile("qwen", "cuda", int(free_gb * GB))
     assert profile.name == name and profile.changes_images == (name != "full")
@@ -251,8 +251,8 @@ def test_a_memory_profile_is_recorded_and_runs(engine):
     """The 24 GB profile forced on the CPU: int8 weight-only transformer and net, the text
     encoder on the CPU; recorded in every image's parameters."""
     pytest.importorskip("torchao")
-    from archviz_controlnet.backend.engine import Engine
-    from archviz_controlnet.backend.sweep import build_plan
+    from archviz_controlnet.backend.engine.runner import Engine
+    from archviz_controlnet.backend.engine.sweep import build_plan
 
     small = Engine("cpu", memory_profile="24gb")
     small.cache = engine.cache  # the same warm tiny models
@@ -271,7 +271,7 @@ def test_the_streaming_profile_needs_accelerate_or_runs(engine):
     """16 GB and smaller cards: the 8-bit transformer and net streamed block by block
     (diffusers' group offloading, which needs the accelerate package)."""
     pytest.importorskip("torchao")
-    from archviz_controlnet.backend.engine import Engine
+    from archviz_controlnet.backend.engine.runner import Engine
 
     small = Engine("cpu", memory_profile="16gb")
     small.cache = engine.cache
@@ -286,7 +286,7 @@ def test_the_streaming_profile_needs_accelerate_or_runs(engine):
 
 
 def test_guess_mode_is_refused_not_ignored(engine):
-    from archviz_controlnet.backend.engine import Engine
+    from archviz_controlnet.backend.engine.runner import Engine
 
     other = Engine("cpu", options={"guess_mode": True})
     other.cache = engine.cache

@@ -19,10 +19,10 @@ import pytest
 ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 
-from archviz_controlnet.backend.engine import Engine  # noqa: E402
-from archviz_controlnet.backend.outputs import OutputRoots  # noqa: E402
-from archviz_controlnet.backend.sweep import build_plan  # noqa: E402
-from archviz_controlnet.backend.worker import Worker  # noqa: E402
+from archviz_controlnet.backend.engine.runner import Engine  # noqa: E402
+from archviz_controlnet.backend.server.outputs import OutputRoots  # noqa: E402
+from archviz_controlnet.backend.engine.sweep import build_plan  # noqa: E402
+from archviz_controlnet.backend.server.worker import Worker  # noqa: E402
 from archviz_controlnet.core import jobs as J  # noqa: E402
 from archviz_controlnet.core.presets import load_presets  # noqa: E402
 from backend_support import REPO, TEST_HOME, b64, base_env, depth_image, lines_image, read_png, running_server  # noqa: E402

@@ -86,7 +86,7 @@ def inpaint_reference(engine, plan, seed):
     from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionXLControlNetInpaintPipeline
     from PIL import Image
 
-    from archviz_controlnet.backend.engine import make_scheduler
+    from archviz_controlnet.backend.engine.runner import make_scheduler
 
     base, nets = engine.load(plan.models)
     engine.restore_models([base.value["unet"], *[n.value for n in nets]])
@@ -118,7 +118,7 @@ def inpaint_reference(engine, plan, seed):
 @pytest.mark.parametrize("family, strength, scheduler", [
     ("tiny", None, "unipc"), ("tiny", 0.7, "euler_a"), ("tiny-sdxl", None, "unipc"), ("tiny-sdxl", 0.6, "unipc")])
 def test_region_edit_is_diffusers_inpainting_blended_into_the_source(engine, family, strength, scheduler):
-    from archviz_controlnet.backend.engine import to_uint8
+    from archviz_controlnet.backend.engine.runner import to_uint8
 
     plan = region_plan(strength, seeds=(3, 8), scheduler=scheduler, family=family)
     assert plan.init.strength == (1.0 if strength is None else strength)  # a region is made anew by default
@@ -137,7 +137,7 @@ def test_region_edit_is_diffusers_inpainting_blended_into_the_source(engine, fam
 
 
 def test_region_parameters_metadata_and_errors(engine):
-    from archviz_controlnet.backend.outputs import image_metadata
+    from archviz_controlnet.backend.server.outputs import image_metadata
     from archviz_controlnet.core.png import encode_png
 
     plan = region_plan()
@@ -154,7 +154,7 @@ def test_region_parameters_metadata_and_errors(engine):
     small = J.encode_png(encode_png(np.zeros((32, 32), np.uint8)))
     with pytest.raises(J.JobError, match=r"^mask_image: is 32x32; a region edit needs the job's size 64x64$"):
         J.Job.from_dict({**base, "init_image": init, "mask_image": small})
-    from archviz_controlnet.backend.sweep import build_plan
+    from archviz_controlnet.backend.engine.sweep import build_plan
     from archviz_controlnet.core.presets import load_presets
 
     empty = J.Job.from_dict({**base, "init_image": init,
@@ -195,8 +195,8 @@ def flux_inpaint_reference(engine, plan, seed):
 
 @pytest.mark.parametrize("strength", [None, 0.7])
 def test_flux_region_edit_is_diffusers_flux_controlnet_inpainting_blended_into_the_source(engine, strength):
-    from archviz_controlnet.backend.engine import to_uint8
-    from archviz_controlnet.backend.outputs import image_metadata
+    from archviz_controlnet.backend.engine.runner import to_uint8
+    from archviz_controlnet.backend.server.outputs import image_metadata
     from archviz_controlnet.core.png import encode_png
     from test_backend_engine import make_plan
 

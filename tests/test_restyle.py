@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend.engine import make_scheduler
-from archviz_controlnet.backend.sweep import params_sha256
+from archviz_controlnet.backend.engine.runner import make_scheduler
+from archviz_controlnet.backend.engine.sweep import params_sha256
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.restyle import STRENGTH_STEPS, denoising_steps, parse_strength
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from archviz_controlnet.backend import models as M
-from archviz_controlnet.backend import train as T
+from archviz_controlnet.backend.models import registry as M
+from archviz_controlnet.backend.train import controlnet as T
 from archviz_controlnet.core import jobs as J
 
 from backend_support import REPO, quiet_test_home, torch_threads
@@ -154,8 +154,8 @@ def test_output_folder_card_and_validation_sheet(trained):
 
 
 def test_trained_folder_loads_through_the_model_path_and_changes_images(trained, data):
-    from archviz_controlnet.backend.engine import Engine
-    from archviz_controlnet.backend.sweep import build_plan
+    from archviz_controlnet.backend.engine.runner import Engine
+    from archviz_controlnet.backend.engine.sweep import build_plan
     from archviz_controlnet.core.presets import load_presets
 
     out = str(trained["out"])
@@ -302,7 +302,7 @@ def test_init_from_an_existing_controlnet(trained, data, tmp_path):
     start = trainer.controlnet.controlnet_mid_block.weight
     done = trained["trainer"].accelerator.unwrap_model(trained["trainer"].controlnet).controlnet_mid_block.weight
     assert torch.count_nonzero(start) > 0 and torch.equal(start, done.detach())
-    from archviz_controlnet.backend import tiny
+    from archviz_controlnet.backend.models import tiny
 
     with pytest.raises(T.TrainError, match="made for another base"):
         T.Trainer(config(data, tmp_path / "ft2", init=str(tiny.tiny_path("sdxl", "controlnet-depth")))).setup()

@@ -74,7 +74,7 @@ def engine():
 
         dlog.set_verbosity_error()
         dlog.disable_progress_bar()
-        from archviz_controlnet.backend.engine import Engine
+        from archviz_controlnet.backend.engine.runner import Engine
 
         torch.set_num_threads(int(os.environ.get("ARCHVIZ_TEST_THREADS", "1")))
         yield Engine("cpu")
@@ -89,8 +89,8 @@ def controls(size):
 
 
 def one_tile(engine, box, enlarged, ctrls, strength, seed):
-    from archviz_controlnet.backend.sweep import build_plan
-    from archviz_controlnet.backend.upscale import tile_job
+    from archviz_controlnet.backend.engine.sweep import build_plan
+    from archviz_controlnet.backend.engine.upscale import tile_job
     from archviz_controlnet.core import jobs as J
     from archviz_controlnet.core.presets import load_presets
 
@@ -100,7 +100,7 @@ def one_tile(engine, box, enlarged, ctrls, strength, seed):
 
 
 def test_2x_upscale_tiles_blend_without_seams_and_equal_their_own_runs(engine):
-    from archviz_controlnet.backend.upscale import enlarge, tile_seed, upscale
+    from archviz_controlnet.backend.engine.upscale import enlarge, tile_seed, upscale
 
     source = beauty_image(64, 64)
     ctrls = controls(128)  # the controls at the target size
@@ -135,7 +135,7 @@ def test_2x_upscale_tiles_blend_without_seams_and_equal_their_own_runs(engine):
 
 
 def test_a_single_tile_equals_a_whole_image_img2img_run(engine):
-    from archviz_controlnet.backend.upscale import enlarge, upscale
+    from archviz_controlnet.backend.engine.upscale import enlarge, upscale
 
     source = beauty_image(64, 64)
     ctrls = controls(64)
@@ -145,7 +145,7 @@ def test_a_single_tile_equals_a_whole_image_img2img_run(engine):
 
 
 def test_bad_upscale_arguments(engine):
-    from archviz_controlnet.backend.upscale import upscale
+    from archviz_controlnet.backend.engine.upscale import upscale
 
     ctrls = [({"type": "depth"}, depth_image(128, 128)), ({"type": "lines"}, lines_image(64, 64))]
     with pytest.raises(ValueError, match="control 'lines' is 64x64, not 128x128"):

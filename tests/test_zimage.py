@@ -55,7 +55,7 @@ def reference(engine, plan, style_index, seed, multi=None):
     pipe.set_progress_bar_config(disable=True)
     scale = style.units[0].scale
     if multi:
-        from archviz_controlnet.backend.families.zimage import PipelineMultiNet, pipeline_control_latents
+        from archviz_controlnet.backend.engine.families.zimage import PipelineMultiNet, pipeline_control_latents
 
         latents = [pipeline_control_latents(pipe, c.image, plan.width, plan.height, n.value)
                    for c, n in zip(plan.controls, nets)]
@@ -134,9 +134,9 @@ def test_an_image_is_the_same_alone_or_in_a_sweep(engine):
 def test_the_union_net_loads_from_one_checkpoint_file(engine):
     """The tiny union net is stored as the real one ships (one .safetensors, no diffusers
     folder); a path to the file itself loads the same weights."""
-    from archviz_controlnet.backend import models as M
-    from archviz_controlnet.backend import tiny
-    from archviz_controlnet.backend.tiny_zimage import CONTROLNET_FILE
+    from archviz_controlnet.backend.models import registry as M
+    from archviz_controlnet.backend.models import tiny
+    from archviz_controlnet.backend.models.tiny.zimage import CONTROLNET_FILE
 
     folder = tiny.ensure_tiny(tiny.tiny_path("zimage", "controlnet-union"))
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [CONTROLNET_FILE, "config.json"]
@@ -157,9 +157,9 @@ def test_the_real_union_net_downloads_and_loads_from_one_file(tmp_path):
 
     from fake_hub import FakeHub
 
-    from archviz_controlnet.backend import models as M
-    from archviz_controlnet.backend import tiny
-    from archviz_controlnet.backend.tiny_zimage import CONTROLNET_FILE
+    from archviz_controlnet.backend.models import registry as M
+    from archviz_controlnet.backend.models import tiny
+    from archviz_controlnet.backend.models.tiny.zimage import CONTROLNET_FILE
 
     src = tiny.ensure_tiny(tiny.tiny_path("zimage", "controlnet-union"))
     file, config_repo = M.ZIMAGE_UNION_FILES[M.ZIMAGE_UNION]
@@ -191,7 +191,7 @@ def test_the_real_union_net_downloads_and_loads_from_one_file(tmp_path):
 
 
 def test_real_ids_and_what_a_download_fetches():
-    from archviz_controlnet.backend import models as M
+    from archviz_controlnet.backend.models import registry as M
 
     job = J.Job.from_dict({"model": {"family": "zimage"}, "controls": units(("depth", 0.8, 0, 1), ("mlsd", 0.6, 0, 1)),
                            "styles": ["modern"], "seeds": [0]})
@@ -209,7 +209,7 @@ def test_real_ids_and_what_a_download_fetches():
 
 
 def test_hub_selects_a_single_checkpoint_file():
-    from archviz_controlnet.backend.hub import Files, HubError, select_files
+    from archviz_controlnet.backend.models.hub import Files, HubError, select_files
 
     listing = ["README.md", "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors",
                "Z-Image-Turbo-Fun-Controlnet-Union-2.1-2602-8steps.safetensors", "asset/pose.jpg"]
@@ -266,7 +266,7 @@ def test_zimage_job_errors_name_the_field(extra, field, words):
 @pytest.mark.parametrize("free_gb, name", [(80, "full"), (31, "full"), (23, "24gb"), (15, "16gb"), (11, "12gb"),
                                            (6, "12gb")])
 def test_memory_profile_is_chosen_from_free_vram(free_gb, name):
-    from archviz_controlnet.backend import memory as M
+    from archviz_controlnet.backend.engine import memory as M
 
     profile = M.choose_profile("zimage", "cuda", int(free_gb * 2**30))
     assert profile.name == name and profile.changes_images == (name != "full")
@@ -280,8 +280,8 @@ def test_a_memory_profile_is_recorded_and_runs(engine, profile):
     copy holds its own copy of the transformer's refiners it shares), the Qwen3 encoder on the
     CPU, the net streamed block by block in 12gb; recorded in every image's parameters."""
     pytest.importorskip("torchao")
-    from archviz_controlnet.backend.engine import Engine
-    from archviz_controlnet.backend.sweep import build_plan
+    from archviz_controlnet.backend.engine.runner import Engine
+    from archviz_controlnet.backend.engine.sweep import build_plan
 
     small = Engine("cpu", memory_profile=profile)
     small.cache = engine.cache  # the same warm tiny models
