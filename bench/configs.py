@@ -193,6 +193,7 @@ def build_random(arch: str, device, dtype, kinds=("depth", "lines"), seed: int =
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from ..backend.models import tiny
+    from ..backend.models.tiny import sd as tiny_sd
 
     from ..backend.engine.families.registry import ENGINES
 
@@ -231,7 +232,7 @@ def build_random(arch: str, device, dtype, kinds=("depth", "lines"), seed: int =
                     conv.weight.normal_(0.0, 0.02)
                     conv.bias.normal_(0.0, 0.01)
             nets.append(net)
-    pndm, euler = tiny._scheduler_config_source()  # the real repos' scheduler configs
+    pndm, euler = tiny_sd._scheduler_config_source()  # the real repos' scheduler configs
     comps["scheduler_config"] = dict((euler if sdxl else pndm).config)
     for module in [*comps.values(), *nets]:
         if isinstance(module, torch.nn.Module):

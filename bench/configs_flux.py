@@ -121,6 +121,7 @@ def build_random_flux(device, dtype, seed: int = 0) -> tuple[dict, list]:
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from ..backend.models import tiny
+    from ..backend.models.tiny import flux as tiny_flux
     from .configs import SD15_TEXT_ENCODER
 
     def seeded(offset, make):
@@ -129,7 +130,7 @@ def build_random_flux(device, dtype, seed: int = 0) -> tuple[dict, list]:
 
     with tempfile.TemporaryDirectory(prefix="archviz-bench-tok-") as tmp:
         tokenizer = tiny._tokenizer(Path(tmp) / "clip")
-        tokenizer_2 = tiny._t5_tokenizer(Path(tmp) / "t5")
+        tokenizer_2 = tiny_flux._t5_tokenizer(Path(tmp) / "t5")
     tokenizer_2.model_max_length = FLUX_T5_MAX_LENGTH
     with torch.device(device):
         comps = {

@@ -177,7 +177,7 @@ def test_the_real_union_net_downloads_and_loads_from_one_file(tmp_path):
                              timeout=300)
         assert got.returncode == 0, got.stderr[-2000:]
         assert set(hub.fetched()) == {f"{M.ZIMAGE_UNION}/{file}", f"{config_repo}/config.json"}
-    code = ("import json, torch; from archviz_controlnet.backend import models as M; "
+    code = ("import json, torch; from archviz_controlnet.backend.models import registry as M; "
             "net = M.load_controlnet(M.ControlNetRef(M.ZIMAGE_UNION, arch='zimage'), torch.float32, 'cpu'); "
             "print(json.dumps({'params': sum(p.numel() for p in net.parameters()), "
             "'places': list(net.config.control_layers_places)}))")

@@ -214,7 +214,7 @@ def check_passes_and_panels():
     runs = sys.modules[pkg.__name__ + ".blender.runs"]
     report = "\n".join(runs.doctor.lines)
     assert "torch does not import" in report and "cannot run the backend check" not in report, report
-    requirements = os.path.join(os.path.dirname(pkg.__file__), "backend", "requirements.txt")
+    requirements = os.path.join(os.path.dirname(pkg.__file__), "backend", "setup", "requirements.txt")
     assert f"-m pip install -r {requirements}" in report, report
 
 

@@ -48,9 +48,7 @@ class Engine:
     region: bool = False  # does region edits (inpainting of the init image under a mask)
     #: its memory profiles: the name of their table in backend/engine/memory.py ('': small enough to need none)
     memory_profiles: str = ""
-    #: the module of backend/models/tiny/ that builds its tiny models (``builder(family, name)``;
-    #: '' = the package itself)
-    tiny_module: str = ""
+    tiny_module: str = ""  # the module of backend/models/tiny/ that builds its tiny models
     tiny_folders: tuple[str, ...] = ()  # more tiny model folders that module builds
     #: how the worker finds a prompt the text encoder cuts (backend/server/worker.py prompt_warnings):
     #: ``tokenizer`` its tokenizer's length, ``t5`` the T5 tokenizer's (at most 512), ``512``
@@ -84,11 +82,11 @@ _QWEN_CLASSES = {"transformer": ("diffusers", "QwenImageTransformer2DModel"),
                  "tokenizer": ("transformers", "Qwen2Tokenizer")}
 
 _ENGINE_LIST = (
-    Engine("sd15", "sd", "nets", _SD15, region=True),
-    Engine("sdxl", "sd", "nets", _SDXL, region=True),
+    Engine("sd15", "sd", "nets", _SD15, region=True, tiny_module="sd"),
+    Engine("sdxl", "sd", "nets", _SDXL, region=True, tiny_module="sd"),
     Engine("flux", "flux", "nets-or-union-modes", _FLUX, loaders=("FLUX.1", _FLUX_CLASSES), bf16=True,
            flow=FlowRules("FLUX.1", FLUX_DEFAULTS, no_negative="guidance-distilled, no true CFG", restyle=True),
-           region=True, memory_profiles="FLUX_PROFILES", prompt_reader="t5"),
+           region=True, memory_profiles="FLUX_PROFILES", tiny_module="flux", prompt_reader="t5"),
     Engine("qwen", "qwen", "union-only", _QWEN, loaders=("Qwen-Image", _QWEN_CLASSES), bf16=True,
            flow=FlowRules("Qwen-Image", QWEN_DEFAULTS), memory_profiles="QWEN_PROFILES",
            tiny_module="qwen", prompt_reader="qwen"),

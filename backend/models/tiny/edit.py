@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from .. import tiny
+from . import flux
 
 #: tiny family folders (``tiny.TINY_MODULES`` names this module for them: backend/engine/families/registry.py)
 FAMILIES = tuple(folder for folder, module in tiny.TINY_MODULES.items() if module == __name__.rpartition(".")[2])
@@ -53,14 +54,14 @@ def build_kontext_base(out: Path) -> None:
 
     tokenizer = tiny._tokenizer(out / ".tok1")
     text_encoder = tiny._text_encoder(tokenizer, projection=False, seed="kontext-clip")
-    tokenizer_2 = tiny._t5_tokenizer(out / ".tok2")
+    tokenizer_2 = flux._t5_tokenizer(out / ".tok2")
     torch.manual_seed(tiny._seed("kontext-transformer"))
-    transformer = FluxTransformer2DModel(**tiny._flux_dit_kwargs())
+    transformer = FluxTransformer2DModel(**flux._flux_dit_kwargs())
     # FLUX.1 Kontext dev ships FLUX.1-dev's scheduler config.
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                                                 max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxKontextPipeline(scheduler=scheduler, vae=tiny._flux_vae(), text_encoder=text_encoder,
-                               tokenizer=tokenizer, text_encoder_2=tiny._t5_encoder(tokenizer_2),
+    pipe = FluxKontextPipeline(scheduler=scheduler, vae=flux._flux_vae(), text_encoder=text_encoder,
+                               tokenizer=tokenizer, text_encoder_2=flux._t5_encoder(tokenizer_2),
                                tokenizer_2=tokenizer_2, transformer=transformer)
     pipe.save_pretrained(out, safe_serialization=True)
     tiny._write_tokenizer_files(out / "tokenizer", "<|endoftext|>")

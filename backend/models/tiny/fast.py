@@ -10,7 +10,8 @@
   flow-matching scheduler (no resolution-dependent shift).
 
 The builders take the tiny-model module (``backend/models/tiny/__init__.py``, which calls them) as ``tiny``,
-for its shared pieces (seeds, tokenizers, FLUX.1 component sizes).
+for its shared pieces (seeds, the CLIP tokenizer); the UNet and FLUX.1 component sizes come
+from :mod:`.sd` and :mod:`.flux`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def build_lcm_lora(out: Path, arch: str, tiny, unet=None, rank: int = LORA_RANK,
     from peft.utils import get_peft_model_state_dict
 
     if unet is None:
-        unet = tiny._unet(sdxl=arch == "sdxl")  # the tiny base's UNet (same config, same seeded weights)
+        from .sd import _unet
+
+        unet = _unet(sdxl=arch == "sdxl")  # the tiny base's UNet (same config, same seeded weights)
     else:
         unet = copy.deepcopy(unet)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
@@ -58,16 +61,18 @@ def build_flux_schnell_base(out: Path, tiny) -> None:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
+    from . import flux
+
     tokenizer = tiny._tokenizer(out / ".tok1")
     text_encoder = tiny._text_encoder(tokenizer, projection=False, seed="flux-clip")
-    tokenizer_2 = tiny._t5_tokenizer(out / ".tok2")
+    tokenizer_2 = flux._t5_tokenizer(out / ".tok2")
     torch.manual_seed(tiny._seed("flux-schnell-transformer"))
-    transformer = FluxTransformer2DModel(**{**tiny._flux_dit_kwargs(), "guidance_embeds": False})
+    transformer = FluxTransformer2DModel(**{**flux._flux_dit_kwargs(), "guidance_embeds": False})
     # FLUX.1-schnell's scheduler config: a fixed shift of 1 (no resolution-dependent shift).
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False, base_shift=0.5,
                                                 max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=tiny._flux_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
-                        text_encoder_2=tiny._t5_encoder(tokenizer_2), tokenizer_2=tokenizer_2,
+    pipe = FluxPipeline(scheduler=scheduler, vae=flux._flux_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=flux._t5_encoder(tokenizer_2), tokenizer_2=tokenizer_2,
                         transformer=transformer)
     pipe.save_pretrained(out, safe_serialization=True)
     tiny._write_tokenizer_files(out / "tokenizer", "<|endoftext|>")

@@ -137,7 +137,7 @@ def build_qwen_controlnet(out: Path) -> None:
 
     torch.manual_seed(_seed("qwen-controlnet-union"))
     model = QwenImageControlNetModel(**dit_kwargs())
-    # Trained zero projections are no longer zero (see tiny.build_controlnet).
+    # Trained zero projections are no longer zero (see sd.build_controlnet).
     with torch.no_grad():
         for linear in [*model.controlnet_blocks, model.controlnet_x_embedder]:
             linear.weight.normal_(0.0, 0.2)

@@ -42,7 +42,7 @@ def _corpus() -> list[str]:
     """What the BPE merges are learnt from: the built-in presets' prompts and a few words."""
     texts = ["a photo of a modern interior with warm light, wood, concrete, glass and white walls",
              "an architectural photograph of a house exterior at golden hour, stone and plants"]
-    presets = Path(__file__).resolve().parent.parent / "presets"
+    presets = Path(__file__).resolve().parents[3] / "presets"  # the repository's style presets
     for path in sorted(presets.glob("*.toml")):
         texts += [line.split("=", 1)[1].strip().strip('"') for line in path.read_text().splitlines()
                   if line.strip().startswith("prompt")]
@@ -142,7 +142,7 @@ def build_zimage_controlnet(out: Path) -> None:
 
     torch.manual_seed(_seed("zimage-controlnet-union"))
     model = ZImageControlNetModel(**controlnet_kwargs())
-    # Trained zero projections are no longer zero (see tiny.build_controlnet).
+    # Trained zero projections are no longer zero (see sd.build_controlnet).
     with torch.no_grad():
         for block in [*model.control_layers, *model.control_noise_refiner]:
             for name in ("before_proj", "after_proj"):
