@@ -2,11 +2,27 @@
 
 import math
 
-import bmesh
-import bpy
+import bpy  # first: with the bpy module, bmesh and mathutils exist only after it
+
+import bmesh  # noqa: I001
 import mathutils
 import numpy as np
 from bpy_extras.object_utils import world_to_camera_view
+
+
+#: A script for ``python -c`` in a child process: ``SCENE_SCRIPT TESTS_DIR OUT.blend`` saves
+#: a small scene (a wall, a table, a floor and a camera, 64 x 64).
+SCENE_SCRIPT = r"""
+import sys, bpy
+sys.path.insert(0, sys.argv[1])
+from blender_support import fresh_scene, box, plane, camera
+fresh_scene(64, 64)
+box("Wall", (0, 2, 0), (4, 0.2, 3))
+box("Table", (0, 0, -0.5), (1, 1, 0.5))
+plane("Floor", (0, 0, -1), 8)
+camera("Camera", (0, -5, 0.5), (0, 0, 0))
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[2])
+"""
 
 
 def fresh_scene(width=256, height=256):

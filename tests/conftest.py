@@ -20,3 +20,14 @@ def _archviz_home(tmp_path_factory, monkeypatch):
     """Keep every test away from the user's ~/.cache/archviz unless it sets its own."""
     if "ARCHVIZ_HOME" not in os.environ:
         monkeypatch.setenv("ARCHVIZ_HOME", str(tmp_path_factory.getbasetemp() / "archviz_home"))
+
+
+@pytest.fixture(scope="session")
+def repos():
+    """The fake hub's repositories (tests/fake_hub.py), built once per machine from the tiny models."""
+    from backend_support import TEST_HOME
+    from fake_hub import build_repos
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ARCHVIZ_HOME", str(TEST_HOME))
+        return build_repos(TEST_HOME / "fake-hub" / "v1")

@@ -18,19 +18,9 @@ import pytest
 
 from archviz_controlnet.core.exr import read_exr
 from archviz_controlnet.core.png import folder_lock
+from blender_support import SCENE_SCRIPT
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENE_SCRIPT = r"""
-import sys, bpy
-sys.path.insert(0, sys.argv[1])
-from blender_support import fresh_scene, box, plane, camera
-fresh_scene(64, 64)
-box("Wall", (0, 2, 0), (4, 0.2, 3))
-box("Table", (0, 0, -0.5), (1, 1, 0.5))
-plane("Floor", (0, 0, -1), 8)
-camera("Camera", (0, -5, 0.5), (0, 0, 0))
-bpy.ops.wm.save_as_mainfile(filepath=sys.argv[2])
-"""
 
 
 @pytest.fixture(scope="module")

@@ -8,31 +8,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
 
 from archviz_controlnet.backend.models import registry as M
 from backend_support import TEST_HOME, b64, depth_image, running_server
-from fake_hub import FakeHub, SilentHub, build_repos
+from fake_hub import FakeHub, SilentHub
 
 ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
 DEPTH = M.SD15_CONTROLNETS["depth"]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-@pytest.fixture(scope="module")
-def repos():
-    old = os.environ.get("ARCHVIZ_HOME")
-    os.environ["ARCHVIZ_HOME"] = str(TEST_HOME)
-    try:
-        return build_repos(TEST_HOME / "fake-hub" / "v1")
-    finally:
-        if old is None:
-            os.environ.pop("ARCHVIZ_HOME")
-        else:
-            os.environ["ARCHVIZ_HOME"] = old
 
 
 def _env(url: str, home: Path, **extra) -> dict:

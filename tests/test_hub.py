@@ -20,7 +20,8 @@ import pytest
 
 from archviz_controlnet.backend.models import registry as M
 from backend_support import TEST_HOME, b64, depth_image, read_png
-from fake_hub import FakeHub, build_repos
+from blender_support import SCENE_SCRIPT
+from fake_hub import FakeHub
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
@@ -38,31 +39,6 @@ LOADED_FP32 = {
     LINEART: ["config.json", "diffusion_pytorch_model.safetensors"],
 }
 
-SCENE_SCRIPT = r"""
-import sys, bpy
-sys.path.insert(0, sys.argv[1])
-from blender_support import fresh_scene, box, plane, camera
-fresh_scene(64, 64)
-box("Wall", (0, 2, 0), (4, 0.2, 3))
-box("Table", (0, 0, -0.5), (1, 1, 0.5))
-plane("Floor", (0, 0, -1), 8)
-camera("Camera", (0, -5, 0.5), (0, 0, 0))
-bpy.ops.wm.save_as_mainfile(filepath=sys.argv[2])
-"""
-
-
-@pytest.fixture(scope="module")
-def repos():
-    """The fake hub's repositories, built once per machine from the tiny models."""
-    old = os.environ.get("ARCHVIZ_HOME")
-    os.environ["ARCHVIZ_HOME"] = str(TEST_HOME)
-    try:
-        return build_repos(TEST_HOME / "fake-hub" / "v1")
-    finally:
-        if old is None:
-            os.environ.pop("ARCHVIZ_HOME")
-        else:
-            os.environ["ARCHVIZ_HOME"] = old
 
 
 @pytest.fixture(scope="module")
