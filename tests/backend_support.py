@@ -99,6 +99,16 @@ def use_test_home(mp, home: Path | None = None) -> None:
         mp.setenv(key, env[key])
 
 
+#: The memory profile each big family gets on a CUDA card with this much free memory:
+#: (free GB, profile name), the thresholds of backend/engine/memory.py as the tests of each
+#: family (test_flux.py, test_zimage.py, test_qwen.py) hold them, in one place.
+MEMORY_PROFILE_CHOICES = {
+    "flux": [(80, "full"), (44, "full"), (30, "24gb"), (20, "24gb"), (15.5, "16gb"), (11, "12gb"), (7, "12gb")],
+    "zimage": [(80, "full"), (31, "full"), (23, "24gb"), (15, "16gb"), (11, "12gb"), (6, "12gb")],
+    "qwen": [(80, "full"), (66, "full"), (40, "24gb"), (30, "24gb"), (23.5, "16gb"), (15.5, "16gb"), (7, "16gb")],
+}
+
+
 def torch_threads() -> int:
     """torch threads for in-process engine tests: ARCHVIZ_TEST_THREADS, 1 by default (tiny
     ops on a shared machine only contend)."""

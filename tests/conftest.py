@@ -31,3 +31,30 @@ def repos():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARCHVIZ_HOME", str(TEST_HOME))
         return build_repos(TEST_HOME / "fake-hub" / "v1")
+
+
+# ------------------------------------------------------------------ the engine test modules
+# A module that runs the engine in-process says `pytestmark = pytest.mark.usefixtures("home")`
+# and takes `engine` where it needs one.
+
+
+@pytest.fixture(scope="module")
+def home():
+    """The engine tests' home for one module: the shared tiny models and an offline, empty
+    Hugging Face cache (backend_support.use_test_home), diffusers' and transformers' logging
+    and progress bars off; torch's thread count is put back afterwards."""
+    import torch
+    from backend_support import quiet_test_home
+
+    threads = torch.get_num_threads()
+    with quiet_test_home():
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine(home):
+    """One CPU Engine per module (backend_support.cpu_engine: ARCHVIZ_TEST_THREADS threads, 1 by default)."""
+    from backend_support import cpu_engine
+
+    return cpu_engine()

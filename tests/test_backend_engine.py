@@ -14,18 +14,10 @@ from archviz_controlnet.backend.engine.sweep import build_plan
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import TEST_HOME, b64, depth_image, lines_image, cpu_engine, quiet_test_home
+from backend_support import TEST_HOME, b64, depth_image, lines_image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 PRESETS = None

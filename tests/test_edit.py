@@ -19,20 +19,12 @@ from archviz_controlnet.backend.engine.families import family_for
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.edit import compose, edit_problem, edit_styles
 
-from backend_support import REPO, b64, beauty_image, cpu_engine, quiet_test_home
+from backend_support import REPO, b64, beauty_image
 
 EDIT = "make it a snowy winter evening"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 def picture(w=64, h=48):

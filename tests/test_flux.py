@@ -12,20 +12,12 @@ from archviz_controlnet.backend.engine.runner import Engine
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import b64, depth_image, lines_image, cpu_engine, quiet_test_home
+from backend_support import b64, depth_image, lines_image, MEMORY_PROFILE_CHOICES
 
 GB = 2**30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 def plan_of(controls=None, union=False, styles=("modern",), seeds=(0,), steps=3, **extra):
@@ -166,8 +158,7 @@ def test_flux_has_no_negative_prompt_and_no_normal_net():
     assert err.value.field == "controls[0].type" and "no 'normal' mode" in str(err.value)
 
 
-@pytest.mark.parametrize("free_gb, name", [(80, "full"), (44, "full"), (30, "24gb"), (20, "24gb"), (15.5, "16gb"),
-                                           (11, "12gb"), (7, "12gb")])
+@pytest.mark.parametrize("free_gb, name", MEMORY_PROFILE_CHOICES["flux"])
 def test_memory_profile_is_chosen_from_free_vram(free_gb, name):
     profile = M.choose_profile("flux", "cuda", int(free_gb * GB))
     assert profile.name == name

@@ -24,18 +24,10 @@ from archviz_controlnet.backend.models import tiny
 from archviz_controlnet.backend.engine.families import family_for
 from archviz_controlnet.core import jobs as J
 
-from backend_support import b64, cpu_engine, depth_image, lines_image, quiet_test_home, running_server
+from backend_support import b64, depth_image, lines_image, running_server
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 FAMILY_KW = {"tiny": {}, "tiny-sdxl": {}, "tiny-flux": {"scheduler": None, "cfg": 3.5},

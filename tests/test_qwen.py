@@ -12,20 +12,10 @@ import torch
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import b64, bench_both_baselines, cpu_engine, depth_image, lines_image, quiet_test_home
+from backend_support import b64, bench_both_baselines, depth_image, lines_image, MEMORY_PROFILE_CHOICES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        threads = torch.get_num_threads()
-        yield
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 def units(*specs):
@@ -235,8 +225,7 @@ def test_bench_tiny_qwen_both_baselines(tmp_path, capsys):
 GB = 2**30
 
 
-@pytest.mark.parametrize("free_gb, name", [(80, "full"), (66, "full"), (40, "24gb"), (30, "24gb"), (23.5, "16gb"),
-                                           (15.5, "16gb"), (7, "16gb")])
+@pytest.mark.parametrize("free_gb, name", MEMORY_PROFILE_CHOICES["qwen"])
 def test_memory_profile_is_chosen_from_free_vram(free_gb, name):
     """Qwen-Image's 8-bit transformer alone is 20.4 GB: a 24 GB card streams it."""
     from archviz_controlnet.backend.engine import memory as M

@@ -11,7 +11,7 @@ import torch
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core import region as R
 
-from backend_support import b64, beauty_image, depth_image, lines_image, cpu_engine, quiet_test_home
+from backend_support import b64, beauty_image, depth_image, lines_image
 
 
 # ---------------------------------------------------------------- the mask (numpy)
@@ -53,15 +53,7 @@ def test_latent_cover_rounds_out_to_whole_cells_and_blend_keeps_the_source():
 
 # ---------------------------------------------------------------- the engine
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 def floor_alpha():

@@ -13,18 +13,10 @@ from archviz_controlnet.backend.engine.sweep import params_sha256
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.restyle import STRENGTH_STEPS, denoising_steps, parse_strength
 
-from backend_support import b64, beauty_image, depth_image, lines_image, cpu_engine, quiet_test_home
+from backend_support import b64, beauty_image, depth_image, lines_image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 def plan_for(strength, family="tiny", seeds=(3,), steps=4, controls=None, init=None, **extra):

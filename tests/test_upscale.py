@@ -7,11 +7,10 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from archviz_controlnet.core import tiles as T
 
-from backend_support import beauty_image, depth_image, lines_image, use_test_home
+from backend_support import beauty_image, depth_image, lines_image
 
 
 def test_grid_covers_the_image_and_weights_ramp_only_towards_neighbours():
@@ -64,20 +63,6 @@ def test_a_moved_back_tile_keeps_the_detail_of_the_strip_it_shares():
     assert band.std() < 0.9 * alone.std()  # only the band mixes them
     with pytest.raises(ValueError, match="overlap must be from 0 to below the tile size 64, got 64"):
         T.starts(128, 64, 64)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_home(mp)
-        from diffusers.utils import logging as dlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        from archviz_controlnet.backend.engine.runner import Engine
-
-        torch.set_num_threads(int(os.environ.get("ARCHVIZ_TEST_THREADS", "1")))
-        yield Engine("cpu")
 
 
 TEMPLATE = {"model": "tiny", "styles": ["modern"], "steps": 4, "cfg": 7.0, "scheduler": "unipc"}

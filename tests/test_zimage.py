@@ -16,18 +16,10 @@ import torch
 from archviz_controlnet.core import jobs as J
 from archviz_controlnet.core.presets import load_presets
 
-from backend_support import TEST_HOME, b64, bench_both_baselines, depth_image, lines_image, cpu_engine, quiet_test_home
+from backend_support import TEST_HOME, b64, bench_both_baselines, depth_image, lines_image, MEMORY_PROFILE_CHOICES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home():
-    with quiet_test_home():
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home):
-    return cpu_engine()
+pytestmark = pytest.mark.usefixtures("home")  # conftest.py: the tiny models' home, quiet logs; `engine` too
 
 
 def units(*specs):
@@ -263,8 +255,7 @@ def test_zimage_job_errors_name_the_field(extra, field, words):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("free_gb, name", [(80, "full"), (31, "full"), (23, "24gb"), (15, "16gb"), (11, "12gb"),
-                                           (6, "12gb")])
+@pytest.mark.parametrize("free_gb, name", MEMORY_PROFILE_CHOICES["zimage"])
 def test_memory_profile_is_chosen_from_free_vram(free_gb, name):
     from archviz_controlnet.backend.engine import memory as M
 
