@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: setup test test-blenders demo train-demo passes serve extension clean
+.PHONY: setup test test-blenders docs demo train-demo passes serve extension clean
 
 # The venv is rebuilt only when the pins or the package layout change; pip's own
 # cache (~/.cache/pip) makes a rebuild cheap on a machine that has done it once.
@@ -47,6 +47,20 @@ test-blenders: setup $(BLENDER_VENVS)/bpy-$(BPY_42)/.installed $(BLENDER_VENVS)/
 	ARCHVIZ_BLENDER_VENVS=4.2=$(CURDIR)/$(BLENDER_VENVS)/bpy-$(BPY_42),4.5=$(CURDIR)/$(BLENDER_VENVS)/bpy-$(BPY_45),5.2=$(CURDIR)/$(BLENDER_VENVS)/bpy-$(BPY_52) \
 		$(BIN)/python -m pytest -q tests/blenders
 
+# The docs site, built strictly into site/: a broken link, a missing page or a missing image
+# fails it. The command reference, the family records, the HTTP API and the doctor's findings
+# are generated from the code first (docs/gen.py). The generator comes from PyPI, pinned in
+# docs/requirements.txt, with the project's pins as constraints; the build itself is offline.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP) docs/requirements.txt
+	$(BIN)/pip install --quiet -r docs/requirements.txt -c requirements.txt
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python docs/gen.py docs/generated
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --clean -f mkdocs.yml
+
 examples/interior.blend: examples/build_interior.py $(STAMP)
 	$(BIN)/python examples/build_interior.py --out $@
 
@@ -71,4 +85,4 @@ extension: setup
 		build --source-dir . --output-dir dist
 
 clean:
-	rm -rf $(VENV) $(BLENDER_VENVS) dist $(OUT) examples/interior.blend .pytest_cache
+	rm -rf $(VENV) $(BLENDER_VENVS) dist $(OUT) examples/interior.blend .pytest_cache site docs/generated
