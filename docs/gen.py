@@ -205,7 +205,8 @@ def family_pages():
             lines.append("\n## Memory profiles (backend/engine/memory.py)\n\n"
                          "`--memory-profile auto` picks the first whose free-memory threshold the CUDA card "
                          "meets; a name forces it.\n\n"
-                         "| Profile | Chosen from free GB | Weights | Text encoders | Streamed | Changes pixels | Note |\n"
+                         "| Profile | Chosen from free GB | Weights | Text encoders | Streamed | Changes pixels "
+                         "| Note |\n"
                          "| --- | --- | --- | --- | --- | --- | --- |\n")
             for p in profiles:
                 lines.append(f"| `{p.name}` | {p.min_free_gb:g} | {p.quantize} | "
@@ -343,7 +344,8 @@ def doctor_situations():
         return facts
 
     incomplete = {"ready": False, "repos": [{"repo": "stable-diffusion-v1-5/stable-diffusion-v1-5", "cached": True,
-                                             "complete": False, "bytes": 1e9, "missing": ["unet/diffusion_pytorch_model.fp16.safetensors"]}]}
+                                             "complete": False, "bytes": 1e9,
+                                             "missing": ["unet/diffusion_pytorch_model.fp16.safetensors"]}]}
     missing = {"ready": False, "repos": [{"repo": "r", "cached": False, "complete": False, "bytes": 0,
                                           "missing": ["model_index.json"]}]}
     return [
