@@ -55,7 +55,7 @@ MAY_IMPORT = {
     "panels": {"core", "blender"},
     "backend": {"core", "distributed"},
     "distributed": {"core", "backend"},
-    "bench": {"core", "backend", "distributed", "blender.capture"},
+    "bench": {"core", "backend", "distributed", "blender.capture", "blender.compat"},
     "cli": set(),  # finds each command's module by name (COMMANDS), imports none directly
     "__init__": {"blender", "operators", "panels"},
 }
