@@ -113,7 +113,7 @@ class ARCHVIZ_UL_controls(bpy.types.UIList):
         row.prop(item, "end", text="")
 
 
-def draw_progress(layout, task, width=40):
+def draw_progress(layout, task, width=90):
     """Progress bar, message and Cancel for the running (or last) generation; the message
     wraps at ``width`` characters."""
     if task is None:

@@ -55,7 +55,7 @@ def test_error_text_reads_backend_bodies():
 
 def test_unreachable_backend_is_a_clear_error():
     with pytest.raises(BackendUnreachable, match="127.0.0.1:9 is not reachable"):
-        Client("http://127.0.0.1:9", timeout=2).health()
+        Client("http://127.0.0.1:9", timeout=2, retry_for=1.0).health()  # the wait itself: test_hardening2_client
 
 
 def test_backend_process_that_cannot_start_says_why(tmp_path):

@@ -320,7 +320,7 @@ def test_bad_input_is_one_line_naming_the_value(tmp_path):
         (["--image", good, "--line-style", "softedge"], "'softedge' has no detector for a picture"),
         (["--image", good, "--controls", "depth,seg"], "'seg': a picture has no seg detector"),
         (["--image", good, "--region", "floor"], "--region needs a scene's passes"),
-        (["--image", str(damaged)], f"--image {damaged}: the image is damaged and cannot be decoded"),
+        (["--image", str(damaged)], f"--image {damaged}: the PNG is cut short"),  # checked before any work
         (["--image", small], f"--image {small}: PNG of 40x30 px is too small"),
     ]
     env = {**os.environ, "ARCHVIZ_HOME": str(TEST_HOME), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -156,6 +156,9 @@ def test_backend_killed_mid_sweep_keeps_images_and_next_run_resumes(addon, tmp_p
     gen.Task.current = task
     task.start_thread()
     _run_until_first_image(task)
+    # How long a client waits for a backend that went away is tested in test_hardening2_client;
+    # here the wait is short, what is kept after it is the point.
+    task.runner.client.retry_for = 3.0
     blender_backend.started_backend().proc.kill()
     tasks.run_until_done(task)
     assert task.state == "failed" and "not reachable" in task.error
