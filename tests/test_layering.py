@@ -267,3 +267,17 @@ def test_every_command_is_found_from_cli_commands():
         tree = ast.parse(open(modules[module], encoding="utf-8").read())
         defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert {"add_arguments", "run"} <= defined, (name, module)
+
+
+def test_only_blender_compat_asks_which_blender_runs():
+    """The differences between Blender 4.2 and 5.2 live in blender/compat.py: no other module
+    of the add-on reads bpy.app.version (or names a Blender-only attribute by version)."""
+    asking = []
+    for module, path in _modules().items():
+        if _room(module) not in ("blender", "operators", "panels", "__init__") or module.endswith(".compat"):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            if (isinstance(node, ast.Attribute) and node.attr in ("version", "version_string")
+                    and isinstance(node.value, ast.Attribute) and node.value.attr == "app"):
+                asking.append(f"{module}:{node.lineno}")
+    assert asking == []
