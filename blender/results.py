@@ -148,8 +148,9 @@ def load_result_image(path, camera_name, style, seed, params=None):
 
 
 def result_images():
-    """ArchViz results in this file (images with ``archviz_style``), oldest load first."""
-    found = [img for img in bpy.data.images if "archviz_style" in img]
+    """ArchViz results in this file (images with ``archviz_style``), oldest load first. The
+    preview of an image still denoising carries its style too, but is no result."""
+    found = [img for img in bpy.data.images if "archviz_style" in img and img.name != PREVIEW_IMAGE]
     return sorted(found, key=lambda img: (float(img.get("archviz_loaded_at", 0.0)), img.name))
 
 

@@ -97,6 +97,18 @@ def test_load_result_image_reads_png_metadata_by_default(scene_with_passes):
         results.load_result_image(os.path.join(os.path.dirname(pngs[0]), "missing.png"), "Cam", "x", 0, {})
 
 
+def test_the_preview_image_is_no_result(scene_with_passes, tmp_path):
+    """The preview of an image still denoising carries its style and seed, but Apply as
+    Texture, Add to Compositor and the Results list take only finished images."""
+    pngs = scene_with_passes[3]
+    result = results.load_result_image(pngs[0], "Cam", "modern", 0, PARAMS)
+    with open(pngs[1], "rb") as fh:
+        preview = results.show_preview(fh.read(), str(tmp_path), {"camera": "Cam", "style": "modern", "seed": 1,
+                                                                  "step": 2, "steps": 4})
+    assert preview["archviz_style"] == "modern" and preview.preview is not None
+    assert results.result_images() == [result]
+
+
 def test_show_in_image_editor(scene_with_passes):
     image = results.load_result_image(scene_with_passes[3][0], "Cam", "modern", 0, {})
     screen = bpy.context.screen
