@@ -103,3 +103,45 @@ def material(name, archviz_class=None):
 
 def deg(x):
     return math.radians(x)
+
+
+class RecordingLayout:
+    """Stands in for UILayout (a panel cannot draw for real without a window): records every
+    call and checks each against this Blender's RNA, so a property, operator or icon this
+    Blender does not have fails here."""
+
+    ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+
+    def __init__(self, calls):
+        self.calls = calls
+        self.use_property_split = False
+        self.use_property_decorate = False
+        self.enabled = True
+        self.alert = False
+        self.scale_y = 1.0
+
+    def icon(self, data):
+        self.calls.append(("icon", (data,), {}))
+        return 0
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            if name == "prop":
+                data, prop = args[0], args[1]
+                assert prop in data.bl_rna.properties, f"a panel draws unknown property {prop!r}"
+            if name in ("operator", "operator_menu_enum"):
+                module, op = args[0].split(".")
+                assert hasattr(getattr(bpy.ops, module), op), f"a panel draws unknown operator {args[0]!r}"
+            icon = kwargs.get("icon")
+            if icon is not None:
+                assert icon in self.ICONS, f"Blender {bpy.app.version_string} has no icon {icon!r}"
+            return RecordingLayout(self.calls)
+        return record
+
+
+def draw(cls, context):
+    """The calls a panel class's draw() makes on a RecordingLayout."""
+    calls = []
+    cls.draw(type("Drawn", (), {"layout": RecordingLayout(calls)})(), context)
+    return calls

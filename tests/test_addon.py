@@ -7,7 +7,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import archviz_controlnet  # noqa: E402
-from blender_support import box, camera, fresh_scene  # noqa: E402
+from blender_support import RecordingLayout, box, camera, draw, fresh_scene  # noqa: E402
 
 
 @pytest.fixture
@@ -81,27 +81,6 @@ def test_operator_poll_and_errors_reach_the_user(addon, tmp_path):
         bpy.ops.archviz.render_controls(output_dir=str(tmp_path))
 
 
-class RecordingLayout:
-    """Stands in for UILayout: records every call and checks that each property drawn
-    exists on its data, so a typo in a panel fails the test."""
-
-    def __init__(self, calls):
-        self.calls = calls
-        self.use_property_split = False
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            if name == "prop":
-                data, prop = args[0], args[1]
-                assert prop in data.bl_rna.properties, f"panel draws unknown property {prop!r}"
-            if name == "operator":
-                module, op = args[0].split(".")
-                assert hasattr(getattr(bpy.ops, module), op), f"panel draws unknown operator {args[0]!r}"
-            return RecordingLayout(self.calls)
-        return record
-
-
 def test_panels_draw_without_error(addon, tmp_path):
     from archviz_controlnet import panels
 
@@ -114,9 +93,7 @@ def test_panels_draw_without_error(addon, tmp_path):
     for cls in panels.classes:
         if not issubclass(cls, bpy.types.Panel):
             continue
-        calls = []
-        panel = type("P", (), {"layout": RecordingLayout(calls)})()
-        cls.draw(panel, bpy.context)
+        calls = draw(cls, bpy.context)
         drawn = [c[1][1] for c in calls if c[0] == "prop"]
         assert calls, cls.__name__
         if cls is panels.VIEW3D_PT_archviz_results:

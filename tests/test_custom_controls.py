@@ -80,13 +80,11 @@ def test_panel_custom_unit(tmp_path):
             units_of(settings)
         unit.model_path = str(_net(tmp_path, "seg"))
         unit.scale = 0.5
-        from test_addon import RecordingLayout
+        from blender_support import draw
 
         from archviz_controlnet import panels
 
-        calls = []
-        panel = type("P", (), {"layout": RecordingLayout(calls)})()
-        panels.VIEW3D_PT_archviz_units.draw(panel, bpy.context)
+        calls = draw(panels.VIEW3D_PT_archviz_units, bpy.context)
         assert "model_path" in [c[1][1] for c in calls if c[0] == "prop"]  # the folder of the Custom unit
         (got,) = units_of(settings)
         assert got.type == "seg" and got.model == unit.model_path and got.scale == 0.5

@@ -378,7 +378,7 @@ def test_add_on_passes_token_and_blender_offline_and_shows_download(repos, tmp_p
     from archviz_controlnet.blender import runs as ops_models
     from archviz_controlnet.core.sweep import SweepEvent
     from archviz_controlnet.operators import generate as gen
-    from test_addon import RecordingLayout
+    from blender_support import RecordingLayout
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon_utils.enable("archviz_controlnet", default_set=True)

@@ -33,14 +33,7 @@ def load(path):
 
 def _expected_class(obj, normal_z):
     """What the seg pass must say for a surface of a house element facing ``normal_z``."""
-    ifc = obj.name.split("/", 1)[0]
-    predefined = obj.get("PredefinedType", "")
-    if ifc == "IfcSlab" and predefined == "ROOF":
-        return "ceiling" if normal_z <= -0.5 else "building"
-    if ifc == "IfcSlab":
-        return "floor" if normal_z >= 0.5 else ("ceiling" if normal_z <= -0.5 else "wall")
-    return {"IfcWallStandardCase": "wall", "IfcWindow": "windowpane", "IfcDoor": "door", "IfcStair": "stairs",
-            "IfcRailing": "railing", "IfcBeam": "ceiling", "IfcMember": "ceiling", "IfcSite": "grass"}[ifc]
+    return R.expected_class(obj.name.split("/", 1)[0], obj.get("PredefinedType", ""), normal_z)
 
 
 def ray_cast_samples(scene, camera, size, step=8):

@@ -31,6 +31,9 @@ import bpy
 MODULE = "bl_ext.user_default.archviz_controlnet"
 WORK = os.environ.get("ARCHVIZ_TEST_WORK", "")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests"))  # blender_support: bpy and numpy only, like this Blender
+
+from blender_support import RecordingLayout, draw  # noqa: E402
 
 
 # ---------------------------------------------------------------- set-up helpers
@@ -82,47 +85,6 @@ def remote(model="tiny"):
 def result_names():
     pkg = addon()
     return sorted(img.name for img in sys.modules[pkg.__name__ + ".blender.results"].result_images())
-
-
-class RecordingLayout:
-    """Stands in for UILayout (a panel cannot draw for real without a window): records every
-    call and checks each against this Blender's RNA, so a property, operator or icon this
-    Blender does not have fails here."""
-
-    ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
-
-    def __init__(self, calls):
-        self.calls = calls
-        self.use_property_split = False
-        self.use_property_decorate = False
-        self.enabled = True
-        self.alert = False
-        self.scale_y = 1.0
-
-    def icon(self, data):
-        self.calls.append(("icon", (data,), {}))
-        return 0
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            if name == "prop":
-                data, prop = args[0], args[1]
-                assert prop in data.bl_rna.properties, f"a panel draws unknown property {prop!r}"
-            if name in ("operator", "operator_menu_enum"):
-                module, op = args[0].split(".")
-                assert hasattr(getattr(bpy.ops, module), op), f"a panel draws unknown operator {args[0]!r}"
-            icon = kwargs.get("icon")
-            if icon is not None:
-                assert icon in self.ICONS, f"Blender {bpy.app.version_string} has no icon {icon!r}"
-            return RecordingLayout(self.calls)
-        return record
-
-
-def draw(cls, context):
-    calls = []
-    cls.draw(type("Drawn", (), {"layout": RecordingLayout(calls)})(), context)
-    return calls
 
 
 # ---------------------------------------------------------------- the checks
