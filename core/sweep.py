@@ -440,11 +440,8 @@ class SweepRunner:
             remote = status.get(kind)
             if not remote:
                 continue
-            local = os.path.join(self.out_dir, os.path.basename(remote))
-            if os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local):
-                continue
             try:
-                atomic_write(local, self.client.sidecar(t.job_id, kind))
+                self._local_file(os.path.basename(remote), remote, lambda: self.client.sidecar(t.job_id, kind))
             except BackendError as exc:  # the images are what matters: say so, keep them
                 self.errors.append(f"{t.camera}: the {kind.replace('_', ' ')} could not be fetched: {exc}")
 
@@ -452,9 +449,13 @@ class SweepRunner:
         """The image in the local output folder: the backend's file when it is already
         there, else downloaded (remote backend)."""
         name = entry.get("file") or os.path.basename(entry.get("path", ""))
+        return self._local_file(name, entry.get("path"), lambda: self.client.image(t.job_id, entry["index"]))
+
+    def _local_file(self, name, remote, fetch):
+        """``out_dir/name``: the backend's file ``remote`` when it is that very file (a
+        backend on this machine writing into this folder), else ``fetch()``'s bytes written
+        there atomically."""
         local = os.path.join(self.out_dir, name)
-        remote = entry.get("path")
-        if remote and os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local):
-            return local
-        atomic_write(local, self.client.image(t.job_id, entry["index"]))
+        if not (remote and os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local)):
+            atomic_write(local, fetch())
         return local
