@@ -27,10 +27,9 @@ VERSION_STRING = bpy.app.version_string
 BLEND_RELATIVE = ({"PATH_SUPPORTS_BLEND_RELATIVE"}
                   if "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties else set())
 
-# Names Blender gives a pass's layer in a multilayer EXR, newest first.
+# The passes whose layer in a multilayer EXR is named differently by version, newest first
+# (the others keep their name).
 _PASS_NAMES = {
-    "Depth": ("Depth",),
-    "Normal": ("Normal",),
     "Object Index": ("Object Index", "IndexOB"),
     "Material Index": ("Material Index", "IndexMA"),
 }
@@ -49,17 +48,18 @@ def pass_channel(channels, name):
     return None
 
 
+# kind -> (media_type, file_format) of ImageFormatSettings
+_OUTPUT_FORMATS = {"EXR_MULTILAYER": ("MULTI_LAYER_IMAGE", "OPEN_EXR_MULTILAYER"), "PNG": ("IMAGE", "PNG")}
+
+
 def output_format(settings, kind):
     """The ``(attribute, value)`` pairs, in the order they must be set, that make the
     ImageFormatSettings ``settings`` write ``kind``: "EXR_MULTILAYER" or "PNG"."""
-    has_media_type = hasattr(settings, "media_type")
-    if kind == "EXR_MULTILAYER":
-        pairs = [("media_type", "MULTI_LAYER_IMAGE")] if has_media_type else []
-        return pairs + [("file_format", "OPEN_EXR_MULTILAYER")]
-    if kind == "PNG":
-        pairs = [("media_type", "IMAGE")] if has_media_type else []
-        return pairs + [("file_format", "PNG")]
-    raise ValueError(f"unknown output kind {kind!r}")
+    if kind not in _OUTPUT_FORMATS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    media_type, file_format = _OUTPUT_FORMATS[kind]
+    pairs = [("media_type", media_type)] if hasattr(settings, "media_type") else []  # 5.x: chosen first
+    return pairs + [("file_format", file_format)]
 
 
 def node_tree(idblock):
