@@ -10,15 +10,20 @@ from ..core.passes import PassError, control_resolution
 from ..core.sweep import download_fraction, download_text
 
 
+_presets = None  # core.presets.PresetCache, made on the first draw
+
+
 def style_defaults(name):
     """The style preset ``name`` (its cfg and steps stand where the panel's are 0), or an
-    empty one when it cannot be read (the Generate button then reports why)."""
-    from ..core.presets import Preset, PresetError, load_presets
+    empty one when the presets cannot be read (the Generate button then reports why). The
+    panel draws often: the preset files are parsed again only when one of them changes."""
+    global _presets
+    from ..core.presets import Preset, PresetCache
 
-    try:
-        preset = load_presets().get(name)
-    except PresetError:
-        preset = None
+    if _presets is None:
+        _presets = PresetCache()
+    presets, errors = _presets.get()
+    preset = None if errors else presets.get(name)
     return preset or Preset(name=name or "", prompt="")
 
 
