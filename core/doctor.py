@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from . import devices
-from .backend_setup import PACKAGE_DIR, default_venv_dir, find_backend_venv, venv_python
+from .backend_setup import PACKAGE_DIR, REQUIREMENTS, default_venv_dir, find_backend_venv, venv_python
 
 EXIT_OK = 0
 EXIT_CANNOT_GENERATE = 1
@@ -115,7 +115,7 @@ def diagnose(facts):
     probe = facts.get("probe")
     gpus = tuple(devices.GpuInfo(**g) for g in facts.get("gpus") or ())
     setup = ("click Set up Backend in the add-on preferences (it makes a venv with the right torch), or "
-             f"{facts['backend_python']} -m pip install -r {os.path.join(PACKAGE_DIR, 'backend', 'setup', 'requirements.txt')}")
+             f"{facts['backend_python']} -m pip install -r {REQUIREMENTS}")
     offline = facts.get("offline_env") or facts.get("offline_switch") or facts.get("blender_online") is False
     torch = (probe or {}).get("torch") or {}
     if probe is None:
