@@ -33,8 +33,7 @@ REQUIREMENTS = os.path.join(PACKAGE_DIR, "backend", "setup", "requirements.txt")
 #: What the backend process imports before it can serve (a Python without them is not set up).
 BACKEND_MODULES = ("uvicorn", "fastapi", "torch", "diffusers", "transformers")
 SETUP_HINT = ("set up the backend first: Edit > Preferences > Add-ons > ArchViz ControlNet > Set up Backend "
-              "(or set Python to an interpreter that has it; from a terminal: pip install -r "
-              "backend/setup/requirements.txt)")
+              f"(or set Python to an interpreter that has it; from a terminal: pip install -r {REQUIREMENTS})")
 
 
 def venv_python(venv_dir):
