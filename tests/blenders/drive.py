@@ -33,7 +33,7 @@ WORK = os.environ.get("ARCHVIZ_TEST_WORK", "")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # blender_support: bpy and numpy only, like this Blender
 
-from blender_support import RecordingLayout, draw  # noqa: E402
+from blender_support import RecordingLayout, draw, movie_roundtrip  # noqa: E402
 
 
 # ---------------------------------------------------------------- set-up helpers
@@ -303,6 +303,13 @@ def check_headless():
     exec(compile(block, "README.md headless script", "exec"), namespace)
     done = [i for i in bpy.data.images if "archviz_style" in i]
     assert done and all('"family": "tiny"' in i["model"] for i in done), [(i.name, i.get("model")) for i in done]
+
+
+def check_movie():
+    """PNG frames into an MP4 by this Blender's FFmpeg, shown as a strip and a clip."""
+    addon()
+    movie_roundtrip(sys.modules[MODULE + ".blender.movie"] if MODULE + ".blender.movie" in sys.modules
+                    else __import__(MODULE + ".blender.movie", fromlist=["movie"]), os.path.join(WORK, "movie"))
 
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
