@@ -257,3 +257,40 @@ def test_walkthrough_renders_frames_and_an_mp4(textured, tmp_path):
     bad = archviz("walkthrough", str(out / "textured.blend"), "--camera", "Lamp", "--out", str(tmp_path / "w2"))
     assert bad.returncode == 3 and bad.stderr.strip().splitlines()[-1] == \
         "archviz walkthrough: --camera 'Lamp' is a light, not a camera"
+
+
+def test_texture_scene_from_the_panel_opens_the_result_as_a_new_scene(scene, server, tmp_path, monkeypatch):
+    bpy = pytest.importorskip("bpy")
+    import archviz_controlnet
+    from blender_support import draw
+
+    path = scene[0]
+    before = path.read_bytes()
+    monkeypatch.setenv("ARCHVIZ_BACKEND_URL", server.url)
+    monkeypatch.setenv("ARCHVIZ_MODEL", "tiny")
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    archviz_controlnet.register()
+    try:
+        props = bpy.context.scene.archviz.texture
+        props.cameras, props.long_side, props.steps, props.texture_size = "Front,Side", 64, 2, 64
+        props.output_dir = str(tmp_path / "panel")
+        calls = draw(archviz_controlnet.panels.texture.VIEW3D_PT_archviz_texture, bpy.context)
+        assert ("operator", ("archviz.texture_scene",), {"icon": "TEXTURE"}) in calls
+        assert bpy.ops.archviz.texture_scene() == {"FINISHED"}
+        assert props.result_scene == "Scene (textured)" and props.progress == 1.0
+        assert "Block: " in props.report and "Front" in props.report
+        textured = bpy.data.scenes["Scene (textured)"]
+        block = next(o for o in textured.objects if o.name.startswith("Block"))
+        assert block is not bpy.data.objects["Block"]
+        assert block.material_slots[0].link == "OBJECT" and "bake" in block.material_slots[0].material.name
+        mine = bpy.data.objects["Block"]
+        assert [s.link for s in mine.material_slots] == ["DATA"] and mine.material_slots[0].material.name == "Grey"
+        assert len(mine.data.uv_layers) == 0  # the user's mesh got no generated UVs
+        assert bpy.context.scene == textured  # opened as the active scene
+        bad = textured.archviz.texture
+        bad.cameras = "Nope"
+        with pytest.raises(RuntimeError, match="no camera named 'Nope'"):
+            bpy.ops.archviz.texture_scene()
+    finally:
+        archviz_controlnet.unregister()
+    assert path.read_bytes() == before
