@@ -66,7 +66,7 @@ def add_arguments(parser):
                         help="largest texture side per object (each object gets about as many texels as it "
                              "has pixels in its nearest view, a power of two up to this)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="summed view weight from which a texel counts as covered well (default 0.3; "
+                        help="summed view weight from which a texel counts as covered well (default 0.2; "
                              "one face seen at 60 degrees gives 0.5)")
     parser.add_argument("--check-cameras", default="",
                         help="comma-separated cameras that are not generated from: the report says how much of "
