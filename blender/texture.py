@@ -364,7 +364,7 @@ def texture(args):
         raise TextureFailure(str(exc), EXIT_BAD_INPUT) from None
     base = CaptureOptions(long_side=long_side, multiple=size_multiple(args.model), supersample=1)
     depth_mode, line_styles = control_choices(units, [style], args.model, base)
-    units = [J_replace(u, line_style=line_styles[i]) if i in line_styles else u for i, u in enumerate(units)]
+    units = [_replace(u, line_style=line_styles[i]) if i in line_styles else u for i, u in enumerate(units)]
     unwrapped = ensure_uvs(objects)
     if unwrapped:
         _say(f"generated UVs (smart project, in textured.blend only) for {len(unwrapped)} mesh(es): "
@@ -513,7 +513,7 @@ def texture(args):
     return 0
 
 
-def J_replace(unit, **changes):
+def _replace(unit, **changes):
     from dataclasses import replace
 
     return replace(unit, **changes)
