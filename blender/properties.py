@@ -15,6 +15,7 @@ from ..core.sweep import UNIT_PRESETS, ControlUnit
 from .capture.render import CaptureOptions
 from .compat import BLEND_RELATIVE
 from .preferences import ARCHVIZ_AP_preferences, preferences  # noqa: F401 - registered here; preferences() for callers
+from .texturing import ARCHVIZ_PG_texture
 
 
 def _class_items():
@@ -148,6 +149,7 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
         items=[("SCENE", "Scene Camera", "The scene camera"), ("SELECTED", "Selected", "The selected cameras"),
                ("COLLECTION", "Collection", "Every camera in a collection"), ("ALL", "All", "Every camera in the scene")])
     camera_collection: PointerProperty(name="Camera Collection", type=bpy.types.Collection)
+    texture: PointerProperty(type=ARCHVIZ_PG_texture)  # the Texture Scene box (blender/texturing.py)
     units: CollectionProperty(type=ARCHVIZ_PG_control_unit)
     active_unit: IntProperty(name="Active Unit", default=0)
     steps: IntProperty(name="Steps", default=0, min=0, max=500, description="Denoising steps (0: the style's)")
@@ -212,7 +214,7 @@ def output_root(settings, override=""):
     return os.path.abspath(bpy.path.abspath(path)), False
 
 
-classes = (ARCHVIZ_PG_control_unit, ARCHVIZ_PG_settings, ARCHVIZ_AP_preferences)
+classes = (ARCHVIZ_PG_texture, ARCHVIZ_PG_control_unit, ARCHVIZ_PG_settings, ARCHVIZ_AP_preferences)
 
 
 def register():

@@ -6,6 +6,8 @@ from . import generate, models, render_controls, results, setup
 
 _modules = (render_controls, generate, results, setup, models)
 classes = tuple(cls for module in _modules for cls in module.classes)
+from . import texture  # noqa: E402 - Texture Scene, Walkthrough
+classes += texture.classes
 
 
 def register():

@@ -269,6 +269,8 @@ def draw_status(self, context):
 
 classes = (VIEW3D_PT_archviz, VIEW3D_PT_archviz_depth_lines, VIEW3D_PT_archviz_classes, ARCHVIZ_UL_controls,
            VIEW3D_PT_archviz_generate, VIEW3D_PT_archviz_units, VIEW3D_PT_archviz_results)
+from .texture import classes as _texture_classes  # noqa: E402 - the Texture Scene box
+classes += _texture_classes
 
 
 def register():
