@@ -3,7 +3,9 @@ camera's animation to PNG frames with Cycles or EEVEE and encode them into an MP
 Blender's own FFmpeg (blender/movie.py). Made for ``DIR/textured.blend`` of ``archviz
 texture``: the bake is one texture seen from every frame, so the walkthrough cannot flicker.
 
-Cycles renders with a fixed noise seed, so the render noise is the same pattern in every
+The command also saves ``DIR/walkthrough.blend``: the scene with the MP4 as a movie strip
+in its Video Sequencer (and a movie clip), so opening it shows the walk; the operator puts
+the strip into the open scene instead. Cycles renders with a fixed noise seed, so the render noise is the same pattern in every
 frame. The .blend is only read. Exit status: 0 done; 2 a bad argument or file; 3 the scene
 cannot render it (no such camera, an engine this Blender cannot run headless); 130 cancelled.
 """
@@ -89,6 +91,12 @@ def run(args):
         return EXIT_CANCELLED
     print(f"rendered {result['frames']} frame(s) with {result['engine']} in {result['seconds']:.1f} s: "
           f"{result['mp4']}")
+    from . import movie
+
+    movie.show_movie(scene, result["mp4"], "walkthrough")
+    shown = os.path.join(os.path.abspath(args.out), "walkthrough.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=shown, copy=True, compress=True)
+    print(f"the MP4 is in the Video Sequencer of {shown} (the scene file itself is not changed)")
     return 0
 
 

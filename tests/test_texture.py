@@ -243,6 +243,17 @@ def test_read_only_output_is_one_line(scene, tmp_path):
         f"archviz texture: --out {tmp_path / 'ro' / 'out'} cannot be created: {tmp_path / 'ro'} is not writable"]
 
 
+#: Prints the type, name, length and file of each sequencer strip of the .blend argv[1], in a
+#: fresh Blender (a child: the test's own bpy has another file open).
+SHOWN_STRIPS = """
+import sys, bpy
+bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+editor = bpy.context.scene.sequence_editor
+for s in (editor.strips if hasattr(editor, "strips") else editor.sequences):
+    print("STRIP", s.type, s.name, s.frame_final_duration, bpy.path.abspath(s.filepath))
+"""
+
+
 def test_walkthrough_renders_frames_and_an_mp4(textured, tmp_path):
     out = textured[0]
     walk = tmp_path / "walk"
@@ -254,6 +265,10 @@ def test_walkthrough_renders_frames_and_an_mp4(textured, tmp_path):
     a, _ = read_png(str(walk / frames[0]))
     b, _ = read_png(str(walk / frames[2]))
     assert a.shape == (32, 32, 3) and np.abs(a.astype(int) - b).max() <= 2  # a still camera: the same frame
+    shown = subprocess.run([sys.executable, "-c", SHOWN_STRIPS, str(walk / "walkthrough.blend")], capture_output=True,
+                           text=True, timeout=120)
+    strips = [line.split()[1:] for line in shown.stdout.splitlines() if line.startswith("STRIP ")]
+    assert strips == [["MOVIE", "walkthrough", "3", str(walk / "walk.mp4")]], shown.stdout + shown.stderr
     bad = archviz("walkthrough", str(out / "textured.blend"), "--camera", "Lamp", "--out", str(tmp_path / "w2"))
     assert bad.returncode == 3 and bad.stderr.strip().splitlines()[-1] == \
         "archviz walkthrough: --camera 'Lamp' is a light, not a camera"
