@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from backend_support import base_env, read_png, running_server
+from backend_support import base_env, read_only_folder, read_png, running_server
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -203,19 +203,6 @@ def test_cancelled_run_keeps_finished_views_and_resumes(scene, server, tmp_path)
     assert os.stat(first / "image.png").st_mtime_ns == stamp and (out / "textured.blend").exists()
 
 
-def _read_only_folder(path):
-    """A folder nobody may write: a read-only tmpfs when running as root (root ignores
-    permission bits), mode 0555 otherwise. Returns a cleanup function."""
-    path.mkdir()
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        return lambda: path.chmod(0o755)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("running as root without mount: no read-only folder to try")
-    return lambda: subprocess.run(["umount", str(path)], check=False)
-
-
 @pytest.mark.parametrize("case, extra, message", [
     ("nocamera", ["--cameras", "Front"], "archviz texture: scene 'Scene' has no camera"),
     ("block", ["--cameras", "Front,Nope"], "archviz texture: --cameras: no camera named 'Nope' in scene 'Scene'"),
@@ -234,7 +221,7 @@ def test_bad_input_is_one_line(scene, tmp_path, case, extra, message):
 
 
 def test_read_only_output_is_one_line(scene, tmp_path):
-    cleanup = _read_only_folder(tmp_path / "ro")
+    cleanup = read_only_folder(tmp_path / "ro")
     try:
         proc = archviz("texture", str(scene[0]), "--cameras", "Front", "--out", str(tmp_path / "ro" / "out"))
     finally:
