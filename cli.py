@@ -18,6 +18,7 @@ COMMANDS = {
     "models": ("archviz_controlnet.backend.cli.models", "list, download, verify or remove hub models (HF cache)"),
     "dataset": ("archviz_controlnet.blender.capture.dataset", "render paired ControlNet training data (target + controls per view) from .blend scenes"),
     "train-controlnet": ("archviz_controlnet.backend.train.controlnet", "train a ControlNet on pairs from archviz dataset (frozen base, zero convs)"),
+    "video": ("archviz_controlnet.blender.cli_video", "walkthrough video from a camera path: per-frame passes into Wan VACE, PNG frames + MP4"),
 }
 
 
