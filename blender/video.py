@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import os
-import resource
 import time
 
 import numpy as np
@@ -73,6 +72,36 @@ def capture_frames(scene, camera, frames, out_dir, long_side, multiple, scene_fi
     """Render depth, lines (and beauty) of every frame into ``out_dir/passes/<frame>/`` under
     one depth range. ``on_frame(i, n, frame, reused)`` after each. Returns a dict of figures:
     per-frame folders, reused count, seconds per rendered frame, the depth range, peak memory."""
+    steps = capture_steps(scene, camera, frames, out_dir, long_side, multiple, scene_file, beauty)
+    for i, frame, reused in steps:
+        if on_frame:
+            on_frame(i, len(frames), frame, reused)
+        if cancelled() and i + 1 < len(frames):
+            raise KeyboardInterrupt
+    return steps.figures
+
+
+class capture_steps:
+    """:func:`capture_frames` one frame at a time: iterating renders (or keeps) the next frame
+    and yields (index, frame, reused); ``figures`` is the result once the last one is done.
+    The operator renders one frame per timer tick, so Blender stays responsive and Cancel
+    takes effect between frames."""
+
+    def __init__(self, scene, camera, frames, out_dir, long_side, multiple, scene_file="", beauty=True):
+        self.figures = None
+        self._gen = self._run(scene, camera, frames, out_dir, long_side, multiple, scene_file, beauty)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._gen)
+
+    def _run(self, scene, camera, frames, out_dir, long_side, multiple, scene_file, beauty):
+        self.figures = yield from _capture(scene, camera, frames, out_dir, long_side, multiple, scene_file, beauty)
+
+
+def _capture(scene, camera, frames, out_dir, long_side, multiple, scene_file, beauty):
     import bpy
 
     from .capture.render import CaptureOptions, render_controls
@@ -84,8 +113,6 @@ def capture_frames(scene, camera, frames, out_dir, long_side, multiple, scene_fi
     stat = os.stat(scene_file) if scene_file and os.path.isfile(scene_file) else None
     folders, rendered, reused = [], [], 0
     for i, frame in enumerate(frames):
-        if cancelled():
-            raise KeyboardInterrupt
         folder = os.path.join(out_dir, "passes", f"{frame:04d}")
         key = {"scene_file": os.path.abspath(scene_file) if scene_file else scene.name,
                "scene_mtime": stat.st_mtime if stat else None, "scene_size": stat.st_size if stat else None,
@@ -96,8 +123,7 @@ def capture_frames(scene, camera, frames, out_dir, long_side, multiple, scene_fi
         if _key_matches(folder, digest) and all(os.path.isfile(os.path.join(folder, f)) for f in wanted):
             reused += 1
             folders.append(folder)
-            if on_frame:
-                on_frame(i, len(frames), frame, True)
+            yield i, frame, True
             continue
         t = time.perf_counter()
         options = CaptureOptions(camera=camera.name, long_side=long_side, multiple=multiple, frame=frame,
@@ -107,13 +133,21 @@ def capture_frames(scene, camera, frames, out_dir, long_side, multiple, scene_fi
         atomic_write(os.path.join(folder, CAPTURE_KEY), json.dumps({"sha256": digest, **key}, indent=2).encode())
         rendered.append(time.perf_counter() - t)
         folders.append(folder)
-        if on_frame:
-            on_frame(i, len(frames), frame, False)
+        yield i, frame, False
     return {"folders": folders, "frames_rendered": len(rendered), "frames_reused": reused,
             "seconds_per_frame": round(float(np.mean(rendered)), 3) if rendered else None,
             "depth_range": {"near": rng.near, "far": rng.far, "mode": "sequence"},
             "depth_range_seconds": round(range_seconds, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory in MB (None where the OS does not say: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _key_matches(folder, digest):

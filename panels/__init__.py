@@ -269,6 +269,8 @@ def draw_status(self, context):
 
 classes = (VIEW3D_PT_archviz, VIEW3D_PT_archviz_depth_lines, VIEW3D_PT_archviz_classes, ARCHVIZ_UL_controls,
            VIEW3D_PT_archviz_generate, VIEW3D_PT_archviz_units, VIEW3D_PT_archviz_results)
+from .video import classes as _video_classes  # noqa: E402 - the Video box (panels/video.py)
+classes = (*classes, *_video_classes)
 
 
 def register():
