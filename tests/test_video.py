@@ -198,3 +198,65 @@ def test_cli_refuses_bad_input_in_one_line_and_takes_a_still_camera(scenes, tmp_
     summary = json.loads((out / "video.json").read_text())
     assert summary["still_camera"] is True and summary["beauty_flicker"] == 0.0
     assert (out / "modern_s0" / "video.mp4").is_file()
+
+
+def _job_of_13_frames(tmp_path):
+    """A 13-frame job of random control frames in windows of 9 with 4 frames of overlap,
+    its styles resolved as the server resolves them."""
+    from backend_support import b64
+
+    from archviz_controlnet.backend.server.video import control_sha256
+    from archviz_controlnet.core import video as V
+
+    rng = np.random.default_rng(1)
+    controls = [{"depth": b64((rng.random((64, 64, 3)) * 255).astype(np.uint8))} for _ in range(13)]
+    job = V.VideoJob(family="tiny-wan", styles=["modern"], seeds=[4], control_types=["depth"],
+                     frames=list(range(1, 14)), controls=controls,
+                     control_sha256=[control_sha256(c) for c in controls], output_dir=str(tmp_path))
+    job.validate()
+    styles = [{"name": "modern", "prompt": "a modern interior", "negative": "blurry", "steps": 2, "cfg": 5.0}]
+    return job, styles
+
+
+def test_a_clip_cut_off_after_its_first_window_goes_on_from_there(tiny_wan, tmp_path):
+    """Cancelled once the first window is written, the clip's rerun makes only the second
+    window (from the first one's frames on disk) and equals a run that was never cut off."""
+    from archviz_controlnet.backend.server.video import VideoRecord
+
+    engine, _family, _pipe = tiny_wan
+    job, styles = _job_of_13_frames(tmp_path)
+    assert job.window_plan() == [(0, 9), (5, 13)]
+
+    class CutAfterFirstWindow(VideoRecord):
+        def step(self, n=1):  # the user presses Cancel as the first window's last step ends
+            super().step(n)
+            if self.steps_done == styles[0]["steps"]:
+                self.cancel_event.set()
+
+    cut = CutAfterFirstWindow(id="cut", job=job, styles=styles, output_dir=tmp_path / "resumed", video=engine)
+    cut.run_with(None)
+    clip = tmp_path / "resumed" / "modern_s4"
+    assert cut.state == "cancelled"
+    assert json.loads((clip / "progress.json").read_text())["window"] == 0
+    assert sorted(p.name for p in clip.glob("frame_*.png")) == [f"frame_{f:04d}.png" for f in range(1, 6)]
+    assert len(list((clip / ".carry").glob("*.png"))) == 4  # frames 6-9, which window 2 starts from
+    assert not (clip / "metadata.json").exists()
+
+    rerun = VideoRecord(id="rerun", job=job, styles=styles, output_dir=tmp_path / "resumed", video=engine)
+    rerun.run_with(None)
+    assert rerun.state == "done" and rerun.windows_skipped == 1
+    assert engine.stats["transformer_rows"] == 2 * 2  # one window: 2 steps x (cond + uncond)
+    whole = VideoRecord(id="whole", job=job, styles=styles, output_dir=tmp_path / "whole", video=engine)
+    whole.run_with(None)
+    assert whole.state == "done" and whole.windows_skipped == 0 and engine.stats["transformer_rows"] == 2 * 2 * 2
+    from backend_support import read_png
+
+    meta = json.loads((clip / "metadata.json").read_text())
+    assert meta["frame_files"] == [f"frame_{f:04d}.png" for f in range(1, 14)] and not (clip / ".carry").exists()
+    assert meta == {**json.loads((tmp_path / "whole" / "modern_s4" / "metadata.json").read_text()),
+                    "seconds": meta["seconds"], "denoise_seconds_per_frame": meta["denoise_seconds_per_frame"]}
+    for name in meta["frame_files"]:
+        resumed, _ = read_png(str(clip / name))
+        straight, _ = read_png(str(tmp_path / "whole" / "modern_s4" / name))
+        assert resumed.std() > 1  # a picture, not a flat frame
+        assert np.abs(resumed.astype(int) - straight.astype(int)).max() <= 1
