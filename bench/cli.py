@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .ray_scaling import add_ray_arguments
 
     add_ray_arguments(parser)  # --ray: scaling from 1 to N Ray actors instead of the side-by-side run
+    from .configs_wan import add_video_configs
+
+    add_video_configs(parser)  # --config tiny-wan | wan: the video engine (bench/configs_wan.py)
 
 
 def spec_from_args(args) -> runner.Spec:
@@ -75,6 +78,10 @@ def spec_from_args(args) -> runner.Spec:
 
 
 def run(args) -> int:
+    if args.config in ("tiny-wan", "wan"):  # the video families (bench/configs_wan.py)
+        from .configs_wan import run as run_video
+
+        return run_video(args)
     if args.ray is not None:
         from .ray_scaling import run_ray_scaling
 

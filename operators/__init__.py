@@ -2,12 +2,10 @@
 
 import bpy
 
-from . import generate, models, render_controls, results, setup
+from . import generate, models, render_controls, results, setup, texture, video
 
-_modules = (render_controls, generate, results, setup, models)
+_modules = (render_controls, generate, results, setup, models, texture, video)
 classes = tuple(cls for module in _modules for cls in module.classes)
-from . import texture  # noqa: E402 - Texture Scene, Walkthrough
-classes += texture.classes
 
 
 def register():

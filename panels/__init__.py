@@ -270,7 +270,8 @@ def draw_status(self, context):
 classes = (VIEW3D_PT_archviz, VIEW3D_PT_archviz_depth_lines, VIEW3D_PT_archviz_classes, ARCHVIZ_UL_controls,
            VIEW3D_PT_archviz_generate, VIEW3D_PT_archviz_units, VIEW3D_PT_archviz_results)
 from .texture import classes as _texture_classes  # noqa: E402 - the Texture Scene box
-classes += _texture_classes
+from .video import classes as _video_classes  # noqa: E402 - the Video box
+classes += _texture_classes + _video_classes
 
 
 def register():

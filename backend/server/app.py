@@ -55,6 +55,7 @@ from ..models.preprocess import PreprocessorError, run_detector
 from ..engine.sweep import build_plan, decode_control_image
 from .outputs import existing_matches
 from .worker import DEFAULT_MAX_QUEUED, QueueFull, Worker, default_output_root
+from .video import install as install_video_routes
 
 #: Largest request body accepted (8 controls of a few MiB of base64 PNG each fit easily).
 MAX_BODY_BYTES = 64 * 2**20
@@ -416,6 +417,7 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         return schema
 
     app.openapi = openapi
+    install_video_routes(app, worker, presets)  # POST /v1/video-jobs (archviz video)
     return app
 
 

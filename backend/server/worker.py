@@ -216,6 +216,17 @@ class Worker:
         self._queue.put(job_id)
         return record
 
+    def submit_record(self, record) -> None:
+        """Queue a record that runs itself on this thread (``record.run_with(worker)``): a
+        video job (backend/server/video.py), with the sweeps' queue limit, status and cancel."""
+        with self._lock:
+            if len(self._order) >= self.max_queued:
+                raise QueueFull(self.max_queued, self.retry_after())
+            self.records[record.id] = record
+            self._order.append(record.id)
+            self._prune()
+        self._queue.put(record.id)
+
     def get(self, job_id: str) -> JobRecord | None:
         return self.records.get(job_id)
 
@@ -270,7 +281,8 @@ class Worker:
                 self.current = job_id
             record = self.records[job_id]
             try:
-                self.run(record)
+                runs_itself = getattr(record, "run_with", None)  # a video job (backend/server/video.py)
+                runs_itself(self) if runs_itself else self.run(record)
             except BaseException:  # noqa: BLE001 - the worker must outlive any job
                 log.exception("job %s crashed the runner", job_id)
             finally:

@@ -312,6 +312,31 @@ def check_movie():
                     else __import__(MODULE + ".blender.movie", fromlist=["movie"]), os.path.join(WORK, "movie"))
 
 
+def check_video():
+    """The Video operator against the remote backend: the passes of 5 frames of a moving
+    camera, a tiny-wan clip, its MP4 copied here and shown as a sequencer strip and a clip."""
+    settings = scene()
+    remote()
+    settings.output_dir = os.path.join(WORK, "video")
+    sc = bpy.context.scene
+    cam = sc.camera
+    sc.frame_start, sc.frame_end = 1, 5
+    cam.keyframe_insert("location", frame=1)
+    cam.location.x += 0.5
+    cam.keyframe_insert("location", frame=5)
+    video = settings.video
+    video.model, video.long_side, video.seeds = "tiny-wan", 64, "0"
+    assert bpy.ops.archviz.video() == {"FINISHED"}
+    folder = os.path.join(WORK, "video", "video", "Camera", "modern_s0")
+    meta = json.load(open(os.path.join(folder, "metadata.json")))
+    assert meta["frames"] == [1, 2, 3, 4, 5] and meta["model"] == "tiny-wan", meta
+    assert os.path.getsize(os.path.join(folder, "video.mp4")) > 1000
+    compat = sys.modules[MODULE + ".blender.compat"]
+    strip = compat.sequencer_strips(sc.sequence_editor)["ArchViz modern_s0"]
+    assert strip.type == "MOVIE" and strip.frame_final_duration == 5, (strip.type, strip.frame_final_duration)
+    assert tuple(bpy.data.movieclips["ArchViz modern_s0"].size) == (64, 32)
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 

@@ -108,6 +108,7 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 #: (backend/engine/families/registry.py: ``tiny_module``, ``tiny_folders``)
 TINY_MODULES = {folder: e.tiny_module for e in ENGINES.values() if e.tiny_module
                 for folder in (e.arch, *e.tiny_folders)}
+TINY_MODULES["wan"] = "wan"  # the tiny-wan video family (core/video.py; not an image arch)
 
 
 def _builder(family: str, name: str):
