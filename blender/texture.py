@@ -118,11 +118,6 @@ def run(args):
         return EXIT_CANCELLED
 
 
-#: The architectures whose engines inpaint under a mask (backend/engine/families/registry.py
-#: ``region=True``; the add-on side may not import the backend).
-INPAINT_ARCHES = ("sd15", "sdxl", "flux")
-
-
 def _model_problem(model):
     from ..core import families
 
@@ -131,9 +126,9 @@ def _model_problem(model):
     arch = families.arch_of(model)
     if arch is None:
         return f"--model {model!r}: unknown model family ({', '.join(families.names(menu=True))})"
-    if arch not in INPAINT_ARCHES:
-        return (f"--model {model!r}: texturing inpaints each new view under a mask, which {model} does not do; "
-                "use sd15, sdxl or flux (tiny, tiny-sdxl, tiny-flux offline)")
+    if not families.ARCHES[arch].region:
+        able = ", ".join(f.name for f in families.FAMILIES.values() if f.menu and families.ARCHES[f.arch].region)
+        return f"--model {model!r}: texturing inpaints each new view under a mask, which {model} does not do; use {able}"
     return None
 
 

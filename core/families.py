@@ -43,6 +43,9 @@ class Arch:
     preset_from: str | None = None  # the section it reads when it has none of its own
     edit: bool = False  # an instruction-edit model (core/edit.py): no control units
     edit_of: str | None = None  # the architecture whose pictures it edits (same size rules)
+    #: its engine inpaints the init image under a mask: region edits, and each later view
+    #: of ``archviz texture``
+    region: bool = False
 
     @property
     def controls(self) -> bool:
@@ -82,11 +85,12 @@ _ZIMAGE_KEYS = ("cfg", "steps", "controls", "prompt")
 _ARCH_LIST = (
     Arch("sd15", "SD 1.5", 8, 512, line_styles={"lines": "lineart", "lineart": "lineart", "canny": "canny",
                                                 "mlsd": "mlsd"},
-         all_unit_types=True, all_unit_types_with_union=True, union=False),
+         all_unit_types=True, all_unit_types_with_union=True, union=False, region=True),
     Arch("sdxl", "SDXL", 8, 1024, line_styles=_CANNY_LINES, all_unit_types_with_union=True,
-         preset_section="sdxl", section_keys=_SDXL_KEYS),
+         preset_section="sdxl", section_keys=_SDXL_KEYS, region=True),
     # FLUX.1's canny and union nets were trained on canny edges, like SDXL's.
-    Arch("flux", "FLUX.1", 16, 1024, line_styles=_CANNY_LINES, preset_section="flux", section_keys=_FLUX_KEYS),
+    Arch("flux", "FLUX.1", 16, 1024, line_styles=_CANNY_LINES, preset_section="flux", section_keys=_FLUX_KEYS,
+         region=True),
     # Qwen-Image's InstantX union net reads canny edges (and soft edges, depth, pose); its
     # native size is a 1328 square (the union net was trained there).
     Arch("qwen", "Qwen-Image", 16, 1328, line_styles=_CANNY_LINES, preset_section="qwen",

@@ -20,14 +20,14 @@ from ...core import families
 from ...core import jobs as J
 from ...core.presets import Preset
 from ...core.edit import EDIT_ARCHES
-from .families.registry import (ENGINES, FLUX_DEFAULTS, QWEN_DEFAULTS, ZIMAGE_DEFAULTS, FlowRules,  # noqa: F401
-                                 arches)
+from ...core.families import ARCHES
+from .families.registry import ENGINES, FLUX_DEFAULTS, QWEN_DEFAULTS, ZIMAGE_DEFAULTS, FlowRules  # noqa: F401
 from ..models.registry import ModelPlan, resolve_models
 
-#: flow-matching families' rules and defaults, and the arches that do region edits
-#: (backend/engine/families/registry.py)
+#: flow-matching families' rules and defaults (backend/engine/families/registry.py), and the
+#: arches that do region edits (core/families.py)
 FLOW_FAMILIES = {arch: e.flow for arch, e in ENGINES.items() if e.flow}
-REGION_ARCHS = arches(region=True)
+REGION_ARCHS = tuple(a.name for a in ARCHES.values() if a.region)
 FLUX_SCHEDULER = "flow_euler"
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)

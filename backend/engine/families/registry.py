@@ -45,7 +45,6 @@ class Engine:
     loaders: tuple | None = None
     bf16: bool = False  # published and run in bf16 (text encoders and transformers overflow fp16)
     flow: FlowRules | None = None  # flow-matching rules (None: the UNet families, and edits)
-    region: bool = False  # does region edits (inpainting of the init image under a mask)
     #: its memory profiles: the name of their table in backend/engine/memory.py ('': small enough to need none)
     memory_profiles: str = ""
     tiny_module: str = ""  # the module of backend/models/tiny/ that builds its tiny models
@@ -82,11 +81,11 @@ _QWEN_CLASSES = {"transformer": ("diffusers", "QwenImageTransformer2DModel"),
                  "tokenizer": ("transformers", "Qwen2Tokenizer")}
 
 _ENGINE_LIST = (
-    Engine("sd15", "sd", "nets", _SD15, region=True, tiny_module="sd"),
-    Engine("sdxl", "sd", "nets", _SDXL, region=True, tiny_module="sd"),
+    Engine("sd15", "sd", "nets", _SD15, tiny_module="sd"),
+    Engine("sdxl", "sd", "nets", _SDXL, tiny_module="sd"),
     Engine("flux", "flux", "nets-or-union-modes", _FLUX, loaders=("FLUX.1", _FLUX_CLASSES), bf16=True,
            flow=FlowRules("FLUX.1", FLUX_DEFAULTS, no_negative="guidance-distilled, no true CFG", restyle=True),
-           region=True, memory_profiles="FLUX_PROFILES", tiny_module="flux", prompt_reader="t5"),
+           memory_profiles="FLUX_PROFILES", tiny_module="flux", prompt_reader="t5"),
     Engine("qwen", "qwen", "union-only", _QWEN, loaders=("Qwen-Image", _QWEN_CLASSES), bf16=True,
            flow=FlowRules("Qwen-Image", QWEN_DEFAULTS), memory_profiles="QWEN_PROFILES",
            tiny_module="qwen", prompt_reader="qwen"),
