@@ -48,23 +48,10 @@ def sequence_depth_range(scene, view_layer, camera, frames, percentiles=core_pas
     """One depth range for the whole clip: the view mode's percentiles over ray-cast depths of
     up to 24 of its frames (so a frame's depth image does not change its scale as the camera
     moves)."""
-    from .capture.render import CaptureError, renderable_objects, sample_depths
+    from .capture.render import frames_depth_range
 
     picks = sorted({frames[int(round(i))] for i in np.linspace(0, len(frames) - 1, min(24, len(frames)))})
-    renderable = set(renderable_objects(scene, view_layer))
-    current = scene.frame_current
-    samples = []
-    try:
-        for f in picks:
-            scene.frame_set(f)
-            samples.append(sample_depths(scene, view_layer, camera, renderable))
-    finally:
-        scene.frame_set(current)
-    z = np.concatenate(samples) if samples else np.zeros(0)
-    if z.size == 0:
-        raise CaptureError(f"camera {camera.name!r} sees no geometry in frames {frames[0]}..{frames[-1]}")
-    return core_passes.inverse_depth_range(1.0 / z, percentiles, source="sequence", mode="sequence",
-                                           extra={"frames": [frames[0], frames[-1]], "frames_sampled": len(picks)})
+    return frames_depth_range(scene, view_layer, camera, picks, percentiles, (frames[0], frames[-1]))
 
 
 def capture_frames(scene, camera, frames, out_dir, long_side, multiple, scene_file="", beauty=True,
@@ -201,18 +188,11 @@ def beauty_flicker(folders):
 
 def _read_png(path):
     """A PNG's 8-bit RGB pixels (H, W, 3) through Blender's image loader, or None."""
-    import bpy
+    from .texture import read_image
 
     if not os.path.isfile(path):
         return None
-    img = bpy.data.images.load(path, check_existing=False)
-    try:
-        w, h = img.size
-        px = np.empty(w * h * 4, np.float32)
-        img.pixels.foreach_get(px)
-    finally:
-        bpy.data.images.remove(img)
-    return np.rint(px.reshape(h, w, 4)[::-1, :, :3] * 255).astype(np.uint8)
+    return np.rint(read_image(path) * 255).astype(np.uint8)
 
 
 def encode_clips(status, fps, scene=None, show=False):

@@ -33,31 +33,21 @@ from fastapi import Request
 
 from ...core import video as V
 from ...core.png import atomic_write
+from .worker import QueuedRecord
 
 log = logging.getLogger("archviz.backend")
 
 
 @dataclass
-class VideoRecord:
-    """A video job in the worker's queue; looks like a sweep's JobRecord to the worker and the
-    status and cancel routes."""
+class VideoRecord(QueuedRecord):
+    """A video job in the worker's queue; the worker and the status and cancel routes see the
+    state every queued job has."""
 
     id: str
     job: V.VideoJob
     styles: list  # resolved styles: {name, prompt, negative, steps, cfg}
     output_dir: Path
     video: object  # backend.engine.video.VideoEngine
-    created: float = field(default_factory=time.time)
-    state: str = "queued"
-    started: float | None = None
-    finished: float | None = None
-    steps_done: int = 0
-    steps_total: int = 0
-    error: dict | None = None
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    cancel_reason: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    phase: str | None = None
     clips: dict = field(default_factory=dict)  # folder -> clip info
     windows_skipped: int = 0
     warnings: list = field(default_factory=list)
