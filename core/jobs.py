@@ -432,10 +432,14 @@ class Job:
     # Previews while denoising: a small PNG of each image every this many steps (None: the
     # backend's default, 4; 0: none). Never changes the images.
     preview_every: int | None = None
+    # Reference images (core/references.py): [{"image": base64, "scale": 0..2}], the look to
+    # steer towards (IP-Adapter, FLUX.1 Redux or FLUX.2 Klein's own reference images).
+    references: list | None = None
 
     FIELDS = ("controls", "styles", "seeds", "model", "width", "height", "steps", "cfg",
               "scheduler", "output_dir", "name_prefix", "skip_existing", "max_batch",
-              "contact_sheet", "init_image", "strength", "mask_image", "fast", "preview_every")
+              "contact_sheet", "init_image", "strength", "mask_image", "fast", "preview_every",
+              "references")
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -542,6 +546,16 @@ class Job:
             raise JobError("strength", f"{self.strength:g} given without an init_image to restyle")
         if edit:
             self.strength = None  # an instruction edit has none (refused above when given)
+        if self.references:
+            from .references import check_references, reference_family_problem
+
+            self.references = check_references(self.references)
+            problem = reference_family_problem(self.model.arch, len(self.references), len(self.controls),
+                                               self.model.family)
+            if problem:
+                raise JobError("references", problem)
+        else:
+            self.references = None
         return self
 
     def _check_edit(self) -> bool:

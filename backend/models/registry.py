@@ -139,6 +139,7 @@ class ModelPlan:
     vae: str | None
     controlnets: tuple[ControlNetRef, ...]  # one per job control, in order
     lora: str | None = None  # fast mode's LoRA on the denoiser (HF id or tiny folder), else None
+    references: str | None = None  # the reference images' model (IP-Adapter, Redux; models/references.py)
 
     def ids(self) -> dict:
         ids = {"family": self.family, "base": self.base, "vae": self.vae,
@@ -146,6 +147,8 @@ class ModelPlan:
                                for c in self.controlnets]}
         if self.lora:  # only when set: exact sweeps keep their hashes
             ids["lora"] = self.lora
+        if self.references:  # only when set: sweeps without references keep their hashes
+            ids["references"] = self.references
         return ids
 
 
@@ -449,6 +452,12 @@ def hub_needs(plan: ModelPlan) -> list[tuple[str, tuple[str, ...] | None, str]]:
                 needs.append((ref.ref, None, "ControlNet"))
     if plan.lora and is_hub_ref(plan.lora):
         needs.append((plan.lora, None, "LoRA (fast mode)"))
+    if plan.references:
+        from .references import hub_need
+
+        need = hub_need(plan.arch, plan.references)
+        if need is not None:
+            needs.append(need)
     return needs
 
 
@@ -912,6 +921,15 @@ class ModelCache:
         return self._get(key, "base", plan.base,
                          lambda: load_base(plan.base, plan.vae, plan.arch, self.dtype_for(plan.arch),
                                            self.device_for(plan.arch)))
+
+    def reference_model(self, plan: ModelPlan) -> _Entry:
+        """The reference images' model of ``plan`` (models/references.py)."""
+        from .references import load
+
+        key = ("references", plan.references, plan.arch)
+        return self._get(key, "references", plan.references,
+                         lambda: load(plan.arch, plan.references, self.dtype_for(plan.arch),
+                                      self.device_for(plan.arch)))
 
     def controlnet(self, ref: ControlNetRef) -> _Entry:
         key = ("controlnet", ref.ref, ref.union_mode is not None)

@@ -1,0 +1,188 @@
+"""Reference images ("make it look like this"): a photo of a brick, a reference interior,
+a client's mood board, steering the look while the controls keep the geometry.
+
+Stdlib only: Blender's Python builds the job's ``references`` with this module and the
+backend validates them with the same code. A job carries them as::
+
+    "references": [{"image": "<base64 PNG, JPEG, WebP, BMP or TIFF>", "scale": 0.8}, ...]
+
+Each family has its own mechanism (:data:`MECHANISMS`), the one its ecosystem uses:
+
+* SD 1.5 / SDXL: IP-Adapter (h94/IP-Adapter). Each reference's CLIP image embedding is
+  projected to a few extra cross-attention tokens; each reference is attended on its own
+  and added at its scale (diffusers' per-image IP-Adapter scales). A sum: **order-free**.
+* FLUX.1: the Redux prior (FLUX.1-Redux-dev). Each reference's SigLIP tokens are appended
+  to the prompt's T5 tokens, and the (prompt, reference) pairs are summed weighted by
+  their scales (``FluxPriorReduxPipeline``'s weighted sum). A sum: **order-free**.
+* FLUX.2 Klein: the references are images the transformer reads next to the noise, each
+  at its own position in time (the first at 10, the next at 20, ...). **Order matters**.
+
+A reference at scale 0 is left out entirely (not encoded, not in the parameters): scale 0
+gives the very pixels of no reference. The parameters (hence the resume hash) hold each
+reference's pixel hash and scale, sorted for the order-free mechanisms.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+
+from .limits import MAX_PNG_BYTES
+
+#: references a job may carry at all (a family may take fewer: :data:`MECHANISMS`)
+MAX_REFERENCES = 10
+MAX_REFERENCE_SCALE = 2.0
+DEFAULT_REFERENCE_SCALE = 1.0
+#: the shortest side a reference may have (the backend's picture rule, backend/server/picture.py)
+MIN_REFERENCE_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """How one architecture takes reference images."""
+
+    label: str  # in messages and docs
+    max_images: int  # references per job (Klein: with the control images together)
+    order_free: bool  # the same images in another order give the same pixels (up to float rounding)
+
+
+#: arch -> its reference mechanism; an arch not here takes no reference.
+MECHANISMS = {
+    "sd15": Mechanism("IP-Adapter", 4, True),
+    "sdxl": Mechanism("IP-Adapter", 4, True),
+    "flux": Mechanism("FLUX.1 Redux", 4, True),
+    "klein": Mechanism("FLUX.2 Klein reference images", 10, False),
+}
+
+
+class ReferenceError(ValueError):
+    """A bad reference, said in one line."""
+
+
+@dataclass
+class Reference:
+    image: str  # base64 of the image file's bytes
+    scale: float = DEFAULT_REFERENCE_SCALE
+
+    FIELDS = ("image", "scale")
+
+
+def _where(i: int) -> str:
+    return f"references[{i}]"
+
+
+def check_references(items, arch: str | None = None) -> list[Reference]:
+    """The job's ``references`` field checked (JobError naming the bad one): a list of
+    ``{"image": base64, "scale": 0..2}``, at most :data:`MAX_REFERENCES`, and for a known
+    ``arch`` only a family that takes references, no more than it takes."""
+    from . import jobs as J
+
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise J.JobError("references", f"expected a list, got {type(items).__name__}")
+    if len(items) > MAX_REFERENCES:
+        raise J.JobError("references", f"{len(items)} references; at most {MAX_REFERENCES} are taken")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Reference):
+            item = {"image": item.image, "scale": item.scale}
+        J._check_keys(item, Reference.FIELDS, _where(i))
+        if "image" not in item:
+            raise J.JobError(f"{_where(i)}.image", "required")
+        scale = J._float(item.get("scale", DEFAULT_REFERENCE_SCALE), f"{_where(i)}.scale", 0.0, MAX_REFERENCE_SCALE)
+        image = item["image"]
+        if not isinstance(image, str) or not image:
+            raise J.JobError(f"{_where(i)}.image", "expected a base64-encoded image")
+        if len(image) > (MAX_PNG_BYTES + 2) // 3 * 4:
+            raise J.JobError(f"{_where(i)}.image", f"larger than the limit of {MAX_PNG_BYTES // 2**20} MiB")
+        try:
+            head = base64.b64decode(image[:64], validate=True)
+        except (binascii.Error, ValueError):
+            raise J.JobError(f"{_where(i)}.image", "not valid base64") from None
+        from .picture import FORMATS_TEXT, sniff
+
+        if sniff(head) is None:
+            raise J.JobError(f"{_where(i)}.image", f"not an image ({FORMATS_TEXT} are read)")
+        out.append(Reference(image, scale))
+    if arch is not None and out:
+        family_problem = reference_family_problem(arch, len(out))
+        if family_problem:
+            raise J.JobError("references", family_problem)
+    return out
+
+
+def reference_family_problem(arch: str, count: int, controls: int = 0, family: str | None = None) -> str | None:
+    """Why a family cannot take ``count`` references (one line), or None. Klein counts
+    its ``controls`` (depth, lines) among its reference images."""
+    from . import families
+
+    label = family or families.ARCHES[arch].label if arch in families.ARCHES else (family or arch)
+    mech = MECHANISMS.get(arch)
+    if mech is None:
+        takes = ", ".join(sorted({families.ARCHES[a].label for a in MECHANISMS if a in families.ARCHES}))
+        return f"{label} takes no reference images (SD 1.5 and SDXL take them with IP-Adapter, FLUX.1 with Redux, " \
+               f"FLUX.2 Klein natively; families that do: {takes})"
+    room = mech.max_images - (controls if arch == "klein" else 0)
+    if count > room:
+        extra = f" besides its {controls} control image(s)" if arch == "klein" and controls else ""
+        return f"{count} references: {label} ({mech.label}) takes at most {room}{extra}"
+    return None
+
+
+def reference_problem(path: str, flag: str = "--reference") -> str | None:
+    """Why the file at ``path`` cannot be a reference image (one line), or None: missing,
+    a folder, empty, not an image, too large, a damaged or too small PNG."""
+    from .picture import FORMATS_TEXT, sniff
+
+    if not os.path.exists(path):
+        return f"{flag} {path}: no such file"
+    if os.path.isdir(path):
+        return f"{flag} {path} is a folder, not an image"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError as exc:
+        return f"{flag} {path} cannot be read ({exc.strerror})"
+    if not head:
+        return f"{flag} {path} is empty (0 bytes), not an image"
+    kind = sniff(head)
+    if kind is None:
+        return f"{flag} {path} is not an image ({FORMATS_TEXT} are read)"
+    size = os.path.getsize(path)
+    if size > MAX_PNG_BYTES:
+        return f"{flag} {path} is {size / 2**20:.1f} MiB; a reference may be at most {MAX_PNG_BYTES // 2**20} MiB"
+    if kind == "PNG":
+        from .png import png_problem, png_size
+
+        problem = png_problem(path, flag)
+        if problem:
+            return problem
+        w, h = png_size(head[:24]) or (0, 0)
+        if min(w, h) < MIN_REFERENCE_SIDE:
+            return f"{flag} {path} is {w}x{h} px, too small: a reference needs at least {MIN_REFERENCE_SIDE} px " \
+                   "on its short side"
+    return None
+
+
+def reference_entry(path: str, scale: float = DEFAULT_REFERENCE_SCALE, flag: str = "--reference") -> dict:
+    """The job's entry for an image file (ReferenceError with one line when it is bad)."""
+    problem = reference_problem(path, flag)
+    if problem:
+        raise ReferenceError(problem)
+    if not 0.0 <= float(scale) <= MAX_REFERENCE_SCALE:
+        raise ReferenceError(f"{flag} {path}: scale {scale:g} is outside 0..{MAX_REFERENCE_SCALE:g}")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return {"image": base64.b64encode(data).decode("ascii"), "scale": float(scale)}
+
+
+def params_entries(hashed: list[tuple[str, float]], order_free: bool) -> list[dict]:
+    """What goes into each image's parameters: ``(pixel sha256, scale)`` of every
+    reference that acts (scale > 0), sorted when the mechanism is order-free."""
+    entries = [{"image_sha256": sha, "scale": float(scale)} for sha, scale in hashed if scale > 0]
+    if order_free:
+        entries.sort(key=lambda e: (e["image_sha256"], e["scale"]))
+    return entries
