@@ -407,6 +407,19 @@ def _reference_problem(args):
     args._references = None
     paths = args.reference or []
     scale = args.reference_scale
+    flag = "--reference"
+    if not paths:  # the styles' presets may give them ([reference] images = [...])
+        from ..core.presets import load_presets_tolerant
+        from ..core.references import preset_references
+
+        names = [s.strip() for s in (args.styles or "").split(",") if s.strip()]
+        try:
+            paths, preset_scale, preset = preset_references(load_presets_tolerant()[0], names)
+        except ReferenceError as exc:
+            return str(exc)
+        if paths:
+            flag = f"preset {preset!r} [reference]"
+            scale = preset_scale if scale is None else scale
     if scale is not None and not paths:
         return "--reference-scale needs a --reference image"
     if scale is not None and not 0.0 <= scale <= MAX_REFERENCE_SCALE:
@@ -418,9 +431,10 @@ def _reference_problem(args):
         controls = 0 if args.edit else len([u for u in (args.controls or "depth,lines").split(",") if u.strip()])
         problem = reference_family_problem(arch, len(paths), controls, args.model)
         if problem:
-            return f"--reference: {problem}"
+            return f"{flag}: {problem}"
     try:
-        args._references = [reference_entry(p, DEFAULT_REFERENCE_SCALE if scale is None else scale) for p in paths]
+        args._references = [reference_entry(p, DEFAULT_REFERENCE_SCALE if scale is None else scale, flag)
+                            for p in paths]
     except ReferenceError as exc:
         return str(exc)
     return None

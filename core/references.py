@@ -186,3 +186,22 @@ def params_entries(hashed: list[tuple[str, float]], order_free: bool) -> list[di
     if order_free:
         entries.sort(key=lambda e: (e["image_sha256"], e["scale"]))
     return entries
+
+
+def preset_references(presets: dict, names) -> tuple[list[str], float | None, str]:
+    """The reference images the named styles' presets give (``[reference]``), for a sweep
+    that names none itself: (paths, scale, the preset that gives them). The references are
+    the job's, so the styles of one sweep must agree: one with images and one without, or
+    two with other images, is a ReferenceError (one line)."""
+    names = [n for n in names if n in presets]
+    found = {n: (tuple(presets[n].references), presets[n].reference_scale) for n in names}
+    with_refs = [n for n in names if found[n][0]]
+    if not with_refs:
+        return [], None, ""
+    first = with_refs[0]
+    for n in names:
+        if found[n] != found[first]:
+            what = "other [reference] images" if found[n][0] else "no [reference] images"
+            raise ReferenceError(f"style {first!r} has [reference] images in its preset and {n!r} has {what}; "
+                                 "sweep them separately, or give --reference for all")
+    return list(found[first][0]), found[first][1], first

@@ -2,9 +2,9 @@
 
 import bpy
 
-from . import generate, models, render_controls, results, setup
+from . import generate, models, references, render_controls, results, setup
 
-_modules = (render_controls, generate, results, setup, models)
+_modules = (render_controls, generate, results, setup, models, references)
 classes = tuple(cls for module in _modules for cls in module.classes)
 
 

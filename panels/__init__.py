@@ -269,6 +269,9 @@ def draw_status(self, context):
 
 classes = (VIEW3D_PT_archviz, VIEW3D_PT_archviz_depth_lines, VIEW3D_PT_archviz_classes, ARCHVIZ_UL_controls,
            VIEW3D_PT_archviz_generate, VIEW3D_PT_archviz_units, VIEW3D_PT_archviz_results)
+from . import references as _references  # noqa: E402 - its panel subclasses ArchVizPanel, defined above
+
+classes += _references.classes
 
 
 def register():
