@@ -245,3 +245,14 @@ def model_help() -> str:
     edits = names(edit=True, menu=True)
     return (f"{text[0]} (default), {', '.join(text[1:])}, or a local model folder; "
             f"with --edit: {', '.join(edits)}")
+
+
+#: How each architecture takes reference images (core/references.py): arch -> (mechanism,
+#: most references per job, whether their order is free). An arch not here takes none.
+#: SD 1.5 / SDXL: IP-Adapter (each reference attended on its own, added at its scale: a sum);
+#: FLUX.1: Redux (the (prompt, reference) pairs summed weighted by scale, FluxPriorReduxPipeline).
+REFERENCES = {
+    "sd15": ("IP-Adapter", 4, True),
+    "sdxl": ("IP-Adapter", 4, True),
+    "flux": ("FLUX.1 Redux", 4, True),
+}

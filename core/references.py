@@ -14,8 +14,9 @@ Each family has its own mechanism (:data:`MECHANISMS`), the one its ecosystem us
 * FLUX.1: the Redux prior (FLUX.1-Redux-dev). Each reference's SigLIP tokens are appended
   to the prompt's T5 tokens, and the (prompt, reference) pairs are summed weighted by
   their scales (``FluxPriorReduxPipeline``'s weighted sum). A sum: **order-free**.
-* FLUX.2 Klein: the references are images the transformer reads next to the noise, each
-  at its own position in time (the first at 10, the next at 20, ...). **Order matters**.
+* (FLUX.2 Klein, not built yet: its references are images the transformer reads next to the
+  noise, each at its own position in time, so there the order would matter; the parameters
+  keep the order for a mechanism that is not order-free.)
 
 A reference at scale 0 is left out entirely (not encoded, not in the parameters): scale 0
 gives the very pixels of no reference. The parameters (hence the resume hash) hold each
@@ -29,6 +30,7 @@ import binascii
 import os
 from dataclasses import dataclass
 
+from . import families as _families
 from .limits import MAX_PNG_BYTES
 
 #: references a job may carry at all (a family may take fewer: :data:`MECHANISMS`)
@@ -44,17 +46,12 @@ class Mechanism:
     """How one architecture takes reference images."""
 
     label: str  # in messages and docs
-    max_images: int  # references per job (Klein: with the control images together)
+    max_images: int  # references per job
     order_free: bool  # the same images in another order give the same pixels (up to float rounding)
 
 
-#: arch -> its reference mechanism; an arch not here takes no reference.
-MECHANISMS = {
-    "sd15": Mechanism("IP-Adapter", 4, True),
-    "sdxl": Mechanism("IP-Adapter", 4, True),
-    "flux": Mechanism("FLUX.1 Redux", 4, True),
-    "klein": Mechanism("FLUX.2 Klein reference images", 10, False),
-}
+#: arch -> its reference mechanism (core/families.py REFERENCES); an arch not here takes none.
+MECHANISMS = {arch: Mechanism(*facts) for arch, facts in _families.REFERENCES.items()}
 
 
 class ReferenceError(ValueError):
@@ -115,20 +112,17 @@ def check_references(items, arch: str | None = None) -> list[Reference]:
 
 
 def reference_family_problem(arch: str, count: int, controls: int = 0, family: str | None = None) -> str | None:
-    """Why a family cannot take ``count`` references (one line), or None. Klein counts
-    its ``controls`` (depth, lines) among its reference images."""
+    """Why a family cannot take ``count`` references (one line), or None. (``controls``:
+    the job's control units, for a mechanism that would count them among its images.)"""
     from . import families
 
     label = family or families.ARCHES[arch].label if arch in families.ARCHES else (family or arch)
     mech = MECHANISMS.get(arch)
     if mech is None:
         takes = ", ".join(sorted({families.ARCHES[a].label for a in MECHANISMS if a in families.ARCHES}))
-        return f"{label} takes no reference images (SD 1.5 and SDXL take them with IP-Adapter, FLUX.1 with Redux, " \
-               f"FLUX.2 Klein natively; families that do: {takes})"
-    room = mech.max_images - (controls if arch == "klein" else 0)
-    if count > room:
-        extra = f" besides its {controls} control image(s)" if arch == "klein" and controls else ""
-        return f"{count} references: {label} ({mech.label}) takes at most {room}{extra}"
+        return f"{label} takes no reference images (the families that do: {takes})"
+    if count > mech.max_images:
+        return f"{count} references: {label} ({mech.label}) takes at most {mech.max_images}"
     return None
 
 

@@ -83,8 +83,10 @@ def build_redux(out: Path) -> None:
 
 def builder(family: str, name: str):
     """The builder of a tiny reference model, or None when ``family/name`` is not one."""
-    if name == "ip-adapter" and family in ("sd15", "sdxl"):
+    from ...engine.families.reference_models import REAL, TINY_NAMES
+
+    if TINY_NAMES.get(family) != name:
+        return None
+    if REAL[family].kind == "ip-adapter":
         return lambda out: build_ip_adapter(out, family)
-    if name == "redux" and family == "flux":
-        return build_redux
-    return None
+    return build_redux
