@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .ray_scaling import add_ray_arguments
 
     add_ray_arguments(parser)  # --ray: scaling from 1 to N Ray actors instead of the side-by-side run
+    __import__(f"{__package__}.references", fromlist=["x"]).add_reference_arguments(parser)  # --references
 
 
 def spec_from_args(args) -> runner.Spec:
@@ -79,6 +80,8 @@ def run(args) -> int:
         from .ray_scaling import run_ray_scaling
 
         return run_ray_scaling(args)
+    if args.references:  # the per-image cost of reference images (bench/references.py)
+        return __import__(f"{__package__}.references", fromlist=["x"]).run_references(args)
     spec = spec_from_args(args)
     report = runner.run(spec)
     if args.json:

@@ -225,3 +225,19 @@ def test_archviz_sweep_with_references_end_to_end_and_bad_ones_in_one_line(tmp_p
     assert params["references"][0]["scale"] == 0.8 and len(params["references"]) == 1
     again = _run("sweep", *common, "--reference", board, "--reference-scale", "0.8", "--out", out)
     assert again.returncode == 0 and "0 new image(s), 1 already on disk" in again.stdout  # resume keeps it
+
+
+def test_bench_prints_the_per_image_cost_of_references_for_each_family(tmp_path, capsys):
+    import json
+
+    from archviz_controlnet import cli
+
+    out = tmp_path / "refs.json"
+    assert cli.main(["bench", "--references", "--device", "cpu", "--styles", "modern", "--seeds", "0",
+                     "--steps", "2", "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = {r["family"]: r for r in json.loads(out.read_text())["references"]}
+    assert set(rows) == {"tiny", "tiny-sdxl", "tiny-flux"}
+    for family, row in rows.items():
+        assert all(row["per_image_s"][str(n)] > 0 for n in (0, 1, 2)) and row["encode_s"] > 0
+        assert any(line.startswith(family + " ") for line in text.splitlines())
