@@ -57,7 +57,10 @@ def _job(family: str, arch: str, size: int, steps: int, styles, seeds, reference
     if ARCHES[arch].preset_section is None:  # SD 1.5: the job's own cfg
         job["cfg"] = 7.0
     if references:
-        job["references"] = [{"image": _b64(_board(i + 1, 64)), "scale": 0.8} for i in range(references)]
+        from ..core.references import MECHANISMS
+
+        scale = 0.8 if MECHANISMS[arch].scaled else 1.0  # FLUX.2 Klein: no per-reference strength
+        job["references"] = [{"image": _b64(_board(i + 1, 64)), "scale": scale} for i in range(references)]
     return job
 
 
@@ -79,7 +82,7 @@ def run_references(args) -> int:
     print(f"reference images: per-image seconds on {engine.device} ({torch.get_num_threads()} threads), tiny models, "
           f"{size}x{size} px, {steps} steps, {len(args.styles)} style(s) x {len(args.seeds)} seed(s); "
           f"fastest of {repeats}")
-    print(f"{'family':<12} {'mechanism':<14} {'none':>9} {'1 ref':>9} {'2 refs':>9} {'x (1)':>7} {'x (2)':>7} "
+    print(f"{'family':<12} {'mechanism':<16} {'none':>9} {'1 ref':>9} {'2 refs':>9} {'x (1)':>7} {'x (2)':>7} "
           f"{'encode':>9}")
     from ..core.references import MECHANISMS
 
@@ -101,7 +104,7 @@ def run_references(args) -> int:
         row = {"family": family, "mechanism": MECHANISMS[arch].label, "per_image_s": per_image,
                "encode_s": encode[2]}
         rows.append(row)
-        print(f"{family:<12} {MECHANISMS[arch].label:<14} {per_image[0]:>9.4f} {per_image[1]:>9.4f} "
+        print(f"{family:<12} {MECHANISMS[arch].label:<16} {per_image[0]:>9.4f} {per_image[1]:>9.4f} "
               f"{per_image[2]:>9.4f} {per_image[1] / per_image[0]:>7.2f} {per_image[2] / per_image[0]:>7.2f} "
               f"{encode[2]:>9.4f}")
     if args.json:

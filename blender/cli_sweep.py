@@ -402,7 +402,7 @@ def _reference_problem(args):
     takes that many references. Sets ``args._references`` (the job's entries)."""
     from ..core import jobs as J
     from ..core.references import (DEFAULT_REFERENCE_SCALE, MAX_REFERENCE_SCALE, ReferenceError, reference_entry,
-                                   reference_family_problem)
+                                   reference_family_problem, reference_scale_problem)
 
     args._references = None
     paths = args.reference or []
@@ -429,7 +429,8 @@ def _reference_problem(args):
     arch = J.FAMILY_ARCH.get(J.FAMILY_ALIASES.get(args.model, args.model))
     if arch is not None:
         controls = 0 if args.edit else len([u for u in (args.controls or "depth,lines").split(",") if u.strip()])
-        problem = reference_family_problem(arch, len(paths), controls, args.model)
+        problem = reference_family_problem(arch, len(paths), controls, args.model) or reference_scale_problem(
+            arch, [DEFAULT_REFERENCE_SCALE if scale is None else scale], args.model)
         if problem:
             return f"{flag}: {problem}"
     try:

@@ -547,11 +547,12 @@ class Job:
         if edit:
             self.strength = None  # an instruction edit has none (refused above when given)
         if self.references:
-            from .references import check_references, reference_family_problem
+            from .references import check_references, reference_family_problem, reference_scale_problem
 
             self.references = check_references(self.references)
             problem = reference_family_problem(self.model.arch, len(self.references), len(self.controls),
-                                               self.model.family)
+                                               self.model.family) \
+                or reference_scale_problem(self.model.arch, [r.scale for r in self.references], self.model.family)
             if problem:
                 raise JobError("references", problem)
         else:

@@ -14,9 +14,13 @@ Each family has its own mechanism (:data:`MECHANISMS`), the one its ecosystem us
 * FLUX.1: the Redux prior (FLUX.1-Redux-dev). Each reference's SigLIP tokens are appended
   to the prompt's T5 tokens, and the (prompt, reference) pairs are summed weighted by
   their scales (``FluxPriorReduxPipeline``'s weighted sum). A sum: **order-free**.
-* (FLUX.2 Klein, not built yet: its references are images the transformer reads next to the
-  noise, each at its own position in time, so there the order would matter; the parameters
-  keep the order for a mechanism that is not order-free.)
+* FLUX.2 Klein: its own reference images (``Flux2KleinPipeline``'s ``image``). Each is
+  VAE-encoded and its tokens sit next to the noise's at a time position of its own (10, 20,
+  30, ... in list order), so **the order matters** and the parameters keep it. No per-image
+  strength: a reference's scale is 1, or 0 (left out). The job's control passes (depth,
+  lines, ...) are reference images to it as well (BFL's FLUX.2 structural guidance: a
+  depth map or an edge image given as a reference): the user's references first, then
+  the control images in control order, all counted against its limit.
 
 A reference at scale 0 is left out entirely (not encoded, not in the parameters): scale 0
 gives the very pixels of no reference. The parameters (hence the resume hash) hold each
@@ -48,6 +52,8 @@ class Mechanism:
     label: str  # in messages and docs
     max_images: int  # references per job
     order_free: bool  # the same images in another order give the same pixels (up to float rounding)
+    scaled: bool = True  # each reference has a scale (False: 1, or 0 = left out)
+    controls_join: bool = False  # the job's control passes are images of the same kind, counted in max_images
 
 
 #: arch -> its reference mechanism (core/families.py REFERENCES); an arch not here takes none.
@@ -121,8 +127,27 @@ def reference_family_problem(arch: str, count: int, controls: int = 0, family: s
     if mech is None:
         takes = ", ".join(sorted({families.ARCHES[a].label for a in MECHANISMS if a in families.ARCHES}))
         return f"{label} takes no reference images (the families that do: {takes})"
+    if mech.controls_join and count + controls > mech.max_images:
+        return (f"{count} references and {controls} control images: {label} takes at most {mech.max_images} "
+                f"images in all (the control passes join the references)")
     if count > mech.max_images:
         return f"{count} references: {label} ({mech.label}) takes at most {mech.max_images}"
+    return None
+
+
+def reference_scale_problem(arch: str, scales, family: str | None = None) -> str | None:
+    """Why a family cannot take these reference scales (one line), or None: a mechanism
+    without a per-reference strength takes 1 (or 0: left out)."""
+    from . import families
+
+    mech = MECHANISMS.get(arch)
+    if mech is None or mech.scaled:
+        return None
+    for scale in scales:
+        if float(scale) not in (0.0, 1.0):
+            label = family or families.ARCHES[arch].label
+            return (f"reference scale {float(scale):g}: {label} has no per-reference strength; "
+                    "use 1 (or 0 to leave a reference out)")
     return None
 
 

@@ -237,7 +237,7 @@ def test_bench_prints_the_per_image_cost_of_references_for_each_family(tmp_path,
                      "--steps", "2", "--threads", "1", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     rows = {r["family"]: r for r in json.loads(out.read_text())["references"]}
-    assert set(rows) == {"tiny", "tiny-sdxl", "tiny-flux"}
+    assert set(rows) == {"tiny", "tiny-sdxl", "tiny-flux", "tiny-klein"}
     for family, row in rows.items():
         assert all(row["per_image_s"][str(n)] > 0 for n in (0, 1, 2)) and row["encode_s"] > 0
         assert any(line.startswith(family + " ") for line in text.splitlines())

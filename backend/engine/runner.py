@@ -427,7 +427,8 @@ class Engine:
             # the references encoded once per job.
             family.use_references(self, plan, pipe, comps, ref_entry.value if ref_entry else None)
             t0 = self._clock()
-            self._refs = family.prepare_references(self, plan, pipe, comps, ref_entry.value) if ref_entry else None
+            self._refs = family.prepare_references(self, plan, pipe, comps, ref_entry.value if ref_entry else None) \
+                if plan.references else None  # FLUX.2 Klein reads its references itself: no reference model
             self.timings["references"] += self._clock() - t0
             controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
             # Restyle: the init image through the VAE encoder once per job (each seed then
@@ -455,7 +456,8 @@ class Engine:
                         self.stats["prompt_encodes"] += 1
                 self.timings["encode"] += self._clock() - t0
                 units = [Unit(u, nets[ci], controls[ci], plan.models.controlnets[ci].union_mode,
-                              fn=self._runtime(nets[ci]))
+                              fn=self._runtime(nets[ci])) if nets
+                         else Unit(u, None, controls[ci])  # FLUX.2 Klein: the control joins its references
                          for ci, u in enumerate(style.units)]
                 out = self._run_batch_with_retry(plan, pipe, comps, style, units, batch, embeds,
                                                  on_step, cancelled)

@@ -28,6 +28,7 @@ from ..models.registry import ModelPlan, resolve_models
 #: (backend/engine/families/registry.py)
 FLOW_FAMILIES = {arch: e.flow for arch, e in ENGINES.items() if e.flow}
 REGION_ARCHS = arches(region=True)
+REFERENCE_CONTROL_ARCHES = arches(resolve="references")
 FLUX_SCHEDULER = "flow_euler"
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
@@ -298,7 +299,10 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
             return preset_value if preset_value is not None else default
 
         units = []
-        for ci, (c, img, ref) in enumerate(zip(job.controls, controls, models.controlnets)):
+        # FLUX.2 Klein has no ControlNet: its control images join its reference images
+        refs = models.controlnets or [None] * len(job.controls) if models.arch in REFERENCE_CONTROL_ARCHES \
+            else models.controlnets
+        for ci, (c, img, ref) in enumerate(zip(job.controls, controls, refs)):
             d = preset.control(c.type) if preset else None
             start = pick(c.start, d.start if d else None, J.DEFAULT_START)
             end = pick(c.end, d.end if d else None, J.DEFAULT_END)
@@ -310,7 +314,8 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 scale=float(pick(c.scale, d.scale if d else None, J.DEFAULT_SCALE)),
                 start=float(start), end=float(end),
                 mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
-                model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
+                model="reference image" if ref is None
+                else ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
             ))
         if models.arch in EDIT_ARCHES:  # instruction edit (core/edit.py): the edit text, the look of the style
             from ...core.edit import edit_values
@@ -351,7 +356,9 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         ))
 
     references = plan_references(job)
-    if references:
+    from .families.reference_models import REAL as _REFERENCE_MODELS
+
+    if references and models.arch in _REFERENCE_MODELS:  # FLUX.2 Klein needs no reference model
         from dataclasses import replace
 
         from ..models.references import reference_model

@@ -93,6 +93,10 @@ QWEN_BASE = "Qwen/Qwen-Image"  # Apache-2.0, not gated: 20B MMDiT, Qwen2.5-VL-7B
 QWEN_UNION = "InstantX/Qwen-Image-ControlNet-Union"
 #: The unit types it takes: depth, and every line type as canny edges.
 QWEN_CONTROL_TYPES = ("depth", "lines", "canny", "lineart", "mlsd")
+#: FLUX.2 [klein] 4B (Apache-2.0, not gated): 4B transformer, Qwen3-4B text encoder, the FLUX.2
+#: VAE; step- and guidance-distilled (4 steps). Only its diffusers folders are downloaded, not
+#: the single-file checkpoint beside them.
+KLEIN_BASE = "black-forest-labs/FLUX.2-klein-4B"
 ZIMAGE_BASE = "Tongyi-MAI/Z-Image-Turbo"  # Apache-2.0, not gated: 6B single-stream DiT, Qwen3-4B encoder, 8 steps
 #: The Z-Image-Turbo Fun ControlNet-Union (alibaba-pai, Apache-2.0, not gated) ships as ONE
 #: checkpoint file per version, not a diffusers folder: repo -> (file, the diffusers config repo
@@ -161,6 +165,9 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
         return _resolve_flux(spec, control_types, control_models)
     if resolve == "union-only":
         return _resolve_union(spec, control_types, control_models)
+    if resolve == "references":  # FLUX.2 Klein: no ControlNet, the controls join its reference images
+        base = spec.base or (str(tiny.tiny_path(arch, "base")) if spec.is_tiny else KLEIN_BASE)
+        return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=())
     if resolve == "none":  # instruction edits: a base only, no ControlNet (core/jobs.py)
         real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_PLUS.get(spec.family, QWEN_EDIT_BASE)
         folder = "qwen-edit-plus" if spec.family == "tiny-qwen-edit-plus" else arch
@@ -380,6 +387,7 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
     "qwen-base": [(QWEN_BASE, base_components("qwen", False), "base model")],
     "qwen-union": [(QWEN_UNION, None, "ControlNet-Union")],
+    "klein-base": [(KLEIN_BASE, base_components("klein", False), "base model (4B, distilled)")],
     "zimage-base": [(ZIMAGE_BASE, base_components("zimage", False), "base model (Turbo)")],
     **{f"zimage-union{suffix}": [(repo, hub.Files([ZIMAGE_UNION_FILES[repo][0]]), f"ControlNet-Union{version} (one file)"),
                                  (ZIMAGE_UNION_FILES[repo][1], hub.Files(["config.json"]), "its diffusers config")]
@@ -402,6 +410,7 @@ CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-dep
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
 CATALOG["qwen"] = CATALOG["qwen-base"] + CATALOG["qwen-union"]
 CATALOG["zimage"] = CATALOG["zimage-base"] + CATALOG["zimage-union"]
+CATALOG["klein"] = CATALOG["klein-base"]  # no ControlNet: the controls join its reference images
 # The detectors of sweeps from a photo or a sketch (backend/models/preprocess.py): DPT depth, and the
 # MLSD and lineart files of lllyasviel/Annotators (only those, not the whole repository).
 CATALOG["preprocessors"] = [
@@ -782,6 +791,14 @@ def _load_dit_base(arch: str, ref: str, dtype, device) -> dict:
         weights = () if name.startswith(("tokenizer", "processor")) else (dtype,)
         comps[name] = _load(cls, folder, name, ref, "base model", *weights)
     comps["scheduler_config"] = dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler")))
+    if arch == "klein":  # the distilled models sample without CFG; the base ones are not built
+        try:
+            distilled = bool(json.loads((folder / "model_index.json").read_text()).get("is_distilled", False))
+        except (OSError, ValueError):
+            distilled = False
+        if not distilled:
+            raise ModelNotFoundError(f"base model {ref}: not a distilled FLUX.2 Klein (model_index.json has no "
+                                     f"is_distilled true); the undistilled Klein base models are not supported yet")
     if arch == "qwen-edit":  # -2509 / -2511: the folder's model_index.json names QwenImageEditPlusPipeline
         try:
             pipeline_class = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
