@@ -112,3 +112,40 @@ def test_klein_limits_and_refusals_are_one_line():
     with pytest.raises(J.JobError) as err:
         make_plan(family="tiny-klein", cfg=3.0, scheduler=None)
     assert "cfg 1 only" in str(err.value)
+
+
+def test_archviz_sweep_tiny_klein_with_references_end_to_end(tmp_path):
+    """The real CLI: a Blender scene's depth and lines, two references in order, through a real
+    backend on loopback; a scale other than 1 and too many images are one line each."""
+    import json
+    import subprocess
+    import sys
+
+    from test_references import ROOT, SCENE_SCRIPT, _run
+
+    scene = tmp_path / "room.blend"
+    subprocess.run([sys.executable, "-c", SCENE_SCRIPT, str(ROOT / "tests"), str(scene)], check=True,
+                   capture_output=True, timeout=120)
+    a, b = tmp_path / "brick.png", tmp_path / "board.jpg"
+    Image.fromarray(beauty_image()).save(a)
+    Image.fromarray(_board(2)).save(b, format="JPEG")
+    common = [scene, "--model", "tiny-klein", "--styles", "modern", "--seeds", "0", "--steps", "2",
+              "--long-side", "64"]
+    bad = {("--reference", a, "--reference-scale", "0.5"): "no per-reference strength",
+           tuple(x for _ in range(9) for x in ("--reference", a)): "9 references and 2 control images"}
+    for extra, words in bad.items():
+        proc = _run("sweep", *common, *extra, "--out", tmp_path / "bad")
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+
+    out = tmp_path / "out"
+    proc = _run("sweep", *common, "--reference", a, "--reference", b, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 new image(s)" in proc.stdout
+    with Image.open(out / "Camera_modern_s0.png") as im:
+        params = json.loads(im.text["archviz"])["params"]
+    assert [r["scale"] for r in params["references"]] == [1.0, 1.0]
+    assert [u["model"] for u in params["controls"]] == ["reference image", "reference image"]
+    # the other order is another image: resume does not take the one on disk for it
+    swapped = _run("sweep", *common, "--reference", b, "--reference", a, "--out", out)
+    assert swapped.returncode == 0 and "1 new image(s)" in swapped.stdout, swapped.stdout[-2000:]
