@@ -74,6 +74,36 @@ def test_sd15_ip_adapter_equals_the_diffusers_pipeline_with_the_same_adapter(eng
     assert engine.stats and engine.timings["references"] > 0
 
 
+def test_sdxl_ip_adapter_equals_the_diffusers_pipeline_with_the_same_adapter(engine):
+    from archviz_controlnet.backend.engine.families.sd import make_scheduler
+    from archviz_controlnet.backend.models.references import REAL
+
+    plan = _plan("tiny-sdxl", references=[{"image": REF_A, "scale": 0.8}, {"image": REF_B, "scale": 0.5}],
+                 controls=[{"type": "depth", "image": b64(depth_image()), "scale": 0.9}])
+    ours = engine.generate(plan, plan.images)[0]
+
+    base, nets = engine.load(plan.models)
+    style = plan.styles[0]
+    pipe = engine.helper_pipeline("sdxl", base.value, [n.value for n in nets])
+    pipe.scheduler = make_scheduler(style.scheduler, base.value["scheduler_config"])
+    pipe.set_progress_bar_config(disable=True)
+    spec = REAL["sdxl"]  # diffusers' own loading: the SDXL adapter with the ViT-H encoder it names
+    pipe.load_ip_adapter(plan.models.references, subfolder=spec.subfolder, weight_name=spec.weight_name,
+                         image_encoder_folder=spec.encoder)
+    pipe.set_ip_adapter_scale([[0.8, 0.5]])
+    mask = torch.ones(1, 2, plan.height, plan.width)
+    ref = pipe(style.prompt, negative_prompt=style.negative or None, image=[c.image for c in plan.controls],
+               ip_adapter_image=[[_pil(REF_A), _pil(REF_B)]], cross_attention_kwargs={"ip_adapter_masks": [mask]},
+               num_inference_steps=style.steps, guidance_scale=style.cfg, height=plan.height, width=plan.width,
+               controlnet_conditioning_scale=[u.scale for u in style.units],
+               control_guidance_start=[u.start for u in style.units],
+               control_guidance_end=[u.end for u in style.units],
+               generator=torch.Generator("cpu").manual_seed(3), output_type="np").images[0]
+    pipe.unload_ip_adapter()  # the warm UNet as the engine keeps it between jobs
+    base.value.pop("ip_adapter", None)
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
 def test_sd15_reference_changes_the_image_scale_zero_is_no_reference_and_order_is_free(engine):
     plain = _plan()
     with_ref = _plan(references=[{"image": REF_A, "scale": 1.0}])
