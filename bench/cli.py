@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .configs_wan import add_video_configs
 
     add_video_configs(parser)  # --config tiny-wan | wan: the video engine (bench/configs_wan.py)
+    from .references import add_reference_arguments
+
+    add_reference_arguments(parser)  # --references: the per-image cost of reference images (bench/references.py)
 
 
 def spec_from_args(args) -> runner.Spec:
@@ -86,6 +89,8 @@ def run(args) -> int:
         from .ray_scaling import run_ray_scaling
 
         return run_ray_scaling(args)
+    if args.references:  # the per-image cost of reference images (bench/references.py)
+        return __import__(f"{__package__}.references", fromlist=["x"]).run_references(args)
     spec = spec_from_args(args)
     report = runner.run(spec)
     if args.json:

@@ -4,12 +4,10 @@ view and coverage, and the walkthrough. UI only: it names operators by their ids
 import bpy
 
 from ..blender.ui import draw_lines
+from .base import ArchVizPanel
 
 
-class VIEW3D_PT_archviz_texture(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "ArchViz"
+class VIEW3D_PT_archviz_texture(ArchVizPanel, bpy.types.Panel):
     bl_label = "Texture Scene"
     bl_options = {"DEFAULT_CLOSED"}
 

@@ -5,12 +5,10 @@ outcome. UI only."""
 import bpy
 
 from ..blender.ui import draw_lines, text_width
+from .base import ArchVizPanel
 
 
-class VIEW3D_PT_archviz_video(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"  # the ArchViz sidebar tab (panels.ArchVizPanel: not imported, no import circle)
-    bl_region_type = "UI"
-    bl_category = "ArchViz"
+class VIEW3D_PT_archviz_video(ArchVizPanel, bpy.types.Panel):
     bl_label = "Video"
     bl_parent_id = "VIEW3D_PT_archviz_generate"
     bl_options = {"DEFAULT_CLOSED"}

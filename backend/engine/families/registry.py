@@ -31,8 +31,9 @@ class FlowRules:
 #: ``nets``: one net per control type, or a ControlNet-Union with a mode per type
 #: (``model.union``; SD 1.5 / SDXL); ``nets-or-union-modes``: FLUX.1's, the union's modes
 #: checked; ``union-only``: one union net for every unit, no mode (it reads the type from the
-#: image); ``none``: no ControlNet (instruction edits).
-RESOLVE_KINDS = ("nets", "nets-or-union-modes", "union-only", "none")
+#: image); ``none``: no ControlNet (instruction edits); ``references``: no ControlNet, the
+#: control images join the family's own reference images (FLUX.2 Klein).
+RESOLVE_KINDS = ("nets", "nets-or-union-modes", "union-only", "none", "references")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ QWEN_DEFAULTS = {"cfg": 4.0, "steps": 50}
 #: Z-Image-Turbo defaults: 8 steps (its card: 8 function evaluations), no classifier-free
 #: guidance (cfg 1; the pipeline's guidance_scale 0), no negative prompt, flow-matching Euler.
 ZIMAGE_DEFAULTS = {"cfg": 1.0, "steps": 8}
+#: FLUX.2 Klein (4B, 9B) defaults: step- and guidance-distilled, 4 steps (the model card's),
+#: no classifier-free guidance (cfg 1), no negative prompt, flow-matching Euler.
+KLEIN_DEFAULTS = {"cfg": 1.0, "steps": 4}
 
 _SD15 = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _SDXL = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -102,6 +106,16 @@ _ENGINE_LIST = (
     Engine("qwen-edit", "edit", "none", ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler"),
            loaders=("Qwen-Image-Edit", {**_QWEN_CLASSES, "processor": (".qwen_processor", None)}), bf16=True,
            tiny_module="edit", tiny_folders=("qwen-edit-plus",)),
+    # FLUX.2 Klein: no ControlNet; its reference images (the user's and the control passes)
+    # are read by the transformer itself. Restyle and region edits are not built for it.
+    Engine("klein", "klein", "references", _QWEN,
+           loaders=("FLUX.2 Klein", {"transformer": ("diffusers", "Flux2Transformer2DModel"),
+                                     "vae": ("diffusers", "AutoencoderKLFlux2"),
+                                     "text_encoder": ("transformers", "Qwen3ForCausalLM"),
+                                     "tokenizer": ("transformers", "Qwen2TokenizerFast")}), bf16=True,
+           flow=FlowRules("FLUX.2 Klein", KLEIN_DEFAULTS, no_negative="step- and guidance-distilled, no CFG",
+                          fixed_cfg=1.0),
+           tiny_module="klein", prompt_reader="512"),
 )
 #: arch -> :class:`Engine`
 ENGINES = {e.arch: e for e in _ENGINE_LIST}

@@ -119,6 +119,9 @@ def _builder(family: str, name: str):
     fast = importlib.import_module(".fast", __package__).builder(family, name, sys.modules[__name__])
     if fast is not None:  # fast mode's tiny LoRA / schnell base
         return fast
+    refs = importlib.import_module(".references", __package__).builder(family, name)
+    if refs is not None:  # reference images' tiny IP-Adapters and Redux (references.py)
+        return refs
     if family not in TINY_MODULES:
         raise ValueError(f"no tiny family {family!r}")
     return importlib.import_module(f".{TINY_MODULES[family]}", __package__).builder(family, name)
