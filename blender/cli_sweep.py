@@ -429,7 +429,8 @@ def _reference_problem(args):
     arch = J.FAMILY_ARCH.get(J.FAMILY_ALIASES.get(args.model, args.model))
     if arch is not None:
         controls = 0 if args.edit else len([u for u in (args.controls or "depth,lines").split(",") if u.strip()])
-        problem = reference_family_problem(arch, len(paths), controls, args.model) or reference_scale_problem(
+        init = getattr(args, "init", None) is not None and not args.edit  # restyle: the init image is one more
+        problem = reference_family_problem(arch, len(paths), controls, args.model, init) or reference_scale_problem(
             arch, [DEFAULT_REFERENCE_SCALE if scale is None else scale], args.model)
         if problem:
             return f"{flag}: {problem}"

@@ -54,8 +54,9 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output folder: textured.blend, textures/, views/, texture.json")
     parser.add_argument("--objects", default="",
                         help="comma-separated mesh objects to texture (default: every mesh that renders)")
+    inpainting = [a.label for a in families.ARCHES.values() if a.region]
     parser.add_argument("--model", default="sd15", help=families.model_help() + "; it must do inpainting "
-                        "(SD 1.5, SDXL, FLUX.1 and their tiny families)")
+                        f"({', '.join(inpainting[:-1])} and {inpainting[-1]}, and their tiny families)")
     parser.add_argument("--styles", default="modern", help="the style preset (one; archviz presets lists them)")
     parser.add_argument("--seed", type=int, default=0, help="the seed of every view")
     parser.add_argument("--controls", default="depth,lines", help="control units, as archviz sweep --controls")

@@ -106,7 +106,8 @@ _ARCH_LIST = (
     # (core/references.py), as they are (any control type; lines as line art).
     Arch("klein", "FLUX.2 Klein", 16, 1024, line_styles={"lines": "lineart", "lineart": "lineart", "canny": "canny",
                                                          "mlsd": "mlsd"},
-         all_unit_types=True, union=False, preset_section="klein", section_keys=("cfg", "steps", "controls", "prompt")),
+         all_unit_types=True, union=False, preset_section="klein", section_keys=("cfg", "steps", "controls", "prompt"),
+         region=True),
 )
 #: arch name -> :class:`Arch`
 ARCHES = {a.name: a for a in _ARCH_LIST}

@@ -551,7 +551,7 @@ class Job:
 
             self.references = check_references(self.references)
             problem = reference_family_problem(self.model.arch, len(self.references), len(self.controls),
-                                               self.model.family) \
+                                               self.model.family, init=self.init_image is not None) \
                 or reference_scale_problem(self.model.arch, [r.scale for r in self.references], self.model.family)
             if problem:
                 raise JobError("references", problem)

@@ -71,9 +71,11 @@ class Reference:
     FIELDS = ("image", "scale")
 
 
-def reference_family_problem(arch: str, count: int, controls: int = 0, family: str | None = None) -> str | None:
+def reference_family_problem(arch: str, count: int, controls: int = 0, family: str | None = None,
+                             init: bool = False) -> str | None:
     """Why a family cannot take ``count`` references (one line), or None. (``controls``:
-    the job's control units, for a mechanism that would count them among its images.)"""
+    the job's control units, and ``init``: whether it restyles an init image, for a mechanism
+    that would count them among its images.)"""
     from . import families
 
     label = family or families.ARCHES[arch].label if arch in families.ARCHES else (family or arch)
@@ -81,6 +83,9 @@ def reference_family_problem(arch: str, count: int, controls: int = 0, family: s
     if mech is None:
         takes = ", ".join(sorted({families.ARCHES[a].label for a in MECHANISMS if a in families.ARCHES}))
         return f"{label} takes no reference images (the families that do: {takes})"
+    if mech.controls_join and init and count + controls + 1 > mech.max_images:
+        return (f"{count} references, {controls} control images and the init image: {label} takes at most "
+                f"{mech.max_images} images in all (the control passes and the init image join the references)")
     if mech.controls_join and count + controls > mech.max_images:
         return (f"{count} references and {controls} control images: {label} takes at most {mech.max_images} "
                 f"images in all (the control passes join the references)")

@@ -106,9 +106,7 @@ def test_klein_limits_and_refusals_are_one_line():
 
     from test_backend_engine import make_plan
 
-    with pytest.raises(J.JobError) as err:
-        make_plan(family="tiny-klein", cfg=None, scheduler=None, init_image=b64(beauty_image()), strength=0.5)
-    assert "restyle" in str(err.value) and "tiny-klein" in str(err.value)
+    # restyle and region edits: tests/test_klein_edits.py
     with pytest.raises(J.JobError) as err:
         make_plan(family="tiny-klein", cfg=3.0, scheduler=None)
     assert "cfg 1 only" in str(err.value)

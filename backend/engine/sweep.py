@@ -29,6 +29,15 @@ from ..models.registry import ModelPlan, resolve_models
 #: arches that do region edits (core/families.py)
 FLOW_FAMILIES = {arch: e.flow for arch, e in ENGINES.items() if e.flow}
 REGION_ARCHS = tuple(a.name for a in ARCHES.values() if a.region)
+#: the arches that take an init image to restyle (the UNet families, and the flow families whose rules say so)
+RESTYLE_ARCHS = tuple(a.name for a in ARCHES.values()
+                      if not a.edit and (ENGINES[a.name].flow is None or ENGINES[a.name].flow.restyle))
+
+
+def _labels(arches) -> str:
+    """'SD 1.5, SDXL and FLUX.1' for messages."""
+    names = [ARCHES[a].label for a in arches]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 REFERENCE_CONTROL_ARCHES = arches(resolve="references")
 FLUX_SCHEDULER = "flow_euler"
 
@@ -264,7 +273,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 raise J.JobError(name, f"{getattr(job, name)} px: {label} needs a multiple of 16")
     init = None
     if job.init_image is not None and flow and not flow.restyle:
-        raise J.JobError("init_image", f"restyle (an init image) runs with the SD 1.5, SDXL and FLUX.1 families; "
+        raise J.JobError("init_image", f"restyle (an init image) runs with the {_labels(RESTYLE_ARCHS)} families; "
                                        f"{job.model.family} does not take one yet")
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
@@ -277,7 +286,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         from ...core import region as R
 
         if models.arch not in REGION_ARCHS:
-            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5, SDXL and FLUX.1 "
+            raise J.JobError("mask_image", f"region edits (inpainting) run with the {_labels(REGION_ARCHS)} "
                                            f"families; {job.model.family} does not take a mask yet")
         mask = decode_control_image(J.decode_png(job.mask_image, "mask_image"), "mask_image")
         alpha = np.asarray(mask.convert("L"), np.float32) / 255.0

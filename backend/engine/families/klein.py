@@ -26,9 +26,17 @@ With every unit over the whole window, the engine equals the pipeline given
   on every call);
 * the Qwen3 encode once per style.
 
-Restyle and region edits are not built for Klein (``Flux2KleinPipeline`` takes no init
-image; the inpainting pipeline beside it is not wired in): they are refused in one line by
-the sweep planner.
+Restyle and region edits are ``Flux2KleinInpaintPipeline``: the init image's latents (the
+VAE's mode, normalised as a reference's) noised to the strength (FLUX's img2img rule,
+``int(n - n * strength)`` steps skipped), and **the init image is the first conditioning
+image as well** (time 10; the references and the controls follow it), as that pipeline
+reads it. A region edit also puts the latents outside its mask back to the init latents
+noised to the next step after every step; the mask is the region rounded out to whole
+16 px tokens (core/region.latent_cover), so each token is in or out. A restyle is that
+pipeline with a mask over the whole picture (where the blend puts nothing back). The engine
+equals it given ``image=init, mask_image=cover, image_reference=[references..., controls...]``
+(all of one size) to 1e-4 on the tiny model (tests/test_klein_edits.py). The init image is
+VAE-encoded once per job (the pipeline: on every call).
 """
 
 from __future__ import annotations
@@ -53,6 +61,14 @@ class Condition:
 
     tokens: torch.Tensor  # (1, h * w, C): its packed, normalised latent tokens, row-major
     grid: torch.Tensor  # (1, C, h, w): an empty tensor of its patch grid's shape (for the position ids)
+
+
+@dataclass
+class InitLatents:
+    """A restyle's or a region edit's init image, encoded once per job."""
+
+    image: Condition  # its normalised tokens: where the latents start, and the first conditioning image
+    mask: torch.Tensor | None = None  # region edit: (1, h * w, 1) packed, 1 = made anew; None: all of it
 
 
 @dataclass
@@ -133,25 +149,53 @@ class Klein(Family):
             out.append(encode_condition(pipe, image.convert("RGB"), engine.device))
         return out
 
+    # 2b. Restyle and region edits: the init image at the job's size through the VAE (its mode,
+    #     2x2 patches, the batch-norm normalisation; ``Flux2KleinInpaintPipeline``'s
+    #     prepare_latents), once per job; a region's mask as that pipeline's mask processor and
+    #     prepare_mask_latents make it from the region rounded out to whole tokens.
+    @torch.no_grad()
+    def prepare_init(self, engine, plan, pipe, comps) -> InitLatents:
+        vae = comps["vae"]
+        image = pipe.image_processor.preprocess(plan.init.image, height=plan.height, width=plan.width)
+        z = pipe._encode_vae_image(image=image.to(device=engine.device, dtype=vae.dtype), generator=None)
+        init = InitLatents(Condition(pipe._pack_latents(z), torch.empty(z.shape, device="meta")))
+        if plan.region is not None:
+            from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+            from PIL import Image
+
+            from ....core.region import latent_cover
+
+            token = pipe.vae_scale_factor * 2
+            cover = latent_cover(plan.region.alpha > 0, token)
+            processor = Flux2ImageProcessor(vae_scale_factor=token, vae_latent_channels=vae.config.latent_channels,
+                                            do_normalize=False, do_binarize=True, do_convert_rgb=False,
+                                            do_convert_grayscale=True)
+            mask = processor.preprocess(Image.fromarray(cover.astype(np.uint8) * 255), height=plan.height,
+                                        width=plan.width)
+            mask = torch.nn.functional.interpolate(mask, size=(plan.height // token, plan.width // token),
+                                                   mode="bilinear")
+            init.mask = pipe._pack_latents(mask.to(device=engine.device, dtype=comps["transformer"].dtype))
+        return init
+
     # 3. Latents: the noise from each image's own generator (packed 2x2 patches with their
     #    position ids), the reference tokens with theirs (time 10, 20, ... in list order), the
     #    flow-matching sigmas with FLUX.2's empirical shift.
     def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
-                        init=None, refs: References | None = None) -> Denoising:
+                        init: InitLatents | None = None, refs: References | None = None) -> Denoising:
         from diffusers import FlowMatchEulerDiscreteScheduler
         from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu, retrieve_timesteps
 
-        if init is not None:
-            raise RuntimeError("restyle (an init image) is not supported for the klein family")
         transformer = comps["transformer"]
         b = len(batch)
         prompt = torch.cat([e.prompt for e in embeds])
         text_ids = torch.cat([e.text_ids for e in embeds])
         latents, latent_ids = pipe.prepare_latents(b, transformer.config.in_channels // 4, plan.height, plan.width,
                                                    prompt.dtype, engine.device, generators)
-        # the conditioning images in list order: the references, then the units that act at all
-        # (scale > 0); their position ids as the pipeline makes them for that list
-        images = [(None, c) for c in (refs.images if refs is not None else [])]
+        # the conditioning images in list order: the init image (restyle, region edit), the
+        # references, then the units that act at all (scale > 0); their position ids as the
+        # pipeline makes them for that list
+        images = [(None, init.image)] if init is not None else []
+        images += [(None, c) for c in (refs.images if refs is not None else [])]
         images += [(ci, unit.control) for ci, unit in enumerate(units) if unit.settings.scale > 0]
         slots = []  # (unit index or None for a reference, tokens (b, N, C), ids (b, N, 4))
         if images:
@@ -164,11 +208,26 @@ class Klein(Family):
         sigmas = None if scheduler.config.get("use_flow_sigmas") else np.linspace(1.0, 1 / n, n)
         mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=n)
         timesteps, _ = retrieve_timesteps(scheduler, n, engine.device, sigmas=sigmas, mu=mu)
-        scheduler.set_begin_index(0)
+        region = None
+        if init is None:
+            scheduler.set_begin_index(0)
+        else:
+            # Restyle: the img2img rule (t_start = int(n - n * strength): n - t_start steps run);
+            # the latents drawn above are each seed's noise, blended with the init latents by
+            # the first sigma that runs (flow matching's scale_noise; elementwise, so on the
+            # packed tokens as on the grid).
+            t_start = int(max(n - min(n * plan.init.strength, n), 0))
+            timesteps = scheduler.timesteps[t_start * scheduler.order:]
+            scheduler.set_begin_index(t_start * scheduler.order)
+            noise = latents
+            image = init.image.tokens.to(engine.device, latents.dtype).expand(b, -1, -1)
+            latents = scheduler.scale_noise(image, timesteps[:1].repeat(b), noise) if len(timesteps) else image
+            if init.mask is not None:  # region edit: what goes back outside the mask after each step
+                region = dict(image=image, noise=noise, mask=init.mask.expand(b, -1, -1))
         return Denoising(latents, timesteps, scheduler, dict(
             prompt_embeds=prompt, text_ids=text_ids, latent_ids=latent_ids, slots=slots,
             transformer=engine._runtime(transformer), dtype=transformer.dtype, height=plan.height,
-            width=plan.width))
+            width=plan.width, region=region))
 
     # 4. One step: the noise's tokens and the conditioning tokens that take part this step
     #    (the references always, a unit's inside its window), one transformer pass, the
@@ -192,6 +251,12 @@ class Klein(Family):
         engine.stats["transformer"] += latents.shape[0]
         noise = noise[:, : latents.shape[1]]
         state.latents = state.scheduler.step(noise, t, latents, return_dict=False)[0]
+        region = v["region"]
+        if region is not None:  # outside the mask: the init latents noised to the next step
+            proper = region["image"]
+            if i < len(state.timesteps) - 1:
+                proper = state.scheduler.scale_noise(proper, torch.tensor([state.timesteps[i + 1]]), region["noise"])
+            state.latents = (1 - region["mask"]) * proper + region["mask"] * state.latents
 
     # 5. Decode: the tokens scattered back by their ids, the batch-norm undone, the 2x2
     #    patches undone, the VAE.

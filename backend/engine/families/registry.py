@@ -107,14 +107,14 @@ _ENGINE_LIST = (
            loaders=("Qwen-Image-Edit", {**_QWEN_CLASSES, "processor": (".qwen_processor", None)}), bf16=True,
            tiny_module="edit", tiny_folders=("qwen-edit-plus",)),
     # FLUX.2 Klein: no ControlNet; its reference images (the user's and the control passes)
-    # are read by the transformer itself. Restyle and region edits are not built for it.
+    # are read by the transformer itself. Restyle and region edits: Flux2KleinInpaintPipeline.
     Engine("klein", "klein", "references", _QWEN,
            loaders=("FLUX.2 Klein", {"transformer": ("diffusers", "Flux2Transformer2DModel"),
                                      "vae": ("diffusers", "AutoencoderKLFlux2"),
                                      "text_encoder": ("transformers", "Qwen3ForCausalLM"),
                                      "tokenizer": ("transformers", "Qwen2TokenizerFast")}), bf16=True,
            flow=FlowRules("FLUX.2 Klein", KLEIN_DEFAULTS, no_negative="step- and guidance-distilled, no CFG",
-                          fixed_cfg=1.0),
+                          fixed_cfg=1.0, restyle=True),
            tiny_module="klein", prompt_reader="512"),
 )
 #: arch -> :class:`Engine`
