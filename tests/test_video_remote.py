@@ -132,6 +132,11 @@ def test_clip_routes_need_the_token_and_serve_nothing_outside_the_clip(finished,
             assert needle in message and "\n" not in message
     r = httpx.get(f"{server.url}/v1/jobs/0123456789ab/clips", headers=auth)
     assert r.status_code == 404 and "not found" in r.json()["detail"]
+    sweep = client.submit({"model": "tiny", "controls": [{"type": "depth", "image": b64(np.zeros((64, 64, 3), np.uint8))}],
+                           "styles": ["modern"], "seeds": [0], "steps": 1})
+    client.cancel(sweep)
+    r = httpx.get(f"{server.url}/v1/jobs/{sweep}/clips/modern_s0/metadata.json", headers=auth)
+    assert r.status_code == 404 and "is a sweep, not a video job" in r.json()["detail"]
     # a frame swapped for a link out of the clip's folder is not served (a listed name)
     folder = status["clips"][0]["folder"]
     secret = backend_side / "secret.png"

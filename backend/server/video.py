@@ -366,9 +366,9 @@ def install(app, worker, presets) -> None:
             out.append(entry)
         return {"id": job_id, "state": record.state, "clips": out}
 
-    @app.get("/v1/jobs/{job_id}/clips/{clip}/{name}", response_class=FileResponse,
+    @app.get("/v1/jobs/{job_id}/clips/{clip}/{file}", response_class=FileResponse,
              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
-    def video_clip_file(job_id: str, clip: str, name: str):
+    def video_clip_file(job_id: str, clip: str, file: str):
         """One file of a finished clip: a PNG frame its ``metadata.json`` lists, or the
         ``metadata.json``. Only files of this job's clip folder are served: 404 for any other
         name, 409 when the folder now holds a clip made with other parameters, 410 when gone."""
@@ -376,21 +376,21 @@ def install(app, worker, presets) -> None:
         meta, problem = clip_metadata(record, clip)
         if meta is None:
             raise HTTPException(*problem)
-        if name != "metadata.json" and name not in meta["frame_files"]:
-            raise HTTPException(404, f"clip {clip} of job {job_id} has no file {J._short(name, 80)} "
+        if file != "metadata.json" and file not in meta["frame_files"]:
+            raise HTTPException(404, f"clip {clip} of job {job_id} has no file {J._short(file, 80)} "
                                      f"(its files: frame PNGs and metadata.json; GET /v1/jobs/{job_id}/clips lists them)")
-        path = served_path(record, clip, name)
+        path = served_path(record, clip, file)
         if path is None:
-            raise HTTPException(404, f"clip {clip} of job {job_id}: {J._short(name, 80)} is not a file inside the "
+            raise HTTPException(404, f"clip {clip} of job {job_id}: {J._short(file, 80)} is not a file inside the "
                                      "clip's folder")
-        if name == "metadata.json":
-            return FileResponse(path, media_type="application/json", filename=name)
+        if file == "metadata.json":
+            return FileResponse(path, media_type="application/json", filename=file)
         from .outputs import existing_matches
 
         if not existing_matches(path, record.clips[clip]["params_sha256"]):
-            raise HTTPException(409, f"frame {name} of clip {clip} of job {job_id} was replaced on disk by one made "
+            raise HTTPException(409, f"frame {file} of clip {clip} of job {job_id} was replaced on disk by one made "
                                      "with other parameters (another job into the same folder)")
-        return FileResponse(path, media_type="image/png", filename=name)
+        return FileResponse(path, media_type="image/png", filename=file)
 
 
 def clip_metadata(record: VideoRecord, clip: str):
