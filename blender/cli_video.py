@@ -161,9 +161,12 @@ def run(args):
         state, status = _follow(client, job)
         # the finished clips into out_dir (downloaded from a remote backend), also those a
         # failed or cancelled job finished: nothing made is left behind on the backend
-        status = local_clips(client, status, out_dir,
-                             on_file=None if not args.backend else lambda clip, i, n: print(
-                                 f"  {clip}: file {i}/{n} downloaded", flush=True) if i == n else None)
+        try:
+            status = local_clips(client, status, out_dir, on_file=_said_per_clip if args.backend else None)
+        except BackendError as exc:
+            if state == "done":
+                raise
+            print(f"archviz video: the clips the {state} job finished stay on the backend: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         return _fail("cancelled; the clips and windows made so far are kept", EXIT_CANCELLED)
     except BackendError as exc:
@@ -187,6 +190,11 @@ def run(args):
               f"{clip['flicker']:.2f} (beauty render {summary['beauty_flicker']:.2f}); seams {seams}"
               f"{' (kept from an earlier run)' if clip['skipped'] else ''}")
     return 0
+
+
+def _said_per_clip(clip, i, n):
+    if i == n:
+        print(f"  {clip}: file {i}/{n} downloaded", flush=True)
 
 
 def _follow(client, job):

@@ -136,6 +136,11 @@ class VideoTask:
             return local_clips(client, status, self.plan.out_dir, on_file=on_file)
         except OSError as exc:
             raise BackendError(f"cannot write the clips into {self.plan.out_dir}: {exc}") from None
+        except BackendError as exc:
+            if status["state"] == "done":
+                raise
+            print(f"ArchViz: the clips the {status['state']} video job finished stay on the backend: {exc}")
+            return status
 
     def cancel(self):
         self._cancel_requested = True
