@@ -139,7 +139,10 @@ def run(args):
     elif args.first_frame:
         first_frame = os.path.abspath(args.first_frame)
     try:
-        job = BV.build_job(family.name, styles, seeds, controls, frames, capture["folders"], out_dir, fps,
+        # a remote backend (--backend) writes into its own output folder; the clips are
+        # downloaded into out_dir when the job ends (core/video_fetch.py)
+        job = BV.build_job(family.name, styles, seeds, controls, frames, capture["folders"],
+                           "" if args.backend else out_dir, fps,
                            steps=args.steps, cfg=args.cfg, window=window, overlap=overlap, first_frame=first_frame,
                            remake=args.remake)
     except V.VideoError as exc:
@@ -152,12 +155,24 @@ def run(args):
                                output_roots=[out_dir])
     except BackendError as exc:
         return _fail(str(exc), EXIT_FAILED)
+    from ..core.video_fetch import local_clips
+
     try:
         state, status = _follow(client, job)
+        # the finished clips into out_dir (downloaded from a remote backend), also those a
+        # failed or cancelled job finished: nothing made is left behind on the backend
+        try:
+            status = local_clips(client, status, out_dir, on_file=_said_per_clip if args.backend else None)
+        except BackendError as exc:
+            if state == "done":
+                raise
+            print(f"archviz video: the clips the {state} job finished stay on the backend: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         return _fail("cancelled; the clips and windows made so far are kept", EXIT_CANCELLED)
     except BackendError as exc:
         return _fail(str(exc), EXIT_FAILED)
+    except OSError as exc:
+        return _fail(f"cannot write the clips into {out_dir}: {exc}", EXIT_FAILED)
     finally:
         if proc is not None:
             proc.stop()
@@ -177,11 +192,16 @@ def run(args):
     return 0
 
 
+def _said_per_clip(clip, i, n):
+    if i == n:
+        print(f"  {clip}: file {i}/{n} downloaded", flush=True)
+
+
 def _follow(client, job):
     """Submit the job and show its progress until it ends. Returns (state, status)."""
     from tqdm import tqdm
 
-    accepted = client._request("POST", "/v1/video-jobs", dict(job.__dict__))
+    accepted = client.submit_video(dict(job.__dict__))
     job_id = accepted["id"]
     bar = tqdm(total=1000, desc="video", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}", mininterval=0.5)
     try:

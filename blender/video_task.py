@@ -12,15 +12,14 @@ progress bar all take it), in three parts:
 * at the end, on the main thread again: each clip's MP4 (Blender's FFmpeg), shown as a movie
   strip in the sequencer and as a movie clip, and ``video.json`` with the run's figures.
 
-A remote backend writes the clips into its own output folder; when that folder is readable
-here (a backend on this machine) the frames are copied into the scene's output folder, else
-the run fails naming the folder (video jobs have no download route yet).
+A remote backend writes the clips into its own output folder; when the job ends the worker
+thread downloads each finished clip's frames and metadata into the scene's output folder
+(core/video_fetch.py, the sweeps' rule: a backend on this machine writing there already did).
 """
 
 import json
 import os
 import queue
-import shutil
 import threading
 from dataclasses import dataclass
 
@@ -108,13 +107,13 @@ class VideoTask:
             body = dict(self.job.__dict__)
             if b.url:  # a remote backend writes into its own output folder
                 body["output_dir"] = ""
-            job_id = client._request("POST", "/v1/video-jobs", body)["id"]
+            job_id = client.submit_video(body)["id"]
             cancelled = False
             while True:
                 status = client.job(job_id)
                 self.events.put(("status", status))
                 if status["state"] in ("done", "failed", "cancelled"):
-                    self.events.put(("finished", status))
+                    self.events.put(("finished", self._local(client, status)))
                     return
                 if self._cancel_requested and not cancelled:
                     client.cancel(job_id)
@@ -124,6 +123,24 @@ class VideoTask:
             self.events.put(("failed", str(exc)))
         except Exception as exc:  # an unexpected bug must still reach the user, not die in a thread
             self.events.put(("failed", f"{type(exc).__name__}: {exc}"))
+
+    def _local(self, client, status):
+        """``status`` with its finished clips in the scene's output folder (downloaded from a
+        remote backend; OSError for a local write is a failure like the backend's)."""
+        from ..core.video_fetch import local_clips
+
+        def on_file(clip, i, n):
+            self.events.put(("message", f"downloading {clip}: {i}/{n} files"))
+
+        try:
+            return local_clips(client, status, self.plan.out_dir, on_file=on_file)
+        except OSError as exc:
+            raise BackendError(f"cannot write the clips into {self.plan.out_dir}: {exc}") from None
+        except BackendError as exc:
+            if status["state"] == "done":
+                raise
+            print(f"ArchViz: the clips the {status['state']} video job finished stay on the backend: {exc}")
+            return status
 
     def cancel(self):
         self._cancel_requested = True
@@ -143,6 +160,8 @@ class VideoTask:
             if kind == "warning":
                 self.device_warning = payload
                 print(f"ArchViz: warning: {payload}")
+            elif kind == "message":
+                self.message = payload
             elif kind == "status":
                 self._progress(payload)
             elif kind == "finished":
@@ -227,8 +246,6 @@ class VideoTask:
         p = self.plan
         scene = bpy.data.scenes[self.scene_name]
         try:
-            if self.backend.url:
-                status = dict(status, clips=[self._copy_clip(c) for c in status["clips"]])
             self.mp4s = BV.encode_clips(status, p.fps)
             for clip, mp4 in zip(status["clips"], self.mp4s):
                 name = f"ArchViz {os.path.basename(clip['folder'])}"
@@ -247,22 +264,6 @@ class VideoTask:
         self.images_done = len(clips)
         self._end("done", f"{len(clips)} clip(s) of {len(p.frames)} frames in {p.out_dir}, in the sequencer; "
                           f"frame-to-frame difference {flicker} (beauty render {self.summary['beauty_flicker']:.2f})")
-
-    def _copy_clip(self, clip):
-        """A remote backend's clip folder copied into the scene's output folder (frames and
-        metadata); OSError naming the folder when it is not readable from here."""
-        src = clip["folder"]
-        meta_path = os.path.join(src, "metadata.json")
-        if not os.path.isfile(meta_path):
-            raise OSError(f"the clip's frames are at {src} on the backend's machine, not readable here; Video needs "
-                          "a local backend or an output folder both can reach")
-        dst = os.path.join(self.plan.out_dir, os.path.basename(src))
-        os.makedirs(dst, exist_ok=True)
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        for name in [*meta["frame_files"], "metadata.json"]:
-            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
-        return dict(clip, folder=dst)
 
     def _fail(self, message):
         self.error = message

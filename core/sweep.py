@@ -454,10 +454,14 @@ class SweepRunner:
         return self._local_file(name, entry.get("path"), lambda: self.client.image(t.job_id, entry["index"]))
 
     def _local_file(self, name, remote, fetch):
-        """``out_dir/name``: the backend's file ``remote`` when it is that very file (a
-        backend on this machine writing into this folder), else ``fetch()``'s bytes written
-        there atomically."""
-        local = os.path.join(self.out_dir, name)
-        if not (remote and os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local)):
-            atomic_write(local, fetch())
-        return local
+        return local_file(os.path.join(self.out_dir, name), remote, fetch)
+
+
+def local_file(local, remote, fetch):
+    """A backend's result at the local path ``local``: the backend's file ``remote`` when it
+    is that very file (a backend on this machine writing into this folder), else
+    ``fetch()``'s bytes written there atomically (a remote backend: downloaded). Sweeps'
+    images and sidecars and video clips' frames (core/video_fetch.py) all come this way."""
+    if not (remote and os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local)):
+        atomic_write(local, fetch())
+    return local

@@ -175,3 +175,39 @@ def test_cancel_during_the_passes_and_during_the_denoising(addon, out_root):
     assert task.state == "cancelled" and "the clips and windows made so far are kept" in task.message
     assert task.status["progress"]["steps_done"] < task.status["progress"]["steps_total"]
     assert not (out_root / "video" / "Camera" / "modern_s5" / "video.mp4").exists()
+
+
+def test_operator_with_a_remote_backend_downloads_the_clip(addon, out_root, tmp_path, monkeypatch):
+    """A backend whose output folder is not the scene's: the clip's frames and metadata are
+    downloaded into the scene's output folder, the MP4 is made there and lands in the
+    sequencer; a rerun fetches no frame again."""
+    from backend_support import base_env, running_server
+
+    token = "video-op-remote-token-0123456789"
+    env = base_env()
+    env["ARCHVIZ_OUTPUT_DIR"] = str(tmp_path / "backend-side")
+    with running_server(["--token", token], env=env) as server:
+        monkeypatch.setenv("ARCHVIZ_BACKEND_URL", server.url)
+        monkeypatch.setenv("ARCHVIZ_TOKEN", token)
+        addon.seeds = "7"  # a clip no earlier test made in the scene's folder
+        assert bpy.ops.archviz.video() == {"FINISHED"}
+        task = tasks.Task.current
+        assert task.state == "done", task.message
+        folder = out_root / "video" / "Camera" / "modern_s7"
+        (remote,) = (tmp_path / "backend-side").glob("*/modern_s7")
+        meta = json.loads((folder / "metadata.json").read_text())
+        assert meta["frame_files"] == [f"frame_{f:04d}.png" for f in range(1, 6)]
+        for name in meta["frame_files"]:
+            assert (folder / name).read_bytes() == (remote / name).read_bytes()
+        assert os.path.getsize(folder / "video.mp4") > 1000 and not (remote / "video.mp4").exists()
+        from archviz_controlnet.blender import compat
+
+        strip = compat.sequencer_strips(bpy.context.scene.sequence_editor)["ArchViz modern_s7"]
+        assert os.path.samefile(bpy.path.abspath(strip.filepath), folder / "video.mp4")
+        mtime = (folder / "frame_0002.png").stat().st_mtime_ns
+        # again: the backend makes it in a job folder of its own (no output folder is sent to a
+        # remote backend, as for sweeps); the frames here have its hash, so none is fetched again
+        assert bpy.ops.archviz.video() == {"FINISHED"}
+        assert tasks.Task.current.state == "done", tasks.Task.current.message
+        assert len(list((tmp_path / "backend-side").glob("*/modern_s7"))) == 2
+        assert (folder / "frame_0002.png").stat().st_mtime_ns == mtime

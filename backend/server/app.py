@@ -11,6 +11,9 @@
 ``GET /v1/jobs/{id}/contact_sheet``  the contact sheet PNG
 ``GET /v1/jobs/{id}/manifest``       the job's manifest.json
 ``GET /v1/jobs/{id}/controls/{n}``  control ``n`` a detector made from the job's picture
+``POST /v1/video-jobs``      a video job (backend/server/video.py); status and cancel as above
+``GET /v1/jobs/{id}/clips``  a video job's clips and the files of each finished one
+``GET /v1/jobs/{id}/clips/{clip}/{file}``  a finished clip's PNG frame or metadata.json
 ``DELETE /v1/jobs/{id}``    cancel (queued: at once; running: within one denoising step)
 ``POST /v1/unload``         drop every warm model not in use
 ``POST /v1/preprocess``     run a detector on a photo/sketch, returns the control PNG

@@ -306,7 +306,8 @@ def resolve_styles(job: V.VideoJob, presets: dict) -> list[dict]:
 
 def install(app, worker, presets) -> None:
     """The video route on ``app`` (backend/server/app.py calls this once)."""
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse
+    from starlette.exceptions import HTTPException
 
     from ...core import jobs as J
 
@@ -334,6 +335,105 @@ def install(app, worker, presets) -> None:
         worker.submit_record(record)
         return JSONResponse(status_code=202, content={"id": job_id, "state": record.state,
                                                       "status_url": f"/v1/jobs/{job_id}", "output_dir": str(out)})
+
+    def video_record(job_id: str) -> VideoRecord:
+        record = worker.get(job_id)
+        if record is None:
+            raise HTTPException(404, f"job {J._short(job_id, 40)} not found")
+        if not isinstance(record, VideoRecord):
+            raise HTTPException(404, f"job {job_id} is a sweep, not a video job (its images: /v1/jobs/{job_id}/images/N)")
+        return record
+
+    @app.get("/v1/jobs/{job_id}/clips")
+    def video_clips(job_id: str) -> dict:
+        """A video job's clips, each with the files a client of a remote backend downloads
+        (``files``: the PNG frames in order, then ``metadata.json``; empty until the clip is
+        done, or when its folder no longer holds this job's clip: ``problem`` says why)."""
+        record = video_record(job_id)
+        with record.lock:
+            clips = {name: dict(info) for name, info in record.clips.items()}
+        out = []
+        for name, info in sorted(clips.items()):
+            entry = {"name": name, "style": info["style"], "seed": info["seed"], "params_sha256": info["params_sha256"],
+                     "done": bool(info.get("done")), "skipped": bool(info.get("skipped")), "files": []}
+            if entry["done"]:
+                meta, problem = clip_metadata(record, name)
+                if meta is None:
+                    entry["problem"] = problem[1]
+                else:
+                    entry["files"] = [*meta["frame_files"], "metadata.json"]
+                    entry["urls"] = [f"/v1/jobs/{job_id}/clips/{name}/{f}" for f in entry["files"]]
+            out.append(entry)
+        return {"id": job_id, "state": record.state, "clips": out}
+
+    @app.get("/v1/jobs/{job_id}/clips/{clip}/{file}", response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    def video_clip_file(job_id: str, clip: str, file: str):
+        """One file of a finished clip: a PNG frame its ``metadata.json`` lists, or the
+        ``metadata.json``. Only files of this job's clip folder are served: 404 for any other
+        name, 409 when the folder now holds a clip made with other parameters, 410 when gone."""
+        record = video_record(job_id)
+        meta, problem = clip_metadata(record, clip)
+        if meta is None:
+            raise HTTPException(*problem)
+        if file != "metadata.json" and file not in meta["frame_files"]:
+            raise HTTPException(404, f"clip {clip} of job {job_id} has no file {J._short(file, 80)} "
+                                     f"(its files: frame PNGs and metadata.json; GET /v1/jobs/{job_id}/clips lists them)")
+        path = served_path(record, clip, file)
+        if path is None:
+            raise HTTPException(404, f"clip {clip} of job {job_id}: {J._short(file, 80)} is not a file inside the "
+                                     "clip's folder")
+        if file == "metadata.json":
+            return FileResponse(path, media_type="application/json", filename=file)
+        from .outputs import existing_matches
+
+        if not existing_matches(path, record.clips[clip]["params_sha256"]):
+            raise HTTPException(409, f"frame {file} of clip {clip} of job {job_id} was replaced on disk by one made "
+                                     "with other parameters (another job into the same folder)")
+        return FileResponse(path, media_type="image/png", filename=file)
+
+
+def clip_metadata(record: VideoRecord, clip: str):
+    """(metadata, None) of ``clip`` of ``record`` as on disk, or (None, (status, message)):
+    404 for a clip the job does not have or has not finished, 410 when its metadata is gone,
+    409 when the folder holds a clip made with other parameters."""
+    from ...core import jobs as J
+
+    with record.lock:
+        info = dict(record.clips.get(clip) or {})
+    if not info:
+        return None, (404, f"job {record.id} has no clip {J._short(clip, 80)}"
+                           f" (its clips: {', '.join(sorted(record.clips)) or 'none yet'})")
+    if not info.get("done"):
+        return None, (404, f"clip {clip} of job {record.id} is not done (state {record.state})")
+    path = served_path(record, clip, "metadata.json")
+    try:
+        meta = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        return None, (410, f"clip {clip} of job {record.id}: its metadata.json is no longer on disk")
+    files = meta.get("frame_files")
+    if meta.get("params_sha256") != info["params_sha256"] or not isinstance(files, list) \
+            or not all(isinstance(f, str) for f in files):
+        return None, (409, f"clip {clip} of job {record.id} was replaced on disk by a clip made with other "
+                           "parameters (another job into the same folder); submit this job again to make it again")
+    return meta, None
+
+
+def served_path(record: VideoRecord, clip: str, name: str) -> Path | None:
+    """``<output>/<clip>/<name>`` when it is a plain file whose real path (links followed)
+    lies directly in the clip's real folder inside the job's output folder; else None."""
+    import os
+
+    if clip not in record.clips or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return None
+    root = os.path.realpath(record.output_dir)
+    folder = os.path.realpath(record.output_dir / clip)
+    real = os.path.realpath(record.output_dir / clip / name)
+    if os.path.dirname(folder) != root or os.path.dirname(real) != folder or not os.path.isfile(real):
+        return None
+    return Path(real)
 
 
 def control_sha256(pngs: dict) -> str:
