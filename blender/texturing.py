@@ -61,18 +61,20 @@ def output_dir(props):
 
 
 def child_command(argv):
-    """The command that runs ``archviz ARGV`` in a child: the bpy module's Python (this
-    process when it is one), or this Blender in the background with the add-on's package
-    importable by its own name."""
-    binary = bpy.app.binary_path
-    if not binary or not os.path.basename(binary).lower().startswith("blender"):
-        return [sys.executable, "-m", "archviz_controlnet.cli", *argv]
+    """The command that runs ``archviz ARGV`` in a child: this Blender in the background (or,
+    for the bpy module, its Python), with the add-on's package importable by its own folder's
+    name, whether it is the project checkout or an installed extension
+    (``bl_ext.user_default.archviz_controlnet``)."""
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys; sys.path.insert(0, sys.argv[-1]); import importlib; "
             f"cli = importlib.import_module({os.path.basename(package_dir)!r} + '.cli'); "
             "sys.exit(cli.main(sys.argv[sys.argv.index('--') + 1:-1]))")
-    return [binary, "-b", "--factory-startup", "--python-exit-code", "1", "--python-expr", code, "--", *argv,
-            os.path.dirname(package_dir)]
+    binary = bpy.app.binary_path
+    if binary and os.path.basename(binary).lower().startswith("blender"):
+        head = [binary, "-b", "--factory-startup", "--python-exit-code", "1", "--python-expr", code]
+    else:  # the bpy module: this process's Python
+        head = [sys.executable, "-c", code]
+    return [*head, "--", *argv, os.path.dirname(package_dir)]
 
 
 class ChildRun:

@@ -132,7 +132,6 @@ class ARCHVIZ_OT_walkthrough(_ChildOperator, bpy.types.Operator):
         os.makedirs(out, exist_ok=True)
         source = os.path.join(out, "scene.blend")
         bpy.ops.wm.save_as_mainfile(filepath=source, copy=True)
-        # the copy lands beside the original's relative paths only when saved with them remapped
         argv = ["walkthrough", source, "--camera", camera, "--engine", props.walk_engine.lower(),
                 "--samples", str(props.walk_samples), "--out", out]
         if props.walk_frames:

@@ -305,6 +305,63 @@ def check_headless():
     assert done and all('"family": "tiny"' in i["model"] for i in done), [(i.name, i.get("model")) for i in done]
 
 
+def check_references():
+    """The References list: a painted datablock (sent as its pixels, encoded by this
+    Blender's numpy) at a scale reaches the job and the image's parameters."""
+    import numpy as np
+
+    settings = scene()
+    remote()
+    settings.output_dir = os.path.join(WORK, "references")
+    painted = bpy.data.images.new("Painted", 64, 64)
+    painted.pixels.foreach_set(np.tile([0.8, 0.4, 0.1, 1.0], 64 * 64).astype(np.float32))
+    assert bpy.ops.archviz.reference_add() == {"FINISHED"}
+    ref = settings.references[0]
+    ref.source, ref.image, ref.scale = "IMAGE", painted, 0.5
+    assert bpy.ops.archviz.generate() == {"FINISHED"}
+    made = [i for i in bpy.data.images if "archviz_style" in i]
+    assert len(made) == 1, [i.name for i in made]
+    text = open(made[0]["archviz_path"], "rb").read()
+    assert b'"references": [{' in text and b'"scale": 0.5' in text, text[:400]
+
+
+def check_texture():
+    """Texture Scene from two cameras against the test's backend (the child runs this
+    Blender's Python with the installed extension), the baked copy opened as the active
+    scene with the user's objects untouched, then Walkthrough into the sequencer."""
+    settings = scene()
+    remote()
+    side = bpy.data.objects.new("Side", bpy.data.cameras.new("Side"))
+    bpy.context.scene.collection.objects.link(side)
+    cam = bpy.context.scene.camera
+    side.matrix_world = cam.matrix_world.copy()
+    side.location.x += 0.8
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(WORK, "texture_scene.blend"))
+    props = settings.texture
+    props.cameras, props.long_side, props.steps, props.texture_size = f"{cam.name},Side", 64, 2, 64
+    props.output_dir = os.path.join(WORK, "texture")
+    before = {o.name: [s.material.name if s.material else "" for s in o.material_slots]
+              for o in bpy.context.scene.objects if o.type == "MESH"}
+    assert bpy.ops.archviz.texture_scene() == {"FINISHED"}, props.status
+    original = bpy.data.scenes[props.id_data.name]
+    textured = bpy.context.scene
+    assert textured.name == original.archviz.texture.result_scene != original.name, (textured.name, props.status)
+    baked = [o for o in textured.objects if o.type == "MESH" and any(
+        s.material and "bake" in s.material.name for s in o.material_slots)]
+    assert baked, props.report
+    after = {o.name: [s.material.name if s.material else "" for s in o.material_slots]
+             for o in original.objects if o.type == "MESH"}
+    assert after == before
+    walk = textured.archviz.texture
+    walk.walk_camera, walk.walk_frames, walk.walk_samples = "", "1-2", 1  # "": the scene camera (named Camera.001 in the copy)
+    walk.output_dir = props.output_dir
+    textured.render.resolution_x, textured.render.resolution_y, textured.render.resolution_percentage = 64, 48, 100
+    assert bpy.ops.archviz.walkthrough() == {"FINISHED"}, walk.status
+    compat = sys.modules[MODULE + ".blender.compat"]
+    strips = [s.name for s in compat.sequencer_strips(textured.sequence_editor)]
+    assert strips == ["walkthrough"], strips
+
+
 def check_movie():
     """PNG frames into an MP4 by this Blender's FFmpeg, shown as a strip and a clip."""
     addon()
