@@ -72,6 +72,9 @@ def spec_from_args(args) -> runner.Spec:
         rows = _csv(args.rows)
     elif args.config in runner.SMALL:  # compute-bound configs: the side-by-side run and the overhead row
         rows = ()
+    cases = args.cases
+    if runner.is_edit(args.config) and cases == runner.Spec.cases:  # an edit model's one case
+        cases = (runner.EDIT_CASE,)
     unknown = [c for c in args.cases if c not in runner.CASES]
     if unknown:
         raise SystemExit(f"archviz bench: --cases: unknown {unknown[0]!r} (known: {', '.join(runner.CASES)})")
@@ -81,7 +84,7 @@ def spec_from_args(args) -> runner.Spec:
     serve = args.serve if args.serve is not None else args.config in runner.SMALL
     return runner.Spec(config=args.config, device=args.device, styles=args.styles or styles, seeds=args.seeds or seeds,
                        size=size, serve=serve, overhead=not args.no_overhead,
-                       steps=steps, cfg=args.cfg, scheduler=args.scheduler, cases=args.cases, rows=rows,
+                       steps=steps, cfg=args.cfg, scheduler=args.scheduler, cases=cases, rows=rows,
                        row_case=args.row_case, baseline=not args.no_baseline, capture=args.capture,
                        threads=args.threads, repeats=args.repeats)
 

@@ -30,7 +30,7 @@ from . import configs_zimage as _zimage
 class Small:
     tiny: str  # the tiny family whose text encoders, tokenizers, VAE and scheduler config it uses
     denoiser: dict  # the real denoiser config (bench/configs*.py)
-    net: dict  # the real ControlNet config
+    net: dict | None  # the real ControlNet config (None: an instruction-edit model, no ControlNet)
     cuts: dict  # denoiser widths / depths
     net_cuts: dict = field(default_factory=dict)  # the net's (its shared keys follow ``cuts``)
     shared_net: bool = False  # one (union) net for every unit, as the full-size config runs it
@@ -59,6 +59,13 @@ SMALL = {
     "small-qwen": Small("tiny-qwen", _qwen.QWEN_TRANSFORMER, _qwen.QWEN_CONTROLNET_UNION,
                         {"num_attention_heads": 4, "attention_head_dim": 64, "axes_dims_rope": [8, 28, 28],
                          "num_layers": 8}, {"num_layers": 1}, shared_net=True),
+    # Instruction edits: FLUX.1 Kontext is FLUX.1-dev's transformer, Qwen-Image-Edit Qwen-Image's.
+    "small-kontext": Small("tiny-kontext", _flux.FLUX_TRANSFORMER, None,
+                           {"num_attention_heads": 4, "attention_head_dim": 64, "axes_dims_rope": [8, 28, 28],
+                            "num_layers": 3, "num_single_layers": 6}),
+    "small-qwen-edit": Small("tiny-qwen-edit", _qwen.QWEN_TRANSFORMER, None,
+                             {"num_attention_heads": 4, "attention_head_dim": 64, "axes_dims_rope": [8, 28, 28],
+                              "num_layers": 8}),
 }
 
 #: keys of ``cuts`` that are the denoiser's depth, not shared with its net
@@ -114,15 +121,18 @@ def build_small(name: str, tiny_comps: dict, tiny_nets: list, n_units: int, devi
     s = SMALL[name]
     comps = dict(tiny_comps)  # the tiny cache entry keeps its own denoiser
     key = "unet" if "unet" in comps else "transformer"
-    tiny_den, tiny_net = comps[key], tiny_nets[0]
+    tiny_den = comps[key]
     with torch.device(device):
         comps[key] = _seeded(seed, lambda: type(tiny_den)(**small_config(name, "denoiser", dict(tiny_den.config))))
-        net_kwargs = small_config(name, "net", dict(tiny_net.config))
-        count = 1 if s.shared_net else n_units
-        made = [_seeded(seed + 1 + k, lambda: type(tiny_net)(**net_kwargs)) for k in range(count)]
+        made = []
+        if s.net is not None:
+            tiny_net = tiny_nets[0]
+            net_kwargs = small_config(name, "net", dict(tiny_net.config))
+            count = 1 if s.shared_net else n_units
+            made = [_seeded(seed + 1 + k, lambda: type(tiny_net)(**net_kwargs)) for k in range(count)]
     for k, net in enumerate(made):
         steer(net, seed + 100 + k)
-    nets = made * n_units if s.shared_net else made
+    nets = made * n_units if s.shared_net and made else made
     for module in [comps[key], *made]:
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return comps, nets

@@ -43,6 +43,9 @@ CASES = {
     "full": (("depth", 0.9, 0.0, 1.0), ("lines", 0.6, 0.2, 1.0)),
     "early-depth": (("depth", 0.9, 0.0, 0.5), ("lines", 0.6, 0.2, 1.0)),
 }
+#: The instruction-edit models' one case: no ControlNet, one edit text of a picture per style.
+EDIT_CASE, EDIT_TEXT = "edit", "make it a snowy winter evening"
+CASES[EDIT_CASE] = ()
 
 #: One row per engine option: (name, changes from the defaults; a callable gets the defaults).
 #: ``*`` in the label marks options that change the images.
@@ -162,10 +165,34 @@ DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.
 CONFIGS.update({name: f"the {name.removeprefix('small-')} denoiser and ControlNet cut to ~30-100 ms per forward at "
                       f"256 px, the {s.tiny} text encoders and VAE, random weights (CPU)" for name, s in SMALL.items()})
 DEFAULT_SIZE.update({name: 256 for name in SMALL})
+CONFIGS.update({f"tiny-{a}": f"the offline tiny {a} instruction-edit models (CPU, CI)" for a in ("kontext", "qwen-edit")})
+DEFAULT_SIZE.update({"tiny-kontext": 64, "tiny-qwen-edit": 64})
 DEFAULT_STEPS.update({name: s.steps for name, s in SMALL.items()})
 DEFAULT_SWEEP = {name: (("modern", "industrial"), (0, 1)) for name in SMALL}  # the others: Spec's
 #: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
 FLOW_ARCHES = tuple(arch for arch, e in registry.ENGINES.items() if e.flow)  # backend/engine/families/registry.py
+
+
+def is_edit(config: str) -> bool:
+    """An instruction-edit model (no ControlNet): its one case is ``edit``."""
+    from ..core.edit import EDIT_ARCHES
+
+    return config_arch(config) in EDIT_ARCHES
+
+
+def picture_png(size: int) -> bytes:
+    """The picture an edit config edits: a floor, a wall and a window, with some texture."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:] = (150, 150, 145)
+    img[y > size * 0.6] = (160, 110, 70)
+    img[(x > size * 0.55) & (x < size * 0.85) & (y > size * 0.15) & (y < size * 0.5)] = (90, 140, 220)
+    img = (img.astype(np.int16) + ((x * 7 + y * 13) % 9 - 4)[..., None]).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def config_arch(config: str) -> str:
@@ -194,13 +221,24 @@ def job_dict(spec: Spec, case: str, steps: int | None = None, scales: dict | Non
     """The job of one case as a client sends it (the plan's source, and the serve side's body)."""
     import base64
 
+    if spec.config not in CONFIGS:
+        raise ValueError(f"--config: unknown {spec.config!r} (choose from {', '.join(CONFIGS)})")
+    if (case == EDIT_CASE) != is_edit(spec.config):
+        raise ValueError(f"--cases: {case!r} does not apply to {spec.config} (its cases: "
+                         f"{EDIT_CASE if is_edit(spec.config) else ', '.join(c for c in CASES if c != EDIT_CASE)})")
+    if is_edit(spec.config):
+        from ..core.edit import edit_styles
+
+        model = {"family": spec.config} if spec.config.startswith("tiny") else {
+            "family": config_arch(spec.config), "base": model_refs(spec.config)["base"]}
+        return {"model": model, "controls": [], "styles": edit_styles([EDIT_TEXT], list(spec.styles)),
+                "seeds": list(spec.seeds), "width": spec.size, "height": spec.size, "steps": steps or spec.steps,
+                "init_image": base64.b64encode(picture_png(spec.size)).decode()}
     controls = []
     for kind, scale, start, end in CASES[case]:
         scale = (scales or {}).get(kind, scale)
         controls.append({"type": kind, "image": base64.b64encode(control_png(kind, spec.size)).decode(),
                          "scale": scale, "start": start, "end": end})
-    if spec.config not in CONFIGS:
-        raise ValueError(f"--config: unknown {spec.config!r} (choose from {', '.join(CONFIGS)})")
     if spec.config.startswith("tiny"):
         model = {"family": spec.config}
     else:
@@ -346,12 +384,11 @@ def baseline_pipeline(engine, plan):
 
     base, nets = engine.load(plan.models)
     c = base.value
-    family = plan.models.arch if plan.models.arch in FLOW_ARCHES else "sd"
-    denoiser = c["unet"] if family == "sd" else c["transformer"]
+    denoiser = c["unet"] if "unet" in c else c["transformer"]
     engine.restore_models([denoiser, *[n.value for n in nets]])
     pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
     pipe._archviz_nets = nets  # the zimage baseline builds its multi-net per call from them
-    if family == "sd":
+    if registry.ENGINES[plan.models.arch].module == "sd":
         pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -371,7 +408,20 @@ def _pipe_call(pipe, plan, items):
                   control_guidance_end=[u.end for u in style.units],
                   generator=generators if len(items) > 1 else generators[0], output_type="np")
     images = [c.image for c in plan.controls]
-    if plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
+    if plan.init is not None and plan.styles[0].edit is not None:  # instruction edits: the picture, no nets
+        from ..backend.engine.families.flux import Flux
+
+        common = {k: v for k, v in common.items() if not k.startswith(("control", "guidance"))}
+        one = len(items) == 1
+        if plan.models.arch == "kontext":
+            out = pipe(prompt=prompts[0] if one else prompts, image=plan.init.image, guidance_scale=style.cfg,
+                       max_area=plan.width * plan.height, _auto_resize=False,
+                       max_sequence_length=Flux.max_sequence_length({"tokenizer_2": pipe.tokenizer_2}), **common)
+        else:
+            negatives = [plan.styles[i.style].negative for i in items]
+            out = pipe(prompt=prompts[0] if one else prompts, image=plan.init.image,
+                       negative_prompt=negatives[0] if one else negatives, true_cfg_scale=style.cfg, **common)
+    elif plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
         common.pop("guidance_scale")
         negatives = [plan.styles[i.style].negative or " " for i in items]
         out = pipe(prompts if len(items) > 1 else prompts[0], negative_prompt=negatives if len(items) > 1 else negatives[0],
@@ -495,13 +545,15 @@ def build_small_config(spec: Spec, engine, plan) -> None:
     denoiser = comps["unet" if "unet" in comps else "transformer"]
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     info = {"denoiser": type(denoiser).__name__, "denoiser_params_m": count(denoiser),
-            "net": type(small_nets[0]).__name__, "net_params_m": count(small_nets[0]),
+            "net": type(small_nets[0]).__name__ if small_nets else None,
+            "net_params_m": count(small_nets[0]) if small_nets else 0.0,
             "forward_ms": forward_ms(denoiser, spec.size) if engine.device.type != "meta" else None}
     engine._bench_small = info
     fwd = f"; one denoiser forward of one image at {spec.size} px: {info['forward_ms']:.1f} ms" \
         if info["forward_ms"] is not None else ""
-    say(f"built {spec.config}: {info['denoiser']} {info['denoiser_params_m']:.1f} M, {info['net']} "
-        f"{info['net_params_m']:.1f} M parameters (random weights), {small.tiny} text encoders and VAE, in "
+    net = f"{info['net']} {info['net_params_m']:.1f} M" if small_nets else "no ControlNet"
+    say(f"built {spec.config}: {info['denoiser']} {info['denoiser_params_m']:.1f} M, {net} "
+        f"parameters (random weights), {small.tiny} text encoders and VAE, in "
         f"{time.perf_counter() - t0:.1f}s{fwd}")
 
 
@@ -526,12 +578,15 @@ def header(spec: Spec, engine) -> dict:
         say("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in info["load_average"]))
     sampling = {"flux": "flow_euler, distilled guidance from the presets' [flux] sections",
                 "qwen": "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections",
-                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts"}.get(
+                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts",
+                "kontext": "flow_euler, the edit model's distilled guidance (core/edit.py)",
+                "qwen-edit": "flow_euler, the edit model's true CFG (core/edit.py)"}.get(
         config_arch(spec.config), f"{spec.scheduler}, cfg {spec.cfg}")
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
-        say(f"case {case}: " + ", ".join(f"{k} {s:g} window {a:g}-{b:g}" for k, s, a, b in CASES[case]))
+        say(f"case {case}: " + (", ".join(f"{k} {s:g} window {a:g}-{b:g}" for k, s, a, b in CASES[case]) or
+                                f"no ControlNet: the picture edited by {EDIT_TEXT!r} in each style"))
     on = [k for k, v in engine.options.as_dict().items() if v is True]
     say(f"engine defaults: {', '.join(on)}; sdpa {engine.options.sdpa_backend}; "
         f"vae_batch {engine.options.vae_batch or 'auto'}")
