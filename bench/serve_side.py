@@ -45,6 +45,7 @@ class LocalServer:
             time.sleep(0.01)
         self._conn = None
         self.jobs = 0
+        self.engine = engine
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
@@ -58,7 +59,28 @@ class LocalServer:
 
     def run(self, job: dict) -> dict:
         """Submit ``job`` (a fresh output folder, nothing skipped, no previews) and wait for
-        it; returns the final status with ``output_dir``."""
+        it; returns the final status with ``output_dir``, ``wall_s`` (submit to done, as the
+        client sees it) and ``generate_s`` (the engine's own call inside the worker, clocked
+        in the same run: the rest is HTTP, planning, PNG encoding and metadata)."""
+        engine, generate, clocked = self.engine, self.engine.generate, [0.0]
+
+        def clocked_generate(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                clocked[0] += time.perf_counter() - t0
+
+        engine.generate = clocked_generate  # this instance only, for this job
+        t0 = time.perf_counter()
+        try:
+            status = self._run(job)
+        finally:
+            del engine.generate
+        status["wall_s"], status["generate_s"] = time.perf_counter() - t0, clocked[0]
+        return status
+
+    def _run(self, job: dict) -> dict:
         self.jobs += 1
         out = Path(self.root) / f"job{self.jobs}"
         job = {**job, "output_dir": str(out), "skip_existing": False, "preview_every": 0}
