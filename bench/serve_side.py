@@ -24,9 +24,8 @@ FINISHED = ("done", "failed", "cancelled")
 
 class LocalServer:
     #: The client's status polls: the add-on's sweep polls every 0.25 s; every 0.05 s here keeps
-    #: the wait for the last poll small (under 1 % of a small config's job) without the server's
-    #: request handling taking the engine's thread's GIL turns (polls every 5 ms cost the
-    #: engine up to ~15 % in the first small-config runs).
+    #: the wait for the last poll small (under 1 % of a small config's job) while the server's
+    #: request handling, which needs the GIL, stays far from competing with the engine's thread.
     POLL_S = 0.05
 
     def __init__(self, engine, root: str | None = None, poll_s: float = POLL_S):
