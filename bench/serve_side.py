@@ -66,10 +66,20 @@ class LocalServer:
         """Submit ``job`` (a fresh output folder, nothing skipped, no previews) and wait for
         it; returns the final status with ``output_dir``, ``wall_s`` (submit to done, as the
         client sees it) and ``generate_s`` (the engine's own call inside the worker, clocked
-        in the same run: the rest is HTTP, planning, PNG encoding and metadata)."""
-        engine, generate, clocked = self.engine, self.engine.generate, [0.0]
+        in the same run, less the worker's per-image PNG encoding, metadata and writes, which
+        run inside it: the rest of the wall time is HTTP, planning, PNG and metadata)."""
+        engine, generate, clocked = self.engine, self.engine.generate, [0.0, 0.0]
 
         def clocked_generate(*args, **kwargs):
+            on_image = kwargs.get("on_image")
+            if on_image is not None:  # the worker's PNG encoding, metadata and writes of each image
+                def clocked_on_image(*a, **k):
+                    t1 = time.perf_counter()
+                    try:
+                        return on_image(*a, **k)
+                    finally:
+                        clocked[1] += time.perf_counter() - t1
+                kwargs["on_image"] = clocked_on_image
             t0 = time.perf_counter()
             try:
                 return generate(*args, **kwargs)
@@ -82,7 +92,9 @@ class LocalServer:
             status = self._run(job)
         finally:
             del engine.generate
-        status["wall_s"], status["generate_s"] = time.perf_counter() - t0, clocked[0]
+        # the engine's own work: its call less the worker's per-image callback inside it
+        status["wall_s"], status["generate_s"] = time.perf_counter() - t0, clocked[0] - clocked[1]
+        status["images_s"] = clocked[1]
         return status
 
     def _run(self, job: dict) -> dict:
