@@ -418,8 +418,10 @@ def _pipe_call(pipe, plan, items):
                        max_area=plan.width * plan.height, _auto_resize=False,
                        max_sequence_length=Flux.max_sequence_length({"tokenizer_2": pipe.tokenizer_2}), **common)
         else:
+            # QwenImageEditPipeline reads one picture per prompt (its processor puts the picture's
+            # tokens in each prompt): a batch passes the picture once per prompt
             negatives = [plan.styles[i.style].negative for i in items]
-            out = pipe(prompt=prompts[0] if one else prompts, image=plan.init.image,
+            out = pipe(prompt=prompts[0] if one else prompts, image=plan.init.image if one else [plan.init.image] * len(items),
                        negative_prompt=negatives[0] if one else negatives, true_cfg_scale=style.cfg, **common)
     elif plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
         common.pop("guidance_scale")
