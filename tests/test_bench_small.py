@@ -127,6 +127,8 @@ def test_small_configs_are_the_real_classes_cut():
         ("small-flux", "FluxTransformer2DModel", 13528128, "FluxControlNetModel", 2812160),
         ("small-zimage", "ZImageTransformer2DModel", 10605392, "ZImageControlNetModel", 5745792),
         ("small-qwen", "QwenImageTransformer2DModel", 19213856, "QwenImageControlNetModel", 2577680),
+        ("small-kontext", "FluxTransformer2DModel", 13528128, None, 0),  # instruction edits: no ControlNet
+        ("small-qwen-edit", "QwenImageTransformer2DModel", 19238480, None, 0),
     ]
     assert [e[0] for e in expected] == list(S.SMALL)
     assert all(runner.config_arch(name) == name.removeprefix("small-") for name in S.SMALL)
@@ -134,14 +136,13 @@ def test_small_configs_are_the_real_classes_cut():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     for name, den_cls, den_params, net_cls, net_params in expected:
         small = S.SMALL[name]
-        plan = runner.make_plan(runner.Spec(config=small.tiny, size=64), "full", steps=1)
+        case = runner.EDIT_CASE if runner.is_edit(name) else "full"
+        plan = runner.make_plan(runner.Spec(config=small.tiny, size=64), case, steps=1)
         base, nets = engine.load(plan.models)
         tiny_den = base.value["unet" if "unet" in base.value else "transformer"]
-        tiny_net = nets[0].value
         assert small.denoiser["_class_name"] == type(tiny_den).__name__ == den_cls
-        assert small.net["_class_name"] == type(tiny_net).__name__ == net_cls
+        assert (small.net is None) == (net_cls is None) == (not nets)
         den_kw = S.small_config(name, "denoiser", dict(tiny_den.config))
-        net_kw = S.small_config(name, "net", dict(tiny_net.config))
         for key, value in small.cuts.items():
             assert den_kw[key] == value
         for key in S.INTERFACE:
@@ -149,7 +150,11 @@ def test_small_configs_are_the_real_classes_cut():
                 assert den_kw[key] == tiny_den.config[key], (name, key)
         with torch.device("meta"):
             assert count(type(tiny_den)(**den_kw)) == den_params, name
-            assert count(type(tiny_net)(**net_kw)) == net_params, name
+            if nets:
+                tiny_net = nets[0].value
+                assert small.net["_class_name"] == type(tiny_net).__name__ == net_cls
+                net_kw = S.small_config(name, "net", dict(tiny_net.config))
+                assert count(type(tiny_net)(**net_kw)) == net_params, name
         assert runner.DEFAULT_SIZE[name] == 256 and name in runner.CONFIGS
 
 
@@ -172,3 +177,12 @@ def test_small_config_runs_and_matches_diffusers_batched(capsys):
     batched = runner.run_baseline(engine, plan, batched=True)
     assert runner.max_diff(ours, batched) <= 1e-3
     assert engine.stats["controlnet0"] == 2 * 2 * 1  # depth on the first of 2 steps only, 2 images x CFG
+
+
+def test_a_case_that_does_not_apply_is_refused_in_one_line():
+    from archviz_controlnet.bench import runner
+
+    with pytest.raises(ValueError, match=r"--cases: 'full' does not apply to small-kontext \(its cases: edit\)"):
+        runner.make_plan(runner.Spec(config="small-kontext", size=64), "full")
+    with pytest.raises(ValueError, match=r"--cases: 'edit' does not apply to small-flux \(its cases: full, early-depth\)"):
+        runner.make_plan(runner.Spec(config="small-flux", size=64), "edit")
