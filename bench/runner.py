@@ -165,8 +165,9 @@ DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.
 CONFIGS.update({name: f"the {name.removeprefix('small-')} denoiser and ControlNet cut to ~30-100 ms per forward at "
                       f"256 px, the {s.tiny} text encoders and VAE, random weights (CPU)" for name, s in SMALL.items()})
 DEFAULT_SIZE.update({name: 256 for name in SMALL})
-CONFIGS.update({f"tiny-{a}": f"the offline tiny {a} instruction-edit models (CPU, CI)" for a in ("kontext", "qwen-edit")})
-DEFAULT_SIZE.update({"tiny-kontext": 64, "tiny-qwen-edit": 64})
+CONFIGS.update({f: f"the offline tiny {families.FAMILIES[f].label} instruction-edit models (CPU, CI)"
+                for f in families.names(tiny=True, edit=True)})
+DEFAULT_SIZE.update({f: 64 for f in families.names(tiny=True, edit=True)})
 DEFAULT_STEPS.update({name: s.steps for name, s in SMALL.items()})
 DEFAULT_SWEEP = {name: (("modern", "industrial"), (0, 1)) for name in SMALL}  # the others: Spec's
 #: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
@@ -580,10 +581,10 @@ def header(spec: Spec, engine) -> dict:
         say("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in info["load_average"]))
     sampling = {"flux": "flow_euler, distilled guidance from the presets' [flux] sections",
                 "qwen": "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections",
-                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts",
-                "kontext": "flow_euler, the edit model's distilled guidance (core/edit.py)",
-                "qwen-edit": "flow_euler, the edit model's true CFG (core/edit.py)"}.get(
+                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts"}.get(
         config_arch(spec.config), f"{spec.scheduler}, cfg {spec.cfg}")
+    if is_edit(spec.config):
+        sampling = "flow_euler, the edit model's own steps and guidance (core/edit.py)"
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
