@@ -18,6 +18,9 @@ COMMANDS = {
     "models": ("archviz_controlnet.backend.cli.models", "list, download, verify or remove hub models (HF cache)"),
     "dataset": ("archviz_controlnet.blender.capture.dataset", "render paired ControlNet training data (target + controls per view) from .blend scenes"),
     "train-controlnet": ("archviz_controlnet.backend.train.controlnet", "train a ControlNet on pairs from archviz dataset (frozen base, zero convs)"),
+    "texture": ("archviz_controlnet.blender.texture", "texture a scene from several cameras (inpainting view by view) and bake it into textured.blend"),
+    "walkthrough": ("archviz_controlnet.blender.walkthrough", "render a camera's animation (e.g. of textured.blend) to PNG frames and an MP4"),
+    "video": ("archviz_controlnet.blender.cli_video", "walkthrough video from a camera path: per-frame passes into Wan VACE, PNG frames + MP4"),
 }
 
 

@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .ray_scaling import add_ray_arguments
 
     add_ray_arguments(parser)  # --ray: scaling from 1 to N Ray actors instead of the side-by-side run
+    from .configs_wan import add_video_configs
+
+    add_video_configs(parser)  # --config tiny-wan | wan: the video engine (bench/configs_wan.py)
+    from .references import add_reference_arguments
+
+    add_reference_arguments(parser)  # --references: the per-image cost of reference images (bench/references.py)
 
 
 def spec_from_args(args) -> runner.Spec:
@@ -90,10 +96,16 @@ def spec_from_args(args) -> runner.Spec:
 
 
 def run(args) -> int:
+    if args.config in ("tiny-wan", "wan"):  # the video families (bench/configs_wan.py)
+        from .configs_wan import run as run_video
+
+        return run_video(args)
     if args.ray is not None:
         from .ray_scaling import run_ray_scaling
 
         return run_ray_scaling(args)
+    if args.references:  # the per-image cost of reference images (bench/references.py)
+        return __import__(f"{__package__}.references", fromlist=["x"]).run_references(args)
     spec = spec_from_args(args)
     report = runner.run(spec)
     if args.json:

@@ -75,6 +75,11 @@ def add_arguments(parser):
                         help="the family's fast mode for quick looks (labelled, changes the pixels): SD 1.5/SDXL "
                              "with their LCM-LoRA (4 steps, cfg 1), FLUX.1 with FLUX.1-schnell (4 steps); "
                              "README: Fast mode")
+    parser.add_argument("--reference", action="append", default=None, metavar="PATH",
+                        help="a reference image to steer the look (a material, a mood board; PNG, JPEG, WebP, BMP or "
+                             "TIFF); repeat for several. SD 1.5/SDXL: IP-Adapter, FLUX.1: Redux; docs: References")
+    parser.add_argument("--reference-scale", type=float, default=None, metavar="S",
+                        help="how strongly the references steer, 0 (not at all) to 2 (default 1)")
     parser.add_argument("--previews", default=None, metavar="DIR",
                         help="write each preview the backend makes while denoising into DIR "
                              "(<camera>_<style>_s<seed>_step<N>.png)")
@@ -148,7 +153,7 @@ def run(args):
             args.strength = None  # an instruction edit has none
     if args.controls is None:
         args.controls = "depth,lines"
-    problem = problem or _preview_problem(args) or _styles_problem(args)
+    problem = problem or _preview_problem(args) or _styles_problem(args) or _reference_problem(args)
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -217,7 +222,7 @@ def run(args):
                                    render=_render_in_child(scene_path), skip_existing=not args.remake,
                                    init=args.init, strength=args.strength, region=args.region,
                                    region_objects=args.region_objects, edits=args.edit, fast=args.fast,
-                                   preview_every=args.preview_every)
+                                   preview_every=args.preview_every, references=args._references)
     except (J.JobError, CaptureError, PassError) as exc:
         print(f"archviz sweep: {exc}", file=sys.stderr)
         return EXIT_SCENE_ERROR
@@ -277,7 +282,7 @@ def run_image(args):
         problem = check_out_dir(args.out)
     if problem is None and args.timeout is not None and not args.timeout > 0:
         problem = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
-    problem = problem or _preview_problem(args) or _styles_problem(args)
+    problem = problem or _preview_problem(args) or _styles_problem(args) or _reference_problem(args)
     if problem:
         print(f"archviz sweep: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -329,6 +334,8 @@ def run_image(args):
                           output_dir=out_dir if not args.backend else None, name_prefix=name, steps=args.steps,
                           cfg=args.cfg, scheduler=args.scheduler, skip_existing=not args.remake, fast=args.fast,
                           preview_every=args.preview_every)
+        if args._references:
+            job["references"] = args._references
     except (BackendError, J.JobError, OSError) as exc:
         if proc is not None:
             proc.stop()
@@ -387,6 +394,52 @@ def _styles_problem(args):
         return None
     known = None if args.backend else set(load_presets_tolerant()[0])
     return style_names_problem(names, known)
+
+
+def _reference_problem(args):
+    """``--reference`` / ``--reference-scale`` checked before any render or backend (one
+    line): each file an image of a usable size, a scale from 0 to 2, and a family that
+    takes that many references. Sets ``args._references`` (the job's entries)."""
+    from ..core import jobs as J
+    from ..core.references import (DEFAULT_REFERENCE_SCALE, MAX_REFERENCE_SCALE, ReferenceError, reference_entry,
+                                   reference_family_problem, reference_scale_problem)
+
+    args._references = None
+    paths = args.reference or []
+    scale = args.reference_scale
+    flag = "--reference"
+    if not paths:  # the styles' presets may give them ([reference] images = [...])
+        from ..core.presets import load_presets_tolerant
+        from ..core.references import preset_references
+
+        names = [s.strip() for s in (args.styles or "").split(",") if s.strip()]
+        try:
+            paths, preset_scale, preset = preset_references(load_presets_tolerant()[0], names)
+        except ReferenceError as exc:
+            return str(exc)
+        if paths:
+            flag = f"preset {preset!r} [reference]"
+            scale = preset_scale if scale is None else scale
+    if scale is not None and not paths:
+        return "--reference-scale needs a --reference image"
+    if scale is not None and not 0.0 <= scale <= MAX_REFERENCE_SCALE:
+        return f"--reference-scale must be from 0 to {MAX_REFERENCE_SCALE:g}, got {scale:g}"
+    if not paths:
+        return None
+    arch = J.FAMILY_ARCH.get(J.FAMILY_ALIASES.get(args.model, args.model))
+    if arch is not None:
+        controls = 0 if args.edit else len([u for u in (args.controls or "depth,lines").split(",") if u.strip()])
+        init = getattr(args, "init", None) is not None and not args.edit  # restyle: the init image is one more
+        problem = reference_family_problem(arch, len(paths), controls, args.model, init) or reference_scale_problem(
+            arch, [DEFAULT_REFERENCE_SCALE if scale is None else scale], args.model)
+        if problem:
+            return f"{flag}: {problem}"
+    try:
+        args._references = [reference_entry(p, DEFAULT_REFERENCE_SCALE if scale is None else scale, flag)
+                            for p in paths]
+    except ReferenceError as exc:
+        return str(exc)
+    return None
 
 
 def _preview_problem(args):

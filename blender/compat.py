@@ -9,6 +9,8 @@ The differences (CONVENTIONS.md, "Blender versions seen in real programs"):
 - EXR pass names: 4.x writes the index passes as ``IndexOB`` / ``IndexMA``, 5.x as
   ``Object Index`` / ``Material Index``.
 - node trees: a new material or world in 4.x has no node tree until ``use_nodes``.
+- video: 5.x chooses FFmpeg output with ``media_type`` "VIDEO" first; the sequencer's
+  strips are ``SequenceEditor.strips`` from 4.4 on (``sequences`` before, gone in 5.x).
 - the compositor: 5.x keeps it in ``Scene.compositing_node_group`` (a node group whose
   Group Output is the result) and has the Menu Switch node there; 4.x keeps it in
   ``Scene.node_tree`` with ``use_nodes`` and a Composite node, and has no Menu Switch.
@@ -49,12 +51,14 @@ def pass_channel(channels, name):
 
 
 # kind -> (media_type, file_format) of ImageFormatSettings
-_OUTPUT_FORMATS = {"EXR_MULTILAYER": ("MULTI_LAYER_IMAGE", "OPEN_EXR_MULTILAYER"), "PNG": ("IMAGE", "PNG")}
+_OUTPUT_FORMATS = {"EXR_MULTILAYER": ("MULTI_LAYER_IMAGE", "OPEN_EXR_MULTILAYER"), "PNG": ("IMAGE", "PNG"),
+                   "VIDEO": ("VIDEO", "FFMPEG")}
 
 
 def output_format(settings, kind):
     """The ``(attribute, value)`` pairs, in the order they must be set, that make the
-    ImageFormatSettings ``settings`` write ``kind``: "EXR_MULTILAYER" or "PNG"."""
+    ImageFormatSettings ``settings`` write ``kind``: "EXR_MULTILAYER", "PNG" or "VIDEO"
+    (FFmpeg; the container and codec are ``RenderSettings.ffmpeg``'s)."""
     if kind not in _OUTPUT_FORMATS:
         raise ValueError(f"unknown output kind {kind!r}")
     media_type, file_format = _OUTPUT_FORMATS[kind]
@@ -68,6 +72,14 @@ def node_tree(idblock):
     if idblock.node_tree is None:
         idblock.use_nodes = True
     return idblock.node_tree
+
+
+def sequencer_strips(editor):
+    """The collection of a SequenceEditor's top-level strips (``new_movie``, ``new_image``,
+    ...): ``strips`` from 4.4 on, ``sequences`` before."""
+    if "strips" in editor.bl_rna.properties:
+        return editor.strips
+    return editor.sequences
 
 
 # ---------------------------------------------------------------- compositor

@@ -11,10 +11,13 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        StringProperty)
 
 from ..core.classes import ADE20K, DEFAULT_BACKGROUND_CLASS, DEFAULT_FALLBACK_CLASS
+from .references import ARCHVIZ_PG_reference
 from ..core.sweep import UNIT_PRESETS, ControlUnit
 from .capture.render import CaptureOptions
 from .compat import BLEND_RELATIVE
 from .preferences import ARCHVIZ_AP_preferences, preferences  # noqa: F401 - registered here; preferences() for callers
+from .texturing import ARCHVIZ_PG_texture
+from .video_settings import ARCHVIZ_PG_video
 
 
 def _class_items():
@@ -148,8 +151,12 @@ class ARCHVIZ_PG_settings(bpy.types.PropertyGroup):
         items=[("SCENE", "Scene Camera", "The scene camera"), ("SELECTED", "Selected", "The selected cameras"),
                ("COLLECTION", "Collection", "Every camera in a collection"), ("ALL", "All", "Every camera in the scene")])
     camera_collection: PointerProperty(name="Camera Collection", type=bpy.types.Collection)
+    texture: PointerProperty(type=ARCHVIZ_PG_texture)  # the Texture Scene box (blender/texturing.py)
     units: CollectionProperty(type=ARCHVIZ_PG_control_unit)
+    video: PointerProperty(type=ARCHVIZ_PG_video, name="Video")  # the Video box (blender/video_settings.py)
     active_unit: IntProperty(name="Active Unit", default=0)
+    references: CollectionProperty(type=ARCHVIZ_PG_reference)  # reference images (blender/references.py)
+    active_reference: IntProperty(name="Active Reference", default=0)
     steps: IntProperty(name="Steps", default=0, min=0, max=500, description="Denoising steps (0: the style's)")
     cfg: FloatProperty(name="CFG", default=0.0, min=0.0, max=50.0, description="Guidance scale (0: the style's)")
     fast: BoolProperty(name="Fast Mode", default=False,
@@ -212,7 +219,8 @@ def output_root(settings, override=""):
     return os.path.abspath(bpy.path.abspath(path)), False
 
 
-classes = (ARCHVIZ_PG_control_unit, ARCHVIZ_PG_settings, ARCHVIZ_AP_preferences)
+classes = (ARCHVIZ_PG_texture, ARCHVIZ_PG_video, ARCHVIZ_PG_control_unit, ARCHVIZ_PG_reference, ARCHVIZ_PG_settings,
+           ARCHVIZ_AP_preferences)
 
 
 def register():

@@ -102,7 +102,8 @@ def control_choices(units, styles, model, base):
 
 def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_options=None, steps=None, cfg=None,
                  scheduler=None, share_disk=True, max_batch=None, render=None, skip_existing=True, init=None,
-                 strength=None, region=None, region_objects=None, edits=None, fast=False, preview_every=None):
+                 strength=None, region=None, region_objects=None, edits=None, fast=False, preview_every=None,
+                 references=None):
     """Render each camera's passes into ``out_dir/passes/<camera>`` and build its job.
 
     Each line unit gets the line image its model was trained on (``lines_<style>.png``).
@@ -116,7 +117,8 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
     is saved as ``<camera>_region_mask.png``); ``edits``: instruction edit texts of ``init``
     (core/edit.py; the job's styles are the edit texts x ``styles``, with no control units).
     ``fast``: the family's fast mode (labelled, changes the pixels); ``preview_every``:
-    previews every N steps (None: the backend's 4; 0: none)."""
+    previews every N steps (None: the backend's 4; 0: none). ``references``: the job's reference
+    images (core/references.py entries)."""
     check_custom_base(units, model if isinstance(model, str) else (model or {}).get("family", "sd15"))
     render = render or render_controls
     base = capture_options or CaptureOptions()
@@ -144,7 +146,7 @@ def prepare_jobs(scene, cameras, units, styles, seeds, model, out_dir, capture_o
                                          name_prefix=cam.name, steps=steps, cfg=cfg, scheduler=scheduler,
                                          max_batch=max_batch, skip_existing=skip_existing, init=init,
                                          strength=strength, mask=mask, edits=edits, fast=fast,
-                                         preview_every=preview_every)))
+                                         preview_every=preview_every, references=references)))
     return out
 
 

@@ -114,6 +114,19 @@ class Client:
         wrote them in its own output folder."""
         return self._request("GET", f"/v1/jobs/{job_id}/{kind}", raw=True)
 
+    def submit_video(self, job):
+        """POST /v1/video-jobs (a core/video.py VideoJob as a dict) -> the accepted job."""
+        return self._request("POST", "/v1/video-jobs", job)
+
+    def video_clips(self, job_id):
+        """A video job's clips and, for each finished one, the files it has (GET /v1/jobs/{id}/clips)."""
+        return self._request("GET", f"/v1/jobs/{job_id}/clips")
+
+    def clip_file(self, job_id, clip, name):
+        """Bytes of one file of a finished clip: a PNG frame or its metadata.json."""
+        return self._request("GET", f"/v1/jobs/{job_id}/clips/{urllib.parse.quote(clip, safe='')}/"
+                                    f"{urllib.parse.quote(name, safe='')}", raw=True)
+
     def control(self, job_id, index):
         """PNG bytes of control ``index`` a detector made from a job's picture."""
         return self._request("GET", f"/v1/jobs/{job_id}/controls/{index}", raw=True)

@@ -43,6 +43,9 @@ class Arch:
     preset_from: str | None = None  # the section it reads when it has none of its own
     edit: bool = False  # an instruction-edit model (core/edit.py): no control units
     edit_of: str | None = None  # the architecture whose pictures it edits (same size rules)
+    #: its engine inpaints the init image under a mask: region edits, and each later view
+    #: of ``archviz texture``
+    region: bool = False
 
     @property
     def controls(self) -> bool:
@@ -82,11 +85,12 @@ _ZIMAGE_KEYS = ("cfg", "steps", "controls", "prompt")
 _ARCH_LIST = (
     Arch("sd15", "SD 1.5", 8, 512, line_styles={"lines": "lineart", "lineart": "lineart", "canny": "canny",
                                                 "mlsd": "mlsd"},
-         all_unit_types=True, all_unit_types_with_union=True, union=False),
+         all_unit_types=True, all_unit_types_with_union=True, union=False, region=True),
     Arch("sdxl", "SDXL", 8, 1024, line_styles=_CANNY_LINES, all_unit_types_with_union=True,
-         preset_section="sdxl", section_keys=_SDXL_KEYS),
+         preset_section="sdxl", section_keys=_SDXL_KEYS, region=True),
     # FLUX.1's canny and union nets were trained on canny edges, like SDXL's.
-    Arch("flux", "FLUX.1", 16, 1024, line_styles=_CANNY_LINES, preset_section="flux", section_keys=_FLUX_KEYS),
+    Arch("flux", "FLUX.1", 16, 1024, line_styles=_CANNY_LINES, preset_section="flux", section_keys=_FLUX_KEYS,
+         region=True),
     # Qwen-Image's InstantX union net reads canny edges (and soft edges, depth, pose); its
     # native size is a 1328 square (the union net was trained there).
     Arch("qwen", "Qwen-Image", 16, 1328, line_styles=_CANNY_LINES, preset_section="qwen",
@@ -98,6 +102,12 @@ _ARCH_LIST = (
     # Instruction edits read the [flux] sections: natural-language prompts.
     Arch("kontext", "FLUX.1 Kontext", 16, 1024, preset_from="flux", edit=True, edit_of="flux"),
     Arch("qwen-edit", "Qwen-Image-Edit", 16, 1024, preset_from="flux", edit=True, edit_of="qwen"),
+    # FLUX.2 Klein has no ControlNet: the control passes join the reference images it reads
+    # (core/references.py), as they are (any control type; lines as line art).
+    Arch("klein", "FLUX.2 Klein", 16, 1024, line_styles={"lines": "lineart", "lineart": "lineart", "canny": "canny",
+                                                         "mlsd": "mlsd"},
+         all_unit_types=True, union=False, preset_section="klein", section_keys=("cfg", "steps", "controls", "prompt"),
+         region=True),
 )
 #: arch name -> :class:`Arch`
 ARCHES = {a.name: a for a in _ARCH_LIST}
@@ -141,6 +151,12 @@ FAMILY_LIST = (
     Family("tiny-kontext", "kontext", "Tiny Kontext", tiny=True),
     Family("tiny-qwen-edit", "qwen-edit", "Tiny Qwen-Image-Edit", tiny=True),
     Family("tiny-qwen-edit-plus", "qwen-edit", "Tiny Qwen-Image-Edit Plus", tiny=True, menu=False),
+    # FLUX.2 [klein] 4B: Apache-2.0, step- and guidance-distilled (4 steps, no CFG); its control
+    # passes and the user's references are the reference images it reads (core/references.py).
+    Family("klein", "klein", "FLUX.2 Klein 4B", aliases=("flux2-klein", "flux.2-klein", "klein-4b"),
+           menu_help="Apache-2.0, 4 steps; depth and lines join the reference images (no ControlNet), 1024 px",
+           download="Base model (Qwen3-4B encoder, 4B transformer, about 16 GB)"),
+    Family("tiny-klein", "klein", "Tiny FLUX.2 Klein", tiny=True),
 )
 #: family name -> :class:`Family`
 FAMILIES = {f.name: f for f in FAMILY_LIST}
@@ -245,3 +261,19 @@ def model_help() -> str:
     edits = names(edit=True, menu=True)
     return (f"{text[0]} (default), {', '.join(text[1:])}, or a local model folder; "
             f"with --edit: {', '.join(edits)}")
+
+
+#: How each architecture takes reference images (core/references.py): arch -> (mechanism,
+#: most references per job, whether their order is free). An arch not here takes none.
+#: SD 1.5 / SDXL: IP-Adapter (each reference attended on its own, added at its scale: a sum);
+#: FLUX.1: Redux (the (prompt, reference) pairs summed weighted by scale, FluxPriorReduxPipeline);
+#: optional 4th and 5th facts: whether a reference has a scale (False: 1, or 0 = left out), and
+#: whether the job's control passes join the references (counted among its images).
+REFERENCES = {
+    "sd15": ("IP-Adapter", 4, True),
+    "sdxl": ("IP-Adapter", 4, True),
+    "flux": ("FLUX.1 Redux", 4, True),
+    # FLUX.2 Klein reads up to 10 images next to the noise, each at its own time position (the
+    # order matters), with no per-image strength; the job's control passes count among them.
+    "klein": ("Klein images", 10, False, False, True),
+}

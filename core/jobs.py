@@ -114,7 +114,7 @@ MAX_STYLES = 64
 MAX_CONTROLS = 8
 MAX_BATCH = 64
 #: A control image (or a photo to preprocess): see core/limits.py.
-from .limits import MAX_PNG_BYTES, MAX_PNG_PIXELS  # noqa: E402 - re-exported as J.MAX_PNG_*
+from .limits import FORMATS_TEXT, MAX_PNG_BYTES, MAX_PNG_PIXELS, sniff  # noqa: E402 - MAX_PNG_* re-exported as J.MAX_PNG_*
 #: Prompts are cut to the text encoder's window (77 CLIP tokens) by the backend, which
 #: says so in a warning; this is only a bound on what is worth sending at all.
 MAX_PROMPT_CHARS = 4000
@@ -432,10 +432,14 @@ class Job:
     # Previews while denoising: a small PNG of each image every this many steps (None: the
     # backend's default, 4; 0: none). Never changes the images.
     preview_every: int | None = None
+    # Reference images (core/references.py): [{"image": base64, "scale": 0..2}], the look to
+    # steer towards (IP-Adapter, FLUX.1 Redux or FLUX.2 Klein's own reference images).
+    references: list | None = None
 
     FIELDS = ("controls", "styles", "seeds", "model", "width", "height", "steps", "cfg",
               "scheduler", "output_dir", "name_prefix", "skip_existing", "max_batch",
-              "contact_sheet", "init_image", "strength", "mask_image", "fast", "preview_every")
+              "contact_sheet", "init_image", "strength", "mask_image", "fast", "preview_every",
+              "references")
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -542,6 +546,17 @@ class Job:
             raise JobError("strength", f"{self.strength:g} given without an init_image to restyle")
         if edit:
             self.strength = None  # an instruction edit has none (refused above when given)
+        if self.references:
+            from .references import reference_family_problem, reference_scale_problem
+
+            self.references = check_references(self.references)
+            problem = reference_family_problem(self.model.arch, len(self.references), len(self.controls),
+                                               self.model.family, init=self.init_image is not None) \
+                or reference_scale_problem(self.model.arch, [r.scale for r in self.references], self.model.family)
+            if problem:
+                raise JobError("references", problem)
+        else:
+            self.references = None
         return self
 
     def _check_edit(self) -> bool:
@@ -675,4 +690,44 @@ def parse_seeds(text: str) -> list[int]:
     out = list(dict.fromkeys(seeds))
     if len(out) > MAX_SEEDS:
         raise JobError("seeds", f"more than {MAX_SEEDS} seeds")
+    return out
+
+
+def check_references(items, arch: str | None = None) -> list:
+    """The job's ``references`` field checked (JobError naming the bad one): a list of
+    ``{"image": base64, "scale": 0..2}`` (core/references.py), at most ``MAX_REFERENCES``,
+    and for a known ``arch`` only a family that takes references, no more than it takes."""
+    from . import references as R
+
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise JobError("references", f"expected a list, got {type(items).__name__}")
+    if len(items) > R.MAX_REFERENCES:
+        raise JobError("references", f"{len(items)} references; at most {R.MAX_REFERENCES} are taken")
+    out = []
+    for i, item in enumerate(items):
+        where = f"references[{i}]"
+        if isinstance(item, R.Reference):
+            item = {"image": item.image, "scale": item.scale}
+        _check_keys(item, R.Reference.FIELDS, where)
+        if "image" not in item:
+            raise JobError(f"{where}.image", "required")
+        scale = _float(item.get("scale", R.DEFAULT_REFERENCE_SCALE), f"{where}.scale", 0.0, R.MAX_REFERENCE_SCALE)
+        image = item["image"]
+        if not isinstance(image, str) or not image:
+            raise JobError(f"{where}.image", "expected a base64-encoded image")
+        if len(image) > (MAX_PNG_BYTES + 2) // 3 * 4:
+            raise JobError(f"{where}.image", f"larger than the limit of {MAX_PNG_BYTES // 2**20} MiB")
+        try:
+            head = base64.b64decode(image[:64], validate=True)
+        except (binascii.Error, ValueError):
+            raise JobError(f"{where}.image", "not valid base64") from None
+        if sniff(head) is None:
+            raise JobError(f"{where}.image", f"not an image ({FORMATS_TEXT} are read)")
+        out.append(R.Reference(image, scale))
+    if arch is not None and out:
+        family_problem = R.reference_family_problem(arch, len(out))
+        if family_problem:
+            raise JobError("references", family_problem)
     return out

@@ -14,22 +14,12 @@ import json
 import os
 
 from . import jobs as J
+from .limits import FORMATS_TEXT, sniff  # the formats read, known by their first bytes
 
-#: First bytes of the formats the backend reads (backend/server/picture.py FORMATS).
-SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
-              (b"MM\x00*", "TIFF"))
-FORMATS_TEXT = "PNG, JPEG, WebP, BMP or TIFF"
 #: Line styles with a detector for pictures (softedge has none here).
 PICTURE_LINE_STYLES = ("canny", "mlsd", "lineart")
 #: Unit type -> detector, for the types that do not depend on a line style.
 DETECTORS = {"depth": "depth", "normal": "normal"}
-
-
-def sniff(head):
-    """The image format of a file from its first bytes, or None."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return next((name for sig, name in SIGNATURES if head.startswith(sig)), None)
 
 
 def picture_problem(path):

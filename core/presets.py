@@ -71,7 +71,10 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: has true CFG with a negative prompt and one sampler)
 FAMILY_SECTIONS = families.section_keys()
 TOP_KEYS = ("label", "description", "tags", "prompt", "negative", "cfg", "steps", "scheduler",
-            "controls") + tuple(FAMILY_SECTIONS)
+            "controls") + tuple(FAMILY_SECTIONS) + ("reference",)
+#: ``[reference]``: the style's reference images (core/references.py), paths relative to the
+#: preset file, and their scale
+REFERENCE_KEYS = ("images", "scale")
 SDXL_KEYS = FAMILY_SECTIONS["sdxl"]
 FLUX_KEYS = FAMILY_SECTIONS["flux"]
 QWEN_KEYS = FAMILY_SECTIONS["qwen"]
@@ -129,6 +132,9 @@ class Preset:
     #: family section (FAMILY_SECTIONS) -> its overrides (cfg/steps/prompt/controls... as the
     #: section's keys allow); ``preset.sdxl``, ``preset.flux``... read them
     sections: dict = field(default_factory=dict)
+    #: ``[reference]``: absolute paths of the style's reference images, and their scale (None: 1)
+    references: tuple[str, ...] = ()
+    reference_scale: float | None = None
 
     def __getattr__(self, name: str):
         if name in FAMILY_SECTIONS:
@@ -173,6 +179,8 @@ class Preset:
             **{section: {k: ({c: d.to_dict() for c, d in v.items()} if k == "controls" else v)
                          for k, v in self.sections.get(section, {}).items()} for section in FAMILY_SECTIONS},
             "source": self.source,
+            **({"reference": {"images": list(self.references), "scale": self.reference_scale}}
+               if self.references else {}),
         }
 
 
@@ -321,6 +329,7 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
     for i, tag in enumerate(tags):
         _text(tag, path, f"tags[{i}]", MAX_LABEL_CHARS)
     sections = {section: _family_section(data, section, path) for section in FAMILY_SECTIONS}
+    references, reference_scale = _reference_section(data, path)
     return Preset(
         name=name,
         prompt=prompt,
@@ -334,7 +343,33 @@ def parse_preset(data: dict, path: str | os.PathLike, name: str) -> Preset:
         controls=_controls(data.get("controls", {}), path, "controls"),
         sections=sections,
         source=str(path),
+        references=references,
+        reference_scale=reference_scale,
     )
+
+
+def _reference_section(data: dict, path) -> tuple[tuple[str, ...], float | None]:
+    """``[reference] images = [...]`` (paths relative to the preset file) and ``scale``.
+    The files are checked where the preset is used (core/references.py), not here."""
+    if "reference" not in data:
+        return (), None
+    table = data["reference"]
+    if not isinstance(table, dict):
+        raise PresetError(path, "reference", "expected a table with images = [...] and scale")
+    for key in table:
+        if key not in REFERENCE_KEYS:
+            raise PresetError(path, f"reference.{key}", f"unknown key (known: {', '.join(REFERENCE_KEYS)})")
+    from .references import MAX_REFERENCE_SCALE, MAX_REFERENCES
+
+    images = table.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
+        raise PresetError(path, "reference.images", "expected a list of image paths")
+    if len(images) > MAX_REFERENCES:
+        raise PresetError(path, "reference.images", f"has {len(images)} images; at most {MAX_REFERENCES} are taken")
+    folder = Path(path).parent
+    paths = tuple(str((folder / _text(i, path, "reference.images")).resolve()) for i in images)
+    scale = _number(table["scale"], path, "reference.scale", 0.0, MAX_REFERENCE_SCALE) if "scale" in table else None
+    return paths, scale
 
 
 def nesting_depth(text: str) -> int:

@@ -124,7 +124,7 @@ UNIT_PRESETS = {
 
 def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, name_prefix="", steps=None,
                cfg=None, scheduler=None, skip_existing=True, max_batch=None, init=None, strength=None,
-               mask=None, edits=None, fast=False, preview_every=None):
+               mask=None, edits=None, fast=False, preview_every=None, references=None):
     """The backend job (a JSON-ready dict) for one camera's passes folder. Validated here,
     so a bad value is reported before anything is sent. ``init``: restyle from ``"beauty"``
     (the folder's beauty.png) or a PNG's path, at ``strength`` (core/restyle.py); ``mask``:
@@ -157,6 +157,8 @@ def camera_job(passes_dir, units, styles, seeds, model="tiny", output_dir=None, 
            "styles": list(styles), "seeds": list(seeds), "name_prefix": name_prefix, "skip_existing": skip_existing}
     if fast:  # the family's labelled fast mode (changes the pixels)
         job["fast"] = True
+    if references:  # reference images (core/references.py): [{"image": base64, "scale": S}]
+        job["references"] = [dict(r) for r in references]
     for key, value in (("output_dir", output_dir), ("steps", steps), ("cfg", cfg), ("scheduler", scheduler),
                        ("max_batch", max_batch), ("preview_every", preview_every)):
         if value is not None:
@@ -452,10 +454,14 @@ class SweepRunner:
         return self._local_file(name, entry.get("path"), lambda: self.client.image(t.job_id, entry["index"]))
 
     def _local_file(self, name, remote, fetch):
-        """``out_dir/name``: the backend's file ``remote`` when it is that very file (a
-        backend on this machine writing into this folder), else ``fetch()``'s bytes written
-        there atomically."""
-        local = os.path.join(self.out_dir, name)
-        if not (remote and os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local)):
-            atomic_write(local, fetch())
-        return local
+        return local_file(os.path.join(self.out_dir, name), remote, fetch)
+
+
+def local_file(local, remote, fetch):
+    """A backend's result at the local path ``local``: the backend's file ``remote`` when it
+    is that very file (a backend on this machine writing into this folder), else
+    ``fetch()``'s bytes written there atomically (a remote backend: downloaded). Sweeps'
+    images and sidecars and video clips' frames (core/video_fetch.py) all come this way."""
+    if not (remote and os.path.abspath(remote) == os.path.abspath(local) and os.path.exists(local)):
+        atomic_write(local, fetch())
+    return local

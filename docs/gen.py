@@ -178,6 +178,7 @@ def family_pages():
         edits = [f for f in fams if f.edit_defaults]
         for f in edits:
             facts.append((f"`{f.name}` defaults", ", ".join(f"{k} {v}" for k, v in f.edit_defaults.items())))
+        facts.append(("Region edits and texturing (inpainting under a mask)", "yes" if arch.region else "no"))
         lines += [f"- **{k}:** {v}\n" for k, v in facts]
 
         lines.append("\n## What the backend runs (backend/engine/families/registry.py)\n\n")
@@ -185,7 +186,6 @@ def family_pages():
                   ("ControlNets resolve", f"`{engine.resolve}`"),
                   ("Base components", ", ".join(f"`{c}`" for c in engine.components)),
                   ("Precision", "bf16 (published and run in bf16)" if engine.bf16 else "fp16 on CUDA/MPS, fp32 on CPU"),
-                  ("Region edits", "yes" if engine.region else "no"),
                   ("Tiny builder", f"`backend/models/tiny/{engine.tiny_module}.py`" if engine.tiny_module else "-")]
         if engine.loaders:
             bfacts.append(("Loaded class by class", ", ".join(f"{c}: {lib}.{cls}" if cls else f"{c}: {lib}"

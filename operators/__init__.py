@@ -2,9 +2,9 @@
 
 import bpy
 
-from . import generate, models, render_controls, results, setup
+from . import generate, models, references, render_controls, results, setup, texture, video
 
-_modules = (render_controls, generate, results, setup, models)
+_modules = (render_controls, generate, results, setup, models, references, texture, video)
 classes = tuple(cls for module in _modules for cls in module.classes)
 
 

@@ -61,11 +61,19 @@ class _GenerateBase:
             edit = edit_options(settings.use_restyle, settings.restyle_strength, settings.region_mode,
                                 settings.region_classes,
                                 [o.name for o in context.selected_objects if o.type != "CAMERA"])
+        from ..blender.references import reference_entries
+        from ..core.references import ReferenceError
+
+        try:
+            references = reference_entries(settings)
+        except ReferenceError as exc:
+            raise J.JobError("references", str(exc)) from None
         camera_jobs = sweeping.prepare_jobs(
             scene, cameras, units, styles, seeds, backend.model, root, opts,
             steps=settings.steps or None, cfg=settings.cfg or None,
             scheduler=None if settings.scheduler == "PRESET" else settings.scheduler, share_disk=not backend.url,
-            max_batch=settings.max_batch or None, fast=settings.fast, preview_every=settings.preview_every, **edit)
+            max_batch=settings.max_batch or None, fast=settings.fast, preview_every=settings.preview_every,
+            references=references, **edit)
         return Task(scene.name, camera_jobs, root, backend)
 
     def execute(self, context):

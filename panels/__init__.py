@@ -8,6 +8,8 @@ from ..blender.results import CONTROL_IMAGE_PREFIX
 from ..blender.ui import draw_lines, text_width
 from ..core.passes import PassError, control_resolution
 from ..core.sweep import download_fraction, download_text
+from . import references, texture, video
+from .base import ArchVizPanel
 
 
 _presets = None  # core.presets.PresetCache, made on the first draw
@@ -25,12 +27,6 @@ def style_defaults(name):
     presets, errors = _presets.get()
     preset = None if errors else presets.get(name)
     return preset or Preset(name=name or "", prompt="")
-
-
-class ArchVizPanel:
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "ArchViz"
 
 
 class VIEW3D_PT_archviz(ArchVizPanel, bpy.types.Panel):
@@ -269,6 +265,7 @@ def draw_status(self, context):
 
 classes = (VIEW3D_PT_archviz, VIEW3D_PT_archviz_depth_lines, VIEW3D_PT_archviz_classes, ARCHVIZ_UL_controls,
            VIEW3D_PT_archviz_generate, VIEW3D_PT_archviz_units, VIEW3D_PT_archviz_results)
+classes += references.classes + texture.classes + video.classes  # the boxes in modules of their own
 
 
 def register():

@@ -242,3 +242,18 @@ def bench_both_baselines(tmp_path, capsys, config: str, steps: int, rows: str):
         assert ours["images"] == 4 and ours["finite"]
         assert ours["max_diff_vs"]["loop"] <= 1e-3 and ours["max_diff_vs"]["batched"] <= 1e-3
     return text, report, sides
+
+
+def read_only_folder(path):
+    """A folder nobody may write: a read-only tmpfs when running as root (root ignores
+    permission bits), mode 0555 otherwise. Returns a cleanup function."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return lambda: path.chmod(0o755)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        import pytest
+
+        pytest.skip("running as root without mount: no read-only folder to try")
+    return lambda: subprocess.run(["umount", str(path)], check=False)

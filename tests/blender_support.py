@@ -1,6 +1,7 @@
 """Building blocks for Blender tests: exact boxes, planes and cameras in a fresh scene."""
 
 import math
+import os
 
 import bpy  # first: with the bpy module, bmesh and mathutils exist only after it
 
@@ -145,3 +146,50 @@ def draw(cls, context):
     calls = []
     cls.draw(type("Drawn", (), {"layout": RecordingLayout(calls)})(), context)
     return calls
+
+
+def movie_roundtrip(movie, folder):
+    """Encode five solid PNG frames (red, green, blue, red, green; 33x24, an odd width) with
+    ``movie`` (the add-on's blender/movie.py, however it was imported), show the MP4 twice
+    in the scene, and check what Blender reads back. Used by the project venv's test and by
+    every Blender of the matrix."""
+    frames = []
+    os.makedirs(os.path.join(folder, "frames"), exist_ok=True)
+    for i in range(5):
+        image = bpy.data.images.new(f"frame{i}", 33, 24)
+        pixels = np.zeros((24, 33, 4), np.float32)
+        pixels[..., 3] = 1.0
+        pixels[..., i % 3] = 1.0
+        image.pixels.foreach_set(pixels.ravel())
+        image.filepath_raw = os.path.join(folder, "frames", f"frame_{i:04d}.png")
+        image.file_format = "PNG"
+        image.save()
+        bpy.data.images.remove(image)
+        frames.append(os.path.join(folder, "frames", f"frame_{i:04d}.png"))
+    scenes_before = len(bpy.data.scenes)
+    out = movie.encode_frames(frames, os.path.join(folder, "movie", "walk.mp4"), 24)
+    assert os.listdir(os.path.join(folder, "movie")) == ["walk.mp4"], os.listdir(os.path.join(folder, "movie"))
+    assert len(bpy.data.scenes) == scenes_before  # the encoding scene is gone
+    scene = bpy.context.scene
+    for _ in range(2):  # a second show replaces the first strip
+        strip, clip = movie.show_movie(scene, out, "walk")
+    strips = [s for s in movie.compat.sequencer_strips(scene.sequence_editor) if s.name.startswith("walk")]
+    assert [s.name for s in strips] == ["walk"] and strip.type == "MOVIE", [s.name for s in strips]
+    assert clip.frame_duration == 5 and tuple(clip.size) == (32, 24), (clip.frame_duration, tuple(clip.size))
+    first = bpy.data.images.load(out, check_existing=False)
+    first.source = "MOVIE"
+    read = np.empty(first.size[0] * first.size[1] * 4, np.float32)
+    first.pixels.foreach_get(read)
+    bpy.data.images.remove(first)
+    mean = read.reshape(-1, 4).mean(0)
+    assert mean[0] > 0.9 and mean[1] < 0.1 and mean[2] < 0.1, mean  # frame 1 is red, through H.264
+    for bad, frames_arg, fps in (("no frames", [], 24), ("frame not found", [frames[0] + ".x"], 24),
+                                 ("fps must be", frames, 0)):
+        try:
+            movie.encode_frames(frames_arg, os.path.join(folder, "bad.mp4"), fps)
+        except movie.MovieError as exc:
+            assert bad in str(exc) and "\n" not in str(exc), exc
+        else:
+            raise AssertionError(f"{bad}: no error")
+    assert not os.path.exists(os.path.join(folder, "bad.mp4"))
+    return out

@@ -155,7 +155,7 @@ def test_every_arch_has_its_backend_row_and_module_without_torch_in_the_light_mo
         if engine.flow:
             assert sweep.FLOW_FAMILIES[name] is engine.flow and arch.side_multiple == 16
             assert arch.preset_section and engine.flow.defaults["steps"] > 0
-        assert (name in sweep.REGION_ARCHS) == engine.region
+        assert (name in sweep.REGION_ARCHS) == arch.region
         profiles = memory.profiles_for(name)
         assert profiles == (getattr(memory, engine.memory_profiles) if engine.memory_profiles else ())
         assert memory.choose_profile(name, "cuda", 80 * 2**30).name == (profiles[0].name if profiles else "none")

@@ -13,7 +13,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from backend_support import base_env, running_server  # noqa: E402
+from backend_support import base_env, read_only_folder, running_server  # noqa: E402
 from blender_support import box, camera, fresh_scene  # noqa: E402
 
 ARCHVIZ = os.path.join(os.path.dirname(sys.executable), "archviz")
@@ -78,22 +78,9 @@ def test_a_blend_from_a_newer_blender_says_so_on_the_terminal(files, tmp_path):
             f"Blender {bpy.app.version_string}") in proc.stderr
 
 
-def _read_only_folder(path):
-    """A folder nobody may write: a read-only tmpfs when running as root (root ignores
-    permission bits), mode 0555 otherwise. Returns a cleanup function."""
-    path.mkdir()
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        return lambda: path.chmod(0o755)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("running as root without mount: no read-only folder to try")
-    return lambda: subprocess.run(["umount", str(path)], check=False)
-
-
 def test_sweep_out_that_is_a_file_or_read_only_answers_like_passes(files, tmp_path):
     (tmp_path / "taken").write_text("x")
-    cleanup = _read_only_folder(tmp_path / "ro")
+    cleanup = read_only_folder(tmp_path / "ro")
     try:
         for out, words in ((tmp_path / "taken", f"--out {tmp_path / 'taken'} is a file, not a folder"),
                            (tmp_path / "ro", f"--out {tmp_path / 'ro'} is not writable"),

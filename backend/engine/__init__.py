@@ -8,7 +8,8 @@
 * :mod:`.families`: one module per model family, read like its diffusers pipeline, and
   :mod:`.families.registry`, the backend's table of architectures (torch-free).
 * :mod:`.memory`: memory profiles for consumer GPUs. :mod:`.previews`: previews while
-  denoising. :mod:`.upscale`: exact tiled upscaling.
+  denoising. :mod:`.upscale`: exact tiled upscaling. :mod:`.pictures`: decoding a picture or
+  reference image a job sends. :mod:`.video`: the video families (Wan VACE).
 
 It loads weights through :mod:`..models` and knows nothing of HTTP, the queue or the
 command line.

@@ -275,6 +275,7 @@ class Engine:
         self.stats: Counter = Counter()
         self.timings: Counter = Counter()
         self._init = None  # the running job's encoded init image (restyle), see Family.prepare_init
+        self._refs = None  # the running job's encoded reference images, see Family.prepare_references
         # Previews while denoising (backend/engine/previews.py): tiny autoencoders and fitted
         # projections kept between jobs; the running job's previewer and where its PNGs go.
         self.previews = PreviewCache()
@@ -407,6 +408,7 @@ class Engine:
         finally:
             self.options = saved
             self._init = None
+            self._refs = None
             self._preview = None
 
     def _generate(self, plan, images, profile: MemoryProfile, on_step, on_image, cancelled, on_preview=None,
@@ -415,14 +417,23 @@ class Engine:
         family = family_for(plan.models.arch)
         self.stats, self.timings = Counter(), Counter()
         base_entry, net_entries = self.load(plan.models)
+        # Reference images (core/references.py): the family's reference model, warm like the rest.
+        ref_entry = self.cache.reference_model(plan.models) if plan.models.references else None
         results: dict[int, np.ndarray] = {}
-        with self.cache.pinned([base_entry, *net_entries]):
+        with self.cache.pinned([base_entry, *net_entries, *([ref_entry] if ref_entry else [])]):
             comps = base_entry.value
             nets = [e.value for e in net_entries]
             self._prepare_models(family.modules(comps, nets))
             self._apply_profile(profile, family, comps, nets)
             pipe = family.pipeline(comps, nets[0] if nets else None)  # instruction edits have no nets
             family.use_lora(self, plan, pipe, comps)  # fast mode's LoRA on, or any loaded one off
+            # Reference images: the mechanism in the denoiser (or a former job's taken out), and
+            # the references encoded once per job.
+            family.use_references(self, plan, pipe, comps, ref_entry.value if ref_entry else None)
+            t0 = self._clock()
+            self._refs = family.prepare_references(self, plan, pipe, comps, ref_entry.value if ref_entry else None) \
+                if plan.references else None  # FLUX.2 Klein reads its references itself: no reference model
+            self.timings["references"] += self._clock() - t0
             controls = family.prepare_controls(self, plan, pipe, nets)  # once per job
             # Restyle: the init image through the VAE encoder once per job (each seed then
             # samples its own latent from it and noises it with its own generator).
@@ -449,7 +460,8 @@ class Engine:
                         self.stats["prompt_encodes"] += 1
                 self.timings["encode"] += self._clock() - t0
                 units = [Unit(u, nets[ci], controls[ci], plan.models.controlnets[ci].union_mode,
-                              fn=self._runtime(nets[ci]))
+                              fn=self._runtime(nets[ci])) if nets
+                         else Unit(u, None, controls[ci])  # FLUX.2 Klein: the control joins its references
                          for ci, u in enumerate(style.units)]
                 out = self._run_batch_with_retry(plan, pipe, comps, style, units, batch, embeds,
                                                  on_step, cancelled)
@@ -513,6 +525,8 @@ class Engine:
         opts = self.options
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
         init = {"init": self._init} if plan.init is not None else {}
+        if self._refs is not None:
+            init["refs"] = self._refs
         state = family.prepare_latents(self, plan, pipe, comps, style, batch,
                                        [embeds[item.style] for item in batch], generators, units, **init)
         n = len(state.timesteps)

@@ -20,14 +20,25 @@ from ...core import families
 from ...core import jobs as J
 from ...core.presets import Preset
 from ...core.edit import EDIT_ARCHES
+from ...core.families import ARCHES
 from .families.registry import (ENGINES, FLUX_DEFAULTS, QWEN_DEFAULTS, ZIMAGE_DEFAULTS, FlowRules,  # noqa: F401
                                  arches)
 from ..models.registry import ModelPlan, resolve_models
 
-#: flow-matching families' rules and defaults, and the arches that do region edits
-#: (backend/engine/families/registry.py)
+#: flow-matching families' rules and defaults (backend/engine/families/registry.py), and the
+#: arches that do region edits (core/families.py)
 FLOW_FAMILIES = {arch: e.flow for arch, e in ENGINES.items() if e.flow}
-REGION_ARCHS = arches(region=True)
+REGION_ARCHS = tuple(a.name for a in ARCHES.values() if a.region)
+#: the arches that take an init image to restyle (the UNet families, and the flow families whose rules say so)
+RESTYLE_ARCHS = tuple(a.name for a in ARCHES.values()
+                      if not a.edit and (ENGINES[a.name].flow is None or ENGINES[a.name].flow.restyle))
+
+
+def _labels(arches) -> str:
+    """'SD 1.5, SDXL and FLUX.1' for messages."""
+    names = [ARCHES[a].label for a in arches]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+REFERENCE_CONTROL_ARCHES = arches(resolve="references")
 FLUX_SCHEDULER = "flow_euler"
 
 ENGINE_VERSION = 2  # bump when the same parameters would give different pixels (2: channels_last on CPU, SD 1.5 VAE dtype)
@@ -101,6 +112,15 @@ class RegionMask:
 
 
 @dataclass
+class ReferenceImage:
+    """A reference image that acts (scale > 0; core/references.py), decoded once per job."""
+
+    image: object  # PIL.Image (RGB)
+    sha256: str
+    scale: float
+
+
+@dataclass
 class SweepPlan:
     job: J.Job
     models: ModelPlan
@@ -119,6 +139,9 @@ class SweepPlan:
     # A sweep from a picture (backend/server/picture.py): each detector's control file and settings,
     # filled once the detectors ran; metadata only (the picture's hash is in the params).
     preprocessed: list = field(default_factory=list)
+    # Reference images (core/references.py) at scale > 0, in the job's order; the family's
+    # mechanism encodes them once per job.
+    references: list = field(default_factory=list)
 
     def params(self, image: PlannedImage) -> dict:
         """Everything that determines the pixels of one image (hashed into params_sha256)."""
@@ -132,6 +155,11 @@ class SweepPlan:
             extra["region"] = {"mask_sha256": self.region.sha256}
         if self.fast is not None:  # fast mode changes the pixels: a resume never mixes the two
             extra["fast"] = dict(self.fast)
+        if self.references:  # only when set: sweeps without references keep their hashes
+            from ...core.references import MECHANISMS, params_entries
+
+            extra["references"] = params_entries([(r.sha256, r.scale) for r in self.references],
+                                                 MECHANISMS[self.models.arch].order_free)
         return {
             "engine": ENGINE_VERSION,
             "model": self.models.ids(),
@@ -245,7 +273,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 raise J.JobError(name, f"{getattr(job, name)} px: {label} needs a multiple of 16")
     init = None
     if job.init_image is not None and flow and not flow.restyle:
-        raise J.JobError("init_image", f"restyle (an init image) runs with the SD 1.5, SDXL and FLUX.1 families; "
+        raise J.JobError("init_image", f"restyle (an init image) runs with the {_labels(RESTYLE_ARCHS)} families; "
                                        f"{job.model.family} does not take one yet")
     if job.init_image is not None:
         image = decode_control_image(J.decode_png(job.init_image, "init_image"), "init_image")
@@ -258,7 +286,7 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
         from ...core import region as R
 
         if models.arch not in REGION_ARCHS:
-            raise J.JobError("mask_image", f"region edits (inpainting) run with the SD 1.5, SDXL and FLUX.1 "
+            raise J.JobError("mask_image", f"region edits (inpainting) run with the {_labels(REGION_ARCHS)} "
                                            f"families; {job.model.family} does not take a mask yet")
         mask = decode_control_image(J.decode_png(job.mask_image, "mask_image"), "mask_image")
         alpha = np.asarray(mask.convert("L"), np.float32) / 255.0
@@ -281,7 +309,10 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
             return preset_value if preset_value is not None else default
 
         units = []
-        for ci, (c, img, ref) in enumerate(zip(job.controls, controls, models.controlnets)):
+        # FLUX.2 Klein has no ControlNet: its control images join its reference images
+        refs = models.controlnets or [None] * len(job.controls) if models.arch in REFERENCE_CONTROL_ARCHES \
+            else models.controlnets
+        for ci, (c, img, ref) in enumerate(zip(job.controls, controls, refs)):
             d = preset.control(c.type) if preset else None
             start = pick(c.start, d.start if d else None, J.DEFAULT_START)
             end = pick(c.end, d.end if d else None, J.DEFAULT_END)
@@ -293,7 +324,8 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
                 scale=float(pick(c.scale, d.scale if d else None, J.DEFAULT_SCALE)),
                 start=float(start), end=float(end),
                 mode=pick(c.mode, d.mode if d else None, J.DEFAULT_MODE),
-                model=ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
+                model="reference image" if ref is None
+                else ref.ref if ref.union_mode is None else f"{ref.ref}#mode={ref.union_mode}",
             ))
         if models.arch in EDIT_ARCHES:  # instruction edit (core/edit.py): the edit text, the look of the style
             from ...core.edit import edit_values
@@ -333,11 +365,36 @@ def build_plan(job: J.Job, presets: dict[str, Preset], dtype: str = "float32",
             steps=steps, cfg=cfg, scheduler=scheduler, units=tuple(units), edit=style.edit,
         ))
 
+    references = plan_references(job)
+    from .families.reference_models import REAL as _REFERENCE_MODELS
+
+    if references and models.arch in _REFERENCE_MODELS:  # FLUX.2 Klein needs no reference model
+        from dataclasses import replace
+
+        from ..models.registry import reference_model
+
+        models = replace(models, references=reference_model(models.arch, job.model.is_tiny))
     plan = SweepPlan(job=job, models=models, dtype=dtype, width=job.width, height=job.height,
                      controls=controls, styles=styles, images=[], engine_options=dict(engine_options or {}), init=init,
-                     region=region, fast=fast.record() if fast is not None else None)
+                     region=region, fast=fast.record() if fast is not None else None, references=references)
     for item in job.items():
         si = next(i for i, s in enumerate(styles) if s.name == item.style)
         draft = PlannedImage(item.index, si, item.seed, item.file, "")
         plan.images.append(PlannedImage(item.index, si, item.seed, item.file, params_sha256(plan.params(draft))))
     return plan
+
+
+def plan_references(job: J.Job) -> list[ReferenceImage]:
+    """The job's reference images that act (scale > 0), decoded (any format the picture
+    route reads; a JobError naming ``references[i].image`` when one is bad or too small)."""
+    import base64
+
+    from .pictures import decode_picture
+
+    out = []
+    for i, ref in enumerate(job.references or []):
+        if ref.scale <= 0:  # scale 0: left out entirely (the very pixels of no reference)
+            continue
+        image, _fmt, _seen = decode_picture(base64.b64decode(ref.image), f"references[{i}].image", long_side=1024)
+        out.append(ReferenceImage(image=image, sha256=pixels_sha256(image), scale=float(ref.scale)))
+    return out

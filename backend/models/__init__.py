@@ -12,8 +12,9 @@
   family (:mod:`.tiny.qwen`, :mod:`.tiny.zimage`, :mod:`.tiny.edit`) and fast mode's
   (:mod:`.tiny.fast`), the way ``engine/families/`` is laid out.
 
-It reads the family table (:mod:`..engine.families.registry`, which imports no torch) and
+It reads the family table (:mod:`..engine.families.registry`) and the reference models' facts
+beside it (:mod:`..engine.families.reference_models`), neither of which imports torch, and
 nothing else of the engine.
 
-May import: core, backend.engine.families.registry.
+May import: core, backend.engine.families.registry, backend.engine.families.reference_models.
 """

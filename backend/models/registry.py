@@ -93,6 +93,10 @@ QWEN_BASE = "Qwen/Qwen-Image"  # Apache-2.0, not gated: 20B MMDiT, Qwen2.5-VL-7B
 QWEN_UNION = "InstantX/Qwen-Image-ControlNet-Union"
 #: The unit types it takes: depth, and every line type as canny edges.
 QWEN_CONTROL_TYPES = ("depth", "lines", "canny", "lineart", "mlsd")
+#: FLUX.2 [klein] 4B (Apache-2.0, not gated): 4B transformer, Qwen3-4B text encoder, the FLUX.2
+#: VAE; step- and guidance-distilled (4 steps). Only its diffusers folders are downloaded, not
+#: the single-file checkpoint beside them.
+KLEIN_BASE = "black-forest-labs/FLUX.2-klein-4B"
 ZIMAGE_BASE = "Tongyi-MAI/Z-Image-Turbo"  # Apache-2.0, not gated: 6B single-stream DiT, Qwen3-4B encoder, 8 steps
 #: The Z-Image-Turbo Fun ControlNet-Union (alibaba-pai, Apache-2.0, not gated) ships as ONE
 #: checkpoint file per version, not a diffusers folder: repo -> (file, the diffusers config repo
@@ -139,6 +143,7 @@ class ModelPlan:
     vae: str | None
     controlnets: tuple[ControlNetRef, ...]  # one per job control, in order
     lora: str | None = None  # fast mode's LoRA on the denoiser (HF id or tiny folder), else None
+    references: str | None = None  # the reference images' model (IP-Adapter, Redux: load_reference_model)
 
     def ids(self) -> dict:
         ids = {"family": self.family, "base": self.base, "vae": self.vae,
@@ -146,6 +151,8 @@ class ModelPlan:
                                for c in self.controlnets]}
         if self.lora:  # only when set: exact sweeps keep their hashes
             ids["lora"] = self.lora
+        if self.references:  # only when set: sweeps without references keep their hashes
+            ids["references"] = self.references
         return ids
 
 
@@ -158,6 +165,9 @@ def resolve_models(spec: ModelSpec, control_types: list[str], control_models: li
         return _resolve_flux(spec, control_types, control_models)
     if resolve == "union-only":
         return _resolve_union(spec, control_types, control_models)
+    if resolve == "references":  # FLUX.2 Klein: no ControlNet, the controls join its reference images
+        base = spec.base or (str(tiny.tiny_path(arch, "base")) if spec.is_tiny else KLEIN_BASE)
+        return ModelPlan(arch=arch, family=spec.family, base=base, vae=None, controlnets=())
     if resolve == "none":  # instruction edits: a base only, no ControlNet (core/jobs.py)
         real = KONTEXT_BASE if arch == "kontext" else QWEN_EDIT_PLUS.get(spec.family, QWEN_EDIT_BASE)
         folder = "qwen-edit-plus" if spec.family == "tiny-qwen-edit-plus" else arch
@@ -377,6 +387,7 @@ CATALOG: dict[str, list[tuple[str, tuple[str, ...] | None, str]]] = {
     "flux-union-pro-2": [(FLUX_UNION_PRO_2, None, "ControlNet-Union-Pro 2.0")],
     "qwen-base": [(QWEN_BASE, base_components("qwen", False), "base model")],
     "qwen-union": [(QWEN_UNION, None, "ControlNet-Union")],
+    "klein-base": [(KLEIN_BASE, base_components("klein", False), "base model (4B, distilled)")],
     "zimage-base": [(ZIMAGE_BASE, base_components("zimage", False), "base model (Turbo)")],
     **{f"zimage-union{suffix}": [(repo, hub.Files([ZIMAGE_UNION_FILES[repo][0]]), f"ControlNet-Union{version} (one file)"),
                                  (ZIMAGE_UNION_FILES[repo][1], hub.Files(["config.json"]), "its diffusers config")]
@@ -399,6 +410,7 @@ CATALOG["sdxl"] = CATALOG["sdxl-base"] + CATALOG["sdxl-vae"] + CATALOG["sdxl-dep
 CATALOG["flux"] = CATALOG["flux-base"] + CATALOG["flux-depth"] + CATALOG["flux-canny"]
 CATALOG["qwen"] = CATALOG["qwen-base"] + CATALOG["qwen-union"]
 CATALOG["zimage"] = CATALOG["zimage-base"] + CATALOG["zimage-union"]
+CATALOG["klein"] = CATALOG["klein-base"]  # no ControlNet: the controls join its reference images
 # The detectors of sweeps from a photo or a sketch (backend/models/preprocess.py): DPT depth, and the
 # MLSD and lineart files of lllyasviel/Annotators (only those, not the whole repository).
 CATALOG["preprocessors"] = [
@@ -449,6 +461,10 @@ def hub_needs(plan: ModelPlan) -> list[tuple[str, tuple[str, ...] | None, str]]:
                 needs.append((ref.ref, None, "ControlNet"))
     if plan.lora and is_hub_ref(plan.lora):
         needs.append((plan.lora, None, "LoRA (fast mode)"))
+    if plan.references and is_hub_ref(plan.references):  # only the files its loaders read
+        from ..engine.families.reference_models import REAL
+
+        needs.append((plan.references, hub.Files(list(REAL[plan.arch].files)), "reference model"))
     return needs
 
 
@@ -695,6 +711,50 @@ def _from_single_file(cls, ref: str, what: str, **kwargs):
         raise ModelNotFoundError(f"{what} {ref!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
+def reference_model(arch: str, is_tiny: bool) -> str:
+    """The reference (hub id or tiny folder) of an arch's model for reference images."""
+    from ..engine.families.reference_models import REAL, TINY_NAMES
+
+    return str(tiny.tiny_path(arch, TINY_NAMES[arch])) if is_tiny else REAL[arch].repo
+
+
+def load_reference_model(arch: str, ref: str, dtype, device) -> dict:
+    """The modules of the model that reads reference images (core/references.py):
+    ``{"folder", "image_encoder", "feature_extractor"}`` (+ ``"image_embedder"`` for
+    Redux), eval mode on ``device``. ``ref``: a tiny folder built on first use, a local copy,
+    or the hub snapshot with only the files its entry in
+    backend/engine/families/reference_models.py lists.
+
+    SD 1.5 / SDXL take IP-Adapter (``h94/IP-Adapter``): diffusers' ``load_ip_adapter`` reads
+    its weights file into the UNet; the CLIP image encoder it names is loaded here with the
+    image processor diffusers builds for it. FLUX.1 takes the Redux prior
+    (``black-forest-labs/FLUX.1-Redux-dev``): SigLIP encoder, its processor and the Redux
+    image embedder, ``FluxPriorReduxPipeline``'s components."""
+    from ..engine.families.reference_models import REAL
+
+    m = REAL[arch]
+    folder = local_folder(ref, hub.Files(list(m.files)), "reference model", dtype)
+    out = {"folder": folder, "kind": m.kind}
+    if m.kind == "ip-adapter":
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+        encoder = _load(CLIPVisionModelWithProjection, folder, m.encoder, ref, "IP-Adapter image encoder", dtype)
+        size = encoder.config.image_size  # what diffusers' load_ip_adapter builds for its encoder
+        out.update(image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size),
+                   subfolder=m.subfolder, weight_name=m.weight_name)
+    else:
+        from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+        from transformers import SiglipImageProcessor, SiglipVisionModel
+
+        out.update(image_encoder=_load(SiglipVisionModel, folder, "image_encoder", ref, "Redux image encoder", dtype),
+                   feature_extractor=_load(SiglipImageProcessor, folder, "feature_extractor", ref, "Redux processor"),
+                   image_embedder=_load(ReduxImageEncoder, folder, "image_embedder", ref, "Redux embedder", dtype))
+    for value in out.values():
+        if hasattr(value, "eval"):
+            value.eval().requires_grad_(False).to(device)
+    return out
+
+
 def load_base(ref: str, vae_ref: str | None, arch: str, dtype, device) -> dict:
     """UNet, VAE, text encoder(s), tokenizer(s) and scheduler config of a base model.
 
@@ -773,6 +833,14 @@ def _load_dit_base(arch: str, ref: str, dtype, device) -> dict:
         weights = () if name.startswith(("tokenizer", "processor")) else (dtype,)
         comps[name] = _load(cls, folder, name, ref, "base model", *weights)
     comps["scheduler_config"] = dict(FlowMatchEulerDiscreteScheduler.load_config(str(folder / "scheduler")))
+    if arch == "klein":  # the distilled models sample without CFG; the base ones are not built
+        try:
+            distilled = bool(json.loads((folder / "model_index.json").read_text()).get("is_distilled", False))
+        except (OSError, ValueError):
+            distilled = False
+        if not distilled:
+            raise ModelNotFoundError(f"base model {ref}: not a distilled FLUX.2 Klein (model_index.json has no "
+                                     f"is_distilled true); the undistilled Klein base models are not supported yet")
     if arch == "qwen-edit":  # -2509 / -2511: the folder's model_index.json names QwenImageEditPlusPipeline
         try:
             pipeline_class = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
@@ -912,6 +980,13 @@ class ModelCache:
         return self._get(key, "base", plan.base,
                          lambda: load_base(plan.base, plan.vae, plan.arch, self.dtype_for(plan.arch),
                                            self.device_for(plan.arch)))
+
+    def reference_model(self, plan: ModelPlan) -> _Entry:
+        """The reference images' model of ``plan`` (:func:`load_reference_model`)."""
+        key = ("references", plan.references, plan.arch)
+        return self._get(key, "references", plan.references,
+                         lambda: load_reference_model(plan.arch, plan.references, self.dtype_for(plan.arch),
+                                      self.device_for(plan.arch)))
 
     def controlnet(self, ref: ControlNetRef) -> _Entry:
         key = ("controlnet", ref.ref, ref.union_mode is not None)

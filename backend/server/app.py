@@ -11,6 +11,9 @@
 ``GET /v1/jobs/{id}/contact_sheet``  the contact sheet PNG
 ``GET /v1/jobs/{id}/manifest``       the job's manifest.json
 ``GET /v1/jobs/{id}/controls/{n}``  control ``n`` a detector made from the job's picture
+``POST /v1/video-jobs``      a video job (backend/server/video.py); status and cancel as above
+``GET /v1/jobs/{id}/clips``  a video job's clips and the files of each finished one
+``GET /v1/jobs/{id}/clips/{clip}/{file}``  a finished clip's PNG frame or metadata.json
 ``DELETE /v1/jobs/{id}``    cancel (queued: at once; running: within one denoising step)
 ``POST /v1/unload``         drop every warm model not in use
 ``POST /v1/preprocess``     run a detector on a photo/sketch, returns the control PNG
@@ -55,6 +58,7 @@ from ..models.preprocess import PreprocessorError, run_detector
 from ..engine.sweep import build_plan, decode_control_image
 from .outputs import existing_matches
 from .worker import DEFAULT_MAX_QUEUED, QueueFull, Worker, default_output_root
+from .video import install as install_video_routes
 
 #: Largest request body accepted (8 controls of a few MiB of base64 PNG each fit easily).
 MAX_BODY_BYTES = 64 * 2**20
@@ -416,6 +420,7 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
         return schema
 
     app.openapi = openapi
+    install_video_routes(app, worker, presets)  # POST /v1/video-jobs (archviz video)
     return app
 
 

@@ -63,26 +63,33 @@ def error_data(exc: BaseException) -> dict:
     return data
 
 
-@dataclass
-class JobRecord:
-    id: str
-    plan: SweepPlan
-    output_dir: Path
+@dataclass(kw_only=True)
+class QueuedRecord:
+    """What the worker, the status route and cancel keep of any job in the queue (a sweep's
+    JobRecord, a video's backend/server/video.py VideoRecord)."""
+
     created: float = field(default_factory=time.time)
     state: str = "queued"
     started: float | None = None
     finished: float | None = None
     steps_done: int = 0
     steps_total: int = 0
-    images: dict[int, dict] = field(default_factory=dict)  # sweep index -> image info
     error: dict | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str | None = None  # a client that gave up says why; the job then fails with it
     lock: threading.Lock = field(default_factory=threading.Lock)
+    phase: str | None = None  # while running: downloading | loading | generating
+
+
+@dataclass
+class JobRecord(QueuedRecord):
+    id: str
+    plan: SweepPlan
+    output_dir: Path
+    images: dict[int, dict] = field(default_factory=dict)  # sweep index -> image info
     manifest_file: str = ""
     contact_sheet_file: str | None = None
     warnings: list[str] = field(default_factory=list)
-    phase: str | None = None  # while running: downloading | loading | generating
     download: dict | None = None  # bytes per file and overall of the model download, if any
     # The latest preview of each image still denoising: index -> (step, steps, PNG bytes);
     # dropped when the image itself is done (backend/engine/previews.py).
@@ -216,6 +223,17 @@ class Worker:
         self._queue.put(job_id)
         return record
 
+    def submit_record(self, record) -> None:
+        """Queue a record that runs itself on this thread (``record.run_with(worker)``): a
+        video job (backend/server/video.py), with the sweeps' queue limit, status and cancel."""
+        with self._lock:
+            if len(self._order) >= self.max_queued:
+                raise QueueFull(self.max_queued, self.retry_after())
+            self.records[record.id] = record
+            self._order.append(record.id)
+            self._prune()
+        self._queue.put(record.id)
+
     def get(self, job_id: str) -> JobRecord | None:
         return self.records.get(job_id)
 
@@ -270,7 +288,8 @@ class Worker:
                 self.current = job_id
             record = self.records[job_id]
             try:
-                self.run(record)
+                runs_itself = getattr(record, "run_with", None)  # a video job (backend/server/video.py)
+                runs_itself(self) if runs_itself else self.run(record)
             except BaseException:  # noqa: BLE001 - the worker must outlive any job
                 log.exception("job %s crashed the runner", job_id)
             finally:

@@ -274,6 +274,13 @@ def sequence_depth_range(scene, view_layer, camera, options):
         raise CaptureError(f"sequence samples must be at least 1, got {options.sequence_samples!r}")
     count = min(options.sequence_samples, last - first + 1)
     frames = sorted({int(round(f)) for f in np.linspace(first, last, count)})
+    return frames_depth_range(scene, view_layer, camera, frames, options.depth_percentiles, (first, last))
+
+
+def frames_depth_range(scene, view_layer, camera, frames, percentiles, span):
+    """The depth range of ray-cast samples of the frames ``frames`` together (the scene's
+    current frame is put back); ``span`` (first, last) is the range they stand for, in the
+    record and the error."""
     renderable = set(renderable_objects(scene, view_layer))
     current = scene.frame_current
     samples = []
@@ -285,9 +292,9 @@ def sequence_depth_range(scene, view_layer, camera, options):
         scene.frame_set(current)
     z = np.concatenate(samples) if samples else np.zeros(0)
     if z.size == 0:
-        raise CaptureError(f"camera {camera.name!r} sees no geometry in any sampled frame of {first}..{last}")
-    return core_passes.inverse_depth_range(1.0 / z, options.depth_percentiles, source="sequence", mode="sequence",
-                                           extra={"frames": [first, last], "frames_sampled": len(frames)})
+        raise CaptureError(f"camera {camera.name!r} sees no geometry in any sampled frame of {span[0]}..{span[1]}")
+    return core_passes.inverse_depth_range(1.0 / z, percentiles, source="sequence", mode="sequence",
+                                           extra={"frames": list(span), "frames_sampled": len(frames)})
 
 
 def check_scene_numbers(scene, view_layer, camera):

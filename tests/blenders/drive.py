@@ -33,7 +33,7 @@ WORK = os.environ.get("ARCHVIZ_TEST_WORK", "")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # blender_support: bpy and numpy only, like this Blender
 
-from blender_support import RecordingLayout, draw  # noqa: E402
+from blender_support import RecordingLayout, draw, movie_roundtrip  # noqa: E402
 
 
 # ---------------------------------------------------------------- set-up helpers
@@ -303,6 +303,38 @@ def check_headless():
     exec(compile(block, "README.md headless script", "exec"), namespace)
     done = [i for i in bpy.data.images if "archviz_style" in i]
     assert done and all('"family": "tiny"' in i["model"] for i in done), [(i.name, i.get("model")) for i in done]
+
+
+def check_movie():
+    """PNG frames into an MP4 by this Blender's FFmpeg, shown as a strip and a clip."""
+    addon()
+    movie_roundtrip(sys.modules[MODULE + ".blender.movie"] if MODULE + ".blender.movie" in sys.modules
+                    else __import__(MODULE + ".blender.movie", fromlist=["movie"]), os.path.join(WORK, "movie"))
+
+
+def check_video():
+    """The Video operator against the remote backend: the passes of 5 frames of a moving
+    camera, a tiny-wan clip, its MP4 copied here and shown as a sequencer strip and a clip."""
+    settings = scene()
+    remote()
+    settings.output_dir = os.path.join(WORK, "video")
+    sc = bpy.context.scene
+    cam = sc.camera
+    sc.frame_start, sc.frame_end = 1, 5
+    cam.keyframe_insert("location", frame=1)
+    cam.location.x += 0.5
+    cam.keyframe_insert("location", frame=5)
+    video = settings.video
+    video.model, video.long_side, video.seeds = "tiny-wan", 64, "0"
+    assert bpy.ops.archviz.video() == {"FINISHED"}
+    folder = os.path.join(WORK, "video", "video", "Camera", "modern_s0")
+    meta = json.load(open(os.path.join(folder, "metadata.json")))
+    assert meta["frames"] == [1, 2, 3, 4, 5] and meta["model"] == "tiny-wan", meta
+    assert os.path.getsize(os.path.join(folder, "video.mp4")) > 1000
+    compat = sys.modules[MODULE + ".blender.compat"]
+    strip = compat.sequencer_strips(sc.sequence_editor)["ArchViz modern_s0"]
+    assert strip.type == "MOVIE" and strip.frame_final_duration == 5, (strip.type, strip.frame_final_duration)
+    assert tuple(bpy.data.movieclips["ArchViz modern_s0"].size) == (64, 32)
 
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}

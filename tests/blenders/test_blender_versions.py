@@ -22,7 +22,8 @@ TOKEN = "matrix-token"
 
 VENVS = dict(item.split("=", 1) for item in os.environ.get("ARCHVIZ_BLENDER_VENVS", "").split(",") if "=" in item)
 # In this order: install puts the extension in place for the checks after it.
-CHECKS = ("install", "passes_and_panels", "generate_sweep_results", "cancel", "upscale", "local_backend", "headless")
+CHECKS = ("install", "passes_and_panels", "generate_sweep_results", "cancel", "upscale", "local_backend", "headless", "movie")
+CHECKS += ("video",)  # the Video operator (operators/video.py) against the backend
 
 
 @pytest.fixture(scope="session")

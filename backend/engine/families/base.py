@@ -176,6 +176,18 @@ class Family:
     def decode_latents(self, engine, pipe, comps: dict, state: Denoising, latents) -> list[np.ndarray]:
         raise NotImplementedError
 
+    # -- reference images (optional; core/references.py) -----------------------------
+    def use_references(self, engine, plan, pipe, comps: dict, model: dict | None) -> None:
+        """Put the job's reference model into the denoiser (IP-Adapter's attention layers),
+        or take one a former job put there out (``model`` None: this job has no references).
+        Most mechanisms leave the denoiser as it is."""
+
+    def prepare_references(self, engine, plan, pipe, comps: dict, model: dict):
+        """``plan.references`` encoded once per job with the reference ``model``
+        (:meth:`..models.registry.ModelCache.reference_model`); given to
+        :meth:`prepare_latents` as ``refs``."""
+        raise RuntimeError(f"reference images are not supported for the {self.arch} family")
+
     # -- previews (optional; see ..previews) -------------------------------------------
     def preview_latents(self, plan, pipe, state: Denoising, latents):
         """The denoiser's latents as a (B, C, h, w) grid in the denoiser's latent space:

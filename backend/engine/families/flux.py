@@ -52,6 +52,28 @@ class InitLatents:
     mask: torch.Tensor | None = None  # region edit: (1, C, h, w) binarized mask at latent size
 
 
+@dataclass
+class Redux:
+    """The job's reference images through FLUX.1 Redux (core/references.py), once per job."""
+
+    tokens: torch.Tensor  # (n, T, D): each reference's SigLIP tokens projected to T5's width
+    scales: torch.Tensor  # (n,): each (prompt, reference) pair's weight in the sum
+
+
+def redux_embeds(e: StyleEmbeds, refs: Redux) -> StyleEmbeds:
+    """A style's embeddings with the references, as ``FluxPriorReduxPipeline`` makes them:
+    each reference's tokens after the prompt's T5 tokens, the n (prompt, reference) pairs
+    and the n pooled embeddings summed weighted by the references' scales (a sum: the
+    references' order does not matter). FLUX.1's text tokens all sit at position 0."""
+    n = refs.tokens.shape[0]
+    scales = refs.scales.to(e.prompt.dtype)
+    prompt = torch.cat([e.prompt.expand(n, -1, -1), refs.tokens.to(e.prompt.dtype)], dim=1) * scales[:, None, None]
+    pooled = e.pooled.expand(n, -1) * scales[:, None]
+    prompt, pooled = prompt.sum(0, keepdim=True), pooled.sum(0, keepdim=True)
+    return StyleEmbeds(prompt, pooled, torch.zeros(prompt.shape[1], 3, device=e.text_ids.device,
+                                                   dtype=e.text_ids.dtype))
+
+
 class Flux(Family):
     arch = "flux"
     denoiser = "transformer"
@@ -91,6 +113,22 @@ class Flux(Family):
         dtype = comps["transformer"].dtype
         return StyleEmbeds(prompt.to(engine.device, dtype), pooled.to(engine.device, dtype),
                            text_ids.to(engine.device))
+
+    # 1b. Reference images: FLUX.1 Redux's SigLIP encoder and image embedder
+    #     (FluxPriorReduxPipeline's encode_image and image_embedder), once per job; the sum with
+    #     each style's embeddings is made per batch (redux_embeds).
+    @torch.no_grad()
+    def prepare_references(self, engine, plan, pipe, comps, model) -> Redux:
+        from diffusers import FluxPriorReduxPipeline
+
+        prior = FluxPriorReduxPipeline(image_encoder=model["image_encoder"],
+                                       feature_extractor=model["feature_extractor"],
+                                       image_embedder=model["image_embedder"])
+        hidden = prior.encode_image([r.image for r in plan.references], engine.device, 1)
+        tokens = prior.image_embedder(hidden).image_embeds
+        dtype = comps["transformer"].dtype
+        return Redux(tokens.to(engine.device, dtype),
+                     torch.tensor([r.scale for r in plan.references], device=engine.device, dtype=dtype))
 
     # 2. Controls: the pipeline's image processing, then the VAE's latent distribution of it
     #    (once per job; the noise of the sample is drawn per image in prepare_latents).
@@ -144,13 +182,15 @@ class Flux(Family):
         return init
 
     def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
-                        init=None) -> Denoising:
+                        init=None, refs: Redux | None = None) -> Denoising:
         from diffusers import FlowMatchEulerDiscreteScheduler
         from diffusers.pipelines.flux.pipeline_flux_controlnet import calculate_shift, retrieve_timesteps
         from diffusers.utils.torch_utils import randn_tensor
 
         transformer, vae = comps["transformer"], comps["vae"]
         b = len(batch)
+        if refs is not None:
+            embeds = [redux_embeds(e, refs) for e in embeds]
         prompt_embeds = torch.cat([e.prompt for e in embeds])
         pooled = torch.cat([e.pooled for e in embeds])
         text_ids = embeds[0].text_ids

@@ -31,8 +31,9 @@ class FlowRules:
 #: ``nets``: one net per control type, or a ControlNet-Union with a mode per type
 #: (``model.union``; SD 1.5 / SDXL); ``nets-or-union-modes``: FLUX.1's, the union's modes
 #: checked; ``union-only``: one union net for every unit, no mode (it reads the type from the
-#: image); ``none``: no ControlNet (instruction edits).
-RESOLVE_KINDS = ("nets", "nets-or-union-modes", "union-only", "none")
+#: image); ``none``: no ControlNet (instruction edits); ``references``: no ControlNet, the
+#: control images join the family's own reference images (FLUX.2 Klein).
+RESOLVE_KINDS = ("nets", "nets-or-union-modes", "union-only", "none", "references")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,6 @@ class Engine:
     loaders: tuple | None = None
     bf16: bool = False  # published and run in bf16 (text encoders and transformers overflow fp16)
     flow: FlowRules | None = None  # flow-matching rules (None: the UNet families, and edits)
-    region: bool = False  # does region edits (inpainting of the init image under a mask)
     #: its memory profiles: the name of their table in backend/engine/memory.py ('': small enough to need none)
     memory_profiles: str = ""
     tiny_module: str = ""  # the module of backend/models/tiny/ that builds its tiny models
@@ -67,6 +67,9 @@ QWEN_DEFAULTS = {"cfg": 4.0, "steps": 50}
 #: Z-Image-Turbo defaults: 8 steps (its card: 8 function evaluations), no classifier-free
 #: guidance (cfg 1; the pipeline's guidance_scale 0), no negative prompt, flow-matching Euler.
 ZIMAGE_DEFAULTS = {"cfg": 1.0, "steps": 8}
+#: FLUX.2 Klein (4B, 9B) defaults: step- and guidance-distilled, 4 steps (the model card's),
+#: no classifier-free guidance (cfg 1), no negative prompt, flow-matching Euler.
+KLEIN_DEFAULTS = {"cfg": 1.0, "steps": 4}
 
 _SD15 = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _SDXL = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -82,11 +85,11 @@ _QWEN_CLASSES = {"transformer": ("diffusers", "QwenImageTransformer2DModel"),
                  "tokenizer": ("transformers", "Qwen2Tokenizer")}
 
 _ENGINE_LIST = (
-    Engine("sd15", "sd", "nets", _SD15, region=True, tiny_module="sd"),
-    Engine("sdxl", "sd", "nets", _SDXL, region=True, tiny_module="sd"),
+    Engine("sd15", "sd", "nets", _SD15, tiny_module="sd"),
+    Engine("sdxl", "sd", "nets", _SDXL, tiny_module="sd"),
     Engine("flux", "flux", "nets-or-union-modes", _FLUX, loaders=("FLUX.1", _FLUX_CLASSES), bf16=True,
            flow=FlowRules("FLUX.1", FLUX_DEFAULTS, no_negative="guidance-distilled, no true CFG", restyle=True),
-           region=True, memory_profiles="FLUX_PROFILES", tiny_module="flux", prompt_reader="t5"),
+           memory_profiles="FLUX_PROFILES", tiny_module="flux", prompt_reader="t5"),
     Engine("qwen", "qwen", "union-only", _QWEN, loaders=("Qwen-Image", _QWEN_CLASSES), bf16=True,
            flow=FlowRules("Qwen-Image", QWEN_DEFAULTS), memory_profiles="QWEN_PROFILES",
            tiny_module="qwen", prompt_reader="qwen"),
@@ -103,6 +106,16 @@ _ENGINE_LIST = (
     Engine("qwen-edit", "edit", "none", ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler"),
            loaders=("Qwen-Image-Edit", {**_QWEN_CLASSES, "processor": (".qwen_processor", None)}), bf16=True,
            tiny_module="edit", tiny_folders=("qwen-edit-plus",)),
+    # FLUX.2 Klein: no ControlNet; its reference images (the user's and the control passes)
+    # are read by the transformer itself. Restyle and region edits: Flux2KleinInpaintPipeline.
+    Engine("klein", "klein", "references", _QWEN,
+           loaders=("FLUX.2 Klein", {"transformer": ("diffusers", "Flux2Transformer2DModel"),
+                                     "vae": ("diffusers", "AutoencoderKLFlux2"),
+                                     "text_encoder": ("transformers", "Qwen3ForCausalLM"),
+                                     "tokenizer": ("transformers", "Qwen2TokenizerFast")}), bf16=True,
+           flow=FlowRules("FLUX.2 Klein", KLEIN_DEFAULTS, no_negative="step- and guidance-distilled, no CFG",
+                          fixed_cfg=1.0, restyle=True),
+           tiny_module="klein", prompt_reader="512"),
 )
 #: arch -> :class:`Engine`
 ENGINES = {e.arch: e for e in _ENGINE_LIST}

@@ -93,6 +93,14 @@ class InitLatents:
 
 
 @dataclass
+class References:
+    """The job's reference images for IP-Adapter (core/references.py), once per job."""
+
+    embeds: torch.Tensor  # (1, n, D): each reference's CLIP image embedding
+    mask: torch.Tensor  # (1, n, H, W) ones: each reference attended on its own and added at its scale
+
+
+@dataclass
 class Control:
     image: torch.Tensor  # (1, 3, H, W) in [0, 1], device/dtype of the net
     cond: torch.Tensor | None = None  # precomputed conditioning embedding (1, C, h, w), else None
@@ -172,6 +180,30 @@ class StableDiffusion(Family):
             loaded[ref] = name
         pipe.enable_lora()
         pipe.set_adapters([loaded[ref]])
+
+    # 0b. Reference images: IP-Adapter's attention layers in the warm UNet (diffusers'
+    #     load_ip_adapter, once), taken out again for a job without references
+    #     (unload_ip_adapter puts the plain attention back: the plain pixels).
+    def use_references(self, engine, plan, pipe, comps, model) -> None:
+        want = plan.models.references if model is not None else None
+        if comps.get("ip_adapter") is not None and comps["ip_adapter"] != want:
+            pipe.unload_ip_adapter()
+            comps.pop("ip_adapter")
+        if want is not None and comps.get("ip_adapter") != want:
+            pipe.load_ip_adapter(str(model["folder"]), subfolder=model["subfolder"], weight_name=model["weight_name"],
+                                 image_encoder_folder=None)  # the encoder is the reference model's own
+            comps["ip_adapter"] = want
+
+    # 0c. The references through the CLIP image encoder (the pipeline's encode_image), once
+    #     per job; each reference's scale on the adapter (one per image, order-free sum).
+    @torch.no_grad()
+    def prepare_references(self, engine, plan, pipe, comps, model) -> References:
+        pipe.image_encoder, pipe.feature_extractor = model["image_encoder"], model["feature_extractor"]
+        embeds, _zeros = pipe.encode_image([r.image for r in plan.references], engine.device, 1)
+        pipe.set_ip_adapter_scale([[r.scale for r in plan.references]])
+        n = len(plan.references)
+        mask = torch.ones(1, n, plan.height, plan.width, device=engine.device, dtype=comps["unet"].dtype)
+        return References(embeds[None].to(comps["unet"].dtype), mask)
 
     # 1. Prompt: CLIP (SDXL: two CLIPs and the pooled embedding), with the negative for CFG.
     @torch.no_grad()
@@ -260,7 +292,7 @@ class StableDiffusion(Family):
     #    Restyle (``init``): the timesteps start at the strength, the latents are each seed's
     #    init latents noised to the first of them (diffusers' img2img get_timesteps / prepare_latents).
     def prepare_latents(self, engine, plan, pipe, comps, style, batch, embeds, generators, units,
-                        init=None) -> Denoising:
+                        init=None, refs: References | None = None) -> Denoising:
         from diffusers.utils.torch_utils import randn_tensor
 
         unet = comps["unet"]
@@ -316,9 +348,14 @@ class StableDiffusion(Family):
         if "generator" in step_params:
             extra["generator"] = generators
         opts = engine.options
+        unet_added, xattn = added, None
+        if refs is not None:  # IP-Adapter: the references' embeddings (zeros for the unconditional half)
+            pos = refs.embeds.expand(b, -1, -1).to(prompt_embeds.dtype)
+            unet_added = dict(added or {}, image_embeds=[torch.cat([torch.zeros_like(pos), pos]) if do_cfg else pos])
+            xattn = {"ip_adapter_masks": [refs.mask]}
         return Denoising(latents, timesteps, scheduler, dict(
             b=b, do_cfg=do_cfg, cfg=style.cfg, prompt_embeds=prompt_embeds, added=added, extra=extra,
-            unet=engine._runtime(unet), region=region,
+            unet_added=unet_added, xattn=xattn, unet=engine._runtime(unet), region=region,
             memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format))
 
     # 4. One step: the units' residuals (control modes, CFG halves), the UNet, CFG, the sampler.
@@ -359,7 +396,8 @@ class StableDiffusion(Family):
                 down = add_residuals(down, d, in_place)
                 mid = mid.add_(m) if in_place else mid + m
         noise = v["unet"](x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
-                          mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
+                          mid_block_additional_residual=mid, added_cond_kwargs=v["unet_added"],
+                          cross_attention_kwargs=v["xattn"], return_dict=False)[0]
         engine.stats["unet"] += x.shape[0]
         if do_cfg:
             uncond, text = noise.chunk(2)

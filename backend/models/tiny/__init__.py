@@ -108,6 +108,7 @@ def ensure_tiny(path: str | os.PathLike) -> Path:
 #: (backend/engine/families/registry.py: ``tiny_module``, ``tiny_folders``)
 TINY_MODULES = {folder: e.tiny_module for e in ENGINES.values() if e.tiny_module
                 for folder in (e.arch, *e.tiny_folders)}
+TINY_MODULES["wan"] = "wan"  # the tiny-wan video family (core/video.py; not an image arch)
 
 
 def _builder(family: str, name: str):
@@ -118,6 +119,9 @@ def _builder(family: str, name: str):
     fast = importlib.import_module(".fast", __package__).builder(family, name, sys.modules[__name__])
     if fast is not None:  # fast mode's tiny LoRA / schnell base
         return fast
+    refs = importlib.import_module(".references", __package__).builder(family, name)
+    if refs is not None:  # reference images' tiny IP-Adapters and Redux (references.py)
+        return refs
     if family not in TINY_MODULES:
         raise ValueError(f"no tiny family {family!r}")
     return importlib.import_module(f".{TINY_MODULES[family]}", __package__).builder(family, name)
