@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", choices=tuple(runner.CONFIGS), default="tiny",
                         help="; ".join(f"{k}: {v}" for k, v in runner.CONFIGS.items()))
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
-    parser.add_argument("--styles", type=_csv, default=d.styles, help="comma-separated presets (default: %(default)s)")
-    parser.add_argument("--seeds", type=_seeds, default=d.seeds, help="e.g. 0-3 (default: 0-3)")
+    parser.add_argument("--styles", type=_csv, default=None,
+                        help=f"comma-separated presets (default: {','.join(d.styles)}; small-*: modern,industrial)")
+    parser.add_argument("--seeds", type=_seeds, default=None, help="e.g. 0-3 (default: 0-3; small-*: 0-1)")
     parser.add_argument("--size", type=int, default=None,
                         help="image side in px (default: " + ", ".join(f"{v} for {k}" for k, v in
                                                                       runner.DEFAULT_SIZE.items()) + ")")
@@ -48,7 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capture", action="store_true",
                         help="also time the control passes of the example scene (needs bpy)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement, fastest counts")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed runs per side after its untimed warm-up, the order of the sides alternating; "
+                             "the median counts, min and max are printed")
+    parser.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run the job end to end through the HTTP API (default: on for small-*)")
+    parser.add_argument("--no-overhead", action="store_true",
+                        help="skip the overhead row (time per step outside the forwards, from a profile)")
     parser.add_argument("--json", default=None, help="write the whole report to this JSON file")
     from .ray_scaling import add_ray_arguments
 
@@ -69,13 +76,21 @@ def spec_from_args(args) -> runner.Spec:
         rows = ()
     elif args.rows:
         rows = _csv(args.rows)
+    elif args.config in runner.SMALL:  # compute-bound configs: the side-by-side run and the overhead row
+        rows = ()
+    cases = args.cases
+    if runner.is_edit(args.config) and cases == runner.Spec.cases:  # an edit model's one case
+        cases = (runner.EDIT_CASE,)
     unknown = [c for c in args.cases if c not in runner.CASES]
     if unknown:
         raise SystemExit(f"archviz bench: --cases: unknown {unknown[0]!r} (known: {', '.join(runner.CASES)})")
     size = args.size or runner.DEFAULT_SIZE[args.config]
     steps = args.steps if args.steps is not None else runner.DEFAULT_STEPS.get(args.config, runner.Spec.steps)
-    return runner.Spec(config=args.config, device=args.device, styles=args.styles, seeds=args.seeds, size=size,
-                       steps=steps, cfg=args.cfg, scheduler=args.scheduler, cases=args.cases, rows=rows,
+    styles, seeds = runner.DEFAULT_SWEEP.get(args.config, (runner.Spec.styles, runner.Spec.seeds))
+    serve = args.serve if args.serve is not None else args.config in runner.SMALL
+    return runner.Spec(config=args.config, device=args.device, styles=args.styles or styles, seeds=args.seeds or seeds,
+                       size=size, serve=serve, overhead=not args.no_overhead,
+                       steps=steps, cfg=args.cfg, scheduler=args.scheduler, cases=cases, rows=rows,
                        row_case=args.row_case, baseline=not args.no_baseline, capture=args.capture,
                        threads=args.threads, repeats=args.repeats)
 

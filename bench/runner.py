@@ -27,12 +27,15 @@ import platform
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..backend.engine.families import registry
 from ..core import families
+from . import timing
+from .configs_small import SMALL
 
 #: The issue's cases: depth 0.9 on the whole run + lines 0.6 from 20 %, and the seeds'
 #: temporal schedule (depth only for the first half).
@@ -40,6 +43,9 @@ CASES = {
     "full": (("depth", 0.9, 0.0, 1.0), ("lines", 0.6, 0.2, 1.0)),
     "early-depth": (("depth", 0.9, 0.0, 0.5), ("lines", 0.6, 0.2, 1.0)),
 }
+#: The instruction-edit models' one case: no ControlNet, one edit text of a picture per style.
+EDIT_CASE, EDIT_TEXT = "edit", "make it a snowy winter evening"
+CASES[EDIT_CASE] = ()
 
 #: One row per engine option: (name, changes from the defaults; a callable gets the defaults).
 #: ``*`` in the label marks options that change the images.
@@ -92,7 +98,9 @@ class Spec:
     capture: bool = False
     capture_long_side: int = 512
     threads: int | None = None
-    repeats: int = 1  # timed runs per measurement; the fastest counts (shared, noisy machines)
+    repeats: int = 1  # timed runs per side (after its warm-up); the median counts, min and max are shown
+    serve: bool = False  # also the job end to end through the HTTP API (the ``serve`` side)
+    overhead: bool = True  # the overhead row: time per step outside the forwards, from a profile
     flops: bool | None = None  # None: on CUDA only
     extra: dict = field(default_factory=dict)
 
@@ -152,13 +160,45 @@ CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
 #: 64 px for the tiny families, the family's default long side for the others (core/families.py)
 DEFAULT_SIZE = {c: 64 if families.FAMILIES[c].tiny else families.long_side(c) for c in CONFIGS}
 DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.steps
+#: The small configs (bench/configs_small.py): the real architectures cut to tens of
+#: milliseconds per forward at 256 px, so a CPU run times compute; 2 styles x 2 seeds.
+CONFIGS.update({name: f"the {name.removeprefix('small-')} denoiser and ControlNet cut to ~30-100 ms per forward at "
+                      f"256 px, the {s.tiny} text encoders and VAE, random weights (CPU)" for name, s in SMALL.items()})
+DEFAULT_SIZE.update({name: 256 for name in SMALL})
+CONFIGS.update({f: f"the offline tiny {families.FAMILIES[f].label} instruction-edit models (CPU, CI)"
+                for f in families.names(tiny=True, edit=True)})
+DEFAULT_SIZE.update({f: 64 for f in families.names(tiny=True, edit=True)})
+DEFAULT_STEPS.update({name: s.steps for name, s in SMALL.items()})
+DEFAULT_SWEEP = {name: (("modern", "industrial"), (0, 1)) for name in SMALL}  # the others: Spec's
 #: The flow-matching transformer families: cfg and steps from their presets' sections, one sampler.
 FLOW_ARCHES = tuple(arch for arch, e in registry.ENGINES.items() if e.flow)  # backend/engine/families/registry.py
 
 
+def is_edit(config: str) -> bool:
+    """An instruction-edit model (no ControlNet): its one case is ``edit``."""
+    from ..core.edit import EDIT_ARCHES
+
+    return config_arch(config) in EDIT_ARCHES
+
+
+def picture_png(size: int) -> bytes:
+    """The picture an edit config edits: a floor, a wall and a window, with some texture."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:] = (150, 150, 145)
+    img[y > size * 0.6] = (160, 110, 70)
+    img[(x > size * 0.55) & (x < size * 0.85) & (y > size * 0.15) & (y < size * 0.5)] = (90, 140, 220)
+    img = (img.astype(np.int16) + ((x * 7 + y * 13) % 9 - 4)[..., None]).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def config_arch(config: str) -> str:
     """The engine arch a --config runs: ``tiny`` -> sd15, ``tiny-flux`` -> flux, ``sdxl`` -> sdxl."""
-    return families.arch_of(config, config.removeprefix("tiny-"))
+    return families.arch_of(config, config.removeprefix("tiny-").removeprefix("small-"))
 
 
 def model_refs(config: str) -> dict:
@@ -170,42 +210,57 @@ def model_refs(config: str) -> dict:
 
 
 def make_plan(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None, fast: bool = False):
-    import base64
-
     from ..backend.engine.sweep import build_plan
     from ..core import jobs as J
     from ..core.presets import load_presets
 
+    job = job_dict(spec, case, steps, scales, fast)
+    return build_plan(J.Job.from_dict(job), load_presets(include_user=False), "float32")
+
+
+def job_dict(spec: Spec, case: str, steps: int | None = None, scales: dict | None = None, fast: bool = False) -> dict:
+    """The job of one case as a client sends it (the plan's source, and the serve side's body)."""
+    import base64
+
+    if spec.config not in CONFIGS:
+        raise ValueError(f"--config: unknown {spec.config!r} (choose from {', '.join(CONFIGS)})")
+    if (case == EDIT_CASE) != is_edit(spec.config):
+        raise ValueError(f"--cases: {case!r} does not apply to {spec.config} (its cases: "
+                         f"{EDIT_CASE if is_edit(spec.config) else ', '.join(c for c in CASES if c != EDIT_CASE)})")
+    if is_edit(spec.config):
+        from ..core.edit import edit_styles
+
+        model = {"family": spec.config} if spec.config.startswith("tiny") else {
+            "family": config_arch(spec.config), "base": model_refs(spec.config)["base"]}
+        return {"model": model, "controls": [], "styles": edit_styles([EDIT_TEXT], list(spec.styles)),
+                "seeds": list(spec.seeds), "width": spec.size, "height": spec.size, "steps": steps or spec.steps,
+                "init_image": base64.b64encode(picture_png(spec.size)).decode()}
     controls = []
     for kind, scale, start, end in CASES[case]:
         scale = (scales or {}).get(kind, scale)
         controls.append({"type": kind, "image": base64.b64encode(control_png(kind, spec.size)).decode(),
                          "scale": scale, "start": start, "end": end})
-    if spec.config not in CONFIGS:
-        raise ValueError(f"--config: unknown {spec.config!r} (choose from {', '.join(CONFIGS)})")
     if spec.config.startswith("tiny"):
         model = {"family": spec.config}
     else:
-        refs = model_refs(spec.config)
-        model = {"family": spec.config, "base": refs["base"], "controlnets": {"depth": refs["depth"],
-                                                                              "lines": refs["lines"]}}
+        refs, arch = model_refs(spec.config), config_arch(spec.config)  # small-<family>: that family's arch
+        model = {"family": arch, "base": refs["base"], "controlnets": {"depth": refs["depth"],
+                                                                       "lines": refs["lines"]}}
         if spec.config == "sdxl":
             model["vae"] = refs["vae"]
-        if spec.config == "qwen":  # every unit runs the one union net
+        if arch == "qwen":  # every unit runs the one union net
             model["controlnets"] = {"union": f"archviz-bench/{spec.config}-controlnet-union-random-weights"}
-        if spec.config == "zimage":  # one union net for every unit
+        if arch == "zimage":  # one union net for every unit
             model["controlnets"] = {"union": refs["depth"]}
-        if spec.config == "flux":  # one union net (no modes) serves both units
+        if arch == "flux":  # one union net (no modes) serves both units
             model["controlnets"] = {"depth": refs["union"], "lines": refs["union"]}
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler, "steps": steps or spec.steps}
     if config_arch(spec.config) in FLOW_ARCHES:  # cfg from the presets' family sections, one sampler
         sampling = {"steps": steps or spec.steps}
     if fast:  # the fast mode's own steps, cfg and sampler
         sampling = {"steps": steps} if steps else {}
-    job = J.Job.from_dict({"model": model, "controls": controls, "styles": list(spec.styles),
-                           "seeds": list(spec.seeds), "width": spec.size, "height": spec.size, "fast": fast,
-                           **sampling})
-    return build_plan(job, load_presets(include_user=False), "float32")
+    return {"model": model, "controls": controls, "styles": list(spec.styles), "seeds": list(spec.seeds),
+            "width": spec.size, "height": spec.size, "fast": fast, **sampling}
 
 
 # ---------------------------------------------------------------------------------------
@@ -330,12 +385,11 @@ def baseline_pipeline(engine, plan):
 
     base, nets = engine.load(plan.models)
     c = base.value
-    family = plan.models.arch if plan.models.arch in FLOW_ARCHES else "sd"
-    denoiser = c["unet"] if family == "sd" else c["transformer"]
+    denoiser = c["unet"] if "unet" in c else c["transformer"]
     engine.restore_models([denoiser, *[n.value for n in nets]])
     pipe = engine.helper_pipeline(plan.models.arch, c, [n.value for n in nets])
     pipe._archviz_nets = nets  # the zimage baseline builds its multi-net per call from them
-    if family == "sd":
+    if registry.ENGINES[plan.models.arch].module == "sd":
         pipe.scheduler = make_scheduler(plan.styles[0].scheduler, c["scheduler_config"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -355,7 +409,22 @@ def _pipe_call(pipe, plan, items):
                   control_guidance_end=[u.end for u in style.units],
                   generator=generators if len(items) > 1 else generators[0], output_type="np")
     images = [c.image for c in plan.controls]
-    if plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
+    if plan.init is not None and plan.styles[0].edit is not None:  # instruction edits: the picture, no nets
+        from ..backend.engine.families.flux import Flux
+
+        common = {k: v for k, v in common.items() if not k.startswith(("control", "guidance"))}
+        one = len(items) == 1
+        if plan.models.arch == "kontext":
+            out = pipe(prompt=prompts[0] if one else prompts, image=plan.init.image, guidance_scale=style.cfg,
+                       max_area=plan.width * plan.height, _auto_resize=False,
+                       max_sequence_length=Flux.max_sequence_length({"tokenizer_2": pipe.tokenizer_2}), **common)
+        else:
+            # QwenImageEditPipeline reads one picture per prompt (its processor puts the picture's
+            # tokens in each prompt): a batch passes the picture once per prompt
+            negatives = [plan.styles[i.style].negative for i in items]
+            out = pipe(prompt=prompts[0] if one else prompts, image=plan.init.image if one else [plan.init.image] * len(items),
+                       negative_prompt=negatives[0] if one else negatives, true_cfg_scale=style.cfg, **common)
+    elif plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
         common.pop("guidance_scale")
         negatives = [plan.styles[i.style].negative or " " for i in items]
         out = pipe(prompts if len(items) > 1 else prompts[0], negative_prompt=negatives if len(items) > 1 else negatives[0],
@@ -438,7 +507,9 @@ def build_engine(spec: Spec):
 
     engine = Engine(spec.device)
     plan = make_plan(spec, spec.cases[0], steps=1)  # also refuses an unknown config
-    if not spec.config.startswith("tiny"):
+    if spec.config in SMALL:
+        build_small_config(spec, engine, plan)
+    elif not spec.config.startswith("tiny"):
         from . import configs_flux, configs_qwen, configs_zimage
         from .configs import build_random
 
@@ -459,6 +530,36 @@ def build_engine(spec: Spec):
     return engine
 
 
+def build_small_config(spec: Spec, engine, plan) -> None:
+    """small-<family>: the family's tiny text encoders, tokenizers, VAE and scheduler (loaded
+    from the tiny store like any tiny model), the small denoiser and nets built in memory."""
+    from dataclasses import replace
+
+    from .configs_small import build_small, forward_ms
+
+    t0 = time.perf_counter()
+    small = SMALL[spec.config]
+    tiny_plan = make_plan(replace(spec, config=small.tiny, size=64), spec.cases[0], steps=1)
+    base, nets = engine.load(tiny_plan.models)
+    arch = config_arch(spec.config)
+    comps, small_nets = build_small(spec.config, base.value, [n.value for n in nets], len(plan.controls),
+                                    engine.device, engine.cache.dtype_for(arch))
+    engine.adopt(plan.models, comps, small_nets)
+    denoiser = comps["unet" if "unet" in comps else "transformer"]
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    info = {"denoiser": type(denoiser).__name__, "denoiser_params_m": count(denoiser),
+            "net": type(small_nets[0]).__name__ if small_nets else None,
+            "net_params_m": count(small_nets[0]) if small_nets else 0.0,
+            "forward_ms": forward_ms(denoiser, spec.size) if engine.device.type != "meta" else None}
+    engine._bench_small = info
+    fwd = f"; one denoiser forward of one image at {spec.size} px: {info['forward_ms']:.1f} ms" \
+        if info["forward_ms"] is not None else ""
+    net = f"{info['net']} {info['net_params_m']:.1f} M" if small_nets else "no ControlNet"
+    say(f"built {spec.config}: {info['denoiser']} {info['denoiser_params_m']:.1f} M, {net} "
+        f"parameters (random weights), {small.tiny} text encoders and VAE, in "
+        f"{time.perf_counter() - t0:.1f}s{fwd}")
+
+
 def header(spec: Spec, engine) -> dict:
     import diffusers
     import torch
@@ -471,15 +572,24 @@ def header(spec: Spec, engine) -> dict:
             "steps": spec.steps, "cfg": spec.cfg, "scheduler": spec.scheduler,
             "images": len(spec.styles) * len(spec.seeds), "defaults": engine.options.as_dict()}
     say(f"archviz bench: config {spec.config}, {dev.type} ({name}), {engine.dtype_name}, torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}, {info['threads']} torch threads, best of {spec.repeats} timed run(s)")
+        f"diffusers {diffusers.__version__}, {info['threads']} torch threads, median of {spec.repeats} timed run(s) "
+        f"per side (each side warmed up untimed; order alternates)")
+    if getattr(engine, "_bench_small", None):
+        info["small"] = engine._bench_small
+    info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if info["load_average"]:
+        say("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in info["load_average"]))
     sampling = {"flux": "flow_euler, distilled guidance from the presets' [flux] sections",
                 "qwen": "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections",
                 "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts"}.get(
         config_arch(spec.config), f"{spec.scheduler}, cfg {spec.cfg}")
+    if is_edit(spec.config):
+        sampling = "flow_euler, the edit model's own steps and guidance (core/edit.py)"
     say(f"sweep: {len(spec.styles)} styles x {len(spec.seeds)} seeds = {info['images']} images, "
         f"{spec.size}x{spec.size}, {spec.steps} steps, {sampling}")
     for case in spec.cases:
-        say(f"case {case}: " + ", ".join(f"{k} {s:g} window {a:g}-{b:g}" for k, s, a, b in CASES[case]))
+        say(f"case {case}: " + (", ".join(f"{k} {s:g} window {a:g}-{b:g}" for k, s, a, b in CASES[case]) or
+                                f"no ControlNet: the picture edited by {EDIT_TEXT!r} in each style"))
     on = [k for k, v in engine.options.as_dict().items() if v is True]
     say(f"engine defaults: {', '.join(on)}; sdpa {engine.options.sdpa_backend}; "
         f"vae_batch {engine.options.vae_batch or 'auto'}")
@@ -523,53 +633,31 @@ def run(spec: Spec) -> dict:
         return {"tflops": tf, "peak_fraction": (tf / peak) if peak else None}
 
     say()
-    say(f"{'side':<9} {'case':<12} {'images':>6} {'seconds':>8} {'images/s':>9} {'peak GB':>8} "
-        f"{'TFLOP/s':>8} {'%peak':>6} {'max diff':>9}")
+    say(f"{'side':<9} {'case':<12} {'images':>6} {'median s':>8} {'min s':>7} {'max s':>7} {'images/s':>9} "
+        f"{'peak GB':>8} {'TFLOP/s':>8} {'%peak':>6} {'max diff':>9}")
 
-    def side_line(side, case, n, seconds, mem, rates, diff):
-        tf = f"{rates['tflops']:8.1f}" if rates.get("tflops") is not None else f"{'-':>8}"
-        pf = f"{100 * rates['peak_fraction']:5.1f}%" if rates.get("peak_fraction") is not None else f"{'-':>6}"
+    def side_line(entry, diff):
+        tf = f"{entry['tflops']:8.1f}" if entry.get("tflops") is not None else f"{'-':>8}"
+        pf = f"{100 * entry['peak_fraction']:5.1f}%" if entry.get("peak_fraction") is not None else f"{'-':>6}"
         d = f"{diff:9.2e}" if diff is not None else f"{'-':>9}"
-        say(f"{side:<9} {case:<12} {n:>6} {seconds:8.2f} {n / seconds:9.3f} {mem:8.2f} {tf} {pf} {d}")
+        say(f"{entry['side']:<9} {entry['case']:<12} {entry['images']:>6} {entry['seconds']:8.2f} "
+            f"{entry['seconds_min']:7.2f} {entry['seconds_max']:7.2f} {entry['images_per_s']:9.3f} "
+            f"{entry['peak_gb']:8.2f} {tf} {pf} {d}")
 
     baseline_images = {"loop": {}, "batched": {}}
-    if spec.baseline:
-        for case in spec.cases:
-            plan = plans[case]
-            for side, batched in (("loop", False), ("batched", True)):
-                run_baseline(engine, warm[case], warm[case].images[:2], batched)  # warm-up: kernels, allocator
-                images, seconds, mem = timed(dev, lambda: run_baseline(engine, plan, batched=batched), spec.repeats)
-                baseline_images[side][case] = images
-                rates = rate_fields(baseline_flops(plan, plan.images, fl) if fl else None, seconds)
-                entry = {"side": side, "case": case, "images": len(images), "seconds": seconds,
-                         "images_per_s": len(images) / seconds, "peak_gb": mem, "finite": finite(images), **rates}
-                report["sides"].append(entry)
-                side_line(side, case, len(images), seconds, mem, rates, None)
-                if not entry["finite"]:
-                    say(f"  warning: the {side} baseline's images hold NaN/inf")
-
     ours_images = {}
-    for case in spec.cases:
-        plan = plans[case]
-        t0 = time.perf_counter()
-        engine.generate(warm[case], warm[case].images)  # warm-up (and compilation when on)
-        warmup = time.perf_counter() - t0
-        images, seconds, mem = timed(dev, lambda: engine.generate(plan, plan.images), spec.repeats)
-        ours_images[case] = images
-        denoise = engine.timings["denoise"]
-        rates = rate_fields(engine_flops(engine, fl, len(plan.controls)) if fl else None, denoise)
-        diffs = {side: max_diff(images, baseline_images[side][case])
-                 for side in ("loop", "batched") if case in baseline_images[side]}
-        diff = max(diffs.values()) if diffs else None
-        entry = {"side": "ours", "case": case, "images": len(images), "seconds": seconds,
-                 "images_per_s": len(images) / seconds, "peak_gb": mem, "warmup_s": warmup,
-                 "denoise_s": denoise, "decode_s": engine.timings["decode"], "encode_s": engine.timings["encode"],
-                 "forwards": dict(engine.stats), "max_diff": diff, "max_diff_vs": diffs, "finite": finite(images),
-                 **rates}
-        report["sides"].append(entry)
-        side_line("ours", case, len(images), seconds, mem, rates, diff)
-        if not entry["finite"]:
-            say("  warning: our images hold NaN/inf")
+    server = None
+    if spec.serve:
+        from .serve_side import LocalServer
+
+        server = LocalServer(engine)
+    try:
+        for case in spec.cases:
+            measure_case(spec, engine, case, plans[case], warm[case], server, fl, rate_fields, baseline_images,
+                         ours_images, report, side_line)
+    finally:
+        if server is not None:
+            server.close()
 
     say()
     for case in spec.cases:
@@ -583,6 +671,16 @@ def run(spec: Spec) -> dict:
                 summary[f"ratio_vs_{side}"] = ratio
                 summary[f"max_diff_vs_{side}"] = o["max_diff_vs"][side]
                 parts.append(f"ratio vs {side} {ratio:.2f}x (max pixel diff {o['max_diff_vs'][side]:.2e})")
+        serve = next((s for s in report["sides"] if s["side"] == "serve" and s["case"] == case), None)
+        if serve:
+            summary["serve_ratio"] = serve["images_per_s"] / o["images_per_s"]
+            summary["serve_max_diff_8bit"] = serve["max_diff"]
+            summary["serve_outside_share"] = serve["outside_share"]
+            parts.append(f"serve vs in-process {summary['serve_ratio']:.2f}x (medians; in the same serve run the "
+                         f"engine's own work took {100 * (1 - serve['outside_share']):.1f}% of the job, HTTP, "
+                         f"planning, PNG and metadata {100 * serve['outside_share']:.1f}% ({serve['images_s']:.2f} s of "
+                         f"it writing the images); 8-bit pixel diff "
+                         f"{serve['max_diff']:.2e})")
         if "ratio_vs_loop" in summary:  # the names earlier reports used
             summary.update(speed_ratio=summary["ratio_vs_loop"], max_diff=o["max_diff"])
         if o.get("tflops") is not None:
@@ -593,6 +691,10 @@ def run(spec: Spec) -> dict:
         report["cases"][case] = summary
         say(f"{case}: " + "; ".join(parts))
 
+    if spec.overhead and dev.type != "meta":
+        case = spec.row_case if spec.row_case in plans else spec.cases[0]
+        report["overhead"] = overhead_row(spec, engine, case, plans[case])
+
     rows = spec.rows if spec.rows is not None else (CUDA_ROWS if dev.type == "cuda" else CPU_ROWS)
     if rows:
         run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak)
@@ -600,6 +702,104 @@ def run(spec: Spec) -> dict:
     if spec.capture:
         report["capture"] = capture_timing(spec.capture_long_side)
     return report
+
+def measure_case(spec, engine, case, plan, warm_plan, server, fl, rate_fields, baseline_images, ours_images,
+                 report, side_line):
+    """One case: loop, batched, ours (and serve) each warmed up untimed, then ``spec.repeats``
+    rounds with the order of the sides reversed every other round (bench/timing.py)."""
+    from ..backend.engine.families import family_for
+
+    dev = engine.device
+    peaks: dict[str, float] = {}
+    base, nets = engine.load(plan.models)
+    modules = family_for(plan.models.arch).modules(base.value, [n.value for n in nets])
+
+    def side(name, warm, run):
+        # The sides share the warm models: before each run (untimed) they are put in the
+        # layout that side uses (ours: the engine options' channels_last / fused QKV; the
+        # diffusers sides: as diffusers loads them), as a server that keeps them would have.
+        def before():
+            if name in ("loop", "batched"):
+                engine.restore_models(modules)
+            else:
+                engine._prepare_models(modules)
+            sync(dev)
+            reset_peak(dev)
+
+        def after():
+            sync(dev)
+            peaks[name] = max(peaks.get(name, 0.0), peak_gb(dev))
+        return timing.Side(name, warm, run, before=before, after=after)
+
+    sides = []
+    if spec.baseline:
+        for name, batched in (("loop", False), ("batched", True)):  # warm-up: kernels, allocator
+            sides.append(side(name, lambda b=batched: run_baseline(engine, warm_plan, warm_plan.images[:2], b),
+                              lambda b=batched: run_baseline(engine, plan, batched=b)))
+
+    def ours():
+        images = engine.generate(plan, plan.images)
+        return images, dict(engine.timings), dict(engine.stats)
+
+    sides.append(side("ours", lambda: engine.generate(warm_plan, warm_plan.images), ours))
+    if server is not None:
+        job, warm_job = job_dict(spec, case), job_dict(spec, case, steps=warm_plan.styles[0].steps)
+        sides.append(side("serve", lambda: server.run(warm_job), lambda: server.run(job)))
+    got = timing.measure(sides, spec.repeats)
+    report.setdefault("orders", {})[case] = timing.orders([s.name for s in sides], spec.repeats)
+
+    def entry(name, n, **extra):
+        t = got[name]
+        e = {"side": name, "case": case, "images": n, **t.summary(), "images_per_s": n / t.median,
+             "peak_gb": peaks.get(name, 0.0), **extra}
+        report["sides"].append(e)
+        return e
+
+    for name in ("loop", "batched"):
+        if name in got:
+            images = got[name].value
+            baseline_images[name][case] = images
+            e = entry(name, len(images), finite=finite(images),
+                      **rate_fields(baseline_flops(plan, plan.images, fl) if fl else None, got[name].median))
+            side_line(e, None)
+            if not e["finite"]:
+                say(f"  warning: the {name} baseline's images hold NaN/inf")
+    images, timings, stats = got["ours"].value
+    ours_images[case] = images
+    diffs = {name: max_diff(images, baseline_images[name][case])
+             for name in ("loop", "batched") if case in baseline_images[name]}
+    engine.stats = Counter(stats)  # engine_flops reads the forwards of the last ours run
+    e = entry("ours", len(images), denoise_s=timings["denoise"], decode_s=timings["decode"],
+              encode_s=timings["encode"], forwards=stats, max_diff=max(diffs.values()) if diffs else None,
+              max_diff_vs=diffs, finite=finite(images),
+              **rate_fields(engine_flops(engine, fl, len(plan.controls)) if fl else None, timings["denoise"]))
+    side_line(e, e["max_diff"])
+    if not e["finite"]:
+        say("  warning: our images hold NaN/inf")
+    if "serve" in got:
+        from ..backend.engine.runner import to_uint8
+
+        pngs = server.images(plan, got["serve"].value)
+        diff = max(float(np.abs(pngs[k].astype(np.int16) - to_uint8(images[k]).astype(np.int16)).max()) / 255
+                   for k in images)
+        status = got["serve"].value  # the last serve run: the engine's call against the job's wall time
+        side_line(entry("serve", len(pngs), max_diff=diff, wall_s=status["wall_s"], generate_s=status["generate_s"],
+                        images_s=status["images_s"], outside_share=1 - status["generate_s"] / status["wall_s"]), diff)
+
+
+def overhead_row(spec, engine, case, plan) -> dict:
+    """Time per denoising step outside the denoiser and ControlNet forwards, as a share of
+    the step (forward hooks), and where it goes (torch.profiler on a 3-step run)."""
+    from . import overhead
+
+    row = overhead.measure(engine, plan, make_plan(spec, case, steps=min(3, spec.steps)))
+    row["case"] = case
+    say()
+    say(f"overhead ({case}, previews off): {100 * row['share']:.1f}% of each step outside the denoiser and "
+        f"ControlNet forwards ({row['outside_ms_per_step']:.2f} ms of {row['step_ms']:.1f} ms per step; "
+        f"{row['steps']} steps, {row['forwards']} forwards)")
+    say("  where (profile): " + ", ".join(f"{w['what']} {100 * w['share']:.0f}%" for w in row["where"]))
+    return row
 
 
 def run_rows(spec, engine, rows, plans, warm, ours_images, report, fl, peak):

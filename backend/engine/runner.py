@@ -284,6 +284,7 @@ class Engine:
         # Why the last job made no more previews, when they failed ("" otherwise): previews are
         # a view, so a failure stops them and the job goes on; the worker shows this line.
         self.preview_warning = ""
+        self._adopted: set[str] = set()  # model references put in the cache by adopt() (never fetched)
 
     @property
     def dtype_name(self) -> str:
@@ -333,6 +334,8 @@ class Engine:
         overall. None when every model is local."""
         from ..models.registry import fetch_models
 
+        if self._adopted and _model_refs(models) <= self._adopted:  # built in memory (adopt): nothing to fetch
+            return None
         return fetch_models(models, self.dtype, progress, cancelled or (lambda: False))
 
     def unload(self) -> dict:
@@ -351,6 +354,7 @@ class Engine:
         for ref, net in zip(models.controlnets, controlnets):
             keys.append(("controlnet", ref.ref, ref.union_mode is not None))
             self.cache._get(keys[-1], "controlnet", ref.ref, lambda n=net: n)
+        self._adopted |= _model_refs(models)
         if any(key not in self.cache.entries for key in keys):  # evicted: they could never be loaded back
             raise RuntimeError(f"the adopted models do not all fit the model cache's budget of "
                                f"{self.cache.budget_bytes / 2**30:.1f} GB; raise it with ARCHVIZ_MEMORY_BUDGET_GB")
@@ -682,6 +686,10 @@ class Engine:
         backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                    "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
         return sdpa_kernel([backend])
+
+
+def _model_refs(models: ModelPlan) -> set[str]:
+    return {r for r in (models.base, models.vae, models.lora, *(c.ref for c in models.controlnets)) if r}
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

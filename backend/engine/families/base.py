@@ -53,6 +53,38 @@ class Unit:
         return self.model if self.fn is None else self.fn
 
 
+def add_residuals(total, new, in_place: bool):
+    """The per-block sum of the units' residuals: ``new`` added to ``total`` (a list, or a
+    dict by block name). ``in_place``: into ``total``'s tensors, which must be the fresh
+    outputs of this step's first unit (no new tensors per block and step: on the CPU a new
+    buffer per residual showed as the biggest op outside the forwards); off under CUDA graphs,
+    whose outputs live in the graph's memory pool."""
+    if total is None:
+        return new
+    if new is None:
+        return total
+    if isinstance(total, dict):
+        if in_place:
+            for k, q in new.items():
+                if k in total:
+                    total[k].add_(q)
+                else:
+                    total[k] = q
+            return total
+        return {k: total[k] + new[k] if k in total and k in new else total.get(k, new.get(k))
+                for k in {**total, **new}}
+    if in_place:
+        for p, q in zip(total, new):
+            p.add_(q)
+        return total
+    return [p + q for p, q in zip(total, new)]
+
+
+def in_place_ok(engine) -> bool:
+    """Whether a family's step may add residuals in place (not under CUDA graph replay)."""
+    return not (engine.options.compile and engine.options.cuda_graphs)
+
+
 @dataclass
 class Denoising:
     """One batch between :meth:`Family.prepare_latents` and :meth:`Family.decode_latents`."""

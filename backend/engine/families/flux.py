@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Denoising, Family, FastMode, Unit
+from .base import Denoising, Family, FastMode, Unit, add_residuals, in_place_ok
 
 
 @dataclass
@@ -270,10 +270,11 @@ class Flux(Family):
             if blocks is None and singles is None:
                 blocks, singles = d, s
             else:
+                in_place = in_place_ok(engine)
                 if d is not None and blocks is not None:
-                    blocks = [p + q for p, q in zip(blocks, d)]
+                    blocks = add_residuals(blocks, d, in_place)
                 if s is not None and singles is not None:
-                    singles = [p + q for p, q in zip(singles, s)]
+                    singles = add_residuals(singles, s, in_place)
         noise = v["transformer"](hidden_states=latents, guidance=v["guidance"] if v["guidance_embeds"] else None,
                                  controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
                                  controlnet_blocks_repeat=repeat, **common)[0]

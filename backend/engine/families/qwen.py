@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Denoising, Family
+from .base import Denoising, Family, add_residuals, in_place_ok
 
 #: Tokens of the prompt the transformer reads (the pipeline's default max_sequence_length).
 MAX_SEQUENCE_LENGTH = 512
@@ -215,7 +215,7 @@ class Qwen(Family):
                                encoder_hidden_states_mask=v["prompt_mask"], img_shapes=v["img_shapes"],
                                return_dict=False)
             engine.stats[f"controlnet{ci}"] += latents.shape[0]
-            blocks = samples if blocks is None else [p + q for p, q in zip(blocks, samples)]
+            blocks = add_residuals(blocks, samples, in_place_ok(engine))
 
         def transformer(embeds, mask):
             engine.stats["transformer"] += latents.shape[0]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Denoising, Family, FastMode, Unit
+from .base import Denoising, Family, FastMode, Unit, add_residuals, in_place_ok
 
 PROMPT_MODE_BASE = 0.825  # "my prompt is more important": residual i of n gets 0.825**(n-1-i)
 
@@ -367,6 +367,7 @@ class StableDiffusion(Family):
         x = torch.cat([latents] * 2) if do_cfg else latents
         x = scheduler.scale_model_input(x, t).contiguous(memory_format=fmt)
         down, mid = None, None
+        in_place = in_place_ok(engine)
         for ci, unit, active in units:
             cond_only = (unit.settings.mode == "controlnet" or opts.guess_mode) and do_cfg
             if cond_only:
@@ -378,8 +379,11 @@ class StableDiffusion(Family):
             d, m = controlnet_residuals(unit, cx, t, c_embeds, c_added, guess_mode=opts.guess_mode)
             engine.stats[f"controlnet{ci}"] += cx.shape[0]
             scale = unit.settings.scale if active else 0.0  # diffusers multiplies by 0
-            if unit.union_mode is None:  # a union net applied the scale itself
-                d, m = [r * scale for r in d], m * scale
+            if unit.union_mode is None and scale != 1.0:  # a union net applied the scale itself
+                if in_place:  # the net's own fresh outputs: no new buffers
+                    d, m = [r.mul_(scale) for r in d], m.mul_(scale)
+                else:
+                    d, m = [r * scale for r in d], m * scale
             if unit.settings.mode == "prompt":
                 k = len(d) + 1  # residuals incl. the mid block (13 for SD 1.5)
                 d = [r * PROMPT_MODE_BASE ** (k - 1 - j) for j, r in enumerate(d)]
@@ -389,8 +393,8 @@ class StableDiffusion(Family):
             if down is None:
                 down, mid = list(d), m
             else:
-                down = [p + q for p, q in zip(down, d)]
-                mid = mid + m
+                down = add_residuals(down, d, in_place)
+                mid = mid.add_(m) if in_place else mid + m
         noise = v["unet"](x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
                           mid_block_additional_residual=mid, added_cond_kwargs=v["unet_added"],
                           cross_attention_kwargs=v["xattn"], return_dict=False)[0]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Denoising, Family
+from .base import Denoising, Family, add_residuals, in_place_ok
 
 
 @dataclass
@@ -141,11 +141,7 @@ class ZImage(Family):
             residuals = unit.run(frames, timestep, v["prompt_embeds"], v["controls"][ci],
                                  conditioning_scale=unit.settings.scale if active else 0.0)
             engine.stats[f"controlnet{ci}"] += b
-            if samples is None:
-                samples = residuals
-            else:
-                samples = {k: samples[k] + residuals[k] if k in samples and k in residuals
-                           else samples.get(k, residuals.get(k)) for k in {**samples, **residuals}}
+            samples = add_residuals(samples, residuals, in_place_ok(engine))
         out = v["transformer"](frames, timestep, v["prompt_embeds"], controlnet_block_samples=samples)[0]
         engine.stats["transformer"] += b
         noise = -torch.stack([o.float() for o in out], dim=0).squeeze(2)

@@ -1,0 +1,188 @@
+"""The bench's measuring machinery (issue 28): untimed warm-ups per side, alternating order,
+min/median/max, the overhead share from a profile, the serve side, and the small-<family>
+configs (real architecture classes, cut). Tiny models and 64 px only; timings are printed,
+never asserted."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from backend_support import use_test_home
+
+
+@pytest.fixture(scope="module", autouse=True)
+def home():
+    with pytest.MonkeyPatch.context() as mp:
+        use_test_home(mp)
+        threads = torch.get_num_threads()
+        yield
+        torch.set_num_threads(threads)
+
+
+def test_measure_warms_each_side_untimed_then_alternates_and_keeps_every_time():
+    from archviz_controlnet.bench import timing
+
+    now = [0.0]
+    log = []
+
+    def clock():
+        return now[0]
+
+    def work(seconds):
+        def run():
+            now[0] += seconds
+            return seconds
+        return run
+
+    # warm-ups take 100 s each: none of that may show in a timed figure
+    sides = [timing.Side(name, warm=work(100.0), run=work(cost)) for name, cost in (("a", 1.0), ("b", 2.0),
+                                                                                    ("c", 3.0))]
+    got = timing.measure(sides, 4, clock=clock, log=log)
+    assert log[:3] == [("warm", "a"), ("warm", "b"), ("warm", "c")]  # each side its own warm-up, before any timing
+    runs = [name for what, name in log[3:]]
+    assert runs == ["a", "b", "c", "c", "b", "a", "a", "b", "c", "c", "b", "a"]  # the order alternates
+    assert timing.orders(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+    for name, cost in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        t = got[name]
+        assert t.times == [cost] * 4 and t.warmup_s == 100.0 and t.value == cost
+        assert (t.min, t.median, t.max) == (cost, cost, cost)
+
+
+def test_min_median_max_of_uneven_runs():
+    from archviz_controlnet.bench import timing
+
+    t = timing.Timing("x", times=[3.0, 1.0, 10.0, 2.0])
+    s = t.summary()
+    assert (s["seconds_min"], s["seconds"], s["seconds_max"]) == (1.0, statistics.median([3.0, 1.0, 10.0, 2.0]),
+                                                                  10.0)
+    assert s["times"] == [3.0, 1.0, 10.0, 2.0]
+
+
+def test_forward_clock_counts_outermost_forwards_only():
+    from archviz_controlnet.bench.overhead import ForwardClock
+
+    inner = torch.nn.Linear(8, 8)
+    outer = torch.nn.Sequential(inner, torch.nn.ReLU())
+    with ForwardClock([outer, inner, outer]) as clock:  # a module listed twice is hooked once
+        for _ in range(3):
+            outer(torch.ones(2, 8))
+        inner(torch.ones(2, 8))
+    assert clock.calls == 4 and clock.seconds > 0
+    outer(torch.ones(2, 8))  # hooks removed on exit
+    assert clock.calls == 4
+
+
+def test_bench_cli_tiny_reports_warmups_alternation_spread_overhead_and_serve(tmp_path, capsys):
+    from archviz_controlnet import cli
+
+    out = tmp_path / "report.json"
+    rc = cli.main(["bench", "--config", "tiny", "--device", "cpu", "--styles", "modern", "--seeds", "0-1",
+                   "--steps", "3", "--threads", "1", "--cases", "full", "--rows", "none", "--repeats", "2",
+                   "--serve", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    sides = {s["side"]: s for s in report["sides"]}
+    assert set(sides) == {"loop", "batched", "ours", "serve"}
+    for s in sides.values():
+        assert len(s["times"]) == 2 and s["warmup_s"] is not None and s["warmup_s"] > 0
+        assert s["seconds_min"] <= s["seconds"] <= s["seconds_max"]
+        assert s["seconds"] == pytest.approx(statistics.median(s["times"]))
+        assert s["images_per_s"] == pytest.approx(2 / s["seconds"])
+    assert report["orders"]["full"] == [["loop", "batched", "ours", "serve"], ["serve", "ours", "batched", "loop"]]
+    summary = report["cases"]["full"]
+    assert summary["ratio_vs_batched"] == pytest.approx(sides["batched"]["seconds"] / sides["ours"]["seconds"])
+    assert summary["serve_ratio"] == pytest.approx(sides["ours"]["seconds"] / sides["serve"]["seconds"])
+    assert sides["ours"]["max_diff"] <= 1e-3
+    assert sides["serve"]["max_diff"] <= 1 / 255  # the served PNGs are our images in 8 bits
+
+    # The overhead row: hooks on the forwards against the engine's own loop time.
+    o = report["overhead"]
+    assert 0.0 <= o["share"] <= 1.0 and 0 < o["forwards_s"] < o["denoise_s"]
+    assert o["share"] == pytest.approx((o["denoise_s"] - o["forwards_s"]) / o["denoise_s"])
+    # 3 steps, one batch: the UNet every step, depth (0-1) every step, lines (0.2-1) on steps 1 and 2
+    assert o["steps"] == 3 and o["forwards"] == 3 + 3 + 2
+    assert o["where"] and all(0.0 <= w["share"] <= 1.0 for w in o["where"])
+    assert o["where"][-1]["what"].startswith("Python between ops")
+
+    for needle in ("median of 2 timed run(s) per side", "median s", "min s", "max s", "ratio vs loop",
+                   "ratio vs batched", "serve vs in-process", "overhead (full, previews off):", "where (profile):",
+                   "load average"):
+        assert needle in text, needle
+
+
+def test_small_configs_are_the_real_classes_cut():
+    """Every small config builds the family's real denoiser and ControlNet classes (the same
+    as its tiny models' and the real config's), with the cut widths and depths and the tiny
+    encoders' interface widths; parameter counts pinned (meta device: shapes only)."""
+    from archviz_controlnet.backend.engine.runner import Engine
+    from archviz_controlnet.bench import configs_small as S
+    from archviz_controlnet.bench import runner
+
+    expected = [
+        ("small-sd15", "UNet2DConditionModel", 22836356, "ControlNetModel", 9834704),
+        ("small-sdxl", "UNet2DConditionModel", 21253572, "ControlNetModel", 10339728),
+        ("small-flux", "FluxTransformer2DModel", 13528128, "FluxControlNetModel", 2812160),
+        ("small-zimage", "ZImageTransformer2DModel", 10605392, "ZImageControlNetModel", 5745792),
+        ("small-qwen", "QwenImageTransformer2DModel", 19213856, "QwenImageControlNetModel", 2577680),
+        ("small-kontext", "FluxTransformer2DModel", 13528128, None, 0),  # instruction edits: no ControlNet
+        ("small-qwen-edit", "QwenImageTransformer2DModel", 19238480, None, 0),
+    ]
+    assert [e[0] for e in expected] == list(S.SMALL)
+    assert all(runner.config_arch(name) == name.removeprefix("small-") for name in S.SMALL)
+    engine = Engine("cpu")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    for name, den_cls, den_params, net_cls, net_params in expected:
+        small = S.SMALL[name]
+        case = runner.EDIT_CASE if runner.is_edit(name) else "full"
+        plan = runner.make_plan(runner.Spec(config=small.tiny, size=64), case, steps=1)
+        base, nets = engine.load(plan.models)
+        tiny_den = base.value["unet" if "unet" in base.value else "transformer"]
+        assert small.denoiser["_class_name"] == type(tiny_den).__name__ == den_cls
+        assert (small.net is None) == (net_cls is None) == (not nets)
+        den_kw = S.small_config(name, "denoiser", dict(tiny_den.config))
+        for key, value in small.cuts.items():
+            assert den_kw[key] == value
+        for key in S.INTERFACE:
+            if key in tiny_den.config and key in den_kw:
+                assert den_kw[key] == tiny_den.config[key], (name, key)
+        with torch.device("meta"):
+            assert count(type(tiny_den)(**den_kw)) == den_params, name
+            if nets:
+                tiny_net = nets[0].value
+                assert small.net["_class_name"] == type(tiny_net).__name__ == net_cls
+                net_kw = S.small_config(name, "net", dict(tiny_net.config))
+                assert count(type(tiny_net)(**net_kw)) == net_params, name
+        assert runner.DEFAULT_SIZE[name] == 256 and name in runner.CONFIGS
+
+
+def test_small_config_runs_and_matches_diffusers_batched(capsys):
+    """small-sd15 through the bench's build path (tiny encoders from the store, small UNet and
+    nets adopted), at 64 px and 2 steps: same images as the diffusers pipeline batched."""
+    from archviz_controlnet.bench import runner
+    from archviz_controlnet.bench.configs_small import SMALL
+
+    spec = runner.Spec(config="small-sd15", device="cpu", size=64, steps=2, styles=("modern",), seeds=(0, 1),
+                       cases=("early-depth",))
+    engine = runner.build_engine(spec)
+    assert "built small-sd15: UNet2DConditionModel" in capsys.readouterr().out
+    plan = runner.make_plan(spec, "early-depth")
+    assert engine.fetch_models(plan.models) is None  # built in memory: nothing to download
+    base, nets = engine.load(plan.models)
+    assert list(base.value["unet"].config.block_out_channels) == SMALL["small-sd15"].cuts["block_out_channels"]
+    assert nets[0].value is not nets[1].value and nets[0].value.controlnet_mid_block.weight.abs().sum() > 0
+    ours = engine.generate(plan, plan.images)
+    batched = runner.run_baseline(engine, plan, batched=True)
+    assert runner.max_diff(ours, batched) <= 1e-3
+    assert engine.stats["controlnet0"] == 2 * 2 * 1  # depth on the first of 2 steps only, 2 images x CFG
+
+
+def test_a_case_that_does_not_apply_is_refused_in_one_line():
+    from archviz_controlnet.bench import runner
+
+    with pytest.raises(ValueError, match=r"--cases: 'full' does not apply to small-kontext \(its cases: edit\)"):
+        runner.make_plan(runner.Spec(config="small-kontext", size=64), "full")
+    with pytest.raises(ValueError, match=r"--cases: 'edit' does not apply to small-flux \(its cases: full, early-depth\)"):
+        runner.make_plan(runner.Spec(config="small-flux", size=64), "edit")
