@@ -133,7 +133,7 @@ def run(args):
         problem = "give a .blend file, or --image PATH to sweep from a photo or a sketch"
     problem = problem or input_problem(args.scene, args.out)
     if problem and args.scene and os.path.isfile(args.scene):
-        from ..core.picture import sniff
+        from ..core.limits import sniff
 
         with open(args.scene, "rb") as fh:
             if sniff(fh.read(16)):

@@ -18,3 +18,32 @@ def sniff(head):
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     return next((name for sig, name in SIGNATURES if head.startswith(sig)), None)
+
+
+def image_file_problem(path, flag, noun, thing="an image"):
+    """Why the file at ``path`` (given as ``flag``) cannot be read as ``noun`` ("a picture",
+    "a reference"): missing, a folder, unreadable, empty, not an image of a format read
+    (``thing``: what a folder or empty file is said not to be), larger than
+    :data:`MAX_PNG_BYTES`. Returns (one-line problem or None, the format by its first bytes
+    and the first 32 bytes). Stdlib only: the file is not decoded."""
+    import os
+
+    if not os.path.exists(path):
+        return f"{flag} {path}: no such file", None, b""
+    if os.path.isdir(path):
+        return f"{flag} {path} is a folder, not {thing}", None, b""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError as exc:
+        return f"{flag} {path} cannot be read ({exc.strerror})", None, b""
+    if not head:
+        return f"{flag} {path} is empty (0 bytes), not {thing}", None, head
+    kind = sniff(head)
+    if kind is None:
+        return f"{flag} {path} is not an image ({FORMATS_TEXT} are read)", None, head
+    size = os.path.getsize(path)
+    if size > MAX_PNG_BYTES:  # the backend takes no more: said here, not as a broken pipe
+        return (f"{flag} {path} is {size / 2**20:.1f} MiB; {noun} may be at most {MAX_PNG_BYTES // 2**20} MiB "
+                "(save it smaller, e.g. as JPEG or at a lower resolution)"), kind, head
+    return None, kind, head

@@ -11,10 +11,9 @@ lineart, SDXL and FLUX.1 canny; ``--line-style`` overrides), as for passes from 
 from __future__ import annotations
 
 import json
-import os
 
 from . import jobs as J
-from .limits import FORMATS_TEXT, sniff  # the formats read, known by their first bytes
+from .limits import image_file_problem
 
 #: Line styles with a detector for pictures (softedge has none here).
 PICTURE_LINE_STYLES = ("canny", "mlsd", "lineart")
@@ -24,29 +23,12 @@ DETECTORS = {"depth": "depth", "normal": "normal"}
 
 def picture_problem(path):
     """Why ``path`` cannot be a picture to sweep from (one line), or None."""
-    if not os.path.exists(path):
-        return f"--image {path}: no such file"
-    if os.path.isdir(path):
-        return f"--image {path} is a folder, not a picture"
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        return f"--image {path} cannot be read ({exc.strerror})"
-    if not head:
-        return f"--image {path} is empty (0 bytes), not a picture"
-    kind = sniff(head)
-    if kind is None:
-        return f"--image {path} is not an image ({FORMATS_TEXT} are read)"
-    from .png import png_problem
+    problem, kind, _head = image_file_problem(path, "--image", "a picture", thing="a picture")
+    if problem is None and kind == "PNG":
+        from .png import png_problem
 
-    size = os.path.getsize(path)
-    if size > J.MAX_PNG_BYTES:  # the backend takes no more: said here, not as a broken pipe
-        return (f"--image {path} is {size / 2**20:.1f} MiB; a picture may be at most {J.MAX_PNG_BYTES // 2**20} MiB "
-                "(save it smaller, e.g. as JPEG or at a lower resolution)")
-    if kind == "PNG":
         return png_problem(path, "--image")  # a bomb header or a cut file, before any backend starts
-    return None
+    return problem
 
 
 def unit_detectors(units, line_styles):

@@ -30,11 +30,10 @@ reference's pixel hash and scale, sorted for the order-free mechanisms.
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass
 
 from . import families as _families
-from .limits import FORMATS_TEXT, MAX_PNG_BYTES, sniff
+from .limits import image_file_problem
 
 #: references a job may carry at all (a family may take fewer: :data:`MECHANISMS`)
 MAX_REFERENCES = 10
@@ -113,24 +112,8 @@ def reference_scale_problem(arch: str, scales, family: str | None = None) -> str
 def reference_problem(path: str, flag: str = "--reference") -> str | None:
     """Why the file at ``path`` cannot be a reference image (one line), or None: missing,
     a folder, empty, not an image, too large, a damaged or too small PNG."""
-    if not os.path.exists(path):
-        return f"{flag} {path}: no such file"
-    if os.path.isdir(path):
-        return f"{flag} {path} is a folder, not an image"
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(32)
-    except OSError as exc:
-        return f"{flag} {path} cannot be read ({exc.strerror})"
-    if not head:
-        return f"{flag} {path} is empty (0 bytes), not an image"
-    kind = sniff(head)
-    if kind is None:
-        return f"{flag} {path} is not an image ({FORMATS_TEXT} are read)"
-    size = os.path.getsize(path)
-    if size > MAX_PNG_BYTES:
-        return f"{flag} {path} is {size / 2**20:.1f} MiB; a reference may be at most {MAX_PNG_BYTES // 2**20} MiB"
-    if kind == "PNG":
+    problem, kind, head = image_file_problem(path, flag, "a reference")
+    if problem is None and kind == "PNG":
         from .png import png_problem, png_size
 
         problem = png_problem(path, flag)
@@ -140,7 +123,7 @@ def reference_problem(path: str, flag: str = "--reference") -> str | None:
         if min(w, h) < MIN_REFERENCE_SIDE:
             return f"{flag} {path} is {w}x{h} px, too small: a reference needs at least {MIN_REFERENCE_SIDE} px " \
                    "on its short side"
-    return None
+    return problem
 
 
 def reference_entry(path: str, scale: float = DEFAULT_REFERENCE_SCALE, flag: str = "--reference") -> dict:
