@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -32,11 +31,12 @@ class LocalServer:
         import uvicorn
 
         from ..backend.server.app import create_app
+        from ..backend.server.connections import tcp_socket
 
         self.root = root or tempfile.mkdtemp(prefix="archviz-bench-serve-")
         self.poll_s = poll_s
         app = create_app(engine, output_roots=[self.root])
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = tcp_socket()  # as archviz serve's: Nagle off on its connections
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
