@@ -51,6 +51,7 @@ class LocalServer:
         self._conn = None
         self.jobs = 0
         self.engine = engine
+        self.generate_times: list[float] = []  # generate_s of every job run, in order
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
@@ -95,6 +96,7 @@ class LocalServer:
         # the engine's own work: its call less the worker's per-image callback inside it
         status["wall_s"], status["generate_s"] = time.perf_counter() - t0, clocked[0] - clocked[1]
         status["images_s"] = clocked[1]
+        self.generate_times.append(status["generate_s"])
         return status
 
     def _run(self, job: dict) -> dict:
