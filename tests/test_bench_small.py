@@ -195,3 +195,20 @@ def test_a_case_that_does_not_apply_is_refused_in_one_line():
         runner.make_plan(runner.Spec(config="small-kontext", size=64), "full")
     with pytest.raises(ValueError, match=r"--cases: 'edit' does not apply to small-flux \(its cases: full, early-depth\)"):
         runner.make_plan(runner.Spec(config="small-flux", size=64), "edit")
+
+
+def test_small_qwen_edit_reads_the_picture_at_the_output_size_on_both_sides_for_the_run_only():
+    """Qwen-Image-Edit sizes the picture with diffusers' calculate_dimensions(1024 * 1024, ratio)
+    in diffusers' pipeline and in ours; for small-qwen-edit the bench makes that the output's
+    area while it runs, and puts the function back after. Other configs are left alone."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit
+
+    from archviz_controlnet.bench import runner
+
+    real = edit.calculate_dimensions
+    with runner.edit_picture_area(runner.Spec(config="small-qwen-edit", size=256)):
+        assert edit.calculate_dimensions(1024 * 1024, 1.0)[:2] == (256, 256)
+        assert edit.calculate_dimensions(1024 * 1024, 2.0)[:2] == (352, 192)  # the aspect ratio kept
+    assert edit.calculate_dimensions is real
+    with runner.edit_picture_area(runner.Spec(config="small-qwen", size=256)):
+        assert edit.calculate_dimensions is real
