@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -32,11 +31,12 @@ class LocalServer:
         import uvicorn
 
         from ..backend.server.app import create_app
+        from ..backend.server.connections import tcp_socket
 
         self.root = root or tempfile.mkdtemp(prefix="archviz-bench-serve-")
         self.poll_s = poll_s
         app = create_app(engine, output_roots=[self.root])
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = tcp_socket()  # as archviz serve's: Nagle off on its connections
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
@@ -51,6 +51,7 @@ class LocalServer:
         self._conn = None
         self.jobs = 0
         self.engine = engine
+        self.generate_times: list[float] = []  # generate_s of every job run, in order
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
@@ -95,6 +96,7 @@ class LocalServer:
         # the engine's own work: its call less the worker's per-image callback inside it
         status["wall_s"], status["generate_s"] = time.perf_counter() - t0, clocked[0] - clocked[1]
         status["images_s"] = clocked[1]
+        self.generate_times.append(status["generate_s"])
         return status
 
     def _run(self, job: dict) -> dict:

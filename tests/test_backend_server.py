@@ -330,3 +330,33 @@ def test_token_protects_everything_but_health(tmp_path, monkeypatch):
         assert client.post("/v1/jobs", content=b"{}").status_code == 401
         ok = client.get("/v1/presets", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["presets"]
+
+
+def test_listening_socket_turns_nagle_off_on_each_connection():
+    """``archviz serve`` (and the bench's serve side) listen on ``tcp_socket()``: asyncio sets
+    TCP_NODELAY only on accepted connections whose socket's protocol is IPPROTO_TCP, and
+    without it a kept-alive client's every response body waits ~40 ms for a delayed ACK."""
+    import asyncio
+    import socket
+
+    from archviz_controlnet.backend.server.connections import tcp_socket
+
+    nodelay = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            nodelay.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one():
+        sock = tcp_socket()
+        sock.bind(("127.0.0.1", 0))
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        await reader.read()  # the probe closes it
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(accept_one())
+    assert len(nodelay) == 1 and nodelay[0] != 0, nodelay

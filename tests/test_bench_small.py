@@ -97,6 +97,15 @@ def test_bench_cli_tiny_reports_warmups_alternation_spread_overhead_and_serve(tm
     assert summary["serve_ratio"] == pytest.approx(sides["ours"]["seconds"] / sides["serve"]["seconds"])
     assert sides["ours"]["max_diff"] <= 1e-3
     assert sides["serve"]["max_diff"] <= 1 / 255  # the served PNGs are our images in 8 bits
+    # round by round: each serve run against the in-process run of the same round, and the
+    # engine's call inside the server's worker (less the PNG writes) against it too
+    serve = sides["serve"]
+    assert serve["paired_ratios"] == pytest.approx([o / s for o, s in zip(sides["ours"]["times"], serve["times"])])
+    assert summary["serve_paired_ratio"] == pytest.approx(statistics.median(serve["paired_ratios"]))
+    assert len(serve["worker_ratios"]) == 2 and all(w > 0 for w in serve["worker_ratios"])
+    # the engine's call is part of the job: the worker's ratio is above the job's, round by round
+    assert all(w > p for w, p in zip(serve["worker_ratios"], serve["paired_ratios"]))
+    assert summary["worker_engine_ratio"] == pytest.approx(statistics.median(serve["worker_ratios"]))
 
     # The overhead row: hooks on the forwards against the engine's own loop time.
     o = report["overhead"]
@@ -108,7 +117,7 @@ def test_bench_cli_tiny_reports_warmups_alternation_spread_overhead_and_serve(tm
     assert o["where"][-1]["what"].startswith("Python between ops")
 
     for needle in ("median of 2 timed run(s) per side", "median s", "min s", "max s", "ratio vs loop",
-                   "ratio vs batched", "serve vs in-process", "overhead (full, previews off):", "where (profile):",
+                   "ratio vs batched", "serve vs in-process", "round by round", "overhead (full, previews off):", "where (profile):",
                    "load average"):
         assert needle in text, needle
 
@@ -186,3 +195,20 @@ def test_a_case_that_does_not_apply_is_refused_in_one_line():
         runner.make_plan(runner.Spec(config="small-kontext", size=64), "full")
     with pytest.raises(ValueError, match=r"--cases: 'edit' does not apply to small-flux \(its cases: full, early-depth\)"):
         runner.make_plan(runner.Spec(config="small-flux", size=64), "edit")
+
+
+def test_small_qwen_edit_reads_the_picture_at_the_output_size_on_both_sides_for_the_run_only():
+    """Qwen-Image-Edit sizes the picture with diffusers' calculate_dimensions(1024 * 1024, ratio)
+    in diffusers' pipeline and in ours; for small-qwen-edit the bench makes that the output's
+    area while it runs, and puts the function back after. Other configs are left alone."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit
+
+    from archviz_controlnet.bench import runner
+
+    real = edit.calculate_dimensions
+    with runner.edit_picture_area(runner.Spec(config="small-qwen-edit", size=256)):
+        assert edit.calculate_dimensions(1024 * 1024, 1.0)[:2] == (256, 256)
+        assert edit.calculate_dimensions(1024 * 1024, 2.0)[:2] == (352, 192)  # the aspect ratio kept
+    assert edit.calculate_dimensions is real
+    with runner.edit_picture_area(runner.Spec(config="small-qwen", size=256)):
+        assert edit.calculate_dimensions is real

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..server.app import create_app
 
     from ..server.connections import (BACKLOG, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE, check_max_connections,
-                              default_max_connections, guarded_protocol)
+                              default_max_connections, guarded_protocol, tcp_socket)
     from ..server.worker import DEFAULT_MAX_QUEUED
 
     if args.token is not None and not args.token.strip():
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                      max_queued=max_queued)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = tcp_socket(family)  # Nagle off on its connections (backend/server/connections.py)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
