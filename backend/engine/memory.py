@@ -119,7 +119,13 @@ def choose_profile(arch: str, device_type: str, free_bytes: int | None, requeste
         return NONE
     if requested != "auto":
         return next(p for p in profiles if p.name == requested)
-    if device_type != "cuda":
+    return by_free_memory(profiles, device_type, free_bytes)
+
+
+def by_free_memory(profiles: tuple, device_type: str, free_bytes: int | None) -> MemoryProfile:
+    """The largest of ``profiles`` (largest first) that fits ``free_bytes`` on a CUDA device;
+    :data:`NONE` on any other device or without profiles."""
+    if not profiles or device_type != "cuda":
         return NONE
     free_gb = (free_bytes or 0) / GB
     return next(p for p in profiles if free_gb >= p.min_free_gb)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ...core import video as V
-from .memory import GB, MemoryProfile
+from .memory import GB, MemoryProfile, by_free_memory
 from .memory import NONE as NO_PROFILE
 from .runner import Cancelled
 
@@ -63,10 +63,7 @@ def choose_video_profile(family: V.VideoFamily, device_type: str, free_bytes: in
     """The memory profile of a video family on a device with ``free_bytes`` free (CUDA only;
     the 1.3B model and the tiny one need none)."""
     profiles = globals()[family.memory_profiles] if family.memory_profiles else ()
-    if not profiles or device_type != "cuda":
-        return NO_PROFILE
-    free_gb = (free_bytes or 0) / GB
-    return next(p for p in profiles if free_gb >= p.min_free_gb)
+    return by_free_memory(profiles, device_type, free_bytes)
 
 
 @dataclass
