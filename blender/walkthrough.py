@@ -31,22 +31,6 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="folder for frame_NNNN.png and walk.mp4")
 
 
-def parse_frames(text, scene_range):
-    """(first, last) from ``A-B`` or ``N``; the scene's range when empty."""
-    if not text:
-        return scene_range
-    parts = text.split("-")
-    try:
-        first, last = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (int(text), int(text))
-    except ValueError:
-        raise ValueError(f"--frames {text!r}: expected FIRST-LAST, e.g. 1-120") from None
-    if last < first or len(parts) > 2:
-        raise ValueError(f"--frames {text!r}: the last frame comes before the first")
-    if last - first >= 10000:
-        raise ValueError(f"--frames {text!r}: at most 10000 frames")
-    return first, last
-
-
 def run(args):
     from .capture.blendfile import input_problem
 
@@ -64,6 +48,7 @@ def run(args):
         return EXIT_BAD_INPUT
     import bpy
 
+    from ..core.video import parse_frames
     from .capture.blendfile import BlendFileError, open_blend
 
     try:
@@ -75,7 +60,8 @@ def run(args):
         print(f"{PREFIX}: {warning}", file=sys.stderr)
     scene = bpy.context.scene
     try:
-        frames = parse_frames(args.frames, (scene.frame_start, scene.frame_end))
+        frames = parse_frames(args.frames, scene.frame_start, scene.frame_end, inside_scene=False, most=10000) \
+            if args.frames else (scene.frame_start, scene.frame_end)
     except ValueError as exc:
         print(f"{PREFIX}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -64,8 +64,11 @@ def video_family(name: str) -> VideoFamily:
     raise VideoError(f"--model {name!r}: unknown video family; choose from {known}")
 
 
-def parse_frames(text: str, scene_start: int, scene_end: int) -> tuple[int, int]:
-    """``A-B`` (or one frame ``A``) inside the scene's frame range, as (first, last)."""
+def parse_frames(text: str, scene_start: int, scene_end: int, *, inside_scene: bool = True,
+                 most: int | None = None) -> tuple[int, int]:
+    """``A-B`` (or one frame ``A``) as (first, last): inside the scene's frame range unless
+    ``inside_scene`` is False (``archviz walkthrough`` renders any frame), at most ``most``
+    frames when given."""
     raw = str(text).strip()
     try:
         if "-" in raw[1:]:
@@ -77,8 +80,10 @@ def parse_frames(text: str, scene_start: int, scene_end: int) -> tuple[int, int]
         raise VideoError(f"--frames {text!r}: give a range like 1-81") from None
     if last < first:
         raise VideoError(f"--frames {text!r}: the last frame comes before the first")
-    if first < scene_start or last > scene_end:
+    if inside_scene and (first < scene_start or last > scene_end):
         raise VideoError(f"--frames {text!r} is outside the scene's frame range {scene_start}-{scene_end}")
+    if most is not None and last - first >= most:
+        raise VideoError(f"--frames {text!r}: at most {most} frames")
     return first, last
 
 

@@ -60,6 +60,12 @@ def test_image_families_and_bad_frames_are_refused_in_one_line():
     assert "\n" not in str(exc.value)
     with pytest.raises(V.VideoError, match="outside the scene's frame range 1-17"):
         V.parse_frames("0-20", 1, 17)
+    assert V.parse_frames("0-20", 1, 17, inside_scene=False) == (0, 20)  # archviz walkthrough: any frame
+    assert V.parse_frames("-5--2", -10, 17) == (-5, -2)
+    with pytest.raises(V.VideoError, match="at most 10 frames"):
+        V.parse_frames("1-11", 1, 100, most=10)
+    with pytest.raises(V.VideoError, match="last frame comes before the first"):
+        V.parse_frames("9-3", 1, 17, inside_scene=False)
     with pytest.raises(V.VideoError, match="--every 0"):
         V.frame_numbers(1, 17, 0)
     assert V.frame_numbers(1, 17, 4) == [1, 5, 9, 13, 17]
