@@ -459,8 +459,7 @@ def texture(args):
                 atlas.add(name, i, colour, mean_w)
             write_png(os.path.join(folder, "image.png"), np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))
             write_png(os.path.join(folder, "mask.png"), R.alpha_png(alpha * obj_sel))
-            atlas.save(atlas_path + ".part")
-            os.replace(atlas_path + ".part", atlas_path)
+            atlas.save(atlas_path)
             entry = {"camera": cam.name, "params_sha256": key, "generated_share": round(share, 4),
                      "seconds": round(time.perf_counter() - t0, 3), "colour_match": matched,
                      "resolution": list(v.size)}

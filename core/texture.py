@@ -188,12 +188,19 @@ class Atlas:
         return colour, wsum
 
     def save(self, path):
+        """Write the atlas to ``path`` (.npz) whole or not at all: a unique temporary name,
+        then a rename, so two runs into one folder never mix their files."""
+        import io
+
+        from .png import atomic_write
+
         arrays = {}
         for n in self.sizes:
             for key in ("csum", "wsum", "best", "best_w", "seen"):
                 arrays[f"{key}/{n}"] = getattr(self, key)[n]
-        with open(path, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write(path, buf.getvalue())
 
     @classmethod
     def load(cls, path, sizes):
