@@ -12,6 +12,7 @@ import os
 
 import bpy
 
+from ..core.png import temp_name
 from . import compat
 
 _ENCODE_SCENE = "ArchViz Encode"
@@ -46,7 +47,7 @@ def encode_frames(frames, mp4_path, fps):
     scene = bpy.data.scenes.new(_ENCODE_SCENE)
     try:
         _movie_scene(scene, frames, width, height, fps)
-        scene.render.filepath = mp4_path + ".part"
+        scene.render.filepath = temp_name(mp4_path)  # unique: two encodes into one folder never meet
         written = scene.render.frame_path(frame=scene.frame_start)
         window_scene = _render_animation(scene)
         if not os.path.isfile(written):

@@ -610,7 +610,7 @@ def bake(scene, objects, atlas, sizes, uvs, threshold, out_dir):
 
     from ..core import jobs as J
     from ..core import texture as T
-    from ..core.png import write_png
+    from ..core.png import temp_name, write_png
 
     tex_dir = os.path.join(out_dir, "textures")
     os.makedirs(tex_dir, exist_ok=True)
@@ -633,7 +633,7 @@ def bake(scene, objects, atlas, sizes, uvs, threshold, out_dir):
     scene.view_settings.view_transform = "Standard"
     scene.view_settings.look = "None"
     final = os.path.join(out_dir, "textured.blend")
-    part = os.path.join(out_dir, "textured.part.blend")
+    part = temp_name(final) + ".blend"  # unique, so two runs into one folder never share it
     bpy.ops.wm.save_as_mainfile(filepath=part, copy=True, relative_remap=True, compress=False)
     os.replace(part, final)
     return written

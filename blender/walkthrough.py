@@ -96,6 +96,7 @@ def render_walkthrough(scene, camera_name, frames, out_dir, engine="cycles", sam
     ``out_dir/walk.mp4``. Every render setting it changes is put back. Returns a summary."""
     import bpy
 
+    from ..core.png import temp_name
     from . import movie
     from .capture.render import CaptureError, _overrides, beauty_engine
     from .capture.render import _frame as frame_settings
@@ -129,7 +130,7 @@ def render_walkthrough(scene, camera_name, frames, out_dir, engine="cycles", sam
                 if cancelled():
                     raise KeyboardInterrupt
                 path = os.path.join(out_dir, f"frame_{f:04d}.png")
-                part = os.path.join(out_dir, f".frame_{f:04d}.part.png")
+                part = temp_name(path)  # Blender writes it there (no extension added); renamed when whole
                 render = frame_settings(ov, scene, view_layer, cam, engine_id, (w, h), part)
                 ov.set(render, "use_compositing", False)
                 from . import compat
