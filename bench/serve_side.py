@@ -22,10 +22,9 @@ FINISHED = ("done", "failed", "cancelled")
 
 
 class LocalServer:
-    #: The client's status polls: the add-on's sweep polls every 0.25 s; every 0.05 s here keeps
-    #: the wait for the last poll small (under 1 % of a small config's job) while the server's
-    #: request handling, which needs the GIL, stays far from competing with the engine's thread.
-    POLL_S = 0.05
+    #: The client's status polls, as the add-on's sweep makes them (core/sweep.py): a long
+    #: poll (``?wait=``) of 0.25 s, answered the moment the job ends.
+    POLL_S = 0.25
 
     def __init__(self, engine, root: str | None = None, poll_s: float = POLL_S):
         import uvicorn
@@ -109,10 +108,9 @@ class LocalServer:
         self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
         accepted = self._request("POST", "/v1/jobs", job)
         while True:
-            status = self._request("GET", accepted["status_url"])
+            status = self._request("GET", f"{accepted['status_url']}?wait={self.poll_s:g}")
             if status.get("state") in FINISHED:
                 break
-            time.sleep(self.poll_s)
         if status["state"] != "done":
             raise RuntimeError(f"archviz bench: serve side: job {status['state']}: {status.get('error')}")
         status["output_dir"] = accepted["output_dir"]

@@ -99,8 +99,11 @@ class Client:
     def submit(self, job):
         return self._request("POST", "/v1/jobs", job)["id"]
 
-    def job(self, job_id):
-        return self._request("GET", f"/v1/jobs/{job_id}")
+    def job(self, job_id, wait=0.0, retry_for=None):
+        """The job's status. With ``wait`` seconds (a long poll, under this client's
+        ``timeout``) the backend answers as soon as the job has ended, or after ``wait``."""
+        query = f"?wait={wait:g}" if wait else ""
+        return self._request("GET", f"/v1/jobs/{job_id}{query}", retry_for=retry_for)
 
     def image(self, job_id, index):
         return self._request("GET", f"/v1/jobs/{job_id}/images/{index}", raw=True)

@@ -359,17 +359,39 @@ class SweepRunner:
                 break
             t.job_id = self.client.submit(t.job)
             t.state = "queued"
+        waited = {}
         while not self.cancelled and any(t.state not in TERMINAL_STATES for t in self.tracked if t.job_id):
             if deadline is not None and time.monotonic() > deadline:
                 raise SweepGaveUp(f"the sweep did not finish within {self.timeout:g} s")
             for t in self.tracked:
                 if t.job_id and t.state not in TERMINAL_STATES:
-                    self._poll(t, emit)
+                    self._poll(t, emit, waited.get(t.job_id))
             fraction, done, total = self._totals()
             emit(SweepEvent("progress", fraction=fraction, images_done=done, images_total=total))
-            time.sleep(self.poll_interval)
-    def _poll(self, t, emit):
-        status = self.client.job(t.job_id)
+            waited = self._pause()
+
+    def _pause(self):
+        """Wait ``poll_interval`` before the next round of polls, or less: the first job not
+        yet ended (the backend runs them in order) is long-polled, so its end is seen the
+        moment it comes. Returns {job id: the status the long poll got} (empty when it
+        failed: the next poll reports that; an older backend answers at once, and the rest
+        of the interval is slept)."""
+        started = time.monotonic()
+        running = next((t for t in self.tracked if t.job_id and t.state not in TERMINAL_STATES), None)
+        if running is None:  # every job has ended: the loop stops, no pause
+            return {}
+        wait = min(self.poll_interval, getattr(self.client, "timeout", 30.0) / 2)  # under the HTTP timeout
+        try:
+            status = self.client.job(running.job_id, wait=wait, retry_for=0)
+            if status.get("state") in TERMINAL_STATES or time.monotonic() - started >= self.poll_interval:
+                return {running.job_id: status}
+        except BackendError:
+            pass  # the next poll meets it again and reports it
+        time.sleep(max(0.0, self.poll_interval - (time.monotonic() - started)))
+        return {}
+
+    def _poll(self, t, emit, status=None):
+        status = status or self.client.job(t.job_id)
         t.state = status["state"]
         progress = status.get("progress") or {}
         t.steps_done = int(progress.get("steps_done", progress.get("step", 0)) or 0)

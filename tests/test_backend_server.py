@@ -360,3 +360,38 @@ def test_listening_socket_turns_nagle_off_on_each_connection():
 
     asyncio.run(accept_one())
     assert len(nodelay) == 1 and nodelay[0] != 0, nodelay
+
+
+def test_status_long_poll_answers_when_the_job_ends(server, out_root):
+    """``GET /v1/jobs/{id}?wait=S`` holds the request until the job has ended (a run, or a
+    cancel while queued), or S seconds passed; bad waits are one-line 422s naming the value."""
+    import threading
+
+    blocker = server.submit(sweep_job(out_root / "long-poll", steps=40, seeds=list(range(4)), styles=["modern"]))
+    queued = server.submit(sweep_job(out_root / "long-poll-queued", seeds=[0], styles=["modern"]))
+    # a short wait on a running job comes back after about the wait, not ended
+    t0 = time.monotonic()
+    short = server.get(f"/v1/jobs/{blocker}?wait=0.3").json()
+    assert short["state"] in ("queued", "running") and time.monotonic() - t0 >= 0.3
+    # a cancel while queued wakes the long poll on that job
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(server.request("GET", f"/v1/jobs/{queued}?wait=60").json()))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive()  # still waiting: the job is queued
+    assert server.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and got["state"] == "cancelled"
+    # a long poll on the running job answers with its end, well before the 60 s
+    ended = server.request("GET", f"/v1/jobs/{blocker}?wait=60", timeout=90).json()
+    answered = time.time()
+    assert ended["state"] == "done" and len(ended["images"]) == 4
+    assert answered - ended["finished"] < 10, "the long poll did not wake when the job ended"
+    # an ended job answers at once
+    assert server.get(f"/v1/jobs/{blocker}?wait=60").json()["state"] == "done"
+    for bad in ("abc", "-1", "61", "nan", "inf"):
+        r = server.get(f"/v1/jobs/{blocker}?wait={bad}")
+        assert r.status_code == 422, (bad, r.text)
+        error = r.json()["error"]
+        assert error["field"] == "wait" and repr(bad) in error["message"] and "\n" not in error["message"]
+    assert server.get(f"/v1/jobs/nope?wait=1").status_code == 404

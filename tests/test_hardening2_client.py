@@ -137,3 +137,21 @@ def test_a_refused_token_says_so(root):
             with pytest.raises(BackendAuthError) as err:
                 Client(server.url, token=token).submit(job(root / "auth"))
             assert "refused the token (401 unauthorized)" in str(err.value) and words in str(err.value)
+
+
+def test_the_sweep_sees_the_end_of_its_job_at_once_not_at_the_next_poll(root):
+    """The runner long-polls the running job (``?wait=``): with a 5 s poll interval the end
+    of a job is still seen within moments, and the per-image events all arrive."""
+    with running_server(["--output-root", str(root)]) as server:
+        out = root / "long-poll"
+        runner = SweepRunner(Client(server.url), [("Cam", job(out, seeds=[0, 1], steps=2))], str(out),
+                             poll_interval=5.0)
+        events = []
+        started = time.monotonic()
+        state = runner.run(lambda event: events.append((time.time(), event)))
+        assert state == "done" and len(runner.images) == 2
+        status = server.get(f"/v1/jobs/{runner.tracked[0].job_id}").json()
+        seen_done = next(t for t, e in events if e.kind == "done")
+        # polling every 5 s without the long poll sees the end about 5 s after it
+        assert seen_done - status["finished"] < 2.5, (seen_done - status["finished"])
+        assert time.monotonic() - started < 60

@@ -60,6 +60,21 @@ from .outputs import existing_matches
 from .worker import DEFAULT_MAX_QUEUED, QueueFull, Worker, default_output_root
 from .video import install as install_video_routes
 
+#: The longest long poll of a job's status (``GET /v1/jobs/{id}?wait=S``), in seconds.
+MAX_WAIT_S = 60.0
+
+
+def _wait_seconds(text: str) -> float | str:
+    """``?wait=`` as seconds, or the one-line error naming the bad value."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds <= MAX_WAIT_S:  # also refuses NaN and inf
+        return f"wait: must be seconds from 0 to {MAX_WAIT_S:g}, got {J._short(text, 40)}"
+    return seconds
+
+
 #: Largest request body accepted (8 controls of a few MiB of base64 PNG each fit easily).
 MAX_BODY_BYTES = 64 * 2**20
 
@@ -301,8 +316,17 @@ def create_app(engine: Engine, preset_dirs: list[str] | None = None, token: str 
                          for r in sorted(worker.records.values(), key=lambda r: r.created)]}
 
     @app.get("/v1/jobs/{job_id}")
-    def job_status(job_id: str) -> dict:
-        return _record(job_id).status(worker.queue_position(job_id))
+    async def job_status(job_id: str, wait: str = "0"):
+        """The job's status. ``?wait=S`` (a long poll, at most MAX_WAIT_S seconds): answer
+        as soon as the job has ended, or after S seconds with the status then; a client
+        learns of the end at once, without polling often."""
+        record = _record(job_id)
+        seconds = _wait_seconds(wait)
+        if isinstance(seconds, str):
+            return _error(422, "ValidationError", seconds, "wait")
+        if seconds > 0:
+            await record.ended.wait(seconds)
+        return record.status(worker.queue_position(job_id))
 
     @app.get("/v1/jobs/{job_id}/images/{n}", response_class=FileResponse,
              responses={200: {"content": {"image/png": {}}}})

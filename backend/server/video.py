@@ -108,6 +108,7 @@ class VideoRecord(QueuedRecord):
             final, error = "failed", error_data(exc)
         with self.lock:
             self.state, self.error, self.finished = final, error, time.time()
+        self.ended.set()
 
     def _run(self) -> None:
         from ..engine import video as VE

@@ -7,6 +7,7 @@ job at a time, writes results as they finish, and turns every failure into data
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -63,6 +64,48 @@ def error_data(exc: BaseException) -> dict:
     return data
 
 
+class Ended:
+    """Set once, when a job reaches its final state. The status route's long polls
+    (``GET /v1/jobs/{id}?wait=S``) wait on it on their event loop, without a thread each and
+    without polling: :meth:`set` wakes them from the worker's thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._set = False
+        self._waiters: list = []  # (event loop, future) of each waiting request
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            self._set, waiters, self._waiters = True, self._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_wake, future)
+
+    async def wait(self, timeout: float) -> bool:
+        """True once the job has ended, False when ``timeout`` seconds passed first."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            if self._set:
+                return True
+            self._waiters.append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except asyncio.TimeoutError:
+            with self._lock:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+            return self._set
+
+
+def _wake(future) -> None:
+    if not future.done():  # a waiter that timed out meanwhile has a cancelled future
+        future.set_result(True)
+
+
 @dataclass(kw_only=True)
 class QueuedRecord:
     """What the worker, the status route and cancel keep of any job in the queue (a sweep's
@@ -79,6 +122,7 @@ class QueuedRecord:
     cancel_reason: str | None = None  # a client that gave up says why; the job then fails with it
     lock: threading.Lock = field(default_factory=threading.Lock)
     phase: str | None = None  # while running: downloading | loading | generating
+    ended: Ended = field(default_factory=Ended)  # set with the final state (long polls wait on it)
 
 
 @dataclass
@@ -263,6 +307,7 @@ class Worker:
                 with record.lock:
                     record.state, record.error = _cancelled_state(record)
                     record.finished = time.time()
+                record.ended.set()
                 release_inputs(record.plan)
         return record
 
@@ -374,6 +419,7 @@ class Worker:
             record.state = final
             record.finished = time.time()
             record.previews.clear()
+        record.ended.set()
 
     def fetch_models(self, record: JobRecord) -> None:
         """The job's hub models as complete snapshots before anything loads: the job shows
