@@ -84,6 +84,13 @@ def test_disk_full_while_writing_is_a_clear_error_and_leaves_no_corrupt_file(tmp
         assert not list(out.glob(".*.tmp"))  # no half-written temporary file left
         manifest = json.loads((out / "manifest.json").read_text())  # the manifest is whole and says what happened
         assert manifest["state"] == "failed" and manifest["missing"] == ["modern_s0.png", "modern_s1.png"]
+        # images are written beside the next batch (backend/server/image_writer.py): a failed
+        # write still stops the engine, which does not denoise the batches after it
+        status = server.wait(server.submit(job(tmp_path / "full-batches", seeds=list(range(12)), max_batch=1,
+                                               steps=4, name_prefix="b")))
+        assert status["state"] == "failed" and status["error"]["type"] == "OutputWriteError", status["error"]
+        assert "b_modern_s0.png" in status["error"]["message"], status["error"]["message"]
+        assert status["progress"]["steps_done"] < status["progress"]["steps_total"] == 48, status["progress"]
         assert server.alive()
         FAULTS_SURVIVED.append("disk-full")
     finally:

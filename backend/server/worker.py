@@ -23,6 +23,7 @@ from ...core.png import clean_stale_temps
 from ..engine.runner import Cancelled, Engine, to_uint8
 from ..models.hub import DownloadCancelled
 from ..engine.families.registry import ENGINES
+from .image_writer import ImageWriter
 from .outputs import (Manifest, OutputRoots, atomic_write, existing_matches, image_metadata, png_bytes,
                       write_contact_sheet)
 from ..engine.sweep import PlannedImage, SweepPlan
@@ -374,23 +375,34 @@ class Worker:
                     manifest.data["picture_controls"] = plan.preprocessed
             manifest.write("running")
 
-            def on_image(item: PlannedImage, array) -> None:
+            reporting = threading.Lock()  # the writer threads report one image at a time
+
+            def write_image(item: PlannedImage, array) -> None:
                 data = png_bytes(to_uint8(array), image_metadata(plan, item, record.warnings))
                 atomic_write(out / item.file, data)  # on disk before it is reported
-                manifest.mark(item, "done")
-                manifest.write()
-                record.add_image(item, skipped=False)
+                with reporting:
+                    manifest.mark(item, "done")
+                    manifest.write()
+                    record.add_image(item, skipped=False)
 
             if todo:
                 record.set_phase("generating")
+                writer = ImageWriter(write_image)  # PNGs encoded and written beside the next batch
                 try:
-                    self.engine.generate(plan, todo, on_step=record.step, on_image=on_image,
-                                         cancelled=record.cancel_event.is_set, on_preview=record.on_preview)
+                    self.engine.generate(plan, todo, on_step=record.step, on_image=writer.submit,
+                                         cancelled=lambda: record.cancel_event.is_set() or writer.failed,
+                                         on_preview=record.on_preview)
+                except Cancelled:
+                    writer.wait()
+                    writer.raise_error()  # a failed write stopped the engine: that is the job's error
+                    raise
                 finally:
+                    writer.wait()  # every image handed over is on disk before the job ends
                     problem = getattr(self.engine, "preview_warning", "")
                     if problem:  # previews failed and stopped; the images went on
                         with record.lock:
                             record.warnings.append(problem)
+                writer.raise_error()
             if record.cancel_event.is_set():
                 raise Cancelled()
             final, error = "done", None
