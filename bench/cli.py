@@ -79,8 +79,8 @@ def spec_from_args(args) -> runner.Spec:
     elif args.config in runner.SMALL:  # compute-bound configs: the side-by-side run and the overhead row
         rows = ()
     cases = args.cases
-    if runner.is_edit(args.config) and cases == runner.Spec.cases:  # an edit model's one case
-        cases = (runner.EDIT_CASE,)
+    if cases == runner.Spec.cases:  # the config's own cases (an edit model's one, Klein's one)
+        cases = runner.cases_of(args.config)
     unknown = [c for c in args.cases if c not in runner.CASES]
     if unknown:
         raise SystemExit(f"archviz bench: --cases: unknown {unknown[0]!r} (known: {', '.join(runner.CASES)})")

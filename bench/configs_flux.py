@@ -31,6 +31,28 @@ FLUX_TRANSFORMER = {
     "pooled_projection_dim": 768,
 }
 
+#: FLUX.2 [klein] 4B's transformer (``black-forest-labs/FLUX.2-klein-4B``, ``transformer/config.json``):
+#: 5 double-stream and 20 single-stream blocks of 24 x 128 heads, 128 latent channels (the
+#: FLUX.2 VAE's 32, 2x2 patches), the text token three of Qwen3-4B's 2560-wide layers stacked.
+#: Only the small config cuts it (bench/configs_small.py); no full-size Klein bench is built.
+KLEIN_TRANSFORMER = {
+    "_class_name": "Flux2Transformer2DModel",
+    "attention_head_dim": 128,
+    "axes_dims_rope": [32, 32, 32, 32],
+    "eps": 1e-06,
+    "guidance_embeds": False,
+    "in_channels": 128,
+    "joint_attention_dim": 7680,
+    "mlp_ratio": 3.0,
+    "num_attention_heads": 24,
+    "num_layers": 5,
+    "num_single_layers": 20,
+    "out_channels": None,
+    "patch_size": 1,
+    "rope_theta": 2000,
+    "timestep_guidance_channels": 256,
+}
+
 FLUX_VAE = {
     "_class_name": "AutoencoderKL",
     "act_fn": "silu",

@@ -66,6 +66,11 @@ SMALL = {
     "small-qwen-edit": Small("tiny-qwen-edit", _qwen.QWEN_TRANSFORMER, None,
                              {"num_attention_heads": 4, "attention_head_dim": 64, "axes_dims_rope": [8, 28, 28],
                               "num_layers": 8}),
+    # FLUX.2 Klein: no ControlNet; the control images join its reference images (tokens in
+    # every step), so its nets' share of the compute is in the denoiser's sequence.
+    "small-klein": Small("tiny-klein", _flux.KLEIN_TRANSFORMER, None,
+                         {"num_attention_heads": 4, "attention_head_dim": 64, "axes_dims_rope": [16, 16, 16, 16],
+                          "num_layers": 1, "num_single_layers": 4}, steps=4),
 }
 
 #: keys of ``cuts`` that are the denoiser's depth, not shared with its net
@@ -185,6 +190,13 @@ def forward_inputs(denoiser, size: int, text_tokens: int = 32) -> dict:
                 "pooled_projections": torch.randn(1, c.pooled_projection_dim, generator=g, dtype=dt),
                 "timestep": t / 1000, "guidance": torch.tensor([3.5]) if c.guidance_embeds else None,
                 "img_ids": ids, "txt_ids": torch.zeros(text_tokens, 3)}
+    if name == "Flux2Transformer2DModel":  # ids (t, h, w, l) per token, batched
+        ids = torch.zeros(1, tokens, 4)
+        ids[0, :, 1] = torch.arange(tokens) // (h // 2)
+        ids[0, :, 2] = torch.arange(tokens) % (h // 2)
+        return {"hidden_states": torch.randn(1, tokens, c.in_channels, generator=g, dtype=dt),
+                "encoder_hidden_states": torch.randn(1, text_tokens, c.joint_attention_dim, generator=g, dtype=dt),
+                "timestep": t / 1000, "guidance": None, "img_ids": ids, "txt_ids": torch.zeros(1, text_tokens, 4)}
     if name == "QwenImageTransformer2DModel":
         return {"hidden_states": torch.randn(1, tokens, c.in_channels, generator=g, dtype=dt),
                 "encoder_hidden_states": torch.randn(1, text_tokens, c.joint_attention_dim, generator=g, dtype=dt),

@@ -48,6 +48,12 @@ CASES = {
 #: The instruction-edit models' one case: no ControlNet, one edit text of a picture per style.
 EDIT_CASE, EDIT_TEXT = "edit", "make it a snowy winter evening"
 CASES[EDIT_CASE] = ()
+#: FLUX.2 Klein reads its control images as reference images; diffusers' pipeline has no
+#: window for them, so its one case is both units over the whole run (the same pixels on
+#: every side; the engine's windows, which leave a unit's tokens out of a step, have no
+#: diffusers counterpart to compare with).
+WHOLE_WINDOW_CASE = "whole-window"
+CASES[WHOLE_WINDOW_CASE] = (("depth", 0.9, 0.0, 1.0), ("lines", 0.6, 0.0, 1.0))
 
 #: One row per engine option: (name, changes from the defaults; a callable gets the defaults).
 #: ``*`` in the label marks options that change the images.
@@ -157,6 +163,7 @@ CONFIGS = {
             "real configs, random weights (GPU)",
 }
 CONFIGS.update({"tiny-qwen": "the offline tiny Qwen-Image models (CPU, CI)",
+                "tiny-klein": "the offline tiny FLUX.2 Klein models (CPU, CI)",
                 "qwen": "Qwen-Image transformer, InstantX union ControlNet, VAE, Qwen2.5-VL text encoder from the "
                         "real configs, random weights (GPU)"})
 #: 64 px for the tiny families, the family's default long side for the others (core/families.py)
@@ -164,8 +171,9 @@ DEFAULT_SIZE = {c: 64 if families.FAMILIES[c].tiny else families.long_side(c) fo
 DEFAULT_STEPS = {"flux": 28, "zimage": 8, "tiny-zimage": 8}  # the others: Spec.steps
 #: The small configs (bench/configs_small.py): the real architectures cut to tens of
 #: milliseconds per forward at 256 px, so a CPU run times compute; 2 styles x 2 seeds.
-CONFIGS.update({name: f"the {name.removeprefix('small-')} denoiser and ControlNet cut to ~30-100 ms per forward at "
-                      f"256 px, the {s.tiny} text encoders and VAE, random weights (CPU)" for name, s in SMALL.items()})
+CONFIGS.update({name: f"the {name.removeprefix('small-')} denoiser{' and ControlNet' if s.net else ''} cut to "
+                      f"~30-100 ms per forward at 256 px, the {s.tiny} text encoders and VAE, random weights (CPU)"
+                for name, s in SMALL.items()})
 DEFAULT_SIZE.update({name: 256 for name in SMALL})
 CONFIGS.update({f: f"the offline tiny {families.FAMILIES[f].label} instruction-edit models (CPU, CI)"
                 for f in families.names(tiny=True, edit=True)})
@@ -181,6 +189,16 @@ def is_edit(config: str) -> bool:
     from ..core.edit import EDIT_ARCHES
 
     return config_arch(config) in EDIT_ARCHES
+
+
+def cases_of(config: str) -> tuple:
+    """The cases a config runs: an edit model's ``edit``, FLUX.2 Klein's ``whole-window``,
+    the ControlNet families' ``full`` and ``early-depth``."""
+    if is_edit(config):
+        return (EDIT_CASE,)
+    if registry.ENGINES[config_arch(config)].resolve == "references":
+        return (WHOLE_WINDOW_CASE,)
+    return ("full", "early-depth")
 
 
 def picture_png(size: int) -> bytes:
@@ -226,9 +244,9 @@ def job_dict(spec: Spec, case: str, steps: int | None = None, scales: dict | Non
 
     if spec.config not in CONFIGS:
         raise ValueError(f"--config: unknown {spec.config!r} (choose from {', '.join(CONFIGS)})")
-    if (case == EDIT_CASE) != is_edit(spec.config):
+    if case not in cases_of(spec.config):
         raise ValueError(f"--cases: {case!r} does not apply to {spec.config} (its cases: "
-                         f"{EDIT_CASE if is_edit(spec.config) else ', '.join(c for c in CASES if c != EDIT_CASE)})")
+                         f"{', '.join(cases_of(spec.config))})")
     if is_edit(spec.config):
         from ..core.edit import edit_styles
 
@@ -256,6 +274,8 @@ def job_dict(spec: Spec, case: str, steps: int | None = None, scales: dict | Non
             model["controlnets"] = {"union": refs["depth"]}
         if arch == "flux":  # one union net (no modes) serves both units
             model["controlnets"] = {"depth": refs["union"], "lines": refs["union"]}
+        if registry.ENGINES[arch].resolve == "references":  # no ControlNet: the controls are references
+            del model["controlnets"]
     sampling = {"cfg": spec.cfg, "scheduler": spec.scheduler, "steps": steps or spec.steps}
     if config_arch(spec.config) in FLOW_ARCHES:  # cfg from the presets' family sections, one sampler
         sampling = {"steps": steps or spec.steps}
@@ -426,6 +446,9 @@ def _pipe_call(pipe, plan, items):
             negatives = [plan.styles[i.style].negative for i in items]
             out = pipe(prompt=prompts[0] if one else prompts, image=plan.init.image if one else [plan.init.image] * len(items),
                        negative_prompt=negatives[0] if one else negatives, true_cfg_scale=style.cfg, **common)
+    elif registry.ENGINES[plan.models.arch].resolve == "references":  # FLUX.2 Klein: the controls as its images
+        common = {k: v for k, v in common.items() if not k.startswith(("control", "guidance"))}
+        out = pipe(prompt=prompts if len(items) > 1 else prompts[0], image=images, guidance_scale=1.0, **common)
     elif plan.models.arch == "qwen":  # true CFG with the negative prompts (" " for an empty one)
         common.pop("guidance_scale")
         negatives = [plan.styles[i.style].negative or " " for i in items]
@@ -583,7 +606,9 @@ def header(spec: Spec, engine) -> dict:
         say("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in info["load_average"]))
     sampling = {"flux": "flow_euler, distilled guidance from the presets' [flux] sections",
                 "qwen": "flow_euler, true CFG with the negative prompts from the presets' [qwen] sections",
-                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts"}.get(
+                "zimage": "flow_euler, no CFG (Z-Image-Turbo), the presets' [zimage] prompts",
+                "klein": "flow_euler, step- and guidance-distilled (no CFG), the control images as its reference "
+                         "images"}.get(
         config_arch(spec.config), f"{spec.scheduler}, cfg {spec.cfg}")
     if is_edit(spec.config):
         sampling = "flow_euler, the edit model's own steps and guidance (core/edit.py)"

@@ -6,6 +6,7 @@ never asserted."""
 import json
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,6 +139,7 @@ def test_small_configs_are_the_real_classes_cut():
         ("small-qwen", "QwenImageTransformer2DModel", 19213856, "QwenImageControlNetModel", 2577680),
         ("small-kontext", "FluxTransformer2DModel", 13528128, None, 0),  # instruction edits: no ControlNet
         ("small-qwen-edit", "QwenImageTransformer2DModel", 19238480, None, 0),
+        ("small-klein", "Flux2Transformer2DModel", 6386432, None, 0),  # controls as its reference images
     ]
     assert [e[0] for e in expected] == list(S.SMALL)
     assert all(runner.config_arch(name) == name.removeprefix("small-") for name in S.SMALL)
@@ -145,8 +147,7 @@ def test_small_configs_are_the_real_classes_cut():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     for name, den_cls, den_params, net_cls, net_params in expected:
         small = S.SMALL[name]
-        case = runner.EDIT_CASE if runner.is_edit(name) else "full"
-        plan = runner.make_plan(runner.Spec(config=small.tiny, size=64), case, steps=1)
+        plan = runner.make_plan(runner.Spec(config=small.tiny, size=64), runner.cases_of(name)[0], steps=1)
         base, nets = engine.load(plan.models)
         tiny_den = base.value["unet" if "unet" in base.value else "transformer"]
         assert small.denoiser["_class_name"] == type(tiny_den).__name__ == den_cls
@@ -195,6 +196,30 @@ def test_a_case_that_does_not_apply_is_refused_in_one_line():
         runner.make_plan(runner.Spec(config="small-kontext", size=64), "full")
     with pytest.raises(ValueError, match=r"--cases: 'edit' does not apply to small-flux \(its cases: full, early-depth\)"):
         runner.make_plan(runner.Spec(config="small-flux", size=64), "edit")
+    # FLUX.2 Klein: diffusers has no window for its control images, so no partial window either
+    with pytest.raises(ValueError, match=r"--cases: 'early-depth' does not apply to small-klein \(its cases: "
+                                         r"whole-window\)"):
+        runner.make_plan(runner.Spec(config="small-klein", size=64), "early-depth")
+
+
+def test_small_klein_matches_diffusers_batched_with_the_controls_as_its_images(capsys):
+    """small-klein through the bench's build path at 64 px, 2 steps: both control images
+    over the whole run are Flux2KleinPipeline's ``image`` list, batched with lists of prompts
+    and generators, and give the engine's pixels."""
+    from archviz_controlnet.bench import runner
+
+    spec = runner.Spec(config="small-klein", device="cpu", size=64, steps=2, styles=("modern", "industrial"),
+                       seeds=(0,), cases=runner.cases_of("small-klein"))
+    engine = runner.build_engine(spec)
+    assert "built small-klein: Flux2Transformer2DModel" in capsys.readouterr().out
+    plan = runner.make_plan(spec, "whole-window")
+    assert not plan.models.controlnets and len(plan.controls) == 2
+    ours = engine.generate(plan, plan.images)
+    assert engine.stats["transformer"] == 2 * 2  # 2 images, 2 steps, one pass (no CFG)
+    batched = runner.run_baseline(engine, plan, batched=True)
+    loop = runner.run_baseline(engine, plan)
+    assert runner.max_diff(ours, batched) <= 1e-3 and runner.max_diff(ours, loop) <= 1e-3
+    assert np.abs(ours[0] - ours[1]).mean() > 1e-3  # two styles: two prompts, two images
 
 
 def test_small_qwen_edit_reads_the_picture_at_the_output_size_on_both_sides_for_the_run_only():
