@@ -372,6 +372,38 @@ def count_flops(engine, plan) -> dict:
     return {"unet": f_unet / 2, "controlnet": f_cn / 2, "cond_embedding": f_emb}
 
 
+def counted_flops(fn) -> float:
+    """FLOPs of every op ``fn`` runs (torch's FlopCounterMode: matmuls, convolutions and
+    attention, the CPU's flash-attention kernel counted as the GPU's), in one untimed run."""
+    import torch
+    from torch.utils import flop_counter
+
+    def attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    extra = {cpu_attention: attention} if cpu_attention is not None else {}
+    with torch.no_grad(), flop_counter.FlopCounterMode(display=False, custom_mapping=extra) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def side_flops(engine, plan) -> dict:
+    """The compute each side does for the case's images, counted (untimed): on a machine that
+    is compute-bound, ``batched / ours`` bounds the ratio vs batched that doing less can give."""
+    from ..backend.engine.families import family_for
+
+    base, nets = engine.load(plan.models)
+    modules = family_for(plan.models.arch).modules(base.value, [n.value for n in nets])
+    out = {}
+    for name, batched in (("loop", False), ("batched", True)):
+        engine.restore_models(modules)
+        out[name] = counted_flops(lambda b=batched: run_baseline(engine, plan, batched=b))
+    engine._prepare_models(modules)
+    out["ours"] = counted_flops(lambda: engine.generate(plan, plan.images))
+    return out
+
+
 def engine_flops(engine, fl: dict, n_nets: int) -> float:
     stats = engine.stats
     cn_rows = sum(v for k, v in stats.items() if k.startswith("controlnet"))
@@ -741,6 +773,12 @@ def _run(spec: Spec) -> dict:
                          f"({min(serve['paired_ratios']):.2f}-{max(serve['paired_ratios']):.2f}), the engine's call in "
                          f"the server's worker vs in-process {serve['worker_ratio']:.2f}x "
                          f"({min(serve['worker_ratios']):.2f}-{max(serve['worker_ratios']):.2f})")
+        counted = report.get("flops_counted", {}).get(case)
+        if counted:
+            summary["flops_counted"] = counted
+            bound = ", ".join(f"{side} {counted[side] / 1e9:.1f} G ({counted[side] / counted['ours']:.2f}x ours)"
+                              for side in ("loop", "batched"))
+            parts.append(f"compute counted: ours {counted['ours'] / 1e9:.1f} GFLOP, {bound}")
         if "ratio_vs_loop" in summary:  # the names earlier reports used
             summary.update(speed_ratio=summary["ratio_vs_loop"], max_diff=o["max_diff"])
         if o.get("tflops") is not None:
@@ -807,6 +845,8 @@ def measure_case(spec, engine, case, plan, warm_plan, server, fl, rate_fields, b
         sides.append(side("serve", lambda: server.run(warm_job), lambda: server.run(job)))
     got = timing.measure(sides, spec.repeats)
     report.setdefault("orders", {})[case] = timing.orders([s.name for s in sides], spec.repeats)
+    if spec.baseline and spec.config in SMALL:  # compute-bound CPU configs: the work behind the ratios
+        report.setdefault("flops_counted", {})[case] = side_flops(engine, plan)
 
     def entry(name, n, **extra):
         t = got[name]

@@ -187,6 +187,10 @@ def test_small_config_runs_and_matches_diffusers_batched(capsys):
     batched = runner.run_baseline(engine, plan, batched=True)
     assert runner.max_diff(ours, batched) <= 1e-3
     assert engine.stats["controlnet0"] == 2 * 2 * 1  # depth on the first of 2 steps only, 2 images x CFG
+    # the compute behind the ratios, counted: ours skips depth's second step and lines' first
+    counted = runner.side_flops(engine, plan)
+    assert counted["loop"] == pytest.approx(counted["batched"], rel=1e-6)
+    assert 0.5 * counted["batched"] < counted["ours"] < 0.95 * counted["batched"], counted
 
 
 def test_a_case_that_does_not_apply_is_refused_in_one_line():
