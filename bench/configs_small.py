@@ -69,7 +69,7 @@ SMALL = {
     # FLUX.2 Klein: no ControlNet; the control images join its reference images (tokens in
     # every step), so its nets' share of the compute is in the denoiser's sequence.
     "small-klein": Small("tiny-klein", _flux.KLEIN_TRANSFORMER, None,
-                         {"num_attention_heads": 4, "attention_head_dim": 64, "axes_dims_rope": [16, 16, 16, 16],
+                         {"num_attention_heads": 2, "attention_head_dim": 64, "axes_dims_rope": [16, 16, 16, 16],
                           "num_layers": 1, "num_single_layers": 4}, steps=4),
 }
 
@@ -190,11 +190,15 @@ def forward_inputs(denoiser, size: int, text_tokens: int = 32) -> dict:
                 "pooled_projections": torch.randn(1, c.pooled_projection_dim, generator=g, dtype=dt),
                 "timestep": t / 1000, "guidance": torch.tensor([3.5]) if c.guidance_embeds else None,
                 "img_ids": ids, "txt_ids": torch.zeros(text_tokens, 3)}
-    if name == "Flux2Transformer2DModel":  # ids (t, h, w, l) per token, batched
-        ids = torch.zeros(1, tokens, 4)
-        ids[0, :, 1] = torch.arange(tokens) // (h // 2)
-        ids[0, :, 2] = torch.arange(tokens) % (h // 2)
-        return {"hidden_states": torch.randn(1, tokens, c.in_channels, generator=g, dtype=dt),
+    if name == "Flux2Transformer2DModel":
+        # As the bench runs FLUX.2 Klein: Qwen3's prompt padded to 512 tokens, and the two
+        # control images' tokens after the noise's (each at its own time coordinate).
+        text_tokens, images = 512, 3
+        ids = torch.zeros(1, images * tokens, 4)
+        ids[0, :, 0] = 10 * (torch.arange(images * tokens) // tokens)
+        ids[0, :, 1] = torch.arange(images * tokens) % tokens // (h // 2)
+        ids[0, :, 2] = torch.arange(images * tokens) % (h // 2)
+        return {"hidden_states": torch.randn(1, images * tokens, c.in_channels, generator=g, dtype=dt),
                 "encoder_hidden_states": torch.randn(1, text_tokens, c.joint_attention_dim, generator=g, dtype=dt),
                 "timestep": t / 1000, "guidance": None, "img_ids": ids, "txt_ids": torch.zeros(1, text_tokens, 4)}
     if name == "QwenImageTransformer2DModel":
