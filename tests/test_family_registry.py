@@ -185,9 +185,9 @@ ALLOWED = {
         "ControlNet training exists for the UNet families only: their base ids",
     ("bench/runner.py", frozenset({"flux", "sd15", "sdxl", "tiny", "tiny-flux", "tiny-sdxl", "tiny-zimage",
                                    "zimage"})): "bench --config descriptions (CONFIGS)",
-    ("bench/runner.py", frozenset({"qwen", "tiny-qwen"})): "bench --config descriptions (CONFIGS)",
+    ("bench/runner.py", frozenset({"qwen", "tiny-klein", "tiny-qwen"})): "bench --config descriptions (CONFIGS)",
     ("bench/runner.py", frozenset({"flux", "tiny-zimage", "zimage"})): "bench step counts of the real configs",
-    ("bench/runner.py", frozenset({"flux", "qwen", "zimage"})): "bench sampling descriptions",
+    ("bench/runner.py", frozenset({"flux", "klein", "qwen", "zimage"})): "bench sampling descriptions",
     ("bench/runner.py", frozenset({"qwen", "zimage"})): "bench: count_flops has no rule for these yet",
 }
 
