@@ -180,8 +180,11 @@ def test_unseen_surfaces_stay_as_they_were_and_the_users_file_is_untouched(textu
 
 def test_cancelled_run_keeps_finished_views_and_resumes(scene, server, tmp_path):
     out = tmp_path / "cancel"
+    # enough steps that view 2 is still generating when the interrupt lands (the runner sees
+    # a job's end at once, so a 2-step view can be over before the signal)
+    slow = (*TEXTURE[:4], "--steps", "100", *TEXTURE[6:])
     cmd = [sys.executable, "-m", "archviz_controlnet.cli", "texture", str(scene[0]), "--cameras", "Front,Side",
-           *TEXTURE, "--backend", server.url, "--out", str(out)]
+           *slow, "--backend", server.url, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     lines = []
     for line in proc.stdout:
@@ -196,7 +199,7 @@ def test_cancelled_run_keeps_finished_views_and_resumes(scene, server, tmp_path)
     assert (first / "view.json").exists() and (first / "image.png").exists() and (first / "atlas.npz").exists()
     assert not (out / "views" / "02_Side" / "view.json").exists() and not (out / "textured.blend").exists()
     stamp = os.stat(first / "image.png").st_mtime_ns
-    again = archviz("texture", str(scene[0]), "--cameras", "Front,Side", *TEXTURE, "--backend", server.url,
+    again = archviz("texture", str(scene[0]), "--cameras", "Front,Side", *slow, "--backend", server.url,
                     "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert "view 1/2 Front: kept" in again.stdout and "view 2/2 Side: generating" in again.stdout
