@@ -91,7 +91,8 @@ class ChildRun:
         self.fraction = 0.0
         self.message = "starting"
         self.proc = subprocess.Popen(child_command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True,
+                                     preexec_fn=_interruptible if os.name == "posix" else None)
         threading.Thread(target=self._pump, args=(self.proc.stdout, False), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True).start()
 
@@ -198,3 +199,10 @@ def open_result(context, out_dir, name_hint):
     if window is not None:
         window.scene = scene
     return scene.name
+
+
+def _interruptible():
+    """In the child, before it starts: SIGINT at its default, so Cancel (a SIGINT) stops it
+    even when Blender itself was started with SIGINT ignored (``blender &`` from a script),
+    which a child would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

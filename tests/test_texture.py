@@ -181,11 +181,14 @@ def test_unseen_surfaces_stay_as_they_were_and_the_users_file_is_untouched(textu
 def test_cancelled_run_keeps_finished_views_and_resumes(scene, server, tmp_path):
     out = tmp_path / "cancel"
     # enough steps that view 2 is still generating when the interrupt lands (the runner sees
-    # a job's end at once, so a 2-step view can be over before the signal)
+    # a job's end at once: a 2-step view takes about 0.1 s)
     slow = (*TEXTURE[:4], "--steps", "100", *TEXTURE[6:])
     cmd = [sys.executable, "-m", "archviz_controlnet.cli", "texture", str(scene[0]), "--cameras", "Front,Side",
            *slow, "--backend", server.url, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    # Ctrl+C as a terminal gives it: a suite started in the background (``cmd &`` in a
+    # script) runs with SIGINT ignored, which a child would inherit and never see the interrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)
