@@ -388,18 +388,24 @@ def counted_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def side_flops(engine, plan) -> dict:
+def use_layout(engine, modules, side: str) -> None:
+    """Put the shared warm models in the layout ``side`` runs them in: as diffusers loads
+    them for its sides (``loop``, ``batched``), the engine options' (channels_last, fused
+    QKV) for ours and serve, as a server that keeps its models would have them."""
+    if side in ("loop", "batched"):
+        engine.restore_models(modules)
+    else:
+        engine._prepare_models(modules)
+
+
+def side_flops(engine, plan, modules) -> dict:
     """The compute each side does for the case's images, counted (untimed): on a machine that
     is compute-bound, ``batched / ours`` bounds the ratio vs batched that doing less can give."""
-    from ..backend.engine.families import family_for
-
-    base, nets = engine.load(plan.models)
-    modules = family_for(plan.models.arch).modules(base.value, [n.value for n in nets])
     out = {}
     for name, batched in (("loop", False), ("batched", True)):
-        engine.restore_models(modules)
+        use_layout(engine, modules, name)
         out[name] = counted_flops(lambda b=batched: run_baseline(engine, plan, batched=b))
-    engine._prepare_models(modules)
+    use_layout(engine, modules, "ours")
     out["ours"] = counted_flops(lambda: engine.generate(plan, plan.images))
     return out
 
@@ -813,14 +819,8 @@ def measure_case(spec, engine, case, plan, warm_plan, server, fl, rate_fields, b
     modules = family_for(plan.models.arch).modules(base.value, [n.value for n in nets])
 
     def side(name, warm, run):
-        # The sides share the warm models: before each run (untimed) they are put in the
-        # layout that side uses (ours: the engine options' channels_last / fused QKV; the
-        # diffusers sides: as diffusers loads them), as a server that keeps them would have.
-        def before():
-            if name in ("loop", "batched"):
-                engine.restore_models(modules)
-            else:
-                engine._prepare_models(modules)
+        def before():  # the sides share the warm models: each in its own layout (untimed)
+            use_layout(engine, modules, name)
             sync(dev)
             reset_peak(dev)
 
@@ -846,7 +846,7 @@ def measure_case(spec, engine, case, plan, warm_plan, server, fl, rate_fields, b
     got = timing.measure(sides, spec.repeats)
     report.setdefault("orders", {})[case] = timing.orders([s.name for s in sides], spec.repeats)
     if spec.baseline and spec.config in SMALL:  # compute-bound CPU configs: the work behind the ratios
-        report.setdefault("flops_counted", {})[case] = side_flops(engine, plan)
+        report.setdefault("flops_counted", {})[case] = side_flops(engine, plan, modules)
 
     def entry(name, n, **extra):
         t = got[name]

@@ -188,7 +188,9 @@ def test_small_config_runs_and_matches_diffusers_batched(capsys):
     assert runner.max_diff(ours, batched) <= 1e-3
     assert engine.stats["controlnet0"] == 2 * 2 * 1  # depth on the first of 2 steps only, 2 images x CFG
     # the compute behind the ratios, counted: ours skips depth's second step and lines' first
-    counted = runner.side_flops(engine, plan)
+    from archviz_controlnet.backend.engine.families import family_for
+
+    counted = runner.side_flops(engine, plan, family_for("sd15").modules(base.value, [n.value for n in nets]))
     assert counted["loop"] == pytest.approx(counted["batched"], rel=1e-6)
     assert 0.5 * counted["batched"] < counted["ours"] < 0.95 * counted["batched"], counted
 

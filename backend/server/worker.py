@@ -75,9 +75,6 @@ class Ended:
         self._set = False
         self._waiters: list = []  # (event loop, future) of each waiting request
 
-    def is_set(self) -> bool:
-        return self._set
-
     def set(self) -> None:
         with self._lock:
             self._set, waiters, self._waiters = True, self._waiters, []
